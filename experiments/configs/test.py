@@ -1,0 +1,17 @@
+r"""Tiny config for tests and smoke runs: 3 small synthetic markets, runs in seconds.
+
+python -m experiments.main --config=experiments/configs/test.py --workdir=/tmp/fecosr_test
+"""
+
+from experiments.configs import default
+
+
+def get_config():
+    config = default.get_config()
+    config.data.max_len = 10
+    config.synthetic.num_markets = 3
+    config.synthetic.users_per_market = 40
+    config.synthetic.items_per_market = 60
+    config.synthetic.num_clusters = 6
+    config.synthetic.semantic_dim = 8
+    return config

@@ -1,0 +1,29 @@
+"""Market data: loaders, the leave-one-out split, stacked device arrays, synthetic markets."""
+
+from fecosr_jax.data.errors import DataError
+from fecosr_jax.data.market import (
+    Interactions,
+    Market,
+    MarketSplit,
+    StackedMarkets,
+    catalogue_overlap,
+    kcore_filter,
+    leave_one_out,
+    market_from_interactions,
+    stack_markets,
+    train_pairs,
+)
+
+__all__ = [
+    "DataError",
+    "Interactions",
+    "Market",
+    "MarketSplit",
+    "StackedMarkets",
+    "catalogue_overlap",
+    "kcore_filter",
+    "leave_one_out",
+    "market_from_interactions",
+    "stack_markets",
+    "train_pairs",
+]

@@ -1,0 +1,422 @@
+"""The market data model (DESIGN.md §3, §4).
+
+Three forms, each built from the previous one, all plain numpy:
+
+* `Interactions`: one market's raw log (user id, item id, timestamp) in file order.
+* `Market`: time-ordered sequences of local item indices 1..N (0 = padding) in CSR form, the
+  catalogue's original ids (so catalogues can be matched across markets), optional item text
+  and semantic vectors [N+1, d_s] (row 0 = padding item).
+* `MarketSplit` / `StackedMarkets`: the time-ordered leave-one-out split (last item = test,
+  second last = validation, the rest = training), truncated to the last L items, left-padded,
+  and stacked over a leading market axis M padded to common sizes with masks. Built once on
+  the host; the compiled round moves it to the device.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+
+from fecosr_jax.data.errors import DataError
+
+PAD = 0  # item index 0 is padding in every market
+
+
+@dataclasses.dataclass(frozen=True)
+class Interactions:
+    """One market's raw interaction log, in file order.
+
+    Attributes:
+      users: [R] str, user id of each row.
+      items: [R] str, item id (e.g. ASIN) of each row.
+      times: [R] float64, timestamp of each row (any monotone unit: days, seconds).
+      source: where the rows came from (a file path), used in error messages.
+    """
+
+    users: np.ndarray
+    items: np.ndarray
+    times: np.ndarray
+    source: str = "<memory>"
+
+    def __len__(self) -> int:
+        return len(self.users)
+
+    def select(self, keep: np.ndarray) -> Interactions:
+        """The rows where the boolean mask `keep` [R] is True, in file order."""
+        return Interactions(self.users[keep], self.items[keep], self.times[keep], self.source)
+
+
+@dataclasses.dataclass(frozen=True)
+class Market:
+    """One market: its users' time-ordered sequences over its own catalogue.
+
+    Attributes:
+      name: market name (e.g. "ca").
+      item_ids: [N] str; local item index i (1..N) is `item_ids[i - 1]`.
+      user_ids: [U] str.
+      offsets: [U + 1] int64; user u's sequence is `items[offsets[u]:offsets[u + 1]]`.
+      items: [R] int32 local item indices 1..N, time-ordered within each user (ties kept in
+        file order).
+      item_text: [N] str or None; text of each item ("" where none was found).
+      semantics: [N + 1, d_s] float32 or None; row 0 (padding item) is all zeros.
+    """
+
+    name: str
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    offsets: np.ndarray
+    items: np.ndarray
+    item_text: tuple[str, ...] | None = None
+    semantics: np.ndarray | None = None
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def num_interactions(self) -> int:
+        return len(self.items)
+
+    @property
+    def lengths(self) -> np.ndarray:
+        """[U] int64 sequence length of each user."""
+        return np.diff(self.offsets)
+
+    def sequence(self, u: int) -> np.ndarray:
+        """User u's time-ordered local item indices."""
+        return self.items[self.offsets[u] : self.offsets[u + 1]]
+
+    def replace(self, **changes) -> Market:
+        return dataclasses.replace(self, **changes)
+
+
+def market_from_interactions(
+    name: str,
+    interactions: Interactions,
+    item_text: Mapping[str, str] | None = None,
+) -> Market:
+    """Builds a `Market` from a raw log.
+
+    Users and items get local indices in sorted id order (deterministic, independent of file
+    order). Each user's rows are sorted by time; rows with equal times keep file order.
+
+    Args:
+      name: market name.
+      interactions: the market's rows.
+      item_text: optional map item id -> text; items missing from it get "" (counted in a
+        warning).
+
+    Returns:
+      The market.
+
+    Raises:
+      DataError: the log is empty.
+    """
+    if len(interactions) == 0:
+        raise DataError(f"market '{name}' has no interactions", path=interactions.source)
+    user_ids, user_index = np.unique(interactions.users, return_inverse=True)
+    item_ids, item_index = np.unique(interactions.items, return_inverse=True)
+    rows = np.arange(len(interactions))
+    # np.lexsort sorts by the last key first: user, then time, then file order (stable ties).
+    order = np.lexsort((rows, interactions.times, user_index))
+    items = (item_index[order] + 1).astype(np.int32)
+    counts = np.bincount(user_index, minlength=len(user_ids))
+    offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+    text = None
+    if item_text is not None:
+        text = tuple(item_text.get(i, "") for i in item_ids.tolist())
+        missing = sum(1 for t in text if not t)
+        if missing:
+            logging.warning(
+                "market '%s': %d of %d items have no text (from %s)",
+                name,
+                missing,
+                len(item_ids),
+                interactions.source,
+            )
+    return Market(
+        name=name,
+        item_ids=item_ids,
+        user_ids=user_ids,
+        offsets=offsets,
+        items=items,
+        item_text=text,
+    )
+
+
+def kcore_filter(interactions: Interactions, k: int) -> Interactions:
+    """Keeps the largest sub-log in which every user and every item has >= k rows.
+
+    Repeatedly drops users and items with fewer than k rows until none is left. k <= 1 is a
+    no-op. Rows keep file order.
+    """
+    if k <= 1:
+        return interactions
+    keep = np.ones(len(interactions), dtype=bool)
+    _, user_index = np.unique(interactions.users, return_inverse=True)
+    _, item_index = np.unique(interactions.items, return_inverse=True)
+    while True:
+        user_counts = np.bincount(user_index[keep], minlength=user_index.max() + 1)
+        item_counts = np.bincount(item_index[keep], minlength=item_index.max() + 1)
+        new_keep = keep & (user_counts[user_index] >= k) & (item_counts[item_index] >= k)
+        if new_keep.sum() == keep.sum():
+            break
+        keep = new_keep
+    return interactions.select(keep)
+
+
+@dataclasses.dataclass(frozen=True)
+class MarketSplit:
+    """One market after the time-ordered leave-one-out split, truncated and left-padded.
+
+    For a user with sequence s_1..s_n (n >= 3): training items are s_1..s_{n-2}, validation
+    predicts s_{n-1} from s_1..s_{n-2}, test predicts s_n from s_1..s_{n-1}. Every row keeps
+    its last items (the window ends at the newest item) and is left-padded with 0.
+
+    Attributes:
+      name: market name.
+      item_ids: [N] str, the catalogue.
+      user_ids: [U] str, the users kept (n >= min_interactions).
+      train: [U, L + 1] int32; inputs are `train[:, :-1]`, targets `train[:, 1:]`.
+      valid_inputs: [U, L] int32.
+      valid_targets: [U] int32.
+      test_inputs: [U, L] int32.
+      test_targets: [U] int32.
+      semantics: [N + 1, d_s] float32 or None.
+      num_dropped_users: users dropped for having fewer than min_interactions items.
+    """
+
+    name: str
+    item_ids: np.ndarray
+    user_ids: np.ndarray
+    train: np.ndarray
+    valid_inputs: np.ndarray
+    valid_targets: np.ndarray
+    test_inputs: np.ndarray
+    test_targets: np.ndarray
+    semantics: np.ndarray | None
+    num_dropped_users: int
+
+    @property
+    def num_users(self) -> int:
+        return len(self.user_ids)
+
+    @property
+    def num_items(self) -> int:
+        return len(self.item_ids)
+
+    @property
+    def max_len(self) -> int:
+        return self.valid_inputs.shape[1]
+
+
+def train_pairs(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """(inputs, targets), each [..., L], from training rows [..., L + 1].
+
+    A position is a training example when both its input and its target are items: the first
+    item of a sequence is never a target (it has no history), so its target is set to 0.
+    Works on numpy and jax arrays alike.
+    """
+    inputs, targets = train[..., :-1], train[..., 1:]
+    return inputs, targets * (inputs > 0)
+
+
+def _windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int) -> np.ndarray:
+    """[U, width] int32: the last `width` items of items[starts[u]:ends[u]], left-padded with 0."""
+    idx = ends[:, None] - width + np.arange(width)[None, :]
+    valid = idx >= starts[:, None]
+    return np.where(valid, items[np.clip(idx, 0, None)], PAD).astype(np.int32)
+
+
+def leave_one_out(market: Market, max_len: int, *, min_interactions: int = 3) -> MarketSplit:
+    """Time-ordered leave-one-out split of one market, truncated to the last `max_len` items.
+
+    Users with fewer than `min_interactions` (>= 3) items cannot be split: they are dropped and
+    counted (`num_dropped_users`, and a warning names the market and the count).
+
+    Args:
+      market: the market.
+      max_len: L, the longest input sequence kept.
+      min_interactions: users with fewer items are dropped; at least 3.
+
+    Returns:
+      The split.
+
+    Raises:
+      DataError: no user of the market has enough interactions.
+    """
+    if max_len < 1:
+        raise DataError(f"max_len must be >= 1, got {max_len}", field="max_len")
+    if min_interactions < 3:
+        raise DataError(
+            f"min_interactions must be >= 3 for a train/valid/test split, got {min_interactions}",
+            field="min_interactions",
+        )
+    lengths = market.lengths
+    kept = lengths >= min_interactions
+    num_dropped = int((~kept).sum())
+    if not kept.any():
+        raise DataError(
+            f"market '{market.name}': no user has >= {min_interactions} interactions "
+            f"({market.num_users} users); nothing to split"
+        )
+    if num_dropped:
+        logging.warning(
+            "market '%s': dropped %d of %d users with fewer than %d interactions",
+            market.name,
+            num_dropped,
+            market.num_users,
+            min_interactions,
+        )
+    starts = market.offsets[:-1][kept]
+    ends = market.offsets[1:][kept]
+    items = market.items
+    return MarketSplit(
+        name=market.name,
+        item_ids=market.item_ids,
+        user_ids=market.user_ids[kept],
+        train=_windows(items, starts, ends - 2, max_len + 1),
+        valid_inputs=_windows(items, starts, ends - 2, max_len),
+        valid_targets=items[ends - 2].astype(np.int32),
+        test_inputs=_windows(items, starts, ends - 1, max_len),
+        test_targets=items[ends - 1].astype(np.int32),
+        semantics=market.semantics,
+        num_dropped_users=num_dropped,
+    )
+
+
+@dataclasses.dataclass(frozen=True)
+class StackedMarkets:
+    """All markets on one leading axis M, padded to common sizes (DESIGN.md §3).
+
+    Padding markets (added to reach a multiple of the device count) are copies of market 0's
+    arrays with `market_mask` False: every array stays finite and every market costs the same,
+    and the round gives them weight 0. Padding users have all-zero rows and `user_mask` False;
+    padding items have `item_mask` False (index 0 is always padding).
+
+    Attributes:
+      names: [M] market names ("" for padding markets).
+      train: [M, U, L + 1] int32, 0 = padding.
+      valid_inputs: [M, U, L] int32.   valid_targets: [M, U] int32 (0 for padding users).
+      test_inputs: [M, U, L] int32.    test_targets: [M, U] int32.
+      user_mask: [M, U] bool.
+      item_mask: [M, N + 1] bool; False at index 0 and beyond each market's catalogue.
+      semantics: [M, N + 1, d_s] float32 or None; zero rows for padding items.
+      num_users: [M] int32.   num_items: [M] int32.
+      num_train_targets: [M] int32, non-padding training targets (the default FedAvg weight).
+      market_mask: [M] bool, False for padding markets.
+    """
+
+    names: tuple[str, ...]
+    train: np.ndarray
+    valid_inputs: np.ndarray
+    valid_targets: np.ndarray
+    test_inputs: np.ndarray
+    test_targets: np.ndarray
+    user_mask: np.ndarray
+    item_mask: np.ndarray
+    semantics: np.ndarray | None
+    num_users: np.ndarray
+    num_items: np.ndarray
+    num_train_targets: np.ndarray
+    market_mask: np.ndarray
+
+    @property
+    def num_markets(self) -> int:
+        return len(self.names)
+
+    @property
+    def max_len(self) -> int:
+        return self.valid_inputs.shape[-1]
+
+    def arrays(self) -> dict[str, np.ndarray]:
+        """The array fields as a dict (a pytree for jax.device_put); None fields left out."""
+        out = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, np.ndarray):
+                out[f.name] = value
+        return out
+
+
+def stack_markets(
+    splits: Sequence[MarketSplit], *, num_markets_multiple: int = 1
+) -> StackedMarkets:
+    """Stacks split markets on a leading axis, padding users, items and markets.
+
+    Args:
+      splits: the markets, all with the same max_len and (if any has semantics) all with
+        semantic vectors of the same dimension.
+      num_markets_multiple: pad M up to a multiple of this (e.g. the device count) with
+        zero-weight copies of market 0.
+
+    Returns:
+      The stacked markets.
+    """
+    if not splits:
+        raise DataError("no markets to stack")
+    max_len = splits[0].max_len
+    for s in splits:
+        if s.max_len != max_len:
+            raise DataError(f"market '{s.name}' has max_len {s.max_len}, expected {max_len}")
+    has_sem = [s.semantics is not None for s in splits]
+    if any(has_sem) and not all(has_sem):
+        missing = [s.name for s, h in zip(splits, has_sem, strict=True) if not h]
+        raise DataError(f"markets {missing} have no semantic vectors while others do")
+    real = len(splits)
+    total = -(-real // num_markets_multiple) * num_markets_multiple
+    u_max = max(s.num_users for s in splits)
+    n_max = max(s.num_items for s in splits)
+
+    def stack(get, shape, dtype):
+        out = np.zeros((total, *shape), dtype=dtype)
+        for m, s in enumerate(splits):
+            a = get(s)
+            out[(m, *tuple(slice(0, d) for d in a.shape))] = a
+        out[real:] = out[0]
+        return out
+
+    semantics = None
+    if all(has_sem):
+        dims = {s.semantics.shape[1] for s in splits}
+        if len(dims) != 1:
+            raise DataError(f"markets have semantic vectors of different dimensions {sorted(dims)}")
+        semantics = stack(lambda s: s.semantics, (n_max + 1, dims.pop()), np.float32)
+    item_mask = stack(lambda s: np.arange(s.num_items + 1) > 0, (n_max + 1,), bool)
+    user_mask = stack(lambda s: np.ones(s.num_users, bool), (u_max,), bool)
+    train = stack(lambda s: s.train, (u_max, max_len + 1), np.int32)
+    pad_names = ("",) * (total - real)
+    market_mask = np.arange(total) < real
+    return StackedMarkets(
+        names=tuple(s.name for s in splits) + pad_names,
+        train=train,
+        valid_inputs=stack(lambda s: s.valid_inputs, (u_max, max_len), np.int32),
+        valid_targets=stack(lambda s: s.valid_targets, (u_max,), np.int32),
+        test_inputs=stack(lambda s: s.test_inputs, (u_max, max_len), np.int32),
+        test_targets=stack(lambda s: s.test_targets, (u_max,), np.int32),
+        user_mask=user_mask,
+        item_mask=item_mask,
+        semantics=semantics,
+        num_users=user_mask.sum(axis=1).astype(np.int32),
+        num_items=(item_mask.sum(axis=1)).astype(np.int32),
+        num_train_targets=(train_pairs(train)[1] > 0).sum(axis=(1, 2)).astype(np.int32),
+        market_mask=market_mask,
+    )
+
+
+def catalogue_overlap(markets: Sequence[Market]) -> np.ndarray:
+    """[M, M] int64: number of item ids each pair of markets has in common (diagonal = N_m)."""
+    m = len(markets)
+    out = np.zeros((m, m), dtype=np.int64)
+    for a in range(m):
+        for b in range(a, m):
+            n = len(np.intersect1d(markets[a].item_ids, markets[b].item_ids, assume_unique=True))
+            out[a, b] = out[b, a] = n
+    return out

@@ -1,0 +1,32 @@
+"""Shared test setup: 8 forced CPU devices (before JAX starts) and the ../shared/data paths."""
+
+import os
+
+os.environ.setdefault("XLA_FLAGS", "--xla_force_host_platform_device_count=8")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pathlib  # noqa: E402
+
+import pytest  # noqa: E402
+
+ROOT = pathlib.Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+XMREC_DIR = SHARED_DATA / "xmrec_electronics_5core"
+ML100K_DIR = SHARED_DATA / "ml-100k"
+
+
+def require(path: pathlib.Path) -> pathlib.Path:
+    """Skips the test with a clear message when the shared data folder is absent."""
+    if not path.exists():
+        pytest.skip(f"shared data not found at {path} (expected ../shared/data beside the repo)")
+    return path
+
+
+@pytest.fixture
+def xmrec_dir():
+    return require(XMREC_DIR)
+
+
+@pytest.fixture
+def ml100k_dir():
+    return require(ML100K_DIR)
