@@ -1,0 +1,1 @@
+"""Federated pretraining: client work, server optimisers, and the compiled round."""

@@ -1,0 +1,147 @@
+"""Client work of one market in one round: client_init / client_step / client_final.
+
+The same functions run under every backend: vmapped over the stacked market axis inside one
+jit (federated/round.py), or one market at a time in a Python loop (the debugging baseline).
+A market's data is a dict of its arrays (no market axis):
+  train [U, L + 1] int32, num_users [] int32, semantics [N + 1, d_s] float32,
+  item_mask [N + 1] bool, market_index [] int32 (its position in the stack: seeds its RNG).
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+
+from fecosr_jax import losses
+from fecosr_jax.data.market import train_pairs
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, SequenceModel, scores
+
+Params = Any  # a pytree of arrays (the shared model's parameters)
+MarketData = dict[str, jax.Array]  # one market's arrays, see the module docstring
+_CLIENT_STREAM = 1  # RNG stream tag of the clients' batches and dropout
+
+
+@flax.struct.dataclass
+class ClientState:
+    params: Params
+    opt_state: optax.OptState
+    key: jax.Array  # this market's key for this round
+    global_params: Params  # w_global, for FedProx and the final delta
+
+
+class Client(NamedTuple):
+    init: Any  # (global_params, round, market_index) -> ClientState
+    step: Any  # (ClientState, MarketData, step) -> (ClientState, loss)
+    final: Any  # (ClientState) -> delta
+    update: Any  # (global_params, MarketData, round) -> (delta, metrics): all K steps
+
+
+def client_key(seed: int, round_: jax.Array, market_index: jax.Array) -> jax.Array:
+    """The key of one market in one round, from (seed, round, market)."""
+    key = jax.random.fold_in(jax.random.key(seed), _CLIENT_STREAM)
+    return jax.random.fold_in(jax.random.fold_in(key, round_), market_index)
+
+
+def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+    return {"adam": optax.adam, "sgd": optax.sgd}[name](lr)
+
+
+def batch_loss(
+    model_config: ModelConfig,
+    fed: FedConfig,
+    params: Params,
+    rows: jax.Array,
+    market: MarketData,
+    dropout_key: jax.Array,
+) -> tuple[jax.Array, jax.Array]:
+    """Mean loss over the training targets of rows [B, L + 1], and their count."""
+    inputs, targets = train_pairs(rows)
+    hidden, items = SequenceModel(model_config).apply(
+        {"params": params},
+        inputs,
+        market["semantics"],
+        train=True,
+        rngs={"dropout": dropout_key},
+    )
+    alpha = fed.alpha if fed.loss == "s2ce" else 0.0
+    if fed.loss_impl == "blockwise":
+        per_position = losses.s2ce_loss_blockwise(
+            hidden.reshape(-1, hidden.shape[-1]) / model_config.score_temperature,
+            items,
+            targets.reshape(-1),
+            market["semantics"],
+            market["item_mask"],
+            alpha=alpha,
+            temperature=fed.temperature,
+            block_size=fed.block_size,
+        )
+    else:
+        logits = scores(model_config, hidden, items, market["item_mask"])
+        if fed.loss == "s2ce":
+            per_position = losses.s2ce_loss(
+                logits,
+                targets,
+                market["semantics"],
+                market["item_mask"],
+                alpha=alpha,
+                temperature=fed.temperature,
+            )
+        else:
+            per_position = losses.ce_loss(logits, targets, market["item_mask"])
+    count = jnp.sum(targets > 0)
+    return jnp.sum(per_position) / jnp.maximum(count, 1), count
+
+
+def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
+    """The client functions for this model and algorithm (closing over the configs)."""
+    optimizer = make_optimizer(fed.client_optimizer, fed.client_lr)
+
+    def objective(params, global_params, rows, market, key):
+        loss, count = batch_loss(model_config, fed, params, rows, market, key)
+        if fed.fedprox_mu:
+            sq = sum(
+                jnp.sum((a - b) ** 2)
+                for a, b in zip(
+                    jax.tree.leaves(params), jax.tree.leaves(global_params), strict=True
+                )
+            )
+            return loss + 0.5 * fed.fedprox_mu * sq, loss
+        return loss, loss
+
+    def init(global_params, round_, market_index):
+        return ClientState(
+            params=global_params,
+            opt_state=optimizer.init(global_params),
+            key=client_key(fed.seed, round_, market_index),
+            global_params=global_params,
+        )
+
+    def step(state: ClientState, market: MarketData, step_index):
+        batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
+        users = jax.random.randint(
+            batch_key, (fed.batch_size,), 0, jnp.maximum(market["num_users"], 1)
+        )
+        rows = market["train"][users]
+        grads, loss = jax.grad(objective, has_aux=True)(
+            state.params, state.global_params, rows, market, dropout_key
+        )
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        return state.replace(params=params, opt_state=opt_state), loss
+
+    def final(state: ClientState):
+        return jax.tree.map(jnp.subtract, state.params, state.global_params)
+
+    def update(global_params, market: MarketData, round_):
+        state = init(global_params, round_, market["market_index"])
+        state, step_losses = jax.lax.scan(
+            lambda s, k: step(s, market, k), state, jnp.arange(fed.local_steps)
+        )
+        return final(state), {"loss": jnp.mean(step_losses)}
+
+    return Client(init=init, step=step, final=final, update=update)

@@ -1,0 +1,210 @@
+"""One federated round as one compiled function (DESIGN.md §3).
+
+    broadcast w_global -> vmap(client.update) over the stacked market axis (K local steps under
+    lax.scan, batches sampled on the device from (seed, round, market, step)) -> weighted sums
+    -> psum over the mesh axis "clients" (the only collective) -> server optimiser.
+
+The market axis is sharded over a device mesh axis "clients" with jax.shard_map; M is padded
+to a multiple of the device count with zero-weight markets (stack_markets(...,
+num_markets_multiple=devices)). One code path serves 1 CPU, 8 GPUs and a multi-host TPU pod:
+after jax.distributed.initialize() the mesh simply spans every process's devices.
+
+`LoopBackend` runs the same client functions one market at a time: the debugging baseline.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from fecosr_jax.data.market import StackedMarkets
+from fecosr_jax.federated import server
+from fecosr_jax.federated.client import make_client
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig
+
+AXIS = "clients"
+_PARTICIPATION_STREAM = 2  # RNG stream tag of client sampling
+ROUND_FIELDS = ("train", "num_users", "semantics", "item_mask", "market_index", "weight")
+
+
+def market_weights(stacked: StackedMarkets, weighting: str) -> np.ndarray:
+    """[M] float32 aggregation weights: training targets or 1 per real market, 0 for padding."""
+    base = stacked.num_train_targets if weighting == "examples" else np.ones(stacked.num_markets)
+    return (base * stacked.market_mask).astype(np.float32)
+
+
+def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]:
+    """The arrays one round needs, each with the leading market axis M (host numpy)."""
+    if stacked.semantics is None:
+        raise ValueError(
+            "federated pretraining on item text vectors needs semantic vectors: set "
+            "config.data.semantics (text, npy, synthetic) for this dataset"
+        )
+    return {
+        "train": stacked.train,
+        "num_users": stacked.num_users,
+        "semantics": stacked.semantics,
+        "item_mask": stacked.item_mask,
+        "market_index": np.arange(stacked.num_markets, dtype=np.int32),
+        "weight": market_weights(stacked, fed.weighting),
+    }
+
+
+def participants(fed: FedConfig, round_: jax.Array, num_real: int) -> jax.Array:
+    """Sorted indices of the markets that train in this round, from (seed, round)."""
+    if not fed.clients_per_round or fed.clients_per_round >= num_real:
+        return jnp.arange(num_real)
+    key = jax.random.fold_in(
+        jax.random.fold_in(jax.random.key(fed.seed), _PARTICIPATION_STREAM), round_
+    )
+    return jnp.sort(jax.random.choice(key, num_real, (fed.clients_per_round,), replace=False))
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named "clients" over the given devices (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+@dataclasses.dataclass
+class CompiledRound:
+    """The jit-compiled round. `step(state, data) -> (state, metrics)`; `num_traces` counts
+    how often it was traced (1 after any number of rounds with the same shapes)."""
+
+    model_config: ModelConfig
+    fed: FedConfig
+    mesh: Mesh
+    num_real: int
+    num_traces: int = 0
+
+    def __post_init__(self):
+        client = make_client(self.model_config, self.fed)
+        optimizer = server.make_server_optimizer(self.fed)
+        self.optimizer = optimizer
+        num_devices = self.mesh.devices.size
+
+        def shard_fn(params, data, round_):
+            # Each device trains its own copies. Without this cast, differentiating w.r.t. the
+            # mesh-invariant params would transpose into a psum of every market's gradient.
+            params = jax.lax.pcast(params, AXIS, to="varying")
+            deltas, metrics = jax.vmap(client.update, in_axes=(None, 0, None))(params, data, round_)
+            sums = server.local_sums(deltas, data["weight"], data["mask"])
+            sums = jax.lax.psum(sums, AXIS)
+            mean_delta, diagnostics = server.aggregate(sums)
+            return mean_delta, diagnostics, server.drift(deltas, mean_delta), metrics["loss"]
+
+        sharded = jax.shard_map(
+            shard_fn,
+            mesh=self.mesh,
+            in_specs=(P(), P(AXIS), P()),
+            out_specs=(P(), P(), P(AXIS), P(AXIS)),
+        )
+
+        def step(state: server.ServerState, data: dict):
+            self.num_traces += 1  # Python side effect: runs only while tracing
+            num_markets = data["weight"].shape[0]
+            idx = participants(self.fed, state.round, self.num_real)
+            count = idx.shape[0]
+            padded = -(-count // num_devices) * num_devices
+            valid = jnp.arange(padded) < count
+            idx = jnp.concatenate([idx, jnp.zeros(padded - count, idx.dtype)])
+            scatter_idx = jnp.where(valid, idx, num_markets)  # padding entries are dropped
+            if padded == num_markets and count == self.num_real and self.num_real == num_markets:
+                chosen = dict(data)  # everyone trains: no gather
+            else:
+                chosen = jax.tree.map(lambda x: x[idx], data)
+            chosen["weight"] = chosen["weight"] * valid
+            chosen["mask"] = valid & (idx < self.num_real)
+            mean_delta, diagnostics, drift, loss = sharded(state.params, chosen, state.round)
+            new_state = server.server_update(state, mean_delta, optimizer)
+
+            def per_market(x):
+                return (
+                    jnp.full((num_markets,), jnp.nan)
+                    .at[scatter_idx]
+                    .set(jnp.where(chosen["mask"], x, jnp.nan), mode="drop")
+                )
+
+            metrics = {
+                **diagnostics,
+                "loss": jnp.nansum(loss * chosen["weight"])
+                / jnp.maximum(jnp.sum(chosen["weight"]), 1e-12),
+                "market_loss": per_market(loss),
+                "market_drift": per_market(drift),
+                "participants": per_market(jnp.ones_like(loss)) == 1,
+            }
+            return new_state, metrics
+
+        self.step = jax.jit(step, donate_argnums=0)
+
+    def init(self, params) -> server.ServerState:
+        """The initial server state, replicated over the mesh. It is a copy: the round
+        donates its state, and the caller's `params` must stay valid."""
+        state = server.server_init(jax.tree.map(jnp.array, params), self.optimizer)
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
+    def put(self, data: dict[str, np.ndarray]) -> dict[str, jax.Array]:
+        """Moves round data to the devices, market axis sharded over "clients"."""
+        sharding = NamedSharding(self.mesh, P(AXIS))
+        num_devices = self.mesh.devices.size
+        m = data["weight"].shape[0]
+        if m % num_devices:
+            raise ValueError(
+                f"{m} markets do not divide over {num_devices} devices: stack them "
+                f"with num_markets_multiple={num_devices}"
+            )
+        return jax.device_put(data, sharding)
+
+
+def build_round(
+    model_config: ModelConfig, fed: FedConfig, num_real_markets: int, mesh: Mesh | None = None
+) -> CompiledRound:
+    """The compiled round for these configs over `mesh` (default: all devices)."""
+    return CompiledRound(model_config, fed, mesh or make_mesh(), num_real_markets)
+
+
+class LoopBackend:
+    """The same client functions, one market at a time in Python (debugging, benchmarks)."""
+
+    def __init__(self, model_config: ModelConfig, fed: FedConfig, num_real_markets: int):
+        self.fed = fed
+        self.num_real = num_real_markets
+        self.client = make_client(model_config, fed)
+        self.optimizer = server.make_server_optimizer(fed)
+        self.client_update = jax.jit(self.client.update)
+        self.server_update = jax.jit(lambda s, d: server.server_update(s, d, self.optimizer))
+
+    def init(self, params) -> server.ServerState:
+        return server.server_init(params, self.optimizer)
+
+    def step(self, state: server.ServerState, data: dict[str, np.ndarray]):
+        idx = np.asarray(participants(self.fed, state.round, self.num_real))
+        deltas, losses = [], []
+        for m in idx.tolist():
+            market = {k: v[m] for k, v in data.items()}
+            delta, metrics = self.client_update(state.params, market, state.round)
+            deltas.append(delta)
+            losses.append(metrics["loss"])
+        stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *deltas)
+        weights = jnp.asarray(data["weight"][idx])
+        sums = server.local_sums(stacked, weights, jnp.ones(len(idx), bool))
+        mean_delta, diagnostics = server.aggregate(sums)
+        drift = server.drift(stacked, mean_delta)
+        losses = jnp.stack(losses)
+        num_markets = data["weight"].shape[0]
+        full = lambda x: jnp.full((num_markets,), jnp.nan).at[idx].set(x)  # noqa: E731
+        metrics = {
+            **diagnostics,
+            "loss": jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-12),
+            "market_loss": full(losses),
+            "market_drift": full(drift),
+            "participants": full(jnp.ones(len(idx))) == 1,
+        }
+        return self.server_update(state, mean_delta), metrics

@@ -1,0 +1,153 @@
+"""The shared sequence model (DESIGN.md §2): item adaptor + SASRec-style causal Transformer.
+
+Item representation e_i = A(s_i) (+ an optional item-ID embedding): A is a UniSRec-style
+mixture of parametric-whitening experts, x -> sum_e g_e(x) W_e (x - b_e), with a softmax gate
+on x. No item-ID parameters by default, so the model is catalogue-agnostic and every parameter
+is shared by all markets. The user state h_t is the Transformer's output at position t;
+scores over a market's catalogue are z_i = <h_t, e_i> / tau, padding items masked to -inf.
+
+Flax Linen used only through init/apply: parameters are plain pytrees, which is what a
+stacked market axis wants.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+Array = jax.Array
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelConfig:
+    """Sizes of the shared model.
+
+    Attributes:
+      hidden: d, the model width.
+      num_layers, num_heads: Transformer blocks and attention heads.
+      ffn_dim: inner width of each block's feed-forward layer.
+      dropout: dropout rate (embeddings, attention, feed-forward).
+      max_len: L, the longest input sequence (learned positions).
+      num_experts: experts in the item adaptor's mixture.
+      num_item_ids: size of an item-ID embedding table added to A(s_i) (N + 1 for a catalogue
+        of N items); 0 = none (the catalogue-agnostic model).
+      score_temperature: tau in z_i = <h, e_i> / tau.
+    """
+
+    hidden: int = 64
+    num_layers: int = 2
+    num_heads: int = 2
+    ffn_dim: int = 256
+    dropout: float = 0.2
+    max_len: int = 50
+    num_experts: int = 8
+    num_item_ids: int = 0
+    score_temperature: float = 1.0
+
+
+class ItemAdaptor(nn.Module):
+    """Mixture of parametric-whitening experts: [..., d_s] -> [..., d]."""
+
+    hidden: int
+    num_experts: int
+    dropout: float
+
+    @nn.compact
+    def __call__(self, x: Array, *, train: bool) -> Array:
+        d_s = x.shape[-1]
+        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        bias = self.param("bias", nn.initializers.zeros, (self.num_experts, d_s))
+        weight = self.param(
+            "weight", nn.initializers.lecun_normal(), (self.num_experts, d_s, self.hidden)
+        )
+        experts = jnp.einsum("...es,esd->...ed", x[..., None, :] - bias, weight)
+        gate = jax.nn.softmax(nn.Dense(self.num_experts, use_bias=False, name="gate")(x))
+        return jnp.einsum("...e,...ed->...d", gate, experts)
+
+
+class Block(nn.Module):
+    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+
+    config: ModelConfig
+
+    @nn.compact
+    def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
+        c = self.config
+        y = nn.LayerNorm(name="ln_attn")(x)
+        y = nn.MultiHeadDotProductAttention(
+            num_heads=c.num_heads,
+            dropout_rate=c.dropout,
+            deterministic=not train,
+            name="attn",
+        )(y, y, mask=mask)
+        x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        y = nn.LayerNorm(name="ln_ffn")(x)
+        y = nn.Dense(c.ffn_dim, name="ffn_in")(y)
+        y = nn.Dropout(c.dropout, deterministic=not train)(nn.gelu(y))
+        y = nn.Dense(c.hidden, name="ffn_out")(y)
+        return x + nn.Dropout(c.dropout, deterministic=not train)(y)
+
+
+class SequenceModel(nn.Module):
+    """Item adaptor + causal Transformer.
+
+    `__call__(inputs, semantics)` returns (hidden [B, L, d], items [N + 1, d]); scores are
+    `scores(hidden, items, item_mask)`.
+    """
+
+    config: ModelConfig
+
+    def setup(self):
+        c = self.config
+        self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout)
+        if c.num_item_ids:
+            self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=nn.initializers.zeros)
+        self.positions = nn.Embed(c.max_len, c.hidden)
+        self.embed_norm = nn.LayerNorm()
+        self.embed_dropout = nn.Dropout(c.dropout)
+        self.blocks = [Block(c, name=f"block_{i}") for i in range(c.num_layers)]
+        self.final_norm = nn.LayerNorm()
+
+    def item_embeddings(self, semantics: Array, *, train: bool = False) -> Array:
+        """[N + 1, d] item representations from semantic vectors [N + 1, d_s]."""
+        items = self.adaptor(semantics, train=train)
+        if self.config.num_item_ids:
+            items = items + self.item_ids(jnp.arange(semantics.shape[0]))
+        return items
+
+    def encode(self, inputs: Array, items: Array, *, train: bool = False) -> Array:
+        """Hidden states [B, L, d] of left-padded item sequences inputs [B, L] (0 = padding)."""
+        length = inputs.shape[-1]
+        valid = inputs > 0
+        x = items[inputs] + self.positions(jnp.arange(length))
+        x = self.embed_dropout(self.embed_norm(x), deterministic=not train)
+        x = x * valid[..., None]
+        mask = nn.make_causal_mask(inputs, dtype=bool) & nn.make_attention_mask(
+            valid, valid, dtype=bool
+        )
+        # A padding query attends to nothing; let it see itself so softmax stays finite.
+        mask = mask | jnp.eye(length, dtype=bool)
+        for block in self.blocks:
+            x = block(x, mask, train=train) * valid[..., None]
+        return self.final_norm(x)
+
+    def __call__(self, inputs: Array, semantics: Array, *, train: bool = False):
+        items = self.item_embeddings(semantics, train=train)
+        return self.encode(inputs, items, train=train), items
+
+
+def scores(config: ModelConfig, hidden: Array, items: Array, item_mask: Array) -> Array:
+    """Scores [..., N + 1] = <hidden, e_i> / tau, -inf where item_mask is False."""
+    z = hidden @ items.T / config.score_temperature
+    return jnp.where(item_mask, z, -jnp.inf)
+
+
+def init_params(config: ModelConfig, key: Array, semantic_dim: int):
+    """Initial shared parameters (a plain pytree)."""
+    model = SequenceModel(config)
+    inputs = jnp.ones((1, config.max_len), jnp.int32)
+    semantics = jnp.zeros((2, semantic_dim), jnp.float32)
+    return model.init({"params": key}, inputs, semantics)["params"]
