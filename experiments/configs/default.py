@@ -11,6 +11,7 @@ import dataclasses
 import ml_collections
 
 from fecosr_jax.data.synthetic import SyntheticConfig
+from fecosr_jax.federated.config import FedConfig
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -40,5 +41,25 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.data = data_config()
     config.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
+    # The shared model (fecosr_jax.model.ModelConfig; max_len comes from data.max_len).
+    config.model = ml_collections.ConfigDict(
+        {
+            "hidden": 64,
+            "num_layers": 2,
+            "num_heads": 2,
+            "ffn_dim": 256,
+            "dropout": 0.2,
+            "num_experts": 8,
+            "num_item_ids": 0,
+            "score_temperature": 1.0,
+        }
+    )
+    # Federated pretraining (fecosr_jax.federated.config.FedConfig; its seed is config.seed).
+    fed = dataclasses.asdict(FedConfig())
+    del fed["seed"]
+    config.federated = ml_collections.ConfigDict(fed)
+    config.num_rounds = 100
+    config.log_every = 10
+    config.eval_batch_size = 256
     config.seed = 0
     return config

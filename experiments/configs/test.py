@@ -14,4 +14,12 @@ def get_config():
     config.synthetic.items_per_market = 60
     config.synthetic.num_clusters = 6
     config.synthetic.semantic_dim = 8
+    config.model.hidden = 16
+    config.model.num_layers = 1
+    config.model.ffn_dim = 32
+    config.model.num_experts = 2
+    config.federated.local_steps = 2
+    config.federated.batch_size = 8
+    config.num_rounds = 3
+    config.log_every = 1
     return config
