@@ -76,11 +76,9 @@ class XmrecMarkets(tfds.core.GeneratorBasedBuilder):
         return tfds.core.DatasetInfo(builder=self, description=_DESCRIPTION, features=_features())
 
     def _split_generators(self, dl_manager):
-        data_dir = dl_manager.manual_dir
-        xmrec.load_markets(data_dir, self.builder_config.markets)  # clear errors up front
         splits = {}
         for name in self.builder_config.markets:
-            path = xmrec.find_market_file(data_dir, name, xmrec.RATING_PATTERNS)
+            path = xmrec.ratings_path(dl_manager.manual_dir, name)
             log = kcore_filter(xmrec.load_ratings(path), self.builder_config.kcore)
             market = market_from_interactions(name, log)
             splits[name] = self._generate_examples(market, _sorted_times(market, log))

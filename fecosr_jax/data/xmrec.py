@@ -180,6 +180,24 @@ def available_markets(data_dir: str | os.PathLike) -> list[str]:
     return sorted(names)
 
 
+def ratings_path(data_dir: str | os.PathLike, market: str) -> str:
+    """The ratings file of a market under data_dir.
+
+    Raises:
+      DataError: unknown market (no file matches RATING_PATTERNS); the message lists the
+        markets that do have files.
+    """
+    path = find_market_file(data_dir, market, RATING_PATTERNS)
+    if path is None:
+        raise DataError(
+            f"unknown market '{market}': no ratings file for it "
+            f"(markets found: {', '.join(available_markets(data_dir)) or 'none'})",
+            path=data_dir,
+            field="markets",
+        )
+    return path
+
+
 def load_markets(
     data_dir: str | os.PathLike,
     markets: Sequence[str],
@@ -208,15 +226,7 @@ def load_markets(
         raise DataError("no markets given", field="markets")
     out = []
     for name in markets:
-        path = find_market_file(data_dir, name, RATING_PATTERNS)
-        if path is None:
-            raise DataError(
-                f"unknown market '{name}': no ratings file for it "
-                f"(markets found: {', '.join(available_markets(data_dir)) or 'none'})",
-                path=data_dir,
-                field="markets",
-            )
-        interactions = kcore_filter(load_ratings(path), kcore)
+        interactions = kcore_filter(load_ratings(ratings_path(data_dir, name)), kcore)
         text = None
         if metadata_dir is not None:
             meta = find_market_file(metadata_dir, name, METADATA_PATTERNS)

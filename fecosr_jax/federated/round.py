@@ -57,9 +57,13 @@ def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]
     }
 
 
+def full_participation(fed: FedConfig, num_real: int) -> bool:
+    return not fed.clients_per_round or fed.clients_per_round >= num_real
+
+
 def participants(fed: FedConfig, round_: jax.Array, num_real: int) -> jax.Array:
     """Sorted indices of the markets that train in this round, from (seed, round)."""
-    if not fed.clients_per_round or fed.clients_per_round >= num_real:
+    if full_participation(fed, num_real):
         return jnp.arange(num_real)
     key = jax.random.fold_in(
         jax.random.fold_in(jax.random.key(fed.seed), _PARTICIPATION_STREAM), round_
@@ -110,18 +114,20 @@ class CompiledRound:
         def step(state: server.ServerState, data: dict):
             self.num_traces += 1  # Python side effect: runs only while tracing
             num_markets = data["weight"].shape[0]
-            idx = participants(self.fed, state.round, self.num_real)
-            count = idx.shape[0]
-            padded = -(-count // num_devices) * num_devices
-            valid = jnp.arange(padded) < count
-            idx = jnp.concatenate([idx, jnp.zeros(padded - count, idx.dtype)])
-            scatter_idx = jnp.where(valid, idx, num_markets)  # padding entries are dropped
-            if padded == num_markets and count == self.num_real and self.num_real == num_markets:
-                chosen = dict(data)  # everyone trains: no gather
+            if full_participation(self.fed, self.num_real):
+                idx = jnp.arange(num_markets)  # everyone trains: no gather
+                valid = idx < self.num_real  # padding markets carry weight 0 already
+                chosen = dict(data)
             else:
+                sampled = participants(self.fed, state.round, self.num_real)
+                count = sampled.shape[0]
+                padded = -(-count // num_devices) * num_devices  # whole shards per device
+                valid = jnp.arange(padded) < count
+                idx = jnp.concatenate([sampled, jnp.zeros(padded - count, sampled.dtype)])
                 chosen = jax.tree.map(lambda x: x[idx], data)
             chosen["weight"] = chosen["weight"] * valid
-            chosen["mask"] = valid & (idx < self.num_real)
+            chosen["mask"] = valid
+            scatter_idx = jnp.where(valid, idx, num_markets)  # out of range: dropped
             mean_delta, diagnostics, drift, loss = sharded(state.params, chosen, state.round)
             new_state = server.server_update(state, mean_delta, optimizer)
 
@@ -199,7 +205,10 @@ class LoopBackend:
         drift = server.drift(stacked, mean_delta)
         losses = jnp.stack(losses)
         num_markets = data["weight"].shape[0]
-        full = lambda x: jnp.full((num_markets,), jnp.nan).at[idx].set(x)  # noqa: E731
+
+        def full(x):
+            return jnp.full((num_markets,), jnp.nan).at[idx].set(x)
+
         metrics = {
             **diagnostics,
             "loss": jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-12),
