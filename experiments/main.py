@@ -4,6 +4,8 @@ r"""Entry point: parse flags, hand the config to the library.
       [--config.field=value ...]
 """
 
+import os
+
 from absl import app, flags
 from ml_collections import config_flags
 
@@ -17,7 +19,11 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-    experiment.train_and_evaluate(_CONFIG.value, _WORKDIR.value)
+    config = _CONFIG.value
+    if config.get("xla_flags"):
+        # Read when JAX starts its backend, which has not happened yet at this point.
+        os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
+    experiment.train_and_evaluate(config, _WORKDIR.value)
 
 
 if __name__ == "__main__":

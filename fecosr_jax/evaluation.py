@@ -1,9 +1,14 @@
 """Ranking metrics over each market's catalogue, vmapped over markets (DESIGN.md §5).
 
-Full ranking: the target's rank is the number of catalogue items scored strictly higher than
-it (ties count in the target's favour); padding items never compete. HR@K = [rank < K],
-NDCG@K = [rank < K] / log2(rank + 2), MRR@K = [rank < K] / (rank + 1). Metrics are returned as
-mergeable (sum, count) statistics per market.
+Protocols (config, not code):
+  "full": the target's rank is the number of catalogue items scored strictly higher than it
+    (ties count in the target's favour); padding items never compete.
+  "sampled99": the target against 99 negatives drawn uniformly (with replacement) from the
+    market's catalogue, seeded by (seed, market, user), as in the FOREC / CAT-SR tables.
+Seen items: with mask_seen=True, the items of the user's input sequence (its last L items)
+cannot outrank the target (default off, as in the RecBole comparison).
+HR@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2), MRR@K = [rank < K] / (rank + 1),
+returned as mergeable (sum, count) statistics per market.
 """
 
 from __future__ import annotations
@@ -45,6 +50,27 @@ def _chunks(x: jax.Array, size: int) -> jax.Array:
     return x.reshape(n // size, size, *x.shape[1:])
 
 
+PROTOCOLS = ("full", "sampled99")
+NUM_NEGATIVES = 99
+
+
+def sampled_ranks(item_scores, targets, item_mask, keys) -> jax.Array:
+    """[B] rank of the target among 99 negatives drawn from the catalogue with keys [B]."""
+    logits = jnp.where(item_mask, 0.0, -jnp.inf)
+    negatives = jax.vmap(lambda k: jax.random.categorical(k, logits, shape=(NUM_NEGATIVES,)))(keys)
+    s_t = jnp.take_along_axis(item_scores, targets[:, None], axis=-1)
+    s_neg = jnp.take_along_axis(item_scores, negatives, axis=-1)
+    return jnp.sum(s_neg > s_t, axis=-1).astype(jnp.int32)
+
+
+def mask_seen_items(item_scores, inputs, targets) -> jax.Array:
+    """Scores with the user's input items at -inf, except the target itself."""
+    rows = jnp.arange(inputs.shape[0])[:, None]
+    masked = item_scores.at[rows, inputs].set(-jnp.inf)
+    is_target = jnp.arange(item_scores.shape[-1])[None, :] == targets[:, None]
+    return jnp.where(is_target, item_scores, masked)
+
+
 def market_metric_sums(
     model_config: ModelConfig,
     params,
@@ -52,23 +78,36 @@ def market_metric_sums(
     targets,
     semantics,
     item_mask,
+    market_index=0,
     *,
     ks: Sequence[int] = KS,
     batch_size: int = 256,
+    protocol: str = "full",
+    mask_seen: bool = False,
+    seed: int = 0,
 ) -> dict:
     """Metric sums of one market: inputs [U, L], targets [U] (0 = no user), semantics
     [N + 1, d_s], item_mask [N + 1]. Users are scored in chunks of batch_size."""
     model = SequenceModel(model_config)
     items = model.apply({"params": params}, semantics, method=SequenceModel.item_embeddings)
+    market_key = jax.random.fold_in(jax.random.key(seed), market_index)
 
     def chunk(args):
-        x, t = args
+        x, t, users = args
         hidden = model.apply({"params": params}, x, items, method=SequenceModel.encode)
         s = scores(model_config, hidden[:, -1], items, item_mask)
-        return rank_metrics(target_ranks(s, t, item_mask), t > 0, ks)
+        if mask_seen:
+            s = mask_seen_items(s, x, t)
+        if protocol == "sampled99":
+            keys = jax.vmap(lambda u: jax.random.fold_in(market_key, u))(users)
+            ranks = sampled_ranks(s, t, item_mask, keys)
+        else:
+            ranks = target_ranks(s, t, item_mask)
+        return rank_metrics(ranks, t > 0, ks)
 
     size = min(batch_size, inputs.shape[0])
-    sums = jax.lax.map(chunk, (_chunks(inputs, size), _chunks(targets, size)))
+    users = jnp.arange(inputs.shape[0])
+    sums = jax.lax.map(chunk, (_chunks(inputs, size), _chunks(targets, size), _chunks(users, size)))
     return jax.tree.map(lambda x: jnp.sum(x, axis=0), sums)
 
 
@@ -82,11 +121,22 @@ def evaluate(
     *,
     ks: Sequence[int] = KS,
     batch_size: int = 256,
+    protocol: str = "full",
+    mask_seen: bool = False,
+    seed: int = 0,
+    per_market_params: bool = False,
 ) -> dict[str, np.ndarray]:
-    """Per-market mean metrics [M] (and "count" [M]) for stacked markets."""
-    sums = _evaluate_jit(
-        model_config, tuple(ks), batch_size, params, inputs, targets, semantics, item_mask
-    )
+    """Per-market mean metrics [M] (and "count" [M]) for stacked markets.
+
+    Args:
+      params: one shared parameter pytree, or (per_market_params=True) one per market
+        stacked on a leading axis M.
+      inputs [M, U, L], targets [M, U], semantics [M, N + 1, d_s], item_mask [M, N + 1].
+    """
+    if protocol not in PROTOCOLS:
+        raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
+    options = (tuple(ks), batch_size, protocol, bool(mask_seen), int(seed), per_market_params)
+    sums = _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask)
     return means(jax.device_get(sums))
 
 
@@ -95,10 +145,26 @@ def means(sums: dict) -> dict[str, np.ndarray]:
     return {k: (np.asarray(v) if k == "count" else np.asarray(v) / count) for k, v in sums.items()}
 
 
-@jax.jit(static_argnums=(0, 1, 2))
-def _evaluate_jit(model_config, ks, batch_size, params, inputs, targets, semantics, item_mask):
-    fn = lambda *a: market_metric_sums(model_config, params, *a, ks=ks, batch_size=batch_size)  # noqa: E731
-    return jax.vmap(fn)(inputs, targets, semantics, item_mask)
+@jax.jit(static_argnums=(0, 1))
+def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask):
+    ks, batch_size, protocol, mask_seen, seed, per_market = options
+
+    def one(p, *arrays):
+        return market_metric_sums(
+            model_config,
+            p,
+            *arrays,
+            ks=ks,
+            batch_size=batch_size,
+            protocol=protocol,
+            mask_seen=mask_seen,
+            seed=seed,
+        )
+
+    markets = jnp.arange(inputs.shape[0])
+    return jax.vmap(one, in_axes=(0 if per_market else None, 0, 0, 0, 0, 0))(
+        params, inputs, targets, semantics, item_mask, markets
+    )
 
 
 def popularity_metric_sums(train, targets, item_mask, *, ks: Sequence[int] = KS) -> dict:

@@ -1,30 +1,31 @@
-"""The experiment runner: config + workdir -> outputs in the workdir.
+"""The experiment runner: `train_and_evaluate(config, workdir)`.
 
-Current scope (stage 1): federated pretraining of the shared model on every market's item
-text vectors (S²CE or CE), then full-ranking evaluation per market next to the popularity
-baseline. Outputs: config.json, metrics.jsonl (one line per round), results.json and
-results.md. Fine-tuning and the paradigm grid come with the experiment-runner issue.
+Loads the markets of `config.data`, splits and stacks them once, runs every method of
+`config.methods` (fecosr_jax.paradigms) on the same splits, and writes to the workdir:
+config.json, metrics.jsonl (one line per pretraining round and fine-tuning epoch),
+TensorBoard events (tensorboard/), results.json + results.md (per market x method, with the
+gain over `local`), markets_ndcg10.png and curves.png.
 """
 
 from __future__ import annotations
 
-import json
+import dataclasses
 import os
-import time
 
 import jax
 import ml_collections
 import numpy as np
 
-from fecosr_jax import evaluation
-from fecosr_jax.data import StackedMarkets, leave_one_out, stack_markets, summary, synthetic
-from fecosr_jax.data.market import Market
+from fecosr_jax import evaluation, finetune, paradigms, reporting
+from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
+from fecosr_jax.data.market import Market, MarketSplit, StackedMarkets
 from fecosr_jax.data.sources import markets_from_config
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
-from fecosr_jax.model import ModelConfig, init_params
+from fecosr_jax.model import ModelConfig
 
-REPORTED = ("hr@10", "ndcg@10", "mrr@10")
+# Kept for callers of the first runner.
+write_json_atomic = reporting.write_json_atomic
 
 
 def synthetic_config(config: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
@@ -39,142 +40,270 @@ def fed_config(config: ml_collections.ConfigDict) -> FedConfig:
     return FedConfig(seed=config.seed, **config.federated.to_dict())
 
 
+def finetune_config(config: ml_collections.ConfigDict, mode: str) -> finetune.FinetuneConfig:
+    return finetune.FinetuneConfig(
+        mode=mode,
+        seed=config.seed,
+        eval_batch_size=config.eval.batch_size,
+        **config.finetune.to_dict(),
+    )
+
+
 def prepare_markets(
     config: ml_collections.ConfigDict, *, num_markets_multiple: int = 1
-) -> tuple[list[Market], StackedMarkets]:
+) -> tuple[list[Market], list[MarketSplit], StackedMarkets]:
     """Loads the markets of `config.data`, splits them and stacks them on the market axis."""
     markets = markets_from_config(config.data, synthetic_config(config))
     splits = [
-        leave_one_out(m, config.data.max_len, min_interactions=config.data.min_interactions)
+        leave_one_out(
+            m,
+            config.data.max_len,
+            min_interactions=config.data.min_interactions,
+            train_windows=config.data.train_windows,
+        )
         for m in markets
     ]
-    return markets, stack_markets(splits, num_markets_multiple=num_markets_multiple)
-
-
-def write_json_atomic(path: str, obj) -> None:
-    """Writes JSON through a temporary file and a rename: never a half-written file."""
-    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
-
-
-def _floats(x) -> float | None:
-    x = float(x)
-    return None if not np.isfinite(x) else round(x, 6)
-
-
-def per_market_table(names, metrics: dict[str, np.ndarray], counts: np.ndarray) -> dict:
-    """{market: {metric: value}, "mean": user-weighted, "market_mean": unweighted}."""
-    out = {
-        n: {k: _floats(metrics[k][i]) for k in metrics if k != "count"} for i, n in enumerate(names)
-    }
-    w = counts / max(counts.sum(), 1)
-    out["mean"] = {
-        k: _floats(np.sum(metrics[k][: len(names)] * w)) for k in metrics if k != "count"
-    }
-    out["market_mean"] = {
-        k: _floats(np.mean(metrics[k][: len(names)])) for k in metrics if k != "count"
-    }
-    return out
-
-
-def results_markdown(results: dict) -> str:
-    methods = list(results["methods"])
-    names = [k for k in results["methods"][methods[0]] if k not in ("mean", "market_mean")]
-    lines = [
-        f"# {results['dataset']}: test {', '.join(REPORTED)} ({results['protocol']} ranking)",
-        "",
-        "| market | " + " | ".join(f"{m} {k}" for m in methods for k in REPORTED) + " |",
-        "| --- |" + " ---: |" * (len(methods) * len(REPORTED)),
-    ]
-    for row in [*names, "mean", "market_mean"]:
-        cells = [results["methods"][m][row][k] for m in methods for k in REPORTED]
-        lines.append(
-            f"| {row} | " + " | ".join("-" if c is None else f"{c:.4f}" for c in cells) + " |"
-        )
-    return "\n".join(lines) + "\n"
+    return markets, splits, stack_markets(splits, num_markets_multiple=num_markets_multiple)
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
     if config.data.format == "synthetic":
-        return f"synthetic(M={config.synthetic.num_markets}, seed={config.synthetic.seed})"
-    return f"{config.data.format}:{os.path.basename(str(config.data.path).rstrip('/'))}"
+        s = config.synthetic
+        return (
+            f"synthetic (M={s.num_markets}, overlap={s.overlap}, "
+            f"heterogeneity={s.heterogeneity}, seed={s.seed})"
+        )
+    return f"{config.data.format}: {os.path.basename(str(config.data.path).rstrip('/'))}"
+
+
+class Runner:
+    """Runs the methods of one config on one set of splits, sharing pretrainings."""
+
+    def __init__(self, config, splits, stacked, names, log: reporting.RunLog):
+        self.config, self.splits, self.stacked, self.names, self.log = (
+            config,
+            splits,
+            stacked,
+            names,
+            log,
+        )
+        self.devices = jax.devices()
+        self.mesh = fed_round.make_mesh(self.devices)
+        self.model = model_config(config)
+        self.fed = fed_config(config)
+        self.pretrained: dict[str, tuple[ModelConfig, object, StackedMarkets]] = {}
+        self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
+        if self.transfer_source not in names:
+            raise ValueError(
+                f"config.transfer_source={config.transfer_source!r} is not a market "
+                f"of this dataset ({', '.join(names)})"
+            )
+
+    def _rounds(
+        self, kind: str, model: ModelConfig, fed: FedConfig, stacked, num_real: int, num_rounds: int
+    ):
+        names = self.names if num_real == len(self.names) else [self.transfer_source]
+        every = max(1, num_rounds // 10)
+
+        def on_round(r, m):
+            values = {
+                "loss": reporting.clean(m["loss"]),
+                "delta_cosine": reporting.clean(m["delta_cosine"]),
+                "delta_agreement": reporting.clean(m["delta_agreement"]),
+                "market_loss": {
+                    n: reporting.clean(m["market_loss"][i]) for i, n in enumerate(names)
+                },
+                "market_drift": {
+                    n: reporting.clean(m["market_drift"][i]) for i, n in enumerate(names)
+                },
+            }
+            self.log.log(
+                kind,
+                "pretrain",
+                r,
+                values,
+                curve="loss",
+                progress=r % every == 0 or r == num_rounds,
+            )
+
+        semantic_dim = stacked.semantics.shape[-1]
+        params = paradigms.initial_params(model, self.config.seed, semantic_dim)
+        return paradigms.run_rounds(
+            model, fed, stacked, num_real, num_rounds, params, self.mesh, on_round
+        )
+
+    def pretrain(self, kind: str):
+        """(model config, shared params, stacked markets it was trained on) for a kind."""
+        if kind in self.pretrained:
+            return self.pretrained[kind]
+        c, fed, multiple = self.config, self.fed, len(self.devices)
+        m = len(self.names)
+        if kind == "federated_s2ce":
+            out = (
+                self.model,
+                self._rounds(
+                    kind,
+                    self.model,
+                    dataclasses.replace(fed, loss="s2ce"),
+                    self.stacked,
+                    m,
+                    c.num_rounds,
+                ),
+                self.stacked,
+            )
+        elif kind == "federated_ce":
+            out = (
+                self.model,
+                self._rounds(
+                    kind,
+                    self.model,
+                    dataclasses.replace(fed, loss="ce"),
+                    self.stacked,
+                    m,
+                    c.num_rounds,
+                ),
+                self.stacked,
+            )
+        elif kind == "central_s2ce":
+            pooled = paradigms.centralized_config(dataclasses.replace(fed, loss="s2ce"))
+            out = (
+                self.model,
+                self._rounds(
+                    kind, self.model, pooled, self.stacked, m, c.num_rounds * fed.local_steps
+                ),
+                self.stacked,
+            )
+        elif kind == "source_s2ce":
+            source = self.splits[self.names.index(self.transfer_source)]
+            alone = stack_markets([source], num_markets_multiple=multiple)
+            params = self._rounds(
+                kind, self.model, dataclasses.replace(fed, loss="s2ce"), alone, 1, c.num_rounds
+            )
+            out = (self.model, params, self.stacked)
+        elif kind == "federated_id_ce":
+            stacked = paradigms.id_stacked(self.splits, multiple)
+            model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
+            out = (
+                model,
+                self._rounds(
+                    kind, model, dataclasses.replace(fed, loss="ce"), stacked, m, c.num_rounds
+                ),
+                stacked,
+            )
+        else:
+            raise ValueError(f"unknown pretraining {kind!r}")
+        self.pretrained[kind] = out
+        return out
+
+    def _local_base(self):
+        """Architecture and data of `local`: the text model, or ID-only without semantics."""
+        if self.stacked.semantics is not None:
+            return self.model, self.stacked
+        n = self.stacked.item_mask.shape[1] - 1
+        zeros = np.zeros((*self.stacked.item_mask.shape, 1), np.float32)
+        return (
+            paradigms.id_model_config(self.model, n),
+            dataclasses.replace(self.stacked, semantics=zeros),
+        )
+
+    def run(self, method: str) -> dict[str, np.ndarray]:
+        """Per-market test metrics [M] of one method."""
+        spec = paradigms.SPECS[method]
+        params = None
+        if spec.pretraining is not None:
+            model, params, stacked = self.pretrain(spec.pretraining)
+        else:
+            model, stacked = self._local_base()
+        ev = self.config.eval
+        evaluate = dict(
+            batch_size=ev.batch_size,
+            protocol=ev.protocol,
+            mask_seen=ev.mask_seen,
+            seed=self.config.seed,
+        )
+        if spec.finetune is None:
+            return evaluation.evaluate(
+                model,
+                params,
+                stacked.test_inputs,
+                stacked.test_targets,
+                stacked.semantics,
+                stacked.item_mask,
+                **evaluate,
+            )
+        ft = finetune_config(self.config, spec.finetune)
+        model = finetune.model_config_for(model, ft, stacked.item_mask.shape[1] - 1)
+        start = finetune.init_market_params(
+            model, ft, params, stacked.num_markets, stacked.semantics.shape[-1]
+        )
+        real = len(self.names)
+
+        def on_epoch(epoch, ndcg, loss, active):
+            values = {
+                "valid_ndcg@10": reporting.clean(np.mean(ndcg[:real])),
+                "loss": reporting.clean(np.mean(loss[:real])),
+                "markets_active": int(active[:real].sum()),
+                "market_valid_ndcg@10": {
+                    n: reporting.clean(ndcg[i]) for i, n in enumerate(self.names)
+                },
+            }
+            self.log.log(method, "finetune", epoch, values, curve="valid_ndcg@10", progress=True)
+
+        data = paradigms.finetune_data(stacked, self.fed)
+        result = finetune.finetune(model, ft, start, data, on_epoch=on_epoch)
+        return evaluation.evaluate(
+            model,
+            result.params,
+            stacked.test_inputs,
+            stacked.test_targets,
+            stacked.semantics,
+            stacked.item_mask,
+            per_market_params=True,
+            **evaluate,
+        )
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
-    """Federated pretraining on the markets of `config`, then per-market evaluation.
+    """Runs every method of `config` on its markets; writes the outputs under `workdir`.
 
     Returns:
       The results dict written to workdir/results.json.
     """
+    methods = paradigms.parse_methods(config.methods)
     os.makedirs(workdir, exist_ok=True)
-    write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
-    devices = jax.devices()
-    markets, stacked = prepare_markets(config, num_markets_multiple=len(devices))
-    print(summary.format_tables(markets), flush=True)
+    reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
-    model_cfg, fed = model_config(config), fed_config(config)
-    compiled = fed_round.build_round(model_cfg, fed, len(markets), fed_round.make_mesh(devices))
-    data = compiled.put(fed_round.round_data(stacked, fed))
-    params = init_params(model_cfg, jax.random.key(config.seed), stacked.semantics.shape[-1])
-    state = compiled.init(params)
-    print(
-        f"\nfederated pretraining ({fed.loss}, {fed.server_optimizer}): "
-        f"{config.num_rounds} rounds x {fed.local_steps} local steps, {len(markets)} markets "
-        f"on {len(devices)} device(s)",
-        flush=True,
-    )
-    metrics_path = os.path.join(workdir, "metrics.jsonl")
-    start = time.perf_counter()
-    with open(metrics_path, "w") as log:
-        for r in range(config.num_rounds):
-            state, metrics = compiled.step(state, data)
-            m = jax.device_get(metrics)
-            line = {
-                "paradigm": f"federated_{fed.loss}",
-                "round": r + 1,
-                "loss": _floats(m["loss"]),
-                "delta_cosine": _floats(m["delta_cosine"]),
-                "delta_agreement": _floats(m["delta_agreement"]),
-                "market_loss": {n: _floats(m["market_loss"][i]) for i, n in enumerate(names)},
-                "market_drift": {n: _floats(m["market_drift"][i]) for i, n in enumerate(names)},
-                "seconds": round(time.perf_counter() - start, 3),
-            }
-            log.write(json.dumps(line) + "\n")
-            log.flush()
-            if (r + 1) % config.log_every == 0 or r + 1 == config.num_rounds:
-                msg = (
-                    f"round {r + 1}/{config.num_rounds} loss {line['loss']:.4f} "
-                    f"delta cosine {line['delta_cosine']} ({line['seconds']:.1f}s)"
-                )
-                print(msg, flush=True)
-    counts = stacked.num_users[: len(names)].astype(float)
-    method = f"federated_{fed.loss}_pretrain"
-    got = evaluation.evaluate(
-        model_cfg,
-        state.params,
-        stacked.test_inputs,
-        stacked.test_targets,
-        stacked.semantics,
-        stacked.item_mask,
-        batch_size=config.eval_batch_size,
-    )
-    pop = evaluation.evaluate_popularity(stacked.train, stacked.test_targets, stacked.item_mask)
+    print(summary.format_tables(markets), flush=True)
+    log = reporting.RunLog(workdir, tensorboard=config.tensorboard)
+    try:
+        runner = Runner(config, splits, stacked, names, log)
+        tables, skipped = {}, {}
+        for method in methods:
+            reason = paradigms.refusal(method, stacked, splits)
+            if reason is not None:
+                skipped[method] = reason
+                print(f"skipping {method}: {reason}", flush=True)
+                continue
+            print(f"\n== {method}", flush=True)
+            tables[method] = reporting.per_market_table(names, runner.run(method))
+        pop = evaluation.evaluate_popularity(stacked.train, stacked.test_targets, stacked.item_mask)
+        tables["popularity"] = reporting.per_market_table(names, pop)
+    finally:
+        log.close()
     results = {
         "dataset": dataset_name(config),
-        "protocol": "full",
-        "methods": {
-            method: per_market_table(names, got, counts),
-            "popularity": per_market_table(names, pop, counts),
-        },
+        "protocol": "full" if config.eval.protocol == "full" else "sampled99",
+        "markets": names,
+        "methods": tables,
+        "vs_local": reporting.comparison(tables, names),
+        "skipped": skipped,
+        "transfer_source": runner.transfer_source if "transfer" in tables else None,
     }
-    write_json_atomic(os.path.join(workdir, "results.json"), results)
-    table = results_markdown(results)
-    write_text_atomic(os.path.join(workdir, "results.md"), table)
+    reporting.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    table = reporting.results_markdown(results)
+    reporting.write_text_atomic(os.path.join(workdir, "results.md"), table)
+    if config.plots:
+        reporting.plot(results, log.curves, workdir)
     print("\n" + table, flush=True)
     return results

@@ -34,6 +34,12 @@ class ModelConfig:
       num_experts: experts in the item adaptor's mixture.
       num_item_ids: size of an item-ID embedding table added to A(s_i) (N + 1 for a catalogue
         of N items); 0 = none (the catalogue-agnostic model).
+      item_id_init: "zeros" (stage 2: fine-tuning starts exactly at the pretrained model) or
+        "normal" (ID-only models trained from scratch).
+      adapter_dim: width of a bottleneck adapter after each block's feed-forward layer
+        (up-projection zero-initialised); 0 = none.
+      use_text: item representations include A(s_i); False = ID-only (SASRec), which needs
+        num_item_ids.
       score_temperature: tau in z_i = <h, e_i> / tau.
     """
 
@@ -45,7 +51,16 @@ class ModelConfig:
     max_len: int = 50
     num_experts: int = 8
     num_item_ids: int = 0
+    item_id_init: str = "zeros"
+    adapter_dim: int = 0
+    use_text: bool = True
     score_temperature: float = 1.0
+
+    def __post_init__(self):
+        if not self.use_text and not self.num_item_ids:
+            raise ValueError("an ID-only model (use_text=False) needs num_item_ids > 0")
+        if self.item_id_init not in ("zeros", "normal"):
+            raise ValueError(f"item_id_init={self.item_id_init!r}: expected zeros or normal")
 
 
 class ItemAdaptor(nn.Module):
@@ -88,7 +103,11 @@ class Block(nn.Module):
         y = nn.Dense(c.ffn_dim, name="ffn_in")(y)
         y = nn.Dropout(c.dropout, deterministic=not train)(nn.gelu(y))
         y = nn.Dense(c.hidden, name="ffn_out")(y)
-        return x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        if c.adapter_dim:  # market-specific bottleneck adapter; starts as the identity
+            y = nn.gelu(nn.Dense(c.adapter_dim, name="adapter_down")(x))
+            x = x + nn.Dense(c.hidden, kernel_init=nn.initializers.zeros, name="adapter_up")(y)
+        return x
 
 
 class SequenceModel(nn.Module):
@@ -102,9 +121,15 @@ class SequenceModel(nn.Module):
 
     def setup(self):
         c = self.config
-        self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout)
+        if c.use_text:
+            self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout)
         if c.num_item_ids:
-            self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=nn.initializers.zeros)
+            init = (
+                nn.initializers.zeros
+                if c.item_id_init == "zeros"
+                else nn.initializers.normal(stddev=c.hidden**-0.5)
+            )
+            self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=init)
         self.positions = nn.Embed(c.max_len, c.hidden)
         self.embed_norm = nn.LayerNorm()
         self.embed_dropout = nn.Dropout(c.dropout)
@@ -112,10 +137,14 @@ class SequenceModel(nn.Module):
         self.final_norm = nn.LayerNorm()
 
     def item_embeddings(self, semantics: Array, *, train: bool = False) -> Array:
-        """[N + 1, d] item representations from semantic vectors [N + 1, d_s]."""
+        """[N + 1, d] item representations from semantic vectors [N + 1, d_s] (for an ID-only
+        model only their count N + 1 is used)."""
+        ids = jnp.arange(semantics.shape[0])
+        if not self.config.use_text:
+            return self.item_ids(ids)
         items = self.adaptor(semantics, train=train)
         if self.config.num_item_ids:
-            items = items + self.item_ids(jnp.arange(semantics.shape[0]))
+            items = items + self.item_ids(ids)
         return items
 
     def encode(self, inputs: Array, items: Array, *, train: bool = False) -> Array:

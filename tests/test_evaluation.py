@@ -26,3 +26,33 @@ def test_ranks_and_metrics_by_hand():
     np.testing.assert_allclose(sums["ndcg@5"], 1.0 + 1.0 / np.log2(4.0), rtol=1e-6)
     np.testing.assert_allclose(sums["mrr@5"], 1.0 + 1.0 / 3.0, rtol=1e-6)
     np.testing.assert_allclose(sums["ndcg@1"], 1.0)
+
+
+def test_sampled_protocol_is_seeded_and_only_draws_catalogue_items():
+    import jax
+
+    scores = jnp.tile(jnp.arange(10.0), (4, 1))  # item i scores i
+    mask = jnp.arange(10) < 6  # catalogue = items 0..5 (0 excluded below)
+    mask = mask.at[0].set(False)
+    targets = jnp.array([5, 1, 3, 3])
+    keys = jax.vmap(lambda u: jax.random.fold_in(jax.random.key(0), u))(jnp.arange(4))
+    a = evaluation.sampled_ranks(scores, targets, mask, keys)
+    b = evaluation.sampled_ranks(scores, targets, mask, keys)
+    np.testing.assert_array_equal(a, b)
+    assert int(a[0]) == 0  # the best catalogue item: no negative scores higher
+    # Items 6..9 score higher than everything but are outside the catalogue: never drawn.
+    assert int(a[1]) > 0 and int(a[1]) <= 99
+    assert int(a[2]) == int(
+        jnp.sum(
+            jax.vmap(
+                lambda k: jax.random.categorical(k, jnp.where(mask, 0.0, -jnp.inf), shape=(99,))
+            )(keys)[2]
+            > 3
+        )
+    )
+
+
+def test_mask_seen_items_keeps_the_target():
+    scores = jnp.array([[0.0, 5.0, 4.0, 3.0]])
+    masked = evaluation.mask_seen_items(scores, jnp.array([[1, 2]]), jnp.array([2]))
+    np.testing.assert_array_equal(masked, [[0.0, -np.inf, 4.0, 3.0]])

@@ -2,24 +2,66 @@
 
 import json
 
+import pytest
+
 from experiments.configs import test as test_config
-from fecosr_jax import experiment
+from fecosr_jax import experiment, paradigms
+
+FILES = (
+    "config.json",
+    "metrics.jsonl",
+    "results.json",
+    "results.md",
+    "markets_ndcg10.png",
+    "curves.png",
+)
 
 
-def test_train_and_evaluate_writes_outputs_deterministically(tmp_path):
+@pytest.fixture(scope="module")
+def full_run(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("run")
+    return workdir, experiment.train_and_evaluate(test_config.get_config(), str(workdir))
+
+
+def test_every_file_and_every_method(full_run):
+    workdir, results = full_run
+    for name in FILES:
+        assert (workdir / name).is_file(), name
+    assert any((workdir / "tensorboard").iterdir())
+    assert set(results["methods"]) == {*paradigms.METHODS, "popularity"}
+    names = results["markets"]
+    for table in results["methods"].values():
+        assert set(table) == {*names, "mean", "market_mean"}
+        for k in (5, 10, 20):
+            assert {f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"} <= set(table["mean"])
+    assert results["protocol"] == "full"
+    comp = results["vs_local"]["fecosr"]
+    assert comp["markets_better"] + comp["markets_worse"] <= len(names)
+    lines = [json.loads(x) for x in (workdir / "metrics.jsonl").read_text().splitlines()]
+    stages = {(x["paradigm"], x["stage"]) for x in lines}
+    assert ("federated_s2ce", "pretrain") in stages and ("fecosr", "finetune") in stages
+    assert "| fecosr |" in (workdir / "results.md").read_text()
+
+
+def test_results_are_a_pure_function_of_config_and_seed(full_run, tmp_path):
+    workdir, _ = full_run
     config = test_config.get_config()
-    config.num_rounds = 2
-    a = experiment.train_and_evaluate(config, str(tmp_path / "a"))
-    b = experiment.train_and_evaluate(config, str(tmp_path / "b"))
-    for name in ("config.json", "metrics.jsonl", "results.json", "results.md"):
-        assert (tmp_path / "a" / name).is_file()
-    lines = (tmp_path / "a" / "metrics.jsonl").read_text().splitlines()
-    assert [json.loads(x)["round"] for x in lines] == [1, 2]
-    assert (tmp_path / "a" / "results.json").read_bytes() == (
-        tmp_path / "b" / "results.json"
-    ).read_bytes()
-    assert a == b
-    methods = a["methods"]
-    assert set(methods) == {"federated_s2ce_pretrain", "popularity"}
-    assert set(methods["popularity"]) == {"m0000", "m0001", "m0002", "mean", "market_mean"}
-    assert {"hr@5", "ndcg@10", "mrr@20"} <= set(methods["popularity"]["mean"])
+    config.plots = False
+    config.tensorboard = False
+    experiment.train_and_evaluate(config, str(tmp_path))
+    assert (tmp_path / "results.json").read_bytes() == (workdir / "results.json").read_bytes()
+
+
+def test_text_methods_refuse_without_semantics(tmp_path):
+    config = test_config.get_config()
+    config.data.semantics = "none"
+    config.methods = "local,fecosr"
+    config.plots = False
+    results = experiment.train_and_evaluate(config, str(tmp_path))
+    assert "needs item semantic vectors" in results["skipped"]["fecosr"]
+    assert set(results["methods"]) == {"local", "popularity"}
+
+
+def test_unknown_method_names_the_field():
+    with pytest.raises(ValueError, match="config.methods: unknown methods \\['fedsgd'\\]"):
+        paradigms.parse_methods("local,fedsgd")

@@ -11,6 +11,7 @@ from fecosr_jax.data import (
     leave_one_out,
     market_from_interactions,
     stack_markets,
+    train_pairs,
 )
 
 
@@ -105,3 +106,36 @@ def test_catalogue_overlap():
     a = market_from_interactions("a", log([("u", "x", 1), ("u", "y", 2)]))
     b = market_from_interactions("b", log([("v", "y", 1), ("v", "z", 2), ("v", "w", 3)]))
     np.testing.assert_array_equal(catalogue_overlap([a, b]), [[2, 1], [1, 3]])
+
+
+def test_training_windows_cover_every_target_once():
+    # One user, items 1..12 in time order; training part = 1..10; L = 3.
+    rows = [("u", f"i{k:02d}", k) for k in range(1, 13)]
+    m = market_from_interactions("x", log(rows))
+    one = leave_one_out(m, max_len=3)
+    np.testing.assert_array_equal(one.train, [[7, 8, 9, 10]])
+    every = leave_one_out(m, max_len=3, train_windows=0)
+    # Windows end at 10, 7, 4 (then 1 would hold no target): targets 8-10, 5-7, 2-4.
+    np.testing.assert_array_equal(every.train, [[7, 8, 9, 10], [4, 5, 6, 7], [1, 2, 3, 4]])
+    _, targets = train_pairs(every.train)
+    assert sorted(targets[targets > 0].tolist()) == list(range(2, 11))
+    np.testing.assert_array_equal(leave_one_out(m, 3, train_windows=2).train, every.train[:2])
+    st = stack_markets([every, one])
+    np.testing.assert_array_equal(st.num_train_rows, [3, 1])
+    np.testing.assert_array_equal(st.num_train_targets, [9, 3])
+
+
+def test_union_vocabulary_matches_items_by_id():
+    from fecosr_jax.data.market import to_union_vocabulary
+
+    a = market_from_interactions("a", log([("u", "x", 1), ("u", "y", 2), ("u", "z", 3)]))
+    b = market_from_interactions("b", log([("v", "z", 1), ("v", "w", 2), ("v", "x", 3)]))
+    ua, ub = to_union_vocabulary([leave_one_out(a, 2), leave_one_out(b, 2)])
+    assert ua.item_ids.tolist() == ["w", "x", "y", "z"]  # 1..4
+    # a: x y z -> 2 3 4; b: z w x -> 4 1 2.
+    np.testing.assert_array_equal(ua.test_inputs, [[2, 3]])
+    assert ua.test_targets.tolist() == [4] and ub.test_targets.tolist() == [2]
+    np.testing.assert_array_equal(ub.test_inputs, [[4, 1]])
+    np.testing.assert_array_equal(ua.item_mask, [False, False, True, True, True])
+    st = stack_markets([ua, ub])
+    np.testing.assert_array_equal(st.item_mask[1], [False, True, True, False, True])

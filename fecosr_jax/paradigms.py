@@ -1,0 +1,165 @@
+"""The paradigms compared on the same data and splits (DESIGN.md §5).
+
+Every method = a pretraining (or none) followed by a fine-tuning mode (or none):
+
+  method               pretraining                              fine-tuning
+  local                none (each market alone)                 scratch: text + ID + adapters
+  transfer             one source market (one-to-one)           adapt, on every market
+  centralized          pooled data of all markets (S²CE)        adapt
+  fedavg_ce            federated, CE                            plain
+  fecosr               federated, S²CE                          adapt
+  fecosr_no_s2ce       federated, CE                            adapt
+  fecosr_no_adapt      federated, S²CE                          plain
+  fecosr_no_finetune   federated, S²CE                          none (evaluated as is)
+  fedavg_id            federated, CE, item-ID model over the    plain
+                       union vocabulary (catalogues matched by id)
+
+Centralised training is the pooled-data reference: each step draws a batch from every market
+and applies Adam to the example-weighted mean gradient. It runs through the same compiled
+round with K = 1, SGD lr 1 clients and an Adam server (lr = client lr), for num_rounds *
+local_steps steps, the same number of gradient steps per market as federated pretraining.
+
+Without semantic vectors every text method refuses with the reason; `local` then trains an
+ID-only model and `fedavg_id` still runs.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
+from fecosr_jax.federated import round as fed_round
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, init_params
+
+METHODS = (
+    "local",
+    "transfer",
+    "centralized",
+    "fedavg_ce",
+    "fecosr",
+    "fecosr_no_s2ce",
+    "fecosr_no_adapt",
+    "fecosr_no_finetune",
+    "fedavg_id",
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class MethodSpec:
+    pretraining: str | None  # key of PRETRAININGS, or None
+    finetune: str | None  # fine-tuning mode, or None
+    needs_semantics: bool
+
+
+SPECS = {
+    "local": MethodSpec(None, "scratch", False),
+    "transfer": MethodSpec("source_s2ce", "adapt", True),
+    "centralized": MethodSpec("central_s2ce", "adapt", True),
+    "fedavg_ce": MethodSpec("federated_ce", "plain", True),
+    "fecosr": MethodSpec("federated_s2ce", "adapt", True),
+    "fecosr_no_s2ce": MethodSpec("federated_ce", "adapt", True),
+    "fecosr_no_adapt": MethodSpec("federated_s2ce", "plain", True),
+    "fecosr_no_finetune": MethodSpec("federated_s2ce", None, True),
+    "fedavg_id": MethodSpec("federated_id_ce", "plain", False),
+}
+
+
+def parse_methods(text: str) -> list[str]:
+    """Method names from a comma-separated config string ("all" = every method)."""
+    names = list(METHODS) if text.strip() == "all" else [m for m in text.split(",") if m]
+    unknown = [m for m in names if m not in SPECS]
+    if unknown:
+        raise ValueError(f"config.methods: unknown methods {unknown}; known: {', '.join(METHODS)}")
+    if not names:
+        raise ValueError("config.methods is empty")
+    return names
+
+
+def refusal(method: str, stacked: StackedMarkets, splits: list[MarketSplit]) -> str | None:
+    """Why a method cannot run on this data, or None."""
+    if SPECS[method].needs_semantics and stacked.semantics is None:
+        return (
+            f"{method} needs item semantic vectors (S²CE / text model) and this dataset "
+            "has none: set config.data.semantics (text, npy) to run it"
+        )
+    if method == "fedavg_id" and len(splits) > 1:
+        vocab = np.concatenate([s.item_ids for s in splits])
+        if len(np.unique(vocab)) == len(vocab):
+            return "fedavg_id needs catalogues that share item ids; these markets share none"
+    return None
+
+
+def id_model_config(base: ModelConfig, num_items: int) -> ModelConfig:
+    """An ID-only SASRec over num_items + 1 indices (no text adaptor)."""
+    return dataclasses.replace(
+        base, use_text=False, num_item_ids=num_items + 1, item_id_init="normal"
+    )
+
+
+def id_stacked(splits: list[MarketSplit], multiple: int) -> StackedMarkets:
+    """The markets over the union vocabulary, with placeholder semantics [M, V + 1, 1]."""
+    stacked = stack_markets(to_union_vocabulary(splits), num_markets_multiple=multiple)
+    zeros = np.zeros((*stacked.item_mask.shape, 1), np.float32)
+    return dataclasses.replace(stacked, semantics=zeros)
+
+
+def centralized_config(fed: FedConfig) -> FedConfig:
+    """Pooled-data training through the round: K = 1, SGD lr 1 clients, Adam server."""
+    return dataclasses.replace(
+        fed,
+        local_steps=1,
+        client_optimizer="sgd",
+        client_lr=1.0,
+        server_optimizer="fedadam",
+        server_lr=fed.client_lr,
+        server_b1=0.9,
+        server_b2=0.999,
+        server_eps=1e-8,
+        fedprox_mu=0.0,
+        clients_per_round=0,
+        weighting="examples",
+    )
+
+
+def run_rounds(
+    model_config: ModelConfig,
+    fed: FedConfig,
+    stacked: StackedMarkets,
+    num_real: int,
+    num_rounds: int,
+    params,
+    mesh,
+    on_round: Callable[[int, dict], None] | None = None,
+):
+    """Runs `num_rounds` compiled rounds from `params`; returns the final shared params."""
+    compiled = fed_round.build_round(model_config, fed, num_real, mesh)
+    data = compiled.put(fed_round.round_data(stacked, fed))
+    state = compiled.init(params)
+    for r in range(num_rounds):
+        state, metrics = compiled.step(state, data)
+        if on_round is not None:
+            on_round(r + 1, jax.device_get(metrics))
+    return jax.device_get(state.params)
+
+
+def finetune_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, jnp.ndarray]:
+    """The [M, ...] arrays fine-tuning needs (round data plus validation)."""
+    data = {k: jnp.asarray(v) for k, v in fed_round.round_data(stacked, fed).items()}
+    data["valid_inputs"] = jnp.asarray(stacked.valid_inputs)
+    data["valid_targets"] = jnp.asarray(stacked.valid_targets)
+    return data
+
+
+def default_source(stacked: StackedMarkets) -> int:
+    """The transfer source by default: the real market with the most training targets."""
+    return int(np.argmax(np.where(stacked.market_mask, stacked.num_train_targets, -1)))
+
+
+def initial_params(model_config: ModelConfig, seed: int, semantic_dim: int):
+    return init_params(model_config, jax.random.key(seed), semantic_dim)

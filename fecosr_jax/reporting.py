@@ -1,0 +1,216 @@
+"""Run outputs: per-market result tables (JSON + Markdown), plots, and the metrics log.
+
+results.json is a pure function of the config and seed (no timings); timings and training
+curves go to metrics.jsonl and TensorBoard.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import numpy as np
+
+REPORTED = ("hr@10", "ndcg@10", "mrr@10")
+GAIN_METRIC = "ndcg@10"
+
+
+def write_text_atomic(path: str, text: str) -> None:
+    """Writes through a temporary file and a rename: never a half-written file."""
+    tmp = f"{path}.tmp"
+    with open(tmp, "w") as f:
+        f.write(text)
+    os.replace(tmp, path)
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def clean(x) -> float | None:
+    """A JSON-safe rounded float (None for NaN/Inf)."""
+    x = float(x)
+    return None if not np.isfinite(x) else round(x, 6)
+
+
+def per_market_table(names, metrics: dict[str, np.ndarray]) -> dict:
+    """{market: {metric: value}, "mean": user-weighted mean, "market_mean": plain mean}."""
+    m = len(names)
+    counts = np.asarray(metrics["count"][:m], np.float64)
+    keys = sorted(k for k in metrics if k != "count")
+    out = {n: {k: clean(metrics[k][i]) for k in keys} for i, n in enumerate(names)}
+    w = counts / max(counts.sum(), 1.0)
+    out["mean"] = {k: clean(np.sum(np.asarray(metrics[k][:m]) * w)) for k in keys}
+    out["market_mean"] = {k: clean(np.mean(metrics[k][:m])) for k in keys}
+    return out
+
+
+def comparison(methods: dict, names, reference: str = "local") -> dict:
+    """Per method: gain in NDCG@10 over `reference` per market, and markets better / worse.
+
+    (Single-seed means: a difference here is not yet a significant one.)"""
+    if reference not in methods:
+        return {}
+    ref = methods[reference]
+    out = {}
+    for method, table in methods.items():
+        if method == reference:
+            continue
+        gains = {n: clean(table[n][GAIN_METRIC] - ref[n][GAIN_METRIC]) for n in names}
+        values = np.asarray([g for g in gains.values()], np.float64)
+        out[method] = {
+            "gain": gains,
+            "mean_gain": clean(values.mean()),
+            "markets_better": int((values > 0).sum()),
+            "markets_worse": int((values < 0).sum()),
+        }
+    return out
+
+
+def results_markdown(results: dict) -> str:
+    methods = results["methods"]
+    names = results["markets"]
+    lines = [
+        f"# {results['dataset']}",
+        "",
+        f"Test {GAIN_METRIC}, {results['protocol']} ranking, one seed ({len(names)} markets).",
+        "",
+    ]
+    cols = list(methods)
+    lines += ["| market | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    for row in [*names, "mean", "market_mean"]:
+        cells = [methods[c][row][GAIN_METRIC] for c in cols]
+        lines.append(
+            f"| {row} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |"
+        )
+    comp = results.get("vs_local", {})
+    if comp:
+        lines += [
+            "",
+            f"Against `local` ({GAIN_METRIC}, per market; not yet a significance test):",
+            "",
+            "| method | mean gain | markets better | markets worse |",
+            "| --- | ---: | ---: | ---: |",
+        ]
+        for method, c in comp.items():
+            lines.append(
+                f"| {method} | {c['mean_gain']:+.4f} | {c['markets_better']} | "
+                f"{c['markets_worse']} |"
+            )
+    if results.get("transfer_source"):
+        lines += [
+            "",
+            f"`transfer` pretrains on the source market `{results['transfer_source']}` "
+            "only; its row for the source shows what transfer gives the source itself.",
+        ]
+    for method, reason in results.get("skipped", {}).items():
+        lines += ["", f"Skipped `{method}`: {reason}"]
+    lines += [
+        "",
+        "HR@10 / MRR@10 (user-weighted mean): "
+        + ", ".join(
+            f"{m} {methods[m]['mean']['hr@10']:.4f} / {methods[m]['mean']['mrr@10']:.4f}"
+            for m in cols
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+class RunLog:
+    """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines."""
+
+    def __init__(self, workdir: str, *, tensorboard: bool = True):
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self.file = open(self.path, "a")
+        self.start = time.perf_counter()
+        self.writer = None
+        if tensorboard:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # optional: the JSONL log is the source of truth
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
+        self.curves: dict[str, list[tuple[int, float]]] = {}
+
+    def log(
+        self,
+        paradigm: str,
+        stage: str,
+        step: int,
+        values: dict,
+        *,
+        curve: str | None = None,
+        progress: bool = False,
+    ):
+        line = {
+            "paradigm": paradigm,
+            "stage": stage,
+            "step": step,
+            **values,
+            "seconds": round(time.perf_counter() - self.start, 3),
+        }
+        self.file.write(json.dumps(line) + "\n")
+        self.file.flush()
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    tag = f"{paradigm}/{stage}/{k}".replace("@", "_at_")
+                    self.writer.add_scalar(tag, v, step)
+        if curve is not None and values.get(curve) is not None:
+            self.curves.setdefault(f"{paradigm} {stage} {curve}", []).append((step, values[curve]))
+        if progress:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+            print(f"[{line['seconds']:7.1f}s] {paradigm} {stage} {step}: {shown}", flush=True)
+
+    def close(self):
+        self.file.close()
+        if self.writer is not None:
+            self.writer.close()
+
+
+def plot(results: dict, curves: dict, workdir: str) -> list[str]:
+    """PNG plots: per-market NDCG@10 bars by method, and training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names, methods = results["markets"], list(results["methods"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(methods) / 3 + 3), 4))
+    width = 0.8 / len(methods)
+    x = np.arange(len(names))
+    for i, m in enumerate(methods):
+        vals = [results["methods"][m][n][GAIN_METRIC] or 0.0 for n in names]
+        ax.bar(x + i * width, vals, width, label=m)
+    ax.set_xticks(x + 0.4 - width / 2, names, rotation=45 if len(names) > 8 else 0)
+    ax.set_ylabel(f"test {GAIN_METRIC}")
+    ax.set_title(results["dataset"])
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths.append(os.path.join(workdir, "markets_ndcg10.png"))
+    fig.savefig(paths[-1], dpi=120)
+    plt.close(fig)
+
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for name, points in curves.items():
+            steps, values = zip(*points, strict=True)
+            ax = axes[0] if "pretrain" in name else axes[1]
+            ax.plot(steps, values, label=name)
+        axes[0].set_xlabel("round")
+        axes[0].set_ylabel("training loss")
+        axes[0].set_title("federated / pooled pretraining")
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel("validation NDCG@10 (market mean)")
+        axes[1].set_title("fine-tuning")
+        for ax in axes:
+            if ax.lines:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(os.path.join(workdir, "curves.png"))
+        fig.savefig(paths[-1], dpi=120)
+        plt.close(fig)
+    return paths

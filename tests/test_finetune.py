@@ -1,0 +1,119 @@
+"""Stage 2: fine-tuning starts at the pretrained model, freezes what it should, and keeps
+each market's best parameters under its own early stopping."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fecosr_jax import evaluation, finetune, paradigms
+from fecosr_jax.data import leave_one_out, stack_markets, synthetic
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, init_params
+
+MODEL = ModelConfig(
+    hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.0
+)
+GEN = synthetic.SyntheticConfig(
+    num_markets=3, users_per_market=40, items_per_market=30, num_clusters=4, semantic_dim=8, seed=2
+)
+
+
+@pytest.fixture(scope="module")
+def stacked():
+    return stack_markets([leave_one_out(m, 8) for m in synthetic.synthetic_markets(GEN)])
+
+
+def setup(stacked, **changes):
+    ft = finetune.FinetuneConfig(
+        **{
+            "mode": "adapt",
+            "lr": 1e-2,
+            "max_epochs": 3,
+            "patience": 1,
+            "batch_size": 8,
+            "adapter_dim": 4,
+            **changes,
+        }
+    )
+    shared = init_params(MODEL, jax.random.key(0), 8)
+    model = finetune.model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
+    start = finetune.init_market_params(model, ft, shared, stacked.num_markets, 8)
+    return ft, shared, model, start, paradigms.finetune_data(stacked, FedConfig())
+
+
+def test_adapt_mode_starts_exactly_at_the_pretrained_model(stacked):
+    ft, shared, model, start, _ = setup(stacked)
+    args = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
+    pretrained = evaluation.evaluate(MODEL, shared, *args)
+    adapted = evaluation.evaluate(model, start, *args, per_market_params=True)
+    for k in ("ndcg@10", "hr@5", "mrr@20"):
+        np.testing.assert_allclose(adapted[k], pretrained[k], atol=1e-6)
+    # The adaptation module is per market, with zero item IDs and zero up-projections.
+    assert start["item_ids"]["embedding"].shape[0] == stacked.num_markets
+    assert np.all(np.asarray(start["item_ids"]["embedding"]) == 0)
+    assert np.all(np.asarray(start["block_0"]["adapter_up"]["kernel"]) == 0)
+
+
+def test_frozen_shared_part_does_not_move(stacked):
+    ft, shared, model, start, data = setup(stacked, shared_lr_mult=0.0, patience=5)
+    result = finetune.finetune(model, ft, start, data)
+    flat = jax.tree_util.tree_flatten_with_path(result.params)[0]
+    moved_local = False
+    for path, leaf in flat:
+        if finetune.is_local(path):
+            moved_local |= bool(np.abs(np.asarray(leaf)).max() > 0)
+        else:
+            ref = dict(jax.tree_util.tree_flatten_with_path(start)[0])[path]
+            np.testing.assert_array_equal(np.asarray(leaf), np.asarray(ref))
+    assert moved_local or (result.best_epoch == 0).all()
+
+
+def test_best_parameters_and_independent_early_stopping(stacked):
+    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
+    result = finetune.finetune(model, ft, start, data)
+    # The kept parameters score exactly the recorded best validation NDCG@10.
+    got = evaluation.evaluate(
+        model,
+        result.params,
+        stacked.valid_inputs,
+        stacked.valid_targets,
+        stacked.semantics,
+        stacked.item_mask,
+        per_market_params=True,
+    )
+    np.testing.assert_allclose(got["ndcg@10"], result.best_valid, atol=1e-6)
+    # With patience 1 each market stops one epoch after its last improvement, independently.
+    for m in range(stacked.num_markets):
+        active = [h["active"][m] for h in result.history]
+        last_active = max(i for i, a in enumerate(active) if a) + 1  # epochs are 1-based
+        assert last_active <= result.best_epoch[m] + ft.patience or last_active == len(active)
+    assert result.best_valid.min() >= 0
+
+
+def test_plain_mode_is_the_pretrained_model_for_every_market(stacked):
+    ft, shared, model, start, _ = setup(stacked, mode="plain")
+    assert model == MODEL
+    for a, b in zip(jax.tree.leaves(start), jax.tree.leaves(shared), strict=True):
+        assert a.shape == (stacked.num_markets, *b.shape)
+        np.testing.assert_array_equal(np.asarray(a[1]), np.asarray(b))
+
+
+def test_invalid_mode_is_refused():
+    with pytest.raises(ValueError, match="mode"):
+        finetune.FinetuneConfig(mode="bogus")
+
+
+def test_scratch_id_only_model_without_semantics(stacked):
+    base = paradigms.id_model_config(MODEL, stacked.item_mask.shape[1] - 1)
+    ft = finetune.FinetuneConfig(mode="scratch", max_epochs=1, batch_size=8, adapter_dim=4)
+    model = finetune.model_config_for(base, ft, stacked.item_mask.shape[1] - 1)
+    zeros = np.zeros((*stacked.item_mask.shape, 1), np.float32)
+    start = finetune.init_market_params(model, ft, None, stacked.num_markets, 1)
+    assert "adaptor" not in start
+    data = paradigms.finetune_data(dataclasses.replace(stacked, semantics=zeros), FedConfig())
+    result = finetune.finetune(model, ft, start, data)
+    assert np.isfinite(result.best_valid).all()
+    assert jnp.asarray(result.params["item_ids"]["embedding"]).std() > 0
