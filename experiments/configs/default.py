@@ -3,7 +3,7 @@ r"""Default experiment: 8 synthetic markets with semantic vectors, every method.
 Run locally (installs into .venv on first use):
   bash launch/run.sh
   python -m experiments.main --config=experiments/configs/default.py --workdir=workdir/default
-Override any field: --config.synthetic.num_markets=64 --config.data.max_len=20
+Override any field: --config.synthetic.num_markets=64 --config.data.max_len=50
 """
 
 import dataclasses
@@ -25,7 +25,7 @@ def data_config() -> ml_collections.ConfigDict:
             "dataset": "ml-100k",  # RecBole dataset name (format recbole)
             "metadata_path": "",  # XMRec metadata folder (titles), "" = none
             "kcore": 0,  # k-core filter per market when > 1
-            "max_len": 50,  # L: longest input sequence
+            "max_len": 20,  # L: longest input sequence (synthetic users have ~12 items)
             "min_interactions": 3,  # users with fewer are dropped (counted in the log)
             "train_windows": 1,  # training windows per user (0 = all: every interaction)
             "semantics": "auto",  # auto | synthetic | text | npy | random | none
