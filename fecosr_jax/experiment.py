@@ -24,9 +24,6 @@ from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig
 
-# Kept for callers of the first runner.
-write_json_atomic = reporting.write_json_atomic
-
 
 def synthetic_config(config: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
     return synthetic.SyntheticConfig(**config.synthetic.to_dict())
