@@ -135,32 +135,12 @@ class Runner:
             return self.pretrained[kind]
         c, fed, multiple = self.config, self.fed, len(self.devices)
         m = len(self.names)
-        if kind == "federated_s2ce":
-            out = (
-                self.model,
-                self._rounds(
-                    kind,
-                    self.model,
-                    dataclasses.replace(fed, loss="s2ce"),
-                    self.stacked,
-                    m,
-                    c.num_rounds,
-                ),
-                self.stacked,
+        if kind in ("federated_s2ce", "federated_ce"):
+            loss = kind.removeprefix("federated_")
+            params = self._rounds(
+                kind, self.model, dataclasses.replace(fed, loss=loss), self.stacked, m, c.num_rounds
             )
-        elif kind == "federated_ce":
-            out = (
-                self.model,
-                self._rounds(
-                    kind,
-                    self.model,
-                    dataclasses.replace(fed, loss="ce"),
-                    self.stacked,
-                    m,
-                    c.num_rounds,
-                ),
-                self.stacked,
-            )
+            out = (self.model, params, self.stacked)
         elif kind == "central_s2ce":
             pooled = paradigms.centralized_config(dataclasses.replace(fed, loss="s2ce"))
             out = (

@@ -70,6 +70,25 @@ def participants(fed: FedConfig, round_: jax.Array, num_real: int) -> jax.Array:
     return jnp.sort(jax.random.choice(key, num_real, (fed.clients_per_round,), replace=False))
 
 
+def round_metrics(diagnostics: dict, loss, drift, weight, mask, idx, num_markets: int) -> dict:
+    """The round's metrics: diagnostics, weighted mean loss, and per-market values [M] (NaN for
+    markets that did not train). loss, drift, weight, mask and idx [C] are per trained slot;
+    idx maps slots to markets (out-of-range entries are dropped)."""
+
+    def per_market(x):
+        return (
+            jnp.full((num_markets,), jnp.nan).at[idx].set(jnp.where(mask, x, jnp.nan), mode="drop")
+        )
+
+    return {
+        **diagnostics,
+        "loss": jnp.nansum(loss * weight) / jnp.maximum(jnp.sum(weight), 1e-12),
+        "market_loss": per_market(loss),
+        "market_drift": per_market(drift),
+        "participants": per_market(jnp.ones_like(loss)) == 1,
+    }
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh named "clients" over the given devices (default: all devices)."""
     devices = list(jax.devices() if devices is None else devices)
@@ -130,21 +149,9 @@ class CompiledRound:
             mean_delta, diagnostics, drift, loss = sharded(state.params, chosen, state.round)
             new_state = server.server_update(state, mean_delta, optimizer)
 
-            def per_market(x):
-                return (
-                    jnp.full((num_markets,), jnp.nan)
-                    .at[scatter_idx]
-                    .set(jnp.where(chosen["mask"], x, jnp.nan), mode="drop")
-                )
-
-            metrics = {
-                **diagnostics,
-                "loss": jnp.nansum(loss * chosen["weight"])
-                / jnp.maximum(jnp.sum(chosen["weight"]), 1e-12),
-                "market_loss": per_market(loss),
-                "market_drift": per_market(drift),
-                "participants": per_market(jnp.ones_like(loss)) == 1,
-            }
+            metrics = round_metrics(
+                diagnostics, loss, drift, chosen["weight"], chosen["mask"], scatter_idx, num_markets
+            )
             return new_state, metrics
 
         self.step = jax.jit(step, donate_argnums=0)
@@ -202,17 +209,14 @@ class LoopBackend:
         sums = server.local_sums(stacked, weights, jnp.ones(len(idx), bool))
         mean_delta, diagnostics = server.aggregate(sums)
         drift = server.drift(stacked, mean_delta)
-        losses = jnp.stack(losses)
         num_markets = data["weight"].shape[0]
-
-        def full(x):
-            return jnp.full((num_markets,), jnp.nan).at[idx].set(x)
-
-        metrics = {
-            **diagnostics,
-            "loss": jnp.sum(losses * weights) / jnp.maximum(jnp.sum(weights), 1e-12),
-            "market_loss": full(losses),
-            "market_drift": full(drift),
-            "participants": full(jnp.ones(len(idx))) == 1,
-        }
+        metrics = round_metrics(
+            diagnostics,
+            jnp.stack(losses),
+            drift,
+            weights,
+            jnp.ones(len(idx), bool),
+            jnp.asarray(idx),
+            num_markets,
+        )
         return self.server_update(state, mean_delta), metrics
