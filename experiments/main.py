@@ -2,11 +2,16 @@ r"""Entry point: parse flags, hand the config to the library.
 
   python -m experiments.main --config=experiments/configs/default.py --workdir=DIR \
       [--config.field=value ...]
+
+Re-running with the same workdir resumes from WORKDIR/checkpoints. Exit codes: 0 done,
+1 error (the message names the field, file, round or market), 75 stopped on SIGTERM after a
+checkpoint (re-run the same command to resume).
 """
 
 import os
+import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fecosr_jax import experiment
@@ -19,11 +24,22 @@ flags.mark_flags_as_required(["config", "workdir"])
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    if not flags.FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
     if config.get("xla_flags"):
         # Read when JAX starts its backend, which has not happened yet at this point.
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
-    experiment.train_and_evaluate(config, _WORKDIR.value)
+    from fecosr_jax import checkpoint
+
+    try:
+        experiment.train_and_evaluate(config, _WORKDIR.value)
+    except checkpoint.Preempted as e:
+        print(f"{e}. Re-run the same command to resume (exit {checkpoint.EXIT_PREEMPTED}).")
+        sys.exit(checkpoint.EXIT_PREEMPTED)
+    except (checkpoint.NonFiniteError, checkpoint.IncompatibleCheckpoint) as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":

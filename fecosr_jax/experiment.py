@@ -10,13 +10,15 @@ gain over `local`), markets_ndcg10.png and curves.png.
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 
 import jax
 import ml_collections
 import numpy as np
+from etils import epath
 
-from fecosr_jax import evaluation, finetune, paradigms, reporting
+from fecosr_jax import checkpoint, evaluation, finetune, paradigms, reporting
 from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
 from fecosr_jax.data.market import Market, MarketSplit, StackedMarkets
 from fecosr_jax.data.sources import markets_from_config
@@ -76,14 +78,17 @@ def dataset_name(config: ml_collections.ConfigDict) -> str:
 class Runner:
     """Runs the methods of one config on one set of splits, sharing pretrainings."""
 
-    def __init__(self, config, splits, stacked, names, log: reporting.RunLog):
-        self.config, self.splits, self.stacked, self.names, self.log = (
-            config,
-            splits,
-            stacked,
-            names,
-            log,
-        )
+    def __init__(
+        self,
+        config,
+        splits,
+        stacked,
+        names,
+        log: reporting.RunLog,
+        checkpoints: checkpoint.RunCheckpoints,
+    ):
+        self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
+        self.log, self.checkpoints = log, checkpoints
         self.devices = jax.devices()
         self.mesh = fed_round.make_mesh(self.devices)
         self.model = model_config(config)
@@ -125,8 +130,18 @@ class Runner:
 
         semantic_dim = stacked.semantics.shape[-1]
         params = paradigms.initial_params(model, self.config.seed, semantic_dim)
+        phase = f"pretrain_{kind}"
         return paradigms.run_rounds(
-            model, fed, stacked, num_real, num_rounds, params, self.mesh, on_round
+            model,
+            fed,
+            stacked,
+            names,
+            num_rounds,
+            params,
+            self.mesh,
+            on_round,
+            checkpoints=self.checkpoints.phase(phase),
+            phase=phase,
         )
 
     def pretrain(self, kind: str):
@@ -227,7 +242,17 @@ class Runner:
             self.log.log(method, "finetune", epoch, values, curve="valid_ndcg@10", progress=True)
 
         data = paradigms.finetune_data(stacked, self.fed)
-        result = finetune.finetune(model, ft, start, data, on_epoch=on_epoch)
+        phase = f"finetune_{method}"
+        result = finetune.finetune(
+            model,
+            ft,
+            start,
+            data,
+            on_epoch=on_epoch,
+            checkpoints=self.checkpoints.phase(phase, best=True),
+            names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
+            phase=phase,
+        )
         return evaluation.evaluate(
             model,
             result.params,
@@ -243,44 +268,73 @@ class Runner:
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs every method of `config` on its markets; writes the outputs under `workdir`.
 
+    Resumes from WORKDIR/checkpoints when they exist (module fecosr_jax.checkpoint): finished
+    methods are not run again, a method in progress continues from its newest good
+    checkpoint, and a finished run only reports.
+
     Returns:
       The results dict written to workdir/results.json.
+
+    Raises:
+      checkpoint.IncompatibleCheckpoint: the workdir holds a run with a different config.
+      checkpoint.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
+      checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
     """
     methods = paradigms.parse_methods(config.methods)
-    os.makedirs(workdir, exist_ok=True)
-    reporting.write_json_atomic(os.path.join(workdir, "config.json"), config.to_dict())
+    root = epath.Path(workdir)
+    root.mkdir(parents=True, exist_ok=True)
+    checkpoints = checkpoint.RunCheckpoints(
+        workdir, config.to_dict(), config.get("checkpoint", {"enabled": False})
+    )
+    results_path = root / "results.json"
+    if checkpoints.progress["done"] and results_path.exists():
+        print(f"{workdir}: this run has finished; its results:\n", flush=True)
+        print((root / "results.md").read_text(), flush=True)
+        return json.loads(results_path.read_text())
+    if checkpoints.resuming:
+        print(f"{workdir}: resuming from {checkpoints.root}", flush=True)
+    reporting.write_json_atomic(root / "config.json", config.to_dict())
     markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
     print(summary.format_tables(markets), flush=True)
     log = reporting.RunLog(workdir, tensorboard=config.tensorboard)
+    done = checkpoints.progress
     try:
-        runner = Runner(config, splits, stacked, names, log)
-        tables, skipped = {}, {}
-        for method in methods:
-            reason = paradigms.refusal(method, stacked, splits)
-            if reason is not None:
-                skipped[method] = reason
-                print(f"skipping {method}: {reason}", flush=True)
-                continue
-            print(f"\n== {method}", flush=True)
-            tables[method] = reporting.per_market_table(names, runner.run(method))
-        pop = evaluation.evaluate_popularity(stacked.train, stacked.test_targets, stacked.item_mask)
-        tables["popularity"] = reporting.per_market_table(names, pop)
+        with checkpoint.PreemptionHandler():
+            runner = Runner(config, splits, stacked, names, log, checkpoints)
+            for method in methods:
+                if method in done["methods"] or method in done["skipped"]:
+                    print(f"{method}: finished before the resume", flush=True)
+                    continue
+                reason = paradigms.refusal(method, stacked, splits)
+                if reason is not None:
+                    print(f"skipping {method}: {reason}", flush=True)
+                    checkpoints.finished_method(method, skipped=reason)
+                    continue
+                print(f"\n== {method}", flush=True)
+                table = reporting.per_market_table(names, runner.run(method))
+                checkpoints.finished_method(method, table)
+                checkpoint.raise_if_preempted(f"after {method}")
     finally:
         log.close()
+        checkpoints.close()
+    tables = {m: done["methods"][m] for m in methods if m in done["methods"]}
+    pop = evaluation.evaluate_popularity(stacked.train, stacked.test_targets, stacked.item_mask)
+    tables["popularity"] = reporting.per_market_table(names, pop)
     results = {
         "dataset": dataset_name(config),
         "protocol": "full" if config.eval.protocol == "full" else "sampled99",
         "markets": names,
         "methods": tables,
         "vs_local": reporting.comparison(tables, names),
-        "skipped": skipped,
+        "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": runner.transfer_source if "transfer" in tables else None,
     }
-    reporting.write_json_atomic(os.path.join(workdir, "results.json"), results)
+    reporting.write_json_atomic(results_path, results)
     table = reporting.results_markdown(results)
-    reporting.write_text_atomic(os.path.join(workdir, "results.md"), table)
+    reporting.write_text_atomic(root / "results.md", table)
     if config.plots:
         reporting.plot(results, log.curves, workdir)
+    checkpoints.finished_run()
     print("\n" + table, flush=True)
     return results

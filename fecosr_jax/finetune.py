@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from fecosr_jax import evaluation
+from fecosr_jax import checkpoint, evaluation
 from fecosr_jax.federated.client import batch_loss
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
@@ -197,7 +197,15 @@ def _epoch(
 
 
 def finetune(
-    model_config: ModelConfig, ft: FinetuneConfig, params, data: dict, *, on_epoch=None
+    model_config: ModelConfig,
+    ft: FinetuneConfig,
+    params,
+    data: dict,
+    *,
+    on_epoch=None,
+    checkpoints=None,
+    names: list[str] | None = None,
+    phase: str = "finetune",
 ) -> FinetuneResult:
     """Fine-tunes every market from `params` [M, ...] with early stopping per market.
 
@@ -207,46 +215,92 @@ def finetune(
       data: [M, ...] arrays: train, num_rows, semantics, item_mask, valid_inputs,
         valid_targets, market_index.
       on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]).
+      checkpoints: optional checkpoint.PhaseCheckpoints: the whole state (parameters,
+        optimiser states, best-so-far parameters, early-stopping counters) is saved after
+        every epoch and restored from the newest good checkpoint.
+      names: market names (error messages); default m0, m1, ...
 
     Returns:
-      The best parameters of each market and the validation history.
+      The best parameters of each market and the validation history (the epochs this call
+      ran: a resumed call starts its history at the checkpoint).
     """
+    checkpoints = checkpoints or checkpoint.NullPhase()
     num_markets = data["train"].shape[0]
+    names = names or [f"m{i}" for i in range(num_markets)]
     steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
-    start = evaluation.evaluate(
-        model_config,
-        params,
-        data["valid_inputs"],
-        data["valid_targets"],
-        data["semantics"],
-        data["item_mask"],
-        batch_size=ft.eval_batch_size,
-        per_market_params=True,
-    )
-    best_valid = start["ndcg@10"].astype(np.float64)
-    best_epoch = np.zeros(num_markets, np.int32)
-    bad = np.zeros(num_markets, np.int32)
-    active = np.ones(num_markets, bool)
-    best = params
     params = jax.tree.map(jnp.array, params)  # the epoch donates its inputs: keep `best`
-    opt_state = jax.vmap(make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init)(params)
+    state = {
+        "params": params,
+        "opt_state": jax.vmap(make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init)(
+            params
+        ),
+        "best": jax.tree.map(jnp.array, params),
+        "best_valid": np.zeros(num_markets, np.float32),
+        "best_epoch": np.zeros(num_markets, np.int32),
+        "bad": np.zeros(num_markets, np.int32),
+        "active": np.ones(num_markets, bool),
+        "epoch": np.zeros((), np.int32),
+    }
+    restored = checkpoints.restore(state)
+    if restored is not None:
+        state = restored[1]
+    else:
+        start = evaluation.evaluate(
+            model_config,
+            params,
+            data["valid_inputs"],
+            data["valid_targets"],
+            data["semantics"],
+            data["item_mask"],
+            batch_size=ft.eval_batch_size,
+            per_market_params=True,
+        )
+        state["best_valid"] = np.asarray(start["ndcg@10"], np.float32)
+    host = {k: np.asarray(state[k]) for k in ("best_valid", "best_epoch", "bad", "active")}
+    best_valid, best_epoch, bad, active = (
+        host[k] for k in ("best_valid", "best_epoch", "bad", "active")
+    )
+    params, opt_state, best = state["params"], state["opt_state"], state["best"]
     history = []
-    for epoch in range(1, ft.max_epochs + 1):
+    for epoch in range(int(state["epoch"]) + 1, ft.max_epochs + 1):
+        if not active.any():
+            break
         params, opt_state, ndcg, loss = _epoch(
             model_config, ft, steps, params, opt_state, jnp.asarray(active), data, epoch
         )
-        ndcg, loss = np.asarray(ndcg, np.float64), np.asarray(loss)
+        ndcg, loss = np.asarray(ndcg, np.float32), np.asarray(loss)
+        bad_markets = [n for i, n in enumerate(names) if active[i] and not np.isfinite(loss[i])]
+        if bad_markets:
+            raise checkpoint.NonFiniteError(
+                f"{phase}, epoch {epoch}: non-finite loss in market(s) {', '.join(bad_markets)}. "
+                f"The run stopped; the checkpoint of epoch {epoch - 1} is intact"
+            )
         improved = active & (ndcg > best_valid)
         best = _select(jnp.asarray(improved), params, best)
         best_valid = np.where(improved, ndcg, best_valid)
-        best_epoch = np.where(improved, epoch, best_epoch)
-        bad = np.where(improved, 0, bad + active)
+        best_epoch = np.where(improved, epoch, best_epoch).astype(np.int32)
+        bad = np.where(improved, 0, bad + active).astype(np.int32)
         history.append(
             {"epoch": epoch, "valid_ndcg@10": ndcg, "loss": loss, "active": active.copy()}
         )
         if on_epoch is not None:
             on_epoch(epoch, ndcg, loss, active.copy())
         active = active & (bad < ft.patience)
-        if not active.any():
-            break
+        state = {
+            "params": params,
+            "opt_state": opt_state,
+            "best": best,
+            "best_valid": best_valid,
+            "best_epoch": best_epoch,
+            "bad": bad,
+            "active": active,
+            "epoch": np.asarray(epoch, np.int32),
+        }
+        checkpoints.save(
+            epoch,
+            state,
+            metrics={"valid_ndcg@10": float(np.mean(ndcg))},
+            last=epoch == ft.max_epochs or not active.any(),
+        )
+        checkpoints.check_preemption(phase, epoch)
     return FinetuneResult(best, model_config, best_valid, best_epoch, history)

@@ -32,6 +32,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from fecosr_jax import checkpoint
 from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
@@ -131,20 +132,41 @@ def run_rounds(
     model_config: ModelConfig,
     fed: FedConfig,
     stacked: StackedMarkets,
-    num_real: int,
+    names: list[str],
     num_rounds: int,
     params,
     mesh,
     on_round: Callable[[int, dict], None] | None = None,
+    checkpoints=None,
+    phase: str = "pretrain",
 ):
-    """Runs `num_rounds` compiled rounds from `params`; returns the final shared params."""
-    compiled = fed_round.build_round(model_config, fed, num_real, mesh)
+    """Runs compiled rounds from `params` up to `num_rounds`; returns the final shared params.
+
+    With `checkpoints` (a checkpoint.PhaseCheckpoints) it starts from the newest good
+    checkpoint and saves the server state after every round. A non-finite loss, update or
+    parameter raises NonFiniteError naming the round and the markets, before anything is
+    saved; SIGTERM raises Preempted after the round's checkpoint.
+    """
+    checkpoints = checkpoints or checkpoint.NullPhase()
+    compiled = fed_round.build_round(model_config, fed, len(names), mesh)
     data = compiled.put(fed_round.round_data(stacked, fed))
     state = compiled.init(params)
-    for r in range(num_rounds):
+    restored = checkpoints.restore(state)
+    if restored is not None:
+        state = restored[1]
+    for r in range(int(state.round) + 1, num_rounds + 1):
         state, metrics = compiled.step(state, data)
+        metrics = jax.device_get(metrics)
+        problem = fed_round.non_finite(metrics, names)
+        if problem is not None:
+            raise checkpoint.NonFiniteError(
+                f"{phase}, round {r}: {problem}. The run stopped; the checkpoint of round "
+                f"{r - 1} is intact (fix the data or lower the learning rate, then re-run)"
+            )
         if on_round is not None:
-            on_round(r + 1, jax.device_get(metrics))
+            on_round(r, metrics)
+        checkpoints.save(r, state, last=r == num_rounds)
+        checkpoints.check_preemption(phase, r)
     return jax.device_get(state.params)
 
 

@@ -7,21 +7,15 @@ curves go to metrics.jsonl and TensorBoard.
 from __future__ import annotations
 
 import json
-import os
 import time
 
 import numpy as np
+from etils import epath
+
+from fecosr_jax.files import is_remote, write_bytes_atomic, write_text_atomic
 
 REPORTED = ("hr@10", "ndcg@10", "mrr@10")
 GAIN_METRIC = "ndcg@10"
-
-
-def write_text_atomic(path: str, text: str) -> None:
-    """Writes through a temporary file and a rename: never a half-written file."""
-    tmp = f"{path}.tmp"
-    with open(tmp, "w") as f:
-        f.write(text)
-    os.replace(tmp, path)
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -118,12 +112,22 @@ def results_markdown(results: dict) -> str:
 
 
 class RunLog:
-    """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines."""
+    """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines.
+
+    An existing metrics.jsonl is continued. A resumed phase repeats the steps after its
+    checkpoint: logging step s of a (paradigm, stage) drops that phase's old lines from s on,
+    so the file holds each round and epoch once. On an object store (gs://) the file is
+    rewritten at most every 30 s and at close (objects cannot be appended to)."""
 
     def __init__(self, workdir: str, *, tensorboard: bool = True):
-        self.path = os.path.join(workdir, "metrics.jsonl")
-        self.file = open(self.path, "a")
-        self.start = time.perf_counter()
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.remote = is_remote(self.path)
+        self.lines: list[dict] = []
+        if self.path.exists():
+            self.lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        last = self.lines[-1]["seconds"] if self.lines else 0.0
+        self.start = time.perf_counter() - last
+        self.synced = time.perf_counter()
         self.writer = None
         if tensorboard:
             try:
@@ -131,8 +135,22 @@ class RunLog:
             except ImportError:  # optional: the JSONL log is the source of truth
                 SummaryWriter = None
             if SummaryWriter is not None:
-                self.writer = SummaryWriter(os.path.join(workdir, "tensorboard"))
-        self.curves: dict[str, list[tuple[int, float]]] = {}
+                self.writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+    @property
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """{"paradigm stage metric": [(step, value)]} of the logged curves."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for line in self.lines:
+            curve = line.get("curve")
+            if curve is not None and line.get(curve) is not None:
+                key = f"{line['paradigm']} {line['stage']} {curve}"
+                out.setdefault(key, []).append((line["step"], line[curve]))
+        return out
+
+    def _rewrite(self):
+        write_text_atomic(self.path, "".join(json.dumps(x) + "\n" for x in self.lines))
+        self.synced = time.perf_counter()
 
     def log(
         self,
@@ -151,23 +169,51 @@ class RunLog:
             **values,
             "seconds": round(time.perf_counter() - self.start, 3),
         }
-        self.file.write(json.dumps(line) + "\n")
-        self.file.flush()
+        if curve is not None:
+            line["curve"] = curve
+        if any(
+            x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step
+            for x in self.lines
+        ):
+            # A resumed phase repeats the steps after its checkpoint: drop their old lines.
+            self.lines = [
+                x
+                for x in self.lines
+                if not (x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step)
+            ]
+            self._rewrite()
+        self.lines.append(line)
+        if not self.remote:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        elif time.perf_counter() - self.synced > 30:
+            self._rewrite()
         if self.writer is not None:
             for k, v in values.items():
                 if isinstance(v, (int, float)) and v is not None:
                     tag = f"{paradigm}/{stage}/{k}".replace("@", "_at_")
                     self.writer.add_scalar(tag, v, step)
-        if curve is not None and values.get(curve) is not None:
-            self.curves.setdefault(f"{paradigm} {stage} {curve}", []).append((step, values[curve]))
         if progress:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
             print(f"[{line['seconds']:7.1f}s] {paradigm} {stage} {step}: {shown}", flush=True)
 
     def close(self):
-        self.file.close()
+        if self.remote:
+            self._rewrite()
         if self.writer is not None:
             self.writer.close()
+
+
+def _save_png(fig, path: str):
+    """Saves a figure as PNG, atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
 
 
 def plot(results: dict, curves: dict, workdir: str) -> list[str]:
@@ -190,9 +236,8 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
     ax.set_title(results["dataset"])
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
-    paths.append(os.path.join(workdir, "markets_ndcg10.png"))
-    fig.savefig(paths[-1], dpi=120)
-    plt.close(fig)
+    paths.append(str(epath.Path(workdir) / "markets_ndcg10.png"))
+    _save_png(fig, paths[-1])
 
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -210,7 +255,6 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
             if ax.lines:
                 ax.legend(fontsize=7)
         fig.tight_layout()
-        paths.append(os.path.join(workdir, "curves.png"))
-        fig.savefig(paths[-1], dpi=120)
-        plt.close(fig)
+        paths.append(str(epath.Path(workdir) / "curves.png"))
+        _save_png(fig, paths[-1])
     return paths

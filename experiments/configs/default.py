@@ -73,6 +73,12 @@ def get_config() -> ml_collections.ConfigDict:
     # Methods (fecosr_jax.paradigms.METHODS), comma-separated or "all".
     config.methods = "all"
     config.transfer_source = ""  # "" = the market with the most training targets
+    # Orbax checkpoints under WORKDIR/checkpoints (fecosr_jax.checkpoint): saved every `every`
+    # rounds / epochs (and at the last one), the latest `keep` kept plus each fine-tuning's
+    # best epoch. Re-running the same command with the same workdir resumes.
+    config.checkpoint = ml_collections.ConfigDict(
+        {"enabled": True, "keep": 2, "every": 1, "async_save": True}
+    )
     config.tensorboard = True
     config.plots = True
     # Extra XLA flags, applied by experiments/main.py before JAX starts (e.g. a faster compile

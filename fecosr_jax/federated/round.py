@@ -89,6 +89,23 @@ def round_metrics(diagnostics: dict, loss, drift, weight, mask, idx, num_markets
     }
 
 
+def non_finite(metrics: dict, names: Sequence[str]) -> str | None:
+    """What went non-finite in a round (host metrics), naming the markets; None if nothing."""
+    m = len(names)
+    trained = np.asarray(metrics["participants"])[:m]
+    loss = np.asarray(metrics["market_loss"])[:m]
+    bad = [n for i, n in enumerate(names) if trained[i] and not np.isfinite(loss[i])]
+    if bad:
+        return f"non-finite loss in market(s) {', '.join(bad)}"
+    drift = np.asarray(metrics["market_drift"])[:m]
+    bad = [n for i, n in enumerate(names) if trained[i] and not np.isfinite(drift[i])]
+    if bad or not bool(metrics["params_finite"]):
+        return "non-finite client update or shared parameters" + (
+            f" (non-finite drift in market(s) {', '.join(bad)})" if bad else ""
+        )
+    return None
+
+
 def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh named "clients" over the given devices (default: all devices)."""
     devices = list(jax.devices() if devices is None else devices)
@@ -152,6 +169,7 @@ class CompiledRound:
             metrics = round_metrics(
                 diagnostics, loss, drift, chosen["weight"], chosen["mask"], scatter_idx, num_markets
             )
+            metrics["params_finite"] = server.all_finite(new_state.params)
             return new_state, metrics
 
         self.step = jax.jit(step, donate_argnums=0)
@@ -219,4 +237,6 @@ class LoopBackend:
             jnp.asarray(idx),
             num_markets,
         )
-        return self.server_update(state, mean_delta), metrics
+        state = self.server_update(state, mean_delta)
+        metrics["params_finite"] = server.all_finite(state.params)
+        return state, metrics

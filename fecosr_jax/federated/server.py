@@ -112,3 +112,8 @@ def aggregate(sums: dict) -> tuple[Params, dict]:
 def drift(deltas: Params, mean_delta: Params) -> jax.Array:
     """[C] ||delta_k - mean delta||."""
     return tree_norms(jax.tree.map(lambda d, m: d - m[None], deltas, mean_delta))
+
+
+def all_finite(tree: Params) -> jax.Array:
+    """bool scalar: every entry of every leaf is finite."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]))

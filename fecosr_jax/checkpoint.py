@@ -1,0 +1,319 @@
+"""Checkpoints, exact resume and faults: orbax under WORKDIR/checkpoints/.
+
+A run is a sequence of phases: each pretraining (`pretrain_<kind>`, one step per federated
+round) and each method's fine-tuning (`finetune_<method>`, one step per epoch). Each phase has
+its own orbax CheckpointManager in WORKDIR/checkpoints/<phase>/<step>/, holding:
+
+  state: the phase's whole training state as arrays (orbax StandardSave: OCDBT/zarr, no
+         pickles): server params + optimiser state + round, or the per-market parameters,
+         their optimiser states, the best-so-far parameters and early-stopping counters.
+  meta:  JSON: phase, step, seed, and a fingerprint of every state array (verified on
+         restore, so a corrupted checkpoint is detected, reported and skipped).
+
+Randomness is stateless: batches, dropout and client sampling derive from (seed, round or
+epoch, market, step), so the step counter is the whole RNG and sampler state, and a resumed
+run repeats the uninterrupted one bit for bit on the same machine.
+
+WORKDIR/checkpoints/progress.json records the run's config and every finished method's
+per-market results, so a resumed run skips finished methods and a finished run only
+reports. A workdir may be a gs:// path: orbax writes it through tensorstore, and the other
+outputs go through etils.epath (which needs `pip install gcsfs` for gs://).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import signal
+import warnings
+from typing import Any
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+from etils import epath
+from orbax.checkpoint import checkpoint_managers
+
+from fecosr_jax.files import write_text_atomic
+
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
+# Config fields that may change between a run and its resume (they do not change results).
+RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "checkpoint")
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or parameter: the run stops and the last checkpoint stays good."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: a checkpoint was written; re-running the same command resumes."""
+
+
+class IncompatibleCheckpoint(ValueError):
+    """The workdir holds a run whose config differs in fields that change results."""
+
+
+# ---------------------------------------------------------------------------------------------
+# Preemption (SIGTERM).
+
+_preemption = {"requested": False}
+
+
+def preemption_requested() -> bool:
+    return _preemption["requested"]
+
+
+def raise_if_preempted(where: str):
+    """Between phases (nothing unsaved): on SIGTERM, raise Preempted."""
+    if preemption_requested():
+        raise Preempted(f"SIGTERM: stopped {where}; everything finished so far is saved")
+
+
+class PreemptionHandler:
+    """Context manager: while active, SIGTERM only sets a flag. The training loops check the
+    flag after each saved step and raise Preempted; outside the main thread it does nothing."""
+
+    def __enter__(self):
+        _preemption["requested"] = False
+        self.previous = None
+        try:
+            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
+        except ValueError:  # not the main thread: leave signals alone
+            pass
+        return self
+
+    @staticmethod
+    def _on_sigterm(signum, frame):
+        _preemption["requested"] = True
+
+    def __exit__(self, *exc):
+        if self.previous is not None:
+            signal.signal(signal.SIGTERM, self.previous)
+        return False
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: a hash of every array's exact bytes, stored in the checkpoint's JSON.
+
+
+def fingerprint(tree) -> list[str]:
+    """Per-leaf BLAKE2b digest of the exact bytes (and dtype, shape) of every array."""
+    out = []
+    for x in jax.device_get(jax.tree.leaves(tree)):
+        x = np.ascontiguousarray(x)
+        h = hashlib.blake2b(f"{x.dtype}{x.shape}".encode(), digest_size=16)
+        h.update(x.tobytes())
+        out.append(h.hexdigest())
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# One phase's checkpoints.
+
+
+class PhaseCheckpoints:
+    """The orbax checkpoints of one phase: save after each step, restore the newest good one.
+
+    Keeps the latest `keep` steps; with `best` (fine-tuning) also the step with the highest
+    `valid_ndcg@10` metric."""
+
+    def __init__(self, directory, *, keep: int, best: bool, async_save: bool, every: int = 1):
+        self.directory = epath.Path(directory)
+        self.every = max(1, every)
+        incomplete = (
+            sorted(p.name for p in self.directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)
+            if self.directory.exists()
+            else []
+        )
+        for name in incomplete:
+            warnings.warn(
+                f"{self.directory / name}: an incomplete checkpoint (a save was interrupted); "
+                "it is ignored and removed",
+                stacklevel=2,
+            )
+        policies = [checkpoint_managers.LatestN(keep)]
+        if best:
+            policies.append(
+                checkpoint_managers.BestN(
+                    get_metric_fn=lambda m: m["valid_ndcg@10"],
+                    n=1,
+                    keep_checkpoints_without_metrics=False,
+                )
+            )
+        self.manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(
+                preservation_policy=checkpoint_managers.AnyPreservationPolicy(policies),
+                enable_async_checkpointing=async_save,
+                cleanup_tmp_directories=True,
+                create=True,
+            ),
+            item_names=("state", "meta"),
+        )
+
+    def restore(self, target) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint that restores and matches its fingerprint,
+        with the arrays of `target` (shapes, dtypes, shardings); None when there is none.
+        Newer checkpoints that fail are reported and deleted."""
+        for step in sorted(self.manager.all_steps(), reverse=True):
+            try:
+                restored = self.manager.restore(
+                    step,
+                    args=ocp.args.Composite(
+                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                    ),
+                )
+                state, meta = restored["state"], restored["meta"]
+                if meta["fingerprint"] != fingerprint(state):
+                    raise ValueError("its arrays do not match the fingerprint saved with them")
+            except Exception as e:  # any failure: fall back to an older checkpoint
+                warnings.warn(
+                    f"{self.directory / str(step)}: checkpoint unreadable or corrupt "
+                    f"({type(e).__name__}: {str(e)[:300]}); using an older one",
+                    stacklevel=2,
+                )
+                self.manager.delete(step)
+                continue
+            return step, state
+        return None
+
+    def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
+        """Saves `state` as `step` (every `every` steps, at the last one, and on SIGTERM)."""
+        if not (last or step % self.every == 0 or preemption_requested()):
+            return
+        meta = {"step": step, "fingerprint": fingerprint(state)}
+        self.manager.save(
+            step,
+            args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+            ),
+            metrics=metrics,
+            force=True,
+        )
+
+    def check_preemption(self, phase: str, step: int):
+        """After a step's save: on SIGTERM, finish writing and raise Preempted."""
+        if preemption_requested():
+            self.manager.wait_until_finished()
+            raise Preempted(f"SIGTERM: stopped after {phase} step {step}, checkpoint saved")
+
+    def close(self):
+        self.manager.wait_until_finished()
+        self.manager.close()
+
+
+class NullPhase:
+    """Checkpointing off: the same interface, saving nothing."""
+
+    def restore(self, target):
+        return None
+
+    def save(self, step, state, *, metrics=None, last=False):
+        pass
+
+    def check_preemption(self, phase, step):
+        if preemption_requested():
+            raise Preempted(f"SIGTERM: stopped after {phase} step {step} (checkpoints are off)")
+
+    def close(self):
+        pass
+
+
+# ---------------------------------------------------------------------------------------------
+# The run's checkpoints: phases, progress, config compatibility.
+
+
+def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
+    """Dotted names of the fields whose values differ (ignoring RESUMABLE_FIELDS)."""
+    out = []
+    for key in sorted(set(saved) | set(current)):
+        name = f"{prefix}{key}"
+        if not prefix and key in RESUMABLE_FIELDS:
+            continue
+        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        if isinstance(a, dict) and isinstance(b, dict):
+            out += config_differences(a, b, f"{name}.")
+        elif a != b:
+            out.append(f"{name} (checkpoint {a!r}, now {b!r})")
+    return out
+
+
+def _json_ready(obj):
+    """The config as JSON would round-trip it (tuples become lists)."""
+    return json.loads(json.dumps(obj))
+
+
+class RunCheckpoints:
+    """WORKDIR/checkpoints: one PhaseCheckpoints per phase plus progress.json."""
+
+    def __init__(self, workdir, config_dict: dict, options: dict):
+        self.root = epath.Path(workdir) / "checkpoints"
+        self.options = options
+        self.enabled = bool(options.get("enabled", True))
+        self.progress_path = self.root / "progress.json"
+        self.phases: dict[str, PhaseCheckpoints | NullPhase] = {}
+        config_dict = _json_ready(config_dict)
+        progress = self._read_progress()
+        if progress is not None:
+            diffs = config_differences(progress["config"], config_dict)
+            if diffs:
+                raise IncompatibleCheckpoint(
+                    f"{self.root}: this workdir holds a run with a different config: "
+                    + "; ".join(diffs)
+                    + ". Use a new --workdir, or restore these values to resume it."
+                )
+            self.progress = progress
+        else:
+            self.progress = {"config": config_dict, "methods": {}, "skipped": {}, "done": False}
+        if self.enabled:
+            self._write_progress()
+
+    @property
+    def resuming(self) -> bool:
+        return bool(self.progress["methods"]) or (self.enabled and any(self.root.iterdir()))
+
+    def _read_progress(self) -> dict | None:
+        if not self.progress_path.exists():
+            return None
+        try:
+            return json.loads(self.progress_path.read_text())
+        except json.JSONDecodeError as e:
+            raise IncompatibleCheckpoint(
+                f"{self.progress_path}: unreadable ({e}); move the workdir aside to start over"
+            ) from e
+
+    def _write_progress(self):
+        self.root.mkdir(parents=True, exist_ok=True)
+        write_text_atomic(self.progress_path, json.dumps(self.progress, indent=1) + "\n")
+
+    def phase(self, name: str, *, best: bool = False):
+        if name not in self.phases:
+            if self.enabled:
+                self.phases[name] = PhaseCheckpoints(
+                    self.root / name,
+                    keep=int(self.options.get("keep", 2)),
+                    best=best,
+                    async_save=bool(self.options.get("async_save", True)),
+                    every=int(self.options.get("every", 1)),
+                )
+            else:
+                self.phases[name] = NullPhase()
+        return self.phases[name]
+
+    def finished_method(self, method: str, table: dict | None = None, skipped: str | None = None):
+        """Records a finished method's per-market table (or why it was skipped)."""
+        if skipped is not None:
+            self.progress["skipped"][method] = skipped
+        else:
+            self.progress["methods"][method] = table
+        if self.enabled:
+            self._write_progress()
+
+    def finished_run(self):
+        self.progress["done"] = True
+        if self.enabled:
+            self._write_progress()
+
+    def close(self):
+        for phase in self.phases.values():
+            phase.close()

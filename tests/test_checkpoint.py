@@ -1,0 +1,272 @@
+"""Checkpoints: exact resume after SIGKILL and SIGTERM, corrupt and incomplete checkpoints,
+non-finite losses, incompatible configs, and no pickles (issue 5).
+
+The reference is one uninterrupted in-process run of `fecosr` on the tiny config; every
+interrupted run must end with the same results.json bytes and bitwise-equal final states."""
+
+import json
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import test as test_config
+from fecosr_jax import checkpoint, experiment, reporting
+from fecosr_jax.federated import round as fed_round
+from tests.conftest import ROOT
+
+ROUNDS = 12
+EPOCHS = 4
+PRETRAIN = "pretrain_federated_s2ce"
+FINETUNE = "finetune_fecosr"
+OVERRIDES = {
+    "methods": "fecosr",
+    "num_rounds": ROUNDS,
+    "finetune.max_epochs": EPOCHS,
+    "finetune.patience": EPOCHS,
+    "plots": False,
+    "tensorboard": False,
+}
+
+
+def make_config():
+    config = test_config.get_config()
+    for key, value in OVERRIDES.items():
+        node = config
+        *parents, leaf = key.split(".")
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+def command(workdir) -> list[str]:
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/test.py",
+        f"--workdir={workdir}",
+        *flags,
+    ]
+
+
+def start(workdir) -> subprocess.Popen:
+    """The run as a subprocess; its output goes to WORKDIR.log (a pipe could fill up)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(f"{workdir}.log", "w")
+    return subprocess.Popen(command(workdir), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def output(workdir) -> str:
+    return pathlib.Path(f"{workdir}.log").read_text()
+
+
+def wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)
+
+
+def final_state(workdir, phase: str) -> tuple[int, list[np.ndarray]]:
+    """(step, leaves) of a phase's newest checkpoint, read back with orbax."""
+    directory = pathlib.Path(workdir) / "checkpoints" / phase
+    with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
+        step = manager.latest_step()
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, [np.asarray(x) for x in jax.tree.leaves(state["state"])]
+
+
+def assert_same_run(workdir, reference):
+    ref_dir, _ = reference
+    got = (pathlib.Path(workdir) / "results.json").read_bytes()
+    assert got == (ref_dir / "results.json").read_bytes()
+    for phase in (PRETRAIN, FINETUNE):
+        step, leaves = final_state(workdir, phase)
+        ref_step, ref_leaves = final_state(ref_dir, phase)
+        assert step == ref_step, phase
+        assert len(leaves) == len(ref_leaves)
+        for a, b in zip(leaves, ref_leaves, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b), phase  # bitwise on CPU
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, experiment.train_and_evaluate(make_config(), str(workdir))
+
+
+def test_sigkill_at_a_random_round_then_resume_is_exact(reference, tmp_path):
+    kill_after = random.randint(2, ROUNDS - 2)
+    proc = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / PRETRAIN / str(kill_after), proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
+    assert not (tmp_path / "results.json").exists()
+    resumed = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert "resuming from" in resumed.stdout
+    assert_same_run(tmp_path, reference)
+    # metrics.jsonl holds every round and epoch exactly once.
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    rounds = [x["step"] for x in lines if x["stage"] == "pretrain"]
+    assert rounds == list(range(1, ROUNDS + 1)), f"killed after round {kill_after}"
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+    proc = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / FINETUNE / "1", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    out = output(tmp_path)
+    assert proc.returncode == checkpoint.EXIT_PREEMPTED, out
+    assert "Re-run the same command to resume" in out
+    stopped = int(out.split("stopped after finetune_fecosr step ")[1].split(",")[0])
+    assert (tmp_path / "checkpoints" / FINETUNE / str(stopped) / "commit_success.txt").exists()
+    progress = json.loads((tmp_path / "checkpoints" / "progress.json").read_text())
+    assert not progress["done"] and "fecosr" not in progress["methods"]
+    resumed = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
+    assert_same_run(tmp_path, reference)
+
+
+def poison_market(monkeypatch, market: int, from_round: int):
+    """From round `from_round` on, market `market`'s item vectors are NaN (bad data)."""
+    original = fed_round.CompiledRound.__post_init__
+
+    def patched(self):
+        original(self)
+        step = self.step
+
+        def poisoned(state, data):
+            if int(state.round) + 1 >= from_round:
+                data = {**data, "semantics": data["semantics"].at[market].set(jnp.nan)}
+            return step(state, data)
+
+        self.step = poisoned
+
+    monkeypatch.setattr(fed_round.CompiledRound, "__post_init__", patched)
+
+
+def test_nan_stops_naming_round_and_market_and_the_checkpoint_resumes(
+    reference, tmp_path, monkeypatch
+):
+    with monkeypatch.context() as m:
+        poison_market(m, market=1, from_round=5)
+        with pytest.raises(
+            checkpoint.NonFiniteError, match=r"round 5: non-finite loss in market\(s\) m0001\."
+        ):
+            experiment.train_and_evaluate(make_config(), str(tmp_path))
+    step, _ = final_state(tmp_path, PRETRAIN)
+    assert step == 4
+    results = experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert results == reference[1]
+    assert_same_run(tmp_path, reference)
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
+    reference, tmp_path, monkeypatch, damage
+):
+    with monkeypatch.context() as m:
+        poison_market(m, market=0, from_round=6)
+        with pytest.raises(checkpoint.NonFiniteError, match="m0000"):
+            experiment.train_and_evaluate(make_config(), str(tmp_path))
+    newest = tmp_path / "checkpoints" / PRETRAIN / "5" / "state"
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and "/d/" in str(p))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            path.write_bytes(bytes(b ^ 0x5A for b in data))
+    with pytest.warns(UserWarning, match=r"5: checkpoint unreadable or corrupt"):
+        experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert_same_run(tmp_path, reference)
+
+
+def test_finished_run_only_reports(reference, tmp_path):
+    ref_dir, results = reference
+    metrics = (ref_dir / "metrics.jsonl").read_bytes()
+    assert experiment.train_and_evaluate(make_config(), str(ref_dir)) == results
+    assert (ref_dir / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_incompatible_config_names_the_fields(reference):
+    ref_dir, _ = reference
+    config = make_config()
+    config.federated.alpha = 0.5
+    config.num_rounds = ROUNDS + 1
+    with pytest.raises(checkpoint.IncompatibleCheckpoint) as e:
+        experiment.train_and_evaluate(config, str(ref_dir))
+    assert "federated.alpha (checkpoint 0.2, now 0.5)" in str(e.value)
+    assert f"num_rounds (checkpoint {ROUNDS}, now {ROUNDS + 1})" in str(e.value)
+    # Fields that do not change results may differ.
+    config = make_config()
+    config.plots = True
+    config.checkpoint.keep = 5
+    checkpoint.RunCheckpoints(str(ref_dir), config.to_dict(), config.checkpoint.to_dict())
+
+
+def test_checkpoints_hold_no_pickles(reference):
+    ref_dir, _ = reference
+    files = [p for p in (ref_dir / "checkpoints").rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        data = path.read_bytes()
+        is_pickle = data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        assert not is_pickle and path.suffix not in (".pkl", ".pickle"), path
+
+
+def test_incomplete_save_is_reported_and_ignored(tmp_path):
+    state = {"w": np.arange(6, dtype=np.float32), "step": np.zeros((), np.int32)}
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False)
+    phase.save(1, state)
+    phase.close()
+    (tmp_path / "2.orbax-checkpoint-tmp-1234").mkdir()  # a save killed half-way
+    with pytest.warns(UserWarning, match="an incomplete checkpoint"):
+        phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False)
+    step, restored = phase.restore(state)
+    assert step == 1 and np.array_equal(restored["w"], state["w"])
+    phase.close()
+    assert not (tmp_path / "2.orbax-checkpoint-tmp-1234").exists()
+
+
+def test_keeps_the_latest_and_the_best(tmp_path):
+    state = {"w": np.zeros(3, np.float32)}
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=True, async_save=False)
+    for step, ndcg in enumerate([0.1, 0.5, 0.2, 0.3, 0.25], start=1):
+        phase.save(step, state, metrics={"valid_ndcg@10": ndcg})
+    phase.close()
+    assert sorted(int(p.name) for p in tmp_path.iterdir() if p.name.isdigit()) == [2, 4, 5]
+
+
+def test_log_drops_the_steps_a_resumed_phase_repeats(tmp_path):
+    log = reporting.RunLog(str(tmp_path), tensorboard=False)
+    for step in range(1, 6):
+        log.log("p", "pretrain", step, {"loss": 1.0 / step}, curve="loss")
+    log.log("p", "finetune", 1, {"loss": 0.5})
+    log.close()
+    log = reporting.RunLog(str(tmp_path), tensorboard=False)  # a resume from step 2
+    log.log("p", "pretrain", 3, {"loss": 0.25}, curve="loss")
+    log.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["stage"], x["step"]) for x in lines] == [
+        ("pretrain", 1),
+        ("pretrain", 2),
+        ("finetune", 1),
+        ("pretrain", 3),
+    ]
+    assert log.curves["p pretrain loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]
