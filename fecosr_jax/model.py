@@ -41,6 +41,8 @@ class ModelConfig:
       use_text: item representations include A(s_i); False = ID-only (SASRec), which needs
         num_item_ids.
       score_temperature: tau in z_i = <h, e_i> / tau.
+      dtype: compute dtype ("float32" or "bfloat16"); parameters stay float32 and losses
+        accumulate in float32.
     """
 
     hidden: int = 64
@@ -55,12 +57,15 @@ class ModelConfig:
     adapter_dim: int = 0
     use_text: bool = True
     score_temperature: float = 1.0
+    dtype: str = "float32"
 
     def __post_init__(self):
         if not self.use_text and not self.num_item_ids:
             raise ValueError("an ID-only model (use_text=False) needs num_item_ids > 0")
         if self.item_id_init not in ("zeros", "normal"):
             raise ValueError(f"item_id_init={self.item_id_init!r}: expected zeros or normal")
+        if self.dtype not in ("float32", "bfloat16"):
+            raise ValueError(f"dtype={self.dtype!r}: expected float32 or bfloat16")
 
 
 class ItemAdaptor(nn.Module):
@@ -69,17 +74,23 @@ class ItemAdaptor(nn.Module):
     hidden: int
     num_experts: int
     dropout: float
+    dtype: str = "float32"
 
     @nn.compact
     def __call__(self, x: Array, *, train: bool) -> Array:
         d_s = x.shape[-1]
-        x = nn.Dropout(self.dropout, deterministic=not train)(x)
+        x = nn.Dropout(self.dropout, deterministic=not train)(x.astype(self.dtype))
         bias = self.param("bias", nn.initializers.zeros, (self.num_experts, d_s))
         weight = self.param(
             "weight", nn.initializers.lecun_normal(), (self.num_experts, d_s, self.hidden)
         )
-        experts = jnp.einsum("...es,esd->...ed", x[..., None, :] - bias, weight)
-        gate = jax.nn.softmax(nn.Dense(self.num_experts, use_bias=False, name="gate")(x))
+        # (x - b_e) W_e = x W_e - b_e W_e: one [.., d_s] x [d_s, E d] product for all experts.
+        weight, bias = weight.astype(self.dtype), bias.astype(self.dtype)
+        flat = jnp.transpose(weight, (1, 0, 2)).reshape(d_s, self.num_experts * self.hidden)
+        experts = (x @ flat).reshape(*x.shape[:-1], self.num_experts, self.hidden)
+        experts = experts - jnp.einsum("es,esd->ed", bias, weight)
+        gate = nn.Dense(self.num_experts, use_bias=False, dtype=self.dtype, name="gate")(x)
+        gate = jax.nn.softmax(gate.astype(jnp.float32)).astype(self.dtype)
         return jnp.einsum("...e,...ed->...d", gate, experts)
 
 
@@ -91,22 +102,26 @@ class Block(nn.Module):
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
         c = self.config
-        y = nn.LayerNorm(name="ln_attn")(x)
+        y = nn.LayerNorm(dtype=c.dtype, name="ln_attn")(x)
         y = nn.MultiHeadDotProductAttention(
             num_heads=c.num_heads,
             dropout_rate=c.dropout,
             deterministic=not train,
+            dtype=c.dtype,
             name="attn",
         )(y, y, mask=mask)
         x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
-        y = nn.LayerNorm(name="ln_ffn")(x)
-        y = nn.Dense(c.ffn_dim, name="ffn_in")(y)
+        y = nn.LayerNorm(dtype=c.dtype, name="ln_ffn")(x)
+        y = nn.Dense(c.ffn_dim, dtype=c.dtype, name="ffn_in")(y)
         y = nn.Dropout(c.dropout, deterministic=not train)(nn.gelu(y))
-        y = nn.Dense(c.hidden, name="ffn_out")(y)
+        y = nn.Dense(c.hidden, dtype=c.dtype, name="ffn_out")(y)
         x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
         if c.adapter_dim:  # market-specific bottleneck adapter; starts as the identity
-            y = nn.gelu(nn.Dense(c.adapter_dim, name="adapter_down")(x))
-            x = x + nn.Dense(c.hidden, kernel_init=nn.initializers.zeros, name="adapter_up")(y)
+            y = nn.gelu(nn.Dense(c.adapter_dim, dtype=c.dtype, name="adapter_down")(x))
+            up = nn.Dense(
+                c.hidden, kernel_init=nn.initializers.zeros, dtype=c.dtype, name="adapter_up"
+            )
+            x = x + up(y)
         return x
 
 
@@ -122,19 +137,19 @@ class SequenceModel(nn.Module):
     def setup(self):
         c = self.config
         if c.use_text:
-            self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout)
+            self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout, c.dtype)
         if c.num_item_ids:
             init = (
                 nn.initializers.zeros
                 if c.item_id_init == "zeros"
                 else nn.initializers.normal(stddev=c.hidden**-0.5)
             )
-            self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=init)
-        self.positions = nn.Embed(c.max_len, c.hidden)
-        self.embed_norm = nn.LayerNorm()
+            self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=init, dtype=c.dtype)
+        self.positions = nn.Embed(c.max_len, c.hidden, dtype=c.dtype)
+        self.embed_norm = nn.LayerNorm(dtype=c.dtype)
         self.embed_dropout = nn.Dropout(c.dropout)
         self.blocks = [Block(c, name=f"block_{i}") for i in range(c.num_layers)]
-        self.final_norm = nn.LayerNorm()
+        self.final_norm = nn.LayerNorm(dtype=c.dtype)
 
     def item_embeddings(self, semantics: Array, *, train: bool = False) -> Array:
         """[N + 1, d] item representations from semantic vectors [N + 1, d_s] (for an ID-only

@@ -1,0 +1,237 @@
+r"""Benchmark: one federated round, vmapped one-jit vs the Python loop vs PyTorch.
+
+  python -m experiments.bench.round --config=reference --markets=1,8,64,256 \
+      --backends=vmap,loop,torch [--json=FILE]
+  python -m experiments.bench.round --config=small --markets=1,4,16,64,256,1024 \
+      --backends=vmap --memory --plot=docs/scaling.png     # scaling with markets
+
+Measures, side by side in one run: client-steps/s and sequences/s of each backend and number
+of markets M, compile time (first round minus a steady round), model FLOPs per round
+(analytic: 3 x forward, fecosr_jax model with its item adaptor) and the achieved GFLOP/s
+against the machine's fp32 matmul ceiling measured in the same run. `--memory` adds the
+compiled round's peak memory (XLA's buffer assignment: arguments + outputs + temporaries) and
+an ahead-of-time compile time. It prints a table last. The torch backend needs the [bench]
+extra (`pip install torch==2.13.0`).
+"""
+
+from __future__ import annotations
+
+import json
+import time
+
+from absl import app, flags
+
+from experiments.bench import common
+
+_CONFIG = flags.DEFINE_enum("config", "reference", list(common.CONFIGS), "Benchmark config.")
+_MARKETS = flags.DEFINE_list("markets", ["1", "8", "64", "256"], "Numbers of markets M.")
+_BACKENDS = flags.DEFINE_list("backends", ["vmap", "loop", "torch"], "vmap, loop, torch.")
+_JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
+_SECONDS = flags.DEFINE_float("seconds", 3.0, "Minimum timed seconds per measurement.")
+_MEMORY = flags.DEFINE_bool("memory", False, "Also report the vmapped round's peak memory.")
+_PLOT = flags.DEFINE_string("plot", None, "Write a scaling plot (PNG) of the vmap runs here.")
+_CLIENTS = flags.DEFINE_integer(
+    "clients_per_round", 0, "Markets sampled per round (partial participation); 0 = all."
+)
+_DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+
+
+def fed_config(c: common.BenchConfig):
+    from fecosr_jax.federated.config import FedConfig
+
+    return FedConfig(
+        local_steps=c.local_steps,
+        batch_size=c.batch_size,
+        loss="ce",
+        clients_per_round=_CLIENTS.value,
+    )
+
+
+def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
+    import jax
+
+    from fecosr_jax.federated import round as fed_round
+    from fecosr_jax.model import init_params
+
+    model = c.model_config(dtype=_DTYPE.value)
+    fed = fed_config(c)
+    data = common.market_arrays(c, m)
+    params = init_params(model, jax.random.key(0), c.semantic_dim)
+    extra = {}
+    if backend == "vmap":
+        devices = jax.devices()
+        mesh = fed_round.make_mesh(devices if m % len(devices) == 0 else devices[:1])
+        compiled = fed_round.build_round(model, fed, m, mesh)
+        data = compiled.put(data)
+        state = compiled.init(params)
+        if _MEMORY.value:
+            start = time.perf_counter()
+            exe = compiled.step.lower(state, data).compile()
+            extra["aot_compile_s"] = time.perf_counter() - start
+            mem = exe.memory_analysis()
+            if mem is not None:
+                extra["peak_bytes"] = int(
+                    mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+                )
+        step = compiled.step
+    else:
+        compiled = fed_round.LoopBackend(model, fed, m)
+        state = compiled.init(params)
+        step = compiled.step
+    holder = {"state": state}
+
+    def one_round():
+        holder["state"], metrics = step(holder["state"], data)
+        jax.block_until_ready((holder["state"], metrics))
+
+    start = time.perf_counter()
+    one_round()
+    first = time.perf_counter() - start
+    round_s, reps = common.timed(one_round, min_seconds=_SECONDS.value)
+    if backend == "vmap":
+        extra["traces"] = compiled.num_traces  # 1 = no retrace after round 1
+    return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1, **extra}
+
+
+def run_torch(c: common.BenchConfig, m: int) -> dict:
+    from experiments.bench import torch_reference
+
+    r = torch_reference.TorchRound(c, common.market_arrays(c, m))
+    start = time.perf_counter()
+    r.step()
+    first = time.perf_counter() - start
+    round_s, reps = common.timed(r.step, min_seconds=_SECONDS.value)
+    return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1}
+
+
+def check_same_model(c: common.BenchConfig):
+    """The PyTorch model has exactly the parameter count of the JAX model."""
+    import jax
+
+    from experiments.bench import torch_reference
+    from fecosr_jax.model import init_params
+
+    params = init_params(c.model_config(), jax.random.key(0), c.semantic_dim)
+    n_jax = sum(x.size for x in jax.tree.leaves(params))
+    n_torch = torch_reference.num_params(torch_reference.SequenceModel(c))
+    if n_jax != n_torch:
+        raise AssertionError(f"parameter counts differ: JAX {n_jax}, PyTorch {n_torch}")
+    return n_jax
+
+
+def table(results: dict) -> str:
+    rows = [
+        "| backend | M | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
+        "% of matmul | peak MiB | vs torch | vs loop |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(r["backend"], r["markets"]): r for r in results["runs"]}
+    for r in results["runs"]:
+        ratio = {}
+        for other in ("torch", "loop"):
+            o = by.get((other, r["markets"]))
+            ratio[other] = (
+                f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x"
+                if o and r["backend"] != other
+                else "-"
+            )
+        peak = f"{r['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in r else "-"
+        share = 100 * r["achieved_gflops"] / results["matmul_gflops"]
+        rows.append(
+            f"| {r['backend']} | {r['markets']} | {r['client_steps_per_s']:.1f} | "
+            f"{r['sequences_per_s']:.0f} | {r['round_s']:.3f} | {r['compile_s']:.1f} | "
+            f"{r['achieved_gflops']:.1f} | {share:.0f}% "
+            f"| {peak} | {ratio['torch']} | {ratio['loop']} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(results: dict, path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    runs = [r for r in results["runs"] if r["backend"] == "vmap"]
+    ms = [r["markets"] for r in runs]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    axes[0].plot(ms, [r["round_s"] for r in runs], "o-")
+    axes[0].set_ylabel("seconds per round")
+    axes[1].plot(ms, [r["compile_s"] for r in runs], "o-")
+    axes[1].set_ylabel("compile seconds")
+    if all("peak_bytes" in r for r in runs):
+        axes[2].plot(ms, [r["peak_bytes"] / 2**20 for r in runs], "o-")
+    axes[2].set_ylabel("peak memory (MiB, XLA buffers)")
+    for ax in axes:
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel("markets M")
+    fig.suptitle(f"vmapped round, {results['config']} config, {results['machine']}", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    del argv
+    c = common.CONFIGS[_CONFIG.value]
+    backends = _BACKENDS.value
+    unknown = set(backends) - {"vmap", "loop", "torch"}
+    if unknown:
+        raise app.UsageError(f"--backends: unknown {sorted(unknown)}; known: vmap, loop, torch")
+    if "torch" in backends:
+        try:
+            import torch  # noqa: F401
+        except ImportError as e:
+            raise app.UsageError(
+                "--backends=torch needs PyTorch: pip install -e .[bench] (torch==2.13.0)"
+            ) from e
+        print(f"same model: {check_same_model(c)} parameters in JAX and in PyTorch", flush=True)
+    import jax.numpy as jnp
+
+    dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32
+    ceiling = common.matmul_ceiling(dtype)
+    print(f"{common.machine()}; {_DTYPE.value} matmul ceiling {ceiling:.1f} GFLOP/s", flush=True)
+    flops = common.step_flops(c)
+    results = {
+        "config": c.name,
+        "bench_config": c.__dict__,
+        "dtype": _DTYPE.value,
+        "machine": common.machine(),
+        "matmul_gflops": ceiling,
+        "step_gflop": flops / 1e9,
+        "gpu": "measured" if common.on_gpu() else common.GPU_PENDING,
+        "runs": [],
+    }
+    for m in [int(x) for x in _MARKETS.value]:
+        for backend in backends:
+            r = run_torch(c, m) if backend == "torch" else run_jax(backend, c, m)
+            trained = min(m, _CLIENTS.value) if _CLIENTS.value else m
+            steps = trained * c.local_steps / r["round_s"]
+            run = {
+                "backend": backend,
+                "markets": m,
+                "client_steps_per_s": steps,
+                "sequences_per_s": steps * c.batch_size,
+                "achieved_gflops": steps * flops / 1e9,
+                "compile_s": max(0.0, r["first_round_s"] - r["round_s"]),
+                **r,
+            }
+            results["runs"].append(run)
+            print(
+                f"{backend:5s} M={m:5d}: {steps:8.1f} client-steps/s, round {r['round_s']:.3f} s, "
+                f"compile {run['compile_s']:.1f} s",
+                flush=True,
+            )
+    print(f"\n{c.name} config {c.__dict__}; model {flops / 1e9:.2f} GFLOP per client step")
+    if not common.on_gpu():
+        print(common.GPU_PENDING)
+    print(table(results))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump(results, f, indent=1)
+    if _PLOT.value:
+        plot(results, _PLOT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)
