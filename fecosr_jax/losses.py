@@ -231,7 +231,7 @@ def s2ce_loss_blockwise(
       semantics: [N, d_s] (treated as data: no gradient flows into it).
       item_mask: [N] bool.
       alpha, temperature: as in `s2ce_loss`.
-      block_size: items per block; N need not be a multiple of it.
+      block_size: items per block (at most N); N need not be a multiple of it.
 
     Returns:
       [P] per-position loss, fp32. Memory O(P * block_size + N * d).
@@ -244,5 +244,5 @@ def s2ce_loss_blockwise(
         item_mask,
         float(alpha),
         float(temperature),
-        int(block_size),
+        min(int(block_size), item_embeddings.shape[0]),  # a small catalogue: one block
     )

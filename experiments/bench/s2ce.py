@@ -1,0 +1,155 @@
+r"""Benchmark: dense vs blockwise S²CE (loss + gradient), time and peak memory vs catalogue size.
+
+  python -m experiments.bench.s2ce --items=1000,10000,100000,1000000 --positions=1600,6400 \
+      [--json=FILE] [--plot=FILE]
+
+For each catalogue size N and number of positions P (= batch x L), it compiles the loss and
+its gradient w.r.t. the hidden states and the item embeddings, reads the peak memory of the
+compiled program (XLA buffer assignment: arguments + outputs + temporaries), and times it when
+that peak fits in --budget_gib. Dense materialises the [P, N] logits and soft labels;
+blockwise scans item blocks with an online logsumexp (fecosr_jax.losses).
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import time
+
+from absl import app, flags
+
+_ITEMS = flags.DEFINE_list("items", ["1000", "10000", "100000", "1000000"], "Catalogue sizes.")
+_POSITIONS = flags.DEFINE_list("positions", ["1600"], "Positions P (batch x max length).")
+_HIDDEN = flags.DEFINE_integer("hidden", 64, "d: width of hidden states and item embeddings.")
+_SEMANTIC = flags.DEFINE_integer("semantic_dim", 64, "d_s: width of the item text vectors.")
+_BLOCK = flags.DEFINE_integer("block_size", 4096, "Items per block (blockwise).")
+_BUDGET = flags.DEFINE_float("budget_gib", 12.0, "Run only programs whose peak fits in this.")
+_SECONDS = flags.DEFINE_float("seconds", 2.0, "Minimum timed seconds per measurement.")
+_JSON = flags.DEFINE_string("json", None, "Write the results as JSON here.")
+_PLOT = flags.DEFINE_string("plot", None, "Write a plot (PNG) here.")
+
+
+def measure(impl: str, n: int, p: int) -> dict:
+    import jax
+    import jax.numpy as jnp
+
+    from experiments.bench import common
+    from fecosr_jax import losses
+
+    k = jax.random.split(jax.random.key(0), 4)
+    hidden = jax.random.normal(k[0], (p, _HIDDEN.value))
+    items = jax.random.normal(k[1], (n + 1, _HIDDEN.value)) * 0.1
+    semantics = jax.random.normal(k[2], (n + 1, _SEMANTIC.value))
+    targets = jax.random.randint(k[3], (p,), 1, n + 1)
+    mask = jnp.arange(n + 1) > 0
+    kw = dict(alpha=0.2, temperature=0.1)
+
+    def loss(h, e):
+        if impl == "dense":
+            per = losses.s2ce_loss(h @ e.T, targets, semantics, mask, **kw)
+        else:
+            per = losses.s2ce_loss_blockwise(
+                h, e, targets, semantics, mask, block_size=_BLOCK.value, **kw
+            )
+        return jnp.mean(per)
+
+    fn = jax.jit(jax.value_and_grad(loss, argnums=(0, 1)))
+    start = time.perf_counter()
+    exe = fn.lower(hidden, items).compile()
+    compile_s = time.perf_counter() - start
+    mem = exe.memory_analysis()
+    peak = mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
+    out = {
+        "impl": impl,
+        "items": n,
+        "positions": p,
+        "peak_bytes": int(peak),
+        "item_table_bytes": int(items.nbytes + semantics.nbytes),
+        "compile_s": compile_s,
+        "seconds": None,
+    }
+    if peak <= _BUDGET.value * 2**30:
+        run = functools.partial(lambda: jax.block_until_ready(exe(hidden, items)))
+        run()
+        out["seconds"], _ = common.timed(run, min_seconds=_SECONDS.value)
+    return out
+
+
+def table(runs: list[dict]) -> str:
+    rows = [
+        "| N items | P positions | dense peak MiB | blockwise peak MiB | item tables MiB | "
+        "dense s | blockwise s | blockwise / dense time |",
+        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    by = {(r["impl"], r["items"], r["positions"]): r for r in runs}
+    for n, p in sorted({(r["items"], r["positions"]) for r in runs}):
+        d, b = by[("dense", n, p)], by[("blockwise", n, p)]
+
+        def sec(r):
+            return "does not fit" if r["seconds"] is None else f"{r['seconds']:.4f}"
+
+        ratio = f"{b['seconds'] / d['seconds']:.2f}x" if d["seconds"] and b["seconds"] else "-"
+        rows.append(
+            f"| {n:,} | {p:,} | {d['peak_bytes'] / 2**20:,.0f} | {b['peak_bytes'] / 2**20:,.0f} | "
+            f"{b['item_table_bytes'] / 2**20:,.0f} | {sec(d)} | {sec(b)} | {ratio} |"
+        )
+    return "\n".join(rows)
+
+
+def plot(runs: list[dict], path: str):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+    for impl in ("dense", "blockwise"):
+        for p in sorted({r["positions"] for r in runs}):
+            rs = [r for r in runs if r["impl"] == impl and r["positions"] == p]
+            ns = [r["items"] for r in rs]
+            label = f"{impl}, P={p}"
+            axes[0].plot(ns, [r["peak_bytes"] / 2**20 for r in rs], "o-", label=label)
+            timed = [r for r in rs if r["seconds"] is not None]
+            axes[1].plot(
+                [r["items"] for r in timed], [r["seconds"] for r in timed], "o-", label=label
+            )
+    axes[0].set_ylabel("peak memory, MiB (XLA buffers)")
+    axes[1].set_ylabel("seconds per loss + gradient")
+    for ax in axes:
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("catalogue size N")
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+def main(argv):
+    del argv
+    from experiments.bench import common
+
+    runs = []
+    for p in [int(x) for x in _POSITIONS.value]:
+        for n in [int(x) for x in _ITEMS.value]:
+            for impl in ("dense", "blockwise"):
+                r = measure(impl, n, p)
+                runs.append(r)
+                shown = "does not fit" if r["seconds"] is None else f"{r['seconds']:.4f} s"
+                print(
+                    f"{impl:9s} N={n:>9,} P={p:>6,}: peak {r['peak_bytes'] / 2**20:9,.0f} MiB, "
+                    f"{shown}",
+                    flush=True,
+                )
+    print(f"\n{common.machine()}; d={_HIDDEN.value}, d_s={_SEMANTIC.value}, block {_BLOCK.value}")
+    if not common.on_gpu():
+        print(common.GPU_PENDING)
+    print(table(runs))
+    if _JSON.value:
+        with open(_JSON.value, "w") as f:
+            json.dump({"machine": common.machine(), "runs": runs}, f, indent=1)
+    if _PLOT.value:
+        plot(runs, _PLOT.value)
+
+
+if __name__ == "__main__":
+    app.run(main)

@@ -1,0 +1,75 @@
+"""The benchmarks: the analytic FLOP count against XLA's, the PyTorch model against the JAX
+one, and the round benchmark end to end on a tiny setting (its JSON schema)."""
+
+import json
+import subprocess
+import sys
+
+import jax
+import jax.numpy as jnp
+import pytest
+
+from experiments.bench import common
+from fecosr_jax.model import SequenceModel, init_params, scores
+from tests.conftest import ROOT
+
+
+@pytest.mark.parametrize("name", list(common.CONFIGS))
+def test_analytic_forward_flops_match_xla_cost_analysis(name):
+    c = common.CONFIGS[name]
+    model = c.model_config()
+    params = init_params(model, jax.random.key(0), c.semantic_dim)
+    data = common.market_arrays(c, 1)
+    inputs = jnp.asarray(data["train"][0, : c.batch_size, :-1])
+    semantics, mask = jnp.asarray(data["semantics"][0]), jnp.asarray(data["item_mask"][0])
+
+    def forward(p):
+        hidden, items = SequenceModel(model).apply({"params": p}, inputs, semantics)
+        return scores(model, hidden, items, mask)
+
+    cost = jax.jit(forward).lower(params).compile().cost_analysis()
+    cost = cost[0] if isinstance(cost, list) else cost
+    analytic = common.forward_flops(c)
+    # XLA also counts the elementwise work (softmax, norms, GELU): a few percent more.
+    assert analytic <= cost["flops"] <= 1.1 * analytic
+
+
+def test_torch_reference_is_the_same_model():
+    pytest.importorskip("torch", reason="the [bench] extra (torch) is not installed")
+    from experiments.bench import round as bench_round
+
+    for c in common.CONFIGS.values():
+        assert bench_round.check_same_model(c) > 0
+
+
+def test_round_benchmark_writes_the_documented_json(tmp_path):
+    out = tmp_path / "bench.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench.round",
+        "--config=small",
+        "--markets=1,8",
+        "--backends=vmap,loop",
+        "--seconds=0",
+        f"--json={out}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    lines = done.stdout.splitlines()
+    assert lines[-6].startswith("| backend | M | client-steps/s")  # the table comes last
+    assert lines[-1].startswith("| loop | 8 |")
+    assert "GPU figures are pending" in done.stdout
+    results = json.loads(out.read_text())
+    assert results["matmul_gflops"] > 0
+    assert [(r["backend"], r["markets"]) for r in results["runs"]] == [
+        ("vmap", 1),
+        ("loop", 1),
+        ("vmap", 8),
+        ("loop", 8),
+    ]
+    for r in results["runs"]:
+        assert {"client_steps_per_s", "achieved_gflops", "compile_s"} <= set(r)
+        assert r["client_steps_per_s"] > 0
+        if r["backend"] == "vmap":
+            assert r["traces"] == 1  # no retrace after round 1
