@@ -67,6 +67,7 @@ def max_diff(a, b):
         SGD,
         dataclasses.replace(SGD, clients_per_round=2),
         dataclasses.replace(SGD, loss="ce", server_optimizer="fedadam", server_lr=0.01),
+        dataclasses.replace(SGD, markets_per_step=2),  # lax.map over chunks of 2 markets
     ],
 )
 def test_vmapped_round_equals_loop_backend(markets, fed):

@@ -5,12 +5,15 @@ r"""Benchmark: one federated round, vmapped one-jit vs the Python loop vs PyTorc
   python -m experiments.bench.round --config=small --markets=1,4,16,64,256,1024 \
       --backends=vmap --memory --plot=docs/scaling.png     # scaling with markets
 
-Measures, side by side in one run: client-steps/s and sequences/s of each backend and number
-of markets M, compile time (first round minus a steady round), model FLOPs per round
-(analytic: 3 x forward, fecosr_jax model with its item adaptor) and the achieved GFLOP/s
-against the machine's fp32 matmul ceiling measured in the same run. `--memory` adds the
-compiled round's peak memory (XLA's buffer assignment: arguments + outputs + temporaries) and
-an ahead-of-time compile time. It prints a table last. The torch backend needs the [bench]
+Backends: `vmap` (the one-jit round, markets vmapped; --markets_per_step=b vmaps b at a
+time), `scan` (the one-jit round with the markets in sequence inside it: markets_per_step=1),
+`loop` (a Python loop over jitted client updates) and `torch`. Measures, side by side in one
+run: client-steps/s and sequences/s of each backend and number of markets M, compile time
+(first round minus a steady round), model FLOPs per round (analytic: 3 x forward of the
+fecosr_jax model with its item adaptor) and the achieved GFLOP/s against the machine's fp32
+matmul ceiling measured in the same run. `--memory` adds the compiled round's peak memory
+(XLA's buffer assignment: arguments + outputs + temporaries) and an ahead-of-time compile
+time. It prints a table last. The torch backend needs the [bench]
 extra (`pip install torch==2.13.0`).
 """
 
@@ -25,7 +28,12 @@ from experiments.bench import common
 
 _CONFIG = flags.DEFINE_enum("config", "reference", list(common.CONFIGS), "Benchmark config.")
 _MARKETS = flags.DEFINE_list("markets", ["1", "8", "64", "256"], "Numbers of markets M.")
-_BACKENDS = flags.DEFINE_list("backends", ["vmap", "loop", "torch"], "vmap, loop, torch.")
+_BACKENDS = flags.DEFINE_list(
+    "backends",
+    ["vmap", "loop", "torch"],
+    "vmap (one jit, markets vmapped), scan (one jit, markets in sequence: markets_per_step=1), "
+    "loop (Python loop over jitted client updates), torch (PyTorch reference).",
+)
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
 _SECONDS = flags.DEFINE_float("seconds", 3.0, "Minimum timed seconds per measurement.")
 _MEMORY = flags.DEFINE_bool("memory", False, "Also report the vmapped round's peak memory.")
@@ -33,10 +41,13 @@ _PLOT = flags.DEFINE_string("plot", None, "Write a scaling plot (PNG) of the vma
 _CLIENTS = flags.DEFINE_integer(
     "clients_per_round", 0, "Markets sampled per round (partial participation); 0 = all."
 )
+_PER_STEP = flags.DEFINE_integer(
+    "markets_per_step", 0, "vmap backend: markets vmapped together (lax.map over chunks); 0 = all."
+)
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
 
 
-def fed_config(c: common.BenchConfig):
+def fed_config(c: common.BenchConfig, backend: str):
     from fecosr_jax.federated.config import FedConfig
 
     return FedConfig(
@@ -44,6 +55,7 @@ def fed_config(c: common.BenchConfig):
         batch_size=c.batch_size,
         loss="ce",
         clients_per_round=_CLIENTS.value,
+        markets_per_step=1 if backend == "scan" else _PER_STEP.value,
     )
 
 
@@ -54,11 +66,11 @@ def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
     from fecosr_jax.model import init_params
 
     model = c.model_config(dtype=_DTYPE.value)
-    fed = fed_config(c)
+    fed = fed_config(c, backend)
     data = common.market_arrays(c, m)
     params = init_params(model, jax.random.key(0), c.semantic_dim)
     extra = {}
-    if backend == "vmap":
+    if backend in ("vmap", "scan"):
         devices = jax.devices()
         mesh = fed_round.make_mesh(devices if m % len(devices) == 0 else devices[:1])
         compiled = fed_round.build_round(model, fed, m, mesh)
@@ -88,7 +100,7 @@ def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
     one_round()
     first = time.perf_counter() - start
     round_s, reps = common.timed(one_round, min_seconds=_SECONDS.value)
-    if backend == "vmap":
+    if backend in ("vmap", "scan"):
         extra["traces"] = compiled.num_traces  # 1 = no retrace after round 1
     return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1, **extra}
 
@@ -175,9 +187,11 @@ def main(argv):
     del argv
     c = common.CONFIGS[_CONFIG.value]
     backends = _BACKENDS.value
-    unknown = set(backends) - {"vmap", "loop", "torch"}
+    unknown = set(backends) - {"vmap", "scan", "loop", "torch"}
     if unknown:
-        raise app.UsageError(f"--backends: unknown {sorted(unknown)}; known: vmap, loop, torch")
+        raise app.UsageError(
+            f"--backends: unknown {sorted(unknown)}; known: vmap, scan, loop, torch"
+        )
     if "torch" in backends:
         try:
             import torch  # noqa: F401

@@ -27,6 +27,10 @@ class FedConfig:
       loss: "s2ce" or "ce"; alpha and temperature (tau_s) are S²CE's.
       loss_impl: "dense" ([B, L, N] logits) or "blockwise" (never materialised).
       block_size: items per block for the blockwise loss.
+      markets_per_step: markets trained together (vmapped) on a device; the device's other
+        markets follow in sequence inside the same compiled round (lax.map with batch_size).
+        0 = all of them at once. Small values bound memory at large M and suit CPUs, where a
+        batched product of many small matrices is slower than a sequence of them.
       seed: seeds participation, batches and dropout: keys come from (seed, round, market,
         step), so a resumed run repeats them exactly.
     """
@@ -48,6 +52,7 @@ class FedConfig:
     temperature: float = 0.1
     loss_impl: str = "dense"
     block_size: int = 4096
+    markets_per_step: int = 0
     seed: int = 0
 
     def __post_init__(self):
@@ -69,6 +74,7 @@ class FedConfig:
             "clients_per_round": self.clients_per_round >= 0,
             "fedprox_mu": self.fedprox_mu >= 0,
             "block_size": self.block_size >= 1,
+            "markets_per_step": self.markets_per_step >= 0,
         }
         for name, ok in ranges.items():
             if not ok:

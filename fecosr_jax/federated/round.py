@@ -4,6 +4,9 @@
     lax.scan, batches sampled on the device from (seed, round, market, step)) -> weighted sums
     -> psum over the mesh axis "clients" (the only collective) -> server optimiser.
 
+With FedConfig.markets_per_step = b > 0 a device trains its markets b at a time (vmapped) and
+the chunks in sequence (lax.map), still inside the one compiled round.
+
 The market axis is sharded over a device mesh axis "clients" with jax.shard_map; M is padded
 to a multiple of the device count with zero-weight markets (stack_markets(...,
 num_markets_multiple=devices)). One code path serves 1 CPU, 8 GPUs and a multi-host TPU pod:
@@ -133,7 +136,16 @@ class CompiledRound:
             # Each device trains its own copies. Without this cast, differentiating w.r.t. the
             # mesh-invariant params would transpose into a psum of every market's gradient.
             params = jax.lax.pcast(params, AXIS, to="varying")
-            deltas, metrics = jax.vmap(client.update, in_axes=(None, 0, None))(params, data, round_)
+            if self.fed.markets_per_step:
+                deltas, metrics = jax.lax.map(
+                    lambda market: client.update(params, market, round_),
+                    data,
+                    batch_size=self.fed.markets_per_step,
+                )
+            else:
+                deltas, metrics = jax.vmap(client.update, in_axes=(None, 0, None))(
+                    params, data, round_
+                )
             sums = server.local_sums(deltas, data["weight"], data["mask"])
             sums = jax.lax.psum(sums, AXIS)
             mean_delta, diagnostics = server.aggregate(sums)
