@@ -254,6 +254,7 @@ class RunCheckpoints:
         self.phases: dict[str, PhaseCheckpoints | NullPhase] = {}
         config_dict = _json_ready(config_dict)
         progress = self._read_progress()
+        self.resuming = progress is not None  # a run was started in this workdir before
         if progress is not None:
             diffs = config_differences(progress["config"], config_dict)
             if diffs:
@@ -267,10 +268,6 @@ class RunCheckpoints:
             self.progress = {"config": config_dict, "methods": {}, "skipped": {}, "done": False}
         if self.enabled:
             self._write_progress()
-
-    @property
-    def resuming(self) -> bool:
-        return bool(self.progress["methods"]) or (self.enabled and any(self.root.iterdir()))
 
     def _read_progress(self) -> dict | None:
         if not self.progress_path.exists():

@@ -256,9 +256,8 @@ def finetune(
             per_market_params=True,
         )
         state["best_valid"] = np.asarray(start["ndcg@10"], np.float32)
-    host = {k: np.asarray(state[k]) for k in ("best_valid", "best_epoch", "bad", "active")}
     best_valid, best_epoch, bad, active = (
-        host[k] for k in ("best_valid", "best_epoch", "bad", "active")
+        np.asarray(state[k]) for k in ("best_valid", "best_epoch", "bad", "active")
     )
     params, opt_state, best = state["params"], state["opt_state"], state["best"]
     history = []

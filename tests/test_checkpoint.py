@@ -114,6 +114,7 @@ def test_sigkill_at_a_random_round_then_resume_is_exact(reference, tmp_path):
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
     assert not (tmp_path / "results.json").exists()
+    assert "resuming from" not in output(tmp_path)  # a fresh workdir is not a resume
     resumed = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
     assert "resuming from" in resumed.stdout
