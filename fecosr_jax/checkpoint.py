@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import signal
 import warnings
 from typing import Any
@@ -34,7 +35,7 @@ import orbax.checkpoint as ocp
 from etils import epath
 from orbax.checkpoint import checkpoint_managers
 
-from fecosr_jax.files import write_text_atomic
+from fecosr_jax.files import is_remote, write_text_atomic
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
 # Config fields that may change between a run and its resume (they do not change results).
@@ -118,7 +119,10 @@ class PhaseCheckpoints:
     `valid_ndcg@10` metric."""
 
     def __init__(self, directory, *, keep: int, best: bool, async_save: bool, every: int = 1):
-        self.directory = epath.Path(directory)
+        # orbax needs an absolute path; a relative workdir is relative to the current folder.
+        self.directory = epath.Path(
+            directory if is_remote(directory) else os.path.abspath(directory)
+        )
         self.every = max(1, every)
         incomplete = (
             sorted(p.name for p in self.directory.iterdir() if ".orbax-checkpoint-tmp" in p.name)

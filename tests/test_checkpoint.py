@@ -245,6 +245,22 @@ def test_incomplete_save_is_reported_and_ignored(tmp_path):
     assert not (tmp_path / "2.orbax-checkpoint-tmp-1234").exists()
 
 
+def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
+    # README's main command uses a relative workdir (workdir/default); orbax wants absolute paths.
+    monkeypatch.chdir(tmp_path)
+    state = {"w": np.arange(4, dtype=np.float32)}
+    phase = checkpoint.PhaseCheckpoints(
+        "workdir/checkpoints/p", keep=2, best=False, async_save=True
+    )
+    phase.save(1, state)
+    phase.close()
+    step, restored = checkpoint.PhaseCheckpoints(
+        "workdir/checkpoints/p", keep=2, best=False, async_save=False
+    ).restore(state)
+    assert step == 1 and np.array_equal(restored["w"], state["w"])
+    assert (tmp_path / "workdir" / "checkpoints" / "p" / "1").is_dir()
+
+
 def test_keeps_the_latest_and_the_best(tmp_path):
     state = {"w": np.zeros(3, np.float32)}
     phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=True, async_save=False)
