@@ -19,6 +19,22 @@ from fecosr_jax import experiment
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
+_DISTRIBUTED = flags.DEFINE_bool(
+    "distributed",
+    False,
+    "Multi-process run: call jax.distributed.initialize() first (on a TPU VM pod slice every "
+    "worker runs the same command and the cluster is auto-detected). See "
+    "fecosr_jax/distributed.py.",
+)
+_COORDINATOR = flags.DEFINE_string(
+    "coordinator_address", None, "With --distributed: host:port of process 0 (default: auto)."
+)
+_NUM_PROCESSES = flags.DEFINE_integer(
+    "num_processes", None, "With --distributed: how many processes (default: auto)."
+)
+_PROCESS_ID = flags.DEFINE_integer(
+    "process_id", None, "With --distributed: this process's index (default: auto)."
+)
 
 
 def main(argv):
@@ -30,6 +46,14 @@ def main(argv):
     if config.get("xla_flags"):
         # Read when JAX starts its backend, which has not happened yet at this point.
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
+    if _DISTRIBUTED.value:
+        from fecosr_jax import distributed
+
+        distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
+    elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
+        raise app.UsageError(
+            "--coordinator_address, --num_processes and --process_id need --distributed"
+        )
     from fecosr_jax import checkpoint
 
     try:

@@ -109,6 +109,28 @@ def fingerprint(tree) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
+# Multi-process runs: arrays that live on one process's devices (fine-tuning state, computed
+# identically by every process) are saved as host numpy arrays, which orbax writes once; global
+# arrays (the federated server state, replicated over every process's devices) are saved as
+# they are.
+
+
+def _host_local(x) -> bool:
+    return jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable
+
+
+def _to_savable(tree):
+    return jax.tree.map(lambda x: np.asarray(x) if _host_local(x) else x, tree)
+
+
+def _like_target(restored, target):
+    """Host-local leaves of `target` restored as numpy go back onto their devices."""
+    return jax.tree.map(
+        lambda x, t: jax.device_put(x, t.sharding) if _host_local(t) else x, restored, target
+    )
+
+
+# ---------------------------------------------------------------------------------------------
 # One phase's checkpoints.
 
 
@@ -164,10 +186,11 @@ class PhaseCheckpoints:
                 restored = self.manager.restore(
                     step,
                     args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()
+                        state=ocp.args.StandardRestore(_to_savable(target)),
+                        meta=ocp.args.JsonRestore(),
                     ),
                 )
-                state, meta = restored["state"], restored["meta"]
+                state, meta = _like_target(restored["state"], target), restored["meta"]
                 if meta["fingerprint"] != fingerprint(state):
                     raise ValueError("its arrays do not match the fingerprint saved with them")
             except Exception as e:  # any failure: fall back to an older checkpoint
@@ -189,7 +212,7 @@ class PhaseCheckpoints:
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)
+                state=ocp.args.StandardSave(_to_savable(state)), meta=ocp.args.JsonSave(meta)
             ),
             metrics=metrics,
             force=True,
@@ -250,9 +273,10 @@ def _json_ready(obj):
 class RunCheckpoints:
     """WORKDIR/checkpoints: one PhaseCheckpoints per phase plus progress.json."""
 
-    def __init__(self, workdir, config_dict: dict, options: dict):
+    def __init__(self, workdir, config_dict: dict, options: dict, *, writes: bool = True):
         self.root = epath.Path(workdir) / "checkpoints"
         self.options = options
+        self.writes = writes  # False on processes other than 0 (they only read progress)
         self.enabled = bool(options.get("enabled", True))
         self.progress_path = self.root / "progress.json"
         self.phases: dict[str, PhaseCheckpoints | NullPhase] = {}
@@ -284,6 +308,8 @@ class RunCheckpoints:
             ) from e
 
     def _write_progress(self):
+        if not self.writes:
+            return
         self.root.mkdir(parents=True, exist_ok=True)
         write_text_atomic(self.progress_path, json.dumps(self.progress, indent=1) + "\n")
 

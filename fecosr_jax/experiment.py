@@ -18,7 +18,7 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from fecosr_jax import checkpoint, evaluation, finetune, paradigms, reporting
+from fecosr_jax import checkpoint, distributed, evaluation, finetune, paradigms, reporting
 from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
 from fecosr_jax.data.market import Market, MarketSplit, StackedMarkets
 from fecosr_jax.data.sources import markets_from_config
@@ -282,9 +282,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """
     methods = paradigms.parse_methods(config.methods)
     root = epath.Path(workdir)
-    root.mkdir(parents=True, exist_ok=True)
+    primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
+    if primary:
+        root.mkdir(parents=True, exist_ok=True)
     checkpoints = checkpoint.RunCheckpoints(
-        workdir, config.to_dict(), config.get("checkpoint", {"enabled": False})
+        workdir, config.to_dict(), config.get("checkpoint", {"enabled": False}), writes=primary
     )
     results_path = root / "results.json"
     if checkpoints.progress["done"] and results_path.exists():
@@ -293,11 +295,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         return json.loads(results_path.read_text())
     if checkpoints.resuming:
         print(f"{workdir}: resuming from {checkpoints.root}", flush=True)
-    reporting.write_json_atomic(root / "config.json", config.to_dict())
+    if primary:
+        reporting.write_json_atomic(root / "config.json", config.to_dict())
     markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
     print(summary.format_tables(markets), flush=True)
-    log = reporting.RunLog(workdir, tensorboard=config.tensorboard)
+    log = reporting.RunLog(workdir, tensorboard=config.tensorboard, writes=primary)
     done = checkpoints.progress
     try:
         with checkpoint.PreemptionHandler():
@@ -330,11 +333,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": runner.transfer_source if "transfer" in tables else None,
     }
-    reporting.write_json_atomic(results_path, results)
     table = reporting.results_markdown(results)
-    reporting.write_text_atomic(root / "results.md", table)
-    if config.plots:
-        reporting.plot(results, log.curves, workdir)
+    if primary:
+        reporting.write_json_atomic(results_path, results)
+        reporting.write_text_atomic(root / "results.md", table)
+        if config.plots:
+            reporting.plot(results, log.curves, workdir)
     checkpoints.finished_run()
     print("\n" + table, flush=True)
     return results

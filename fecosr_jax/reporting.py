@@ -119,9 +119,10 @@ class RunLog:
     so the file holds each round and epoch once. On an object store (gs://) the file is
     rewritten at most every 30 s and at close (objects cannot be appended to)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True):
+    def __init__(self, workdir: str, *, tensorboard: bool = True, writes: bool = True):
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.remote = is_remote(self.path)
+        self.writes = writes  # False: keep the lines in memory only (processes other than 0)
         self.lines: list[dict] = []
         if self.path.exists():
             self.lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
@@ -129,7 +130,7 @@ class RunLog:
         self.start = time.perf_counter() - last
         self.synced = time.perf_counter()
         self.writer = None
-        if tensorboard:
+        if tensorboard and writes:
             try:
                 from tensorboardX import SummaryWriter
             except ImportError:  # optional: the JSONL log is the source of truth
@@ -149,6 +150,8 @@ class RunLog:
         return out
 
     def _rewrite(self):
+        if not self.writes:
+            return
         write_text_atomic(self.path, "".join(json.dumps(x) + "\n" for x in self.lines))
         self.synced = time.perf_counter()
 
@@ -183,7 +186,9 @@ class RunLog:
             ]
             self._rewrite()
         self.lines.append(line)
-        if not self.remote:
+        if not self.writes:
+            pass
+        elif not self.remote:
             with self.path.open("a") as f:
                 f.write(json.dumps(line) + "\n")
         elif time.perf_counter() - self.synced > 30:
