@@ -1,0 +1,333 @@
+r"""Sweeps over the number of markets (and heterogeneity, overlap, alpha, tau_s, participation,
+seeds): one run of experiments.main per grid point, then one table and one plot.
+
+  python launch/sweep.py --markets=1,2,4,8 --config=experiments/configs/test.py --workdir=DIR
+  python launch/sweep.py --markets=8 --heterogeneity=0,0.5,1 --seeds=0,1,2 \
+      --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
+      --config.methods=fedavg_ce,fecosr
+  python launch/sweep.py ... --print-only     # the commands, one per line (for a cluster)
+  python launch/sweep.py ... --collect-only   # the table and plot from finished runs
+
+Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1), one after another, each in its
+own process; arguments of the form --config.FIELD=VALUE go to every run. A run that already
+finished only reports (experiments.main resumes from its workdir), so re-running the sweep
+after an interruption continues where it stopped. A failed run is reported and the others go
+on; the sweep then exits 1.
+
+DIR then holds sweep.json (one row per run: the grid values, per method the mean test
+NDCG@10 / HR@10, the time per federated round and the mean client-update cosine), sweep.md
+(mean ± std over seeds) and sweep.png (NDCG@10 and seconds per round against the first swept
+axis, one line per method).
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import itertools
+import json
+import os
+import pathlib
+import shlex
+import statistics
+import subprocess
+import sys
+
+# Sweep axis: (command-line flag, config field, short name in run names, type).
+AXES = (
+    ("markets", "synthetic.num_markets", "M", int),
+    ("heterogeneity", "synthetic.heterogeneity", "het", float),
+    ("overlap", "synthetic.overlap", "ovl", float),
+    ("alpha", "federated.alpha", "alpha", float),
+    ("temperature", "federated.temperature", "tau", float),
+    ("clients_per_round", "federated.clients_per_round", "C", int),
+    ("seeds", "seed", "seed", int),
+)
+SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
+METRICS = ("ndcg@10", "hr@10")
+FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
+
+
+def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
+    parser = argparse.ArgumentParser(
+        prog="launch/sweep.py",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    parser.add_argument("--config", required=True, help="config file (path[:arg]), as for main")
+    parser.add_argument("--workdir", required=True, help="the sweep's folder (runs/ inside)")
+    for flag, field, _, kind in AXES:
+        parser.add_argument(
+            *sorted({f"--{flag}", f"--{flag.replace('_', '-')}"}),
+            dest=flag,
+            default="",
+            help=f"comma-separated {kind.__name__} values of config.{field}",
+        )
+    parser.add_argument("--print-only", action="store_true", help="print the commands only")
+    parser.add_argument(
+        "--collect-only", action="store_true", help="only build the table and plot from DIR/runs"
+    )
+    args, rest = parser.parse_known_args(argv)
+    bad = [a for a in rest if not a.startswith("--config.")]
+    if bad:
+        parser.error(f"unknown arguments {bad}: only --config.FIELD=VALUE is passed to the runs")
+    return args, rest
+
+
+def grid(args: argparse.Namespace) -> list[dict]:
+    """Every combination of the swept values: [{flag: value}], in the order of AXES."""
+    axes = []
+    for flag, _, _, kind in AXES:
+        text = getattr(args, flag)
+        if not text:
+            continue
+        try:
+            values = [kind(v) for v in text.split(",") if v.strip()]
+        except ValueError as e:
+            raise SystemExit(f"--{flag}={text}: expected comma-separated {kind.__name__}s") from e
+        if not values:
+            raise SystemExit(f"--{flag}={text}: no values")
+        axes.append([(flag, v) for v in values])
+    return [dict(point) for point in itertools.product(*axes)]
+
+
+def load_config(spec: str):
+    """The ml_collections config of `path[:arg]` (as --config reads it)."""
+    path, _, arg = spec.partition(":")
+    file = pathlib.Path(path)
+    if not file.is_file():
+        raise SystemExit(f"--config={spec}: no such file {path}")
+    module_spec = importlib.util.spec_from_file_location("sweep_config", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    return module.get_config(arg) if arg else module.get_config()
+
+
+def run_name(point: dict) -> str:
+    short = {flag: name for flag, _, name, _ in AXES}
+    return "_".join(f"{short[f]}{v}" for f, v in point.items()) or "run"
+
+
+def command(
+    config: str, workdir: pathlib.Path, point: dict, overrides: list[str], python: str = "python"
+) -> list[str]:
+    fields = {flag: field for flag, field, _, _ in AXES}
+    return [
+        python,
+        "-m",
+        "experiments.main",
+        f"--config={config}",
+        f"--workdir={workdir}",
+        *(f"--config.{fields[f]}={v}" for f, v in point.items()),
+        *overrides,
+    ]
+
+
+def collect(run_dir: pathlib.Path, point: dict) -> dict:
+    """One row: the grid values, per-method means, seconds per round, update cosines."""
+    row = {"run": run_dir.name, **point, "status": "missing", "methods": {}}
+    results_path = run_dir / "results.json"
+    if not results_path.exists():
+        return row
+    results = json.loads(results_path.read_text())
+    row["status"] = "done"
+    row["num_markets"] = len(results["markets"])
+    row["methods"] = {
+        m: {k: table["mean"][k] for k in METRICS} for m, table in results["methods"].items()
+    }
+    lines = []
+    metrics_path = run_dir / "metrics.jsonl"
+    if metrics_path.exists():
+        lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    rounds: dict[str, list[tuple[int, float, float | None]]] = {}
+    for x in lines:
+        if x["stage"] == "pretrain":
+            rounds.setdefault(x["paradigm"], []).append(
+                (x["step"], x["seconds"], x.get("delta_cosine"))
+            )
+    # Seconds per round: the median gap between consecutive rounds (round 1 compiles).
+    row["round_s"] = {}
+    row["delta_cosine"] = {}
+    for kind, points in rounds.items():
+        points.sort()
+        gaps = [b[1] - a[1] for a, b in itertools.pairwise(points) if b[0] == a[0] + 1]
+        if gaps:
+            row["round_s"][kind] = round(statistics.median(gaps), 4)
+        cosines = [c for _, _, c in points if c is not None]
+        if cosines:
+            row["delta_cosine"][kind] = round(statistics.fmean(cosines), 6)
+    row["run_s"] = lines[-1]["seconds"] if lines else None
+    return row
+
+
+def summarise(rows: list[dict], axes: list[str]) -> list[dict]:
+    """Rows grouped over seeds: per group the mean and std of every method's metrics and of
+    the seconds per round (std 0 for one seed)."""
+    keys = [a for a in axes if a != "seeds"]
+    groups: dict[tuple, list[dict]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
+
+    def stats(values):
+        values = [v for v in values if v is not None]
+        if not values:
+            return None
+        return [statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0]
+
+    out = []
+    for values, members in groups.items():
+        methods = sorted({m for r in members for m in r["methods"]})
+        kinds = sorted({k for r in members for k in r["round_s"]})
+        out.append(
+            {
+                **dict(zip(keys, values, strict=True)),
+                "seeds": len(members),
+                "methods": {
+                    m: {
+                        k: stats([r["methods"].get(m, {}).get(k) for r in members]) for k in METRICS
+                    }
+                    for m in methods
+                },
+                "round_s": {k: stats([r["round_s"].get(k) for r in members]) for k in kinds},
+                "delta_cosine": {
+                    k: stats([r["delta_cosine"].get(k) for r in members])
+                    for k in sorted({k for r in members for k in r["delta_cosine"]})
+                },
+            }
+        )
+    return out
+
+
+def _cell(s) -> str:
+    if s is None:
+        return "-"
+    return f"{s[0]:.4f}" if s[1] == 0 else f"{s[0]:.4f} ± {s[1]:.4f}"
+
+
+def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str) -> str:
+    keys = [a for a in axes if a != "seeds"]
+    methods = sorted({m for s in summary for m in s["methods"]})
+    # The federated pretrainings' timings and cosines (sweep.json has every pretraining's).
+    kinds = sorted({k for s in summary for k in s["round_s"] if k in FEDERATED})
+    cosines = sorted({k for s in summary for k in s["delta_cosine"] if k in FEDERATED})
+    lines = [
+        f"# Sweep of {config}",
+        "",
+        "Mean test NDCG@10 (user-weighted over markets; mean ± std over seeds), seconds per "
+        "federated round (median gap between rounds, checkpointing included) and the mean "
+        "pairwise cosine of the client updates.",
+        "",
+    ]
+    header = [*keys, "seeds", *methods, *(f"s/round {k}" for k in kinds)]
+    header += [f"cosine {k}" for k in cosines]
+    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
+    for s in summary:
+        cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
+        cells += [_cell(s["methods"].get(m, {}).get("ndcg@10")) for m in methods]
+        cells += [_cell(s["round_s"].get(k)) for k in kinds]
+        cells += [_cell(s["delta_cosine"].get(k)) for k in cosines]
+        lines.append("| " + " | ".join(cells) + " |")
+    failed = [r["run"] for r in rows if r["status"] != "done"]
+    if failed:
+        lines += ["", f"Runs without results: {', '.join(failed)} (see runs/<name>/sweep.log)."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
+    """NDCG@10 and seconds per round against the first swept axis (error bars: std over
+    seeds); one line per method (and per value of the other axes). False if nothing to plot."""
+    keys = [a for a in axes if a != "seeds"]
+    if not keys or not summary:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_axis, others = keys[0], keys[1:]
+    fig, (acc, time_ax) = plt.subplots(1, 2, figsize=(11, 4))
+    series: dict[str, list[tuple[float, list | None]]] = {}
+    timing: dict[str, list[tuple[float, list | None]]] = {}
+    for s in summary:
+        suffix = "".join(f", {k}={s[k]}" for k in others)
+        for m, values in s["methods"].items():
+            series.setdefault(m + suffix, []).append((s[x_axis], values["ndcg@10"]))
+        for k, values in s["round_s"].items():
+            timing.setdefault(k + suffix, []).append((s[x_axis], values))
+    for ax, data in ((acc, series), (time_ax, timing)):
+        for label, points in sorted(data.items()):
+            points = sorted((x, v) for x, v in points if v is not None)
+            if points:
+                xs = [x for x, _ in points]
+                ax.errorbar(
+                    xs, [v[0] for _, v in points], yerr=[v[1] for _, v in points], label=label,
+                    marker="o", capsize=3,
+                )  # fmt: skip
+        ax.set_xlabel(x_axis)
+        if x_axis == "markets":
+            ax.set_xscale("log", base=2)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    acc.set_ylabel("test NDCG@10 (mean over markets' users)")
+    time_ax.set_ylabel("seconds per federated round")
+    fig.tight_layout()
+    fig.savefig(path.with_suffix(".png.tmp"), format="png", dpi=120)
+    plt.close(fig)
+    os.replace(path.with_suffix(".png.tmp"), path)
+    return True
+
+
+def write_atomic(path: pathlib.Path, text: str) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def main(argv: list[str]) -> int:
+    args, overrides = parse_args(argv)
+    points = grid(args)
+    axes = [flag for flag, *_ in AXES if getattr(args, flag)]
+    config = load_config(args.config)
+    synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
+    data_format = next(
+        (o.split("=", 1)[1] for o in overrides if o.startswith("--config.data.format=")),
+        config.data.format,
+    )
+    if synthetic_axes and data_format != "synthetic":
+        raise SystemExit(
+            f"--{synthetic_axes[0]} sets config.synthetic.*, but {args.config} loads "
+            f"data.format={data_format!r}: sweep it over a synthetic config"
+        )
+    root = pathlib.Path(args.workdir).absolute()
+    runs = [(root / "runs" / run_name(p), p) for p in points]
+    if args.print_only:
+        for run_dir, point in runs:
+            print(shlex.join(command(args.config, run_dir, point, overrides)))
+        return 0
+    root.joinpath("runs").mkdir(parents=True, exist_ok=True)
+    failed = []
+    if not args.collect_only:
+        for i, (run_dir, point) in enumerate(runs, 1):
+            cmd = command(args.config, run_dir, point, overrides, python=sys.executable)
+            print(f"[{i}/{len(runs)}] {shlex.join(cmd[1:])}", flush=True)
+            run_dir.mkdir(parents=True, exist_ok=True)
+            with open(run_dir / "sweep.log", "a") as log:
+                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+            if rc != 0:
+                failed.append(run_dir.name)
+                print(f"  failed (exit {rc}); its output: {run_dir / 'sweep.log'}", flush=True)
+    rows = [collect(run_dir, point) for run_dir, point in runs]
+    summary = summarise(rows, axes)
+    write_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
+    table = markdown(summary, rows, axes, args.config)
+    write_atomic(root / "sweep.md", table)
+    plotted = plot(summary, axes, root / "sweep.png")
+    print("\n" + table)
+    written = ["sweep.json", "sweep.md", *(["sweep.png"] if plotted else [])]
+    print(f"written in {root}: {', '.join(written)}")
+    return 1 if failed or any(r["status"] != "done" for r in rows) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

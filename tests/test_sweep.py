@@ -1,0 +1,147 @@
+"""launch/sweep.py: the grid, the commands, mean ± std over seeds by hand, and a real sweep
+over M whose table repeats each run's results.json."""
+
+import json
+import math
+import subprocess
+import sys
+
+import pytest
+
+from tests.conftest import ROOT
+
+sys.path.insert(0, str(ROOT / "launch"))
+import sweep  # noqa: E402
+
+SWEEP = [sys.executable, str(ROOT / "launch" / "sweep.py")]
+TEST_CONFIG = "experiments/configs/test.py"
+
+
+def test_grid_names_and_commands():
+    args, overrides = sweep.parse_args(
+        ["--config=c.py", "--workdir=d", "--markets=1,4", "--seeds=0,1", "--config.num_rounds=2"]
+    )
+    points = sweep.grid(args)
+    assert points == [
+        {"markets": 1, "seeds": 0},
+        {"markets": 1, "seeds": 1},
+        {"markets": 4, "seeds": 0},
+        {"markets": 4, "seeds": 1},
+    ]
+    assert [sweep.run_name(p) for p in points] == ["M1_seed0", "M1_seed1", "M4_seed0", "M4_seed1"]
+    assert sweep.command("c.py", "w", points[3], overrides) == [
+        "python",
+        "-m",
+        "experiments.main",
+        "--config=c.py",
+        "--workdir=w",
+        "--config.synthetic.num_markets=4",
+        "--config.seed=1",
+        "--config.num_rounds=2",
+    ]
+
+
+def test_bad_arguments_are_named():
+    with pytest.raises(SystemExit, match="--alpha=0.1,x"):
+        sweep.grid(sweep.parse_args(["--config=c", "--workdir=d", "--alpha=0.1,x"])[0])
+    with pytest.raises(SystemExit):  # argparse: only --config.FIELD=VALUE passes through
+        sweep.parse_args(["--config=c", "--workdir=d", "--num_rounds=3"])
+    out = subprocess.run(
+        [*SWEEP, "--markets=2", "--config=experiments/configs/xmrec.py", "--workdir=/tmp/x"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode != 0 and "data.format='xmrec'" in out.stderr
+
+
+def test_summary_is_mean_and_std_over_seeds_by_hand():
+    def row(seed, ndcg, round_s):
+        return {
+            "run": f"s{seed}",
+            "markets": 2,
+            "seeds": seed,
+            "status": "done",
+            "methods": {"fecosr": {"ndcg@10": ndcg, "hr@10": 2 * ndcg}},
+            "round_s": {"federated_s2ce": round_s},
+            "delta_cosine": {},
+        }
+
+    rows = [row(0, 0.1, 1.0), row(1, 0.3, 3.0), {"run": "s2", "status": "missing"}]
+    (summary,) = sweep.summarise(rows, ["markets", "seeds"])
+    assert summary["seeds"] == 2
+    mean, std = summary["methods"]["fecosr"]["ndcg@10"]
+    assert math.isclose(mean, 0.2) and math.isclose(std, 0.1)  # population std of {0.1, 0.3}
+    assert summary["round_s"]["federated_s2ce"] == [2.0, 1.0]
+    table = sweep.markdown([summary], rows, ["markets", "seeds"], "c.py")
+    assert "| 2 | 2 | 0.2000 ± 0.1000 | 2.0000 ± 1.0000 |" in table
+    assert "Runs without results: s2" in table
+
+
+def test_print_only_runs_nothing(tmp_path):
+    out = subprocess.run(
+        [
+            *SWEEP,
+            "--markets=1,2",
+            f"--config={TEST_CONFIG}",
+            f"--workdir={tmp_path}",
+            "--print-only",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    lines = out.stdout.splitlines()
+    assert len(lines) == 2 and lines[1].endswith("--config.synthetic.num_markets=2")
+    assert not any(tmp_path.iterdir())
+
+
+def test_sweep_over_markets_collects_every_run(tmp_path):
+    out = subprocess.run(
+        [
+            *SWEEP,
+            "--markets=1,2",
+            f"--config={TEST_CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.methods=local,fecosr",
+            "--config.checkpoint.enabled=False",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
+    assert [(r["markets"], r["status"], r["num_markets"]) for r in rows] == [
+        (1, "done", 1),
+        (2, "done", 2),
+    ]
+    for r in rows:
+        results = json.loads((tmp_path / "runs" / r["run"] / "results.json").read_text())
+        for method in ("local", "fecosr"):
+            assert r["methods"][method]["ndcg@10"] == results["methods"][method]["mean"]["ndcg@10"]
+        assert r["round_s"]["federated_s2ce"] > 0
+    assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
+    assert "| markets | seeds |" in (tmp_path / "sweep.md").read_text()
+    # M = 1 has one client: no pairwise cosine; M = 2 has one.
+    assert "federated_s2ce" not in rows[0]["delta_cosine"]
+    assert -1 <= rows[1]["delta_cosine"]["federated_s2ce"] <= 1
+
+
+def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
+    out = subprocess.run(
+        [
+            *SWEEP,
+            "--markets=2",
+            f"--config={TEST_CONFIG}",
+            f"--workdir={tmp_path}",
+            "--config.methods=no_such_method",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 1
+    assert "failed (exit" in out.stdout and "Runs without results: M2" in out.stdout
+    assert "no_such_method" in (tmp_path / "runs" / "M2" / "sweep.log").read_text()
