@@ -294,6 +294,7 @@ class RunCheckpoints:
             self.progress = progress
         else:
             self.progress = {"config": config_dict, "methods": {}, "skipped": {}, "done": False}
+        self.progress.setdefault("ranks", {})  # absent from runs of older versions
         if self.enabled:
             self._write_progress()
 
@@ -327,12 +328,21 @@ class RunCheckpoints:
                 self.phases[name] = NullPhase()
         return self.phases[name]
 
-    def finished_method(self, method: str, table: dict | None = None, skipped: str | None = None):
-        """Records a finished method's per-market table (or why it was skipped)."""
+    def finished_method(
+        self,
+        method: str,
+        table: dict | None = None,
+        skipped: str | None = None,
+        ranks: dict[str, list[int]] | None = None,
+    ):
+        """Records a finished method's per-market table and per-user test ranks ({market:
+        ranks of its test users, in order}), or why it was skipped."""
         if skipped is not None:
             self.progress["skipped"][method] = skipped
         else:
             self.progress["methods"][method] = table
+            if ranks is not None:
+                self.progress["ranks"][method] = ranks
         if self.enabled:
             self._write_progress()
 

@@ -85,9 +85,11 @@ def market_metric_sums(
     protocol: str = "full",
     mask_seen: bool = False,
     seed: int = 0,
+    with_ranks: bool = False,
 ) -> dict:
     """Metric sums of one market: inputs [U, L], targets [U] (0 = no user), semantics
-    [N + 1, d_s], item_mask [N + 1]. Users are scored in chunks of batch_size."""
+    [N + 1, d_s], item_mask [N + 1]. Users are scored in chunks of batch_size. With
+    `with_ranks`, "ranks" [U] holds each user's target rank (-1 where there is no user)."""
     model = SequenceModel(model_config)
     items = model.apply({"params": params}, semantics, method=SequenceModel.item_embeddings)
     market_key = jax.random.fold_in(jax.random.key(seed), market_index)
@@ -103,12 +105,17 @@ def market_metric_sums(
             ranks = sampled_ranks(s, t, item_mask, keys)
         else:
             ranks = target_ranks(s, t, item_mask)
-        return rank_metrics(ranks, t > 0, ks)
+        return rank_metrics(ranks, t > 0, ks), jnp.where(t > 0, ranks, -1)
 
     size = min(batch_size, inputs.shape[0])
     users = jnp.arange(inputs.shape[0])
-    sums = jax.lax.map(chunk, (_chunks(inputs, size), _chunks(targets, size), _chunks(users, size)))
-    return jax.tree.map(lambda x: jnp.sum(x, axis=0), sums)
+    sums, ranks = jax.lax.map(
+        chunk, (_chunks(inputs, size), _chunks(targets, size), _chunks(users, size))
+    )
+    sums = jax.tree.map(lambda x: jnp.sum(x, axis=0), sums)
+    if with_ranks:
+        sums["ranks"] = ranks.reshape(-1)[: inputs.shape[0]]  # [U] int32, -1 = no user
+    return sums
 
 
 def evaluate(
@@ -125,6 +132,7 @@ def evaluate(
     mask_seen: bool = False,
     seed: int = 0,
     per_market_params: bool = False,
+    with_ranks: bool = False,
 ) -> dict[str, np.ndarray]:
     """Per-market mean metrics [M] (and "count" [M]) for stacked markets.
 
@@ -132,22 +140,36 @@ def evaluate(
       params: one shared parameter pytree, or (per_market_params=True) one per market
         stacked on a leading axis M.
       inputs [M, U, L], targets [M, U], semantics [M, N + 1, d_s], item_mask [M, N + 1].
+      with_ranks: also return "ranks" [M, U] int32, each test user's target rank (-1 where
+        there is no user): what the paired tests of fecosr_jax.significance need.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
-    options = (tuple(ks), batch_size, protocol, bool(mask_seen), int(seed), per_market_params)
+    options = (
+        tuple(ks),
+        batch_size,
+        protocol,
+        bool(mask_seen),
+        int(seed),
+        per_market_params,
+        with_ranks,
+    )
     sums = _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask)
     return means(jax.device_get(sums))
 
 
 def means(sums: dict) -> dict[str, np.ndarray]:
+    """Sums -> means per market; "count" and "ranks" pass through."""
     count = np.maximum(np.asarray(sums["count"]), 1)
-    return {k: (np.asarray(v) if k == "count" else np.asarray(v) / count) for k, v in sums.items()}
+    return {
+        k: (np.asarray(v) if k in ("count", "ranks") else np.asarray(v) / count)
+        for k, v in sums.items()
+    }
 
 
 @jax.jit(static_argnums=(0, 1))
 def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask):
-    ks, batch_size, protocol, mask_seen, seed, per_market = options
+    ks, batch_size, protocol, mask_seen, seed, per_market, with_ranks = options
 
     def one(p, *arrays):
         return market_metric_sums(
@@ -159,6 +181,7 @@ def _evaluate_jit(model_config, options, params, inputs, targets, semantics, ite
             protocol=protocol,
             mask_seen=mask_seen,
             seed=seed,
+            with_ranks=with_ranks,
         )
 
     markets = jnp.arange(inputs.shape[0])
@@ -167,18 +190,26 @@ def _evaluate_jit(model_config, options, params, inputs, targets, semantics, ite
     )
 
 
-def popularity_metric_sums(train, targets, item_mask, *, ks: Sequence[int] = KS) -> dict:
+def popularity_metric_sums(
+    train, targets, item_mask, *, ks: Sequence[int] = KS, with_ranks: bool = False
+) -> dict:
     """The popularity baseline of one market: items scored by their training count, ties
     broken at random (a fixed key), so equal counts do not all rank in the target's favour."""
     counts = jnp.zeros(item_mask.shape[0]).at[train.reshape(-1)].add(1.0)
     noise = jax.random.uniform(jax.random.key(0), (targets.shape[0], counts.shape[0]))
     s = counts + 0.5 * noise
-    return rank_metrics(target_ranks(s, targets, item_mask), targets > 0, ks)
+    ranks = target_ranks(s, targets, item_mask)
+    sums = rank_metrics(ranks, targets > 0, ks)
+    if with_ranks:
+        sums["ranks"] = jnp.where(targets > 0, ranks, -1)
+    return sums
 
 
-def evaluate_popularity(train, targets, item_mask, *, ks: Sequence[int] = KS):
-    """Per-market mean metrics [M] of the popularity baseline."""
-    sums = jax.jit(jax.vmap(lambda a, b, c: popularity_metric_sums(a, b, c, ks=ks)))(
-        train, targets, item_mask
-    )
+def evaluate_popularity(
+    train, targets, item_mask, *, ks: Sequence[int] = KS, with_ranks: bool = False
+):
+    """Per-market mean metrics [M] of the popularity baseline (and "ranks" [M, U])."""
+    sums = jax.jit(
+        jax.vmap(lambda a, b, c: popularity_metric_sums(a, b, c, ks=ks, with_ranks=with_ranks))
+    )(train, targets, item_mask)
     return means(jax.device_get(sums))

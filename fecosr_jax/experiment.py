@@ -199,7 +199,7 @@ class Runner:
         )
 
     def run(self, method: str) -> dict[str, np.ndarray]:
-        """Per-market test metrics [M] of one method."""
+        """Per-market test metrics [M] of one method, and "ranks" [M, U] (evaluation.evaluate)."""
         spec = paradigms.SPECS[method]
         params = None
         if spec.pretraining is not None:
@@ -212,6 +212,7 @@ class Runner:
             protocol=ev.protocol,
             mask_seen=ev.mask_seen,
             seed=self.config.seed,
+            with_ranks=True,
         )
         if spec.finetune is None:
             return evaluation.evaluate(
@@ -265,12 +266,43 @@ class Runner:
         )
 
 
+def parse_seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """config.seeds: a count N (seeds config.seed ... config.seed + N - 1) or a comma-separated
+    list of seeds ("0,4,7"; one seed: "7,")."""
+    text = str(config.get("seeds", "1")).strip()
+    try:
+        if "," in text:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+        else:
+            seeds = list(range(config.seed, config.seed + int(text)))
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"config.seeds={text!r}: expected a count of seeds (--config.seeds=3) or a "
+            "comma-separated list of distinct seeds (--config.seeds=0,1,2)"
+        )
+    return seeds
+
+
+def _ranks_by_market(names: list[str], ranks: np.ndarray) -> dict[str, list[int]]:
+    """[M, U] ranks (-1 = no user) -> {market: its test users' ranks, in order}."""
+    return {n: [int(r) for r in ranks[i] if r >= 0] for i, n in enumerate(names)}
+
+
+def _as_arrays(ranks: dict) -> dict:
+    return {m: {n: np.asarray(v) for n, v in by.items()} for m, by in ranks.items()}
+
+
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     """Runs every method of `config` on its markets; writes the outputs under `workdir`.
 
-    Resumes from WORKDIR/checkpoints when they exist (module fecosr_jax.checkpoint): finished
-    methods are not run again, a method in progress continues from its newest good
-    checkpoint, and a finished run only reports.
+    With several seeds (config.seeds) each seed runs in WORKDIR/seed_<s>/ (a whole single-seed
+    run, with its own outputs and checkpoints) and WORKDIR gets the combined results: mean and
+    std over seeds, and per market a paired t-test against `local` on the per-user NDCG@10
+    averaged over seeds. Resumes from the checkpoints when they exist (module
+    fecosr_jax.checkpoint): finished methods and seeds are not run again, a method in progress
+    continues from its newest good checkpoint, and a finished run only reports.
 
     Returns:
       The results dict written to workdir/results.json.
@@ -280,6 +312,41 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpoint.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
       checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
     """
+    seeds = parse_seeds(config)
+    if len(seeds) == 1:
+        return _run_seed(_with_seed(config, seeds[0]), workdir)[0]
+    per_seed, ranks = [], {}
+    for i, seed in enumerate(seeds, 1):
+        seed_dir = os.path.join(workdir, f"seed_{seed}")
+        print(f"\n===== seed {seed} ({i} of {len(seeds)}): {seed_dir}", flush=True)
+        results, seed_ranks = _run_seed(_with_seed(config, seed), seed_dir)
+        per_seed.append(results)
+        for method, by_market in seed_ranks.items():
+            for market, r in by_market.items():
+                ranks.setdefault(method, {}).setdefault(market, []).append(r)
+    combined = reporting.combine_seeds(per_seed, seeds, _as_arrays(ranks))
+    table = reporting.results_markdown(combined)
+    if distributed.is_primary():
+        root = epath.Path(workdir)
+        reporting.write_json_atomic(root / "config.json", config.to_dict())
+        reporting.write_json_atomic(root / "results.json", combined)
+        reporting.write_text_atomic(root / "results.md", table)
+        if config.plots:
+            reporting.plot(combined, {}, workdir)
+    print(f"\n===== {len(seeds)} seeds\n\n" + table, flush=True)
+    return combined
+
+
+def _with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of one seed's run."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.seed = seed
+    config.seeds = "1"
+    return config
+
+
+def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, dict]:
+    """One seed's run: (results dict, {method: {market: per-user test ranks}})."""
     methods = paradigms.parse_methods(config.methods)
     root = epath.Path(workdir)
     primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
@@ -292,7 +359,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     if checkpoints.progress["done"] and results_path.exists():
         print(f"{workdir}: this run has finished; its results:\n", flush=True)
         print((root / "results.md").read_text(), flush=True)
-        return json.loads(results_path.read_text())
+        return json.loads(results_path.read_text()), checkpoints.progress["ranks"]
     if checkpoints.resuming:
         print(f"{workdir}: resuming from {checkpoints.root}", flush=True)
     if primary:
@@ -315,21 +382,28 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
                     checkpoints.finished_method(method, skipped=reason)
                     continue
                 print(f"\n== {method}", flush=True)
-                table = reporting.per_market_table(names, runner.run(method))
-                checkpoints.finished_method(method, table)
+                metrics = runner.run(method)
+                ranks = _ranks_by_market(names, metrics.pop("ranks"))
+                table = reporting.per_market_table(names, metrics)
+                checkpoints.finished_method(method, table, ranks=ranks)
                 checkpoint.raise_if_preempted(f"after {method}")
     finally:
         log.close()
         checkpoints.close()
     tables = {m: done["methods"][m] for m in methods if m in done["methods"]}
-    pop = evaluation.evaluate_popularity(stacked.train, stacked.test_targets, stacked.item_mask)
+    pop = evaluation.evaluate_popularity(
+        stacked.train, stacked.test_targets, stacked.item_mask, with_ranks=True
+    )
+    ranks = {m: done["ranks"][m] for m in tables if m in done["ranks"]}
+    ranks["popularity"] = _ranks_by_market(names, pop.pop("ranks"))
+    done["ranks"]["popularity"] = ranks["popularity"]  # saved with the finished run
     tables["popularity"] = reporting.per_market_table(names, pop)
     results = {
         "dataset": dataset_name(config),
         "protocol": "full" if config.eval.protocol == "full" else "sampled99",
         "markets": names,
         "methods": tables,
-        "vs_local": reporting.comparison(tables, names),
+        "vs_local": reporting.comparison(tables, names, ranks=_as_arrays(ranks)),
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": runner.transfer_source if "transfer" in tables else None,
     }
@@ -341,4 +415,4 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             reporting.plot(results, log.curves, workdir)
     checkpoints.finished_run()
     print("\n" + table, flush=True)
-    return results
+    return results, ranks

@@ -12,6 +12,7 @@ import time
 import numpy as np
 from etils import epath
 
+from fecosr_jax import significance
 from fecosr_jax.files import is_remote, write_bytes_atomic, write_text_atomic
 
 REPORTED = ("hr@10", "ndcg@10", "mrr@10")
@@ -40,13 +41,15 @@ def per_market_table(names, metrics: dict[str, np.ndarray]) -> dict:
     return out
 
 
-def comparison(methods: dict, names, reference: str = "local") -> dict:
-    """Per method: gain in NDCG@10 over `reference` per market, and markets better / worse.
-
-    (Single-seed means: a difference here is not yet a significant one.)"""
+def comparison(methods: dict, names, reference: str = "local", ranks: dict | None = None) -> dict:
+    """Per method: gain in NDCG@10 over `reference` per market, the markets better / worse by
+    the sign of the gain and, where both methods' per-user test ranks are known (`ranks`:
+    {method: {market: [S, U] or [U] ranks}}, S seeds), a paired t-test per market over the
+    same test users (fecosr_jax.significance) with the markets significantly better / worse."""
     if reference not in methods:
         return {}
     ref = methods[reference]
+    ranks = ranks or {}
     out = {}
     for method, table in methods.items():
         if method == reference:
@@ -59,38 +62,110 @@ def comparison(methods: dict, names, reference: str = "local") -> dict:
             "markets_better": int((values > 0).sum()),
             "markets_worse": int((values < 0).sum()),
         }
+        if method in ranks and reference in ranks:
+            tests = {}
+            for n in names:
+                a, b = (
+                    np.nanmean(np.atleast_2d(significance.per_user(r[n], GAIN_METRIC)), axis=0)
+                    for r in (ranks[method], ranks[reference])
+                )
+                t = significance.paired_test(a, b)
+                tests[n] = {
+                    "diff": clean(t["diff"]),
+                    "p_value": None if t["p_value"] is None else clean(t["p_value"]),
+                    "users": t["users"],
+                    "verdict": t["verdict"],
+                }
+            verdicts = [t["verdict"] for t in tests.values()]
+            out[method]["significance"] = tests
+            out[method]["markets_significantly_better"] = verdicts.count("better")
+            out[method]["markets_significantly_worse"] = verdicts.count("worse")
     return out
+
+
+def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
+    """One results dict from the results of several seeds on the same markets and users:
+    "methods" holds the mean over seeds of every metric, "std" the standard deviation (ddof 1),
+    and "vs_local" the paired tests on the per-user metric averaged over seeds."""
+    first = per_seed[0]
+    names = first["markets"]
+    rows = [*names, "mean", "market_mean"]
+    methods = [m for m in first["methods"] if all(m in r["methods"] for r in per_seed)]
+    means, stds = {}, {}
+    for m in methods:
+        means[m], stds[m] = {}, {}
+        for row in rows:
+            means[m][row], stds[m][row] = {}, {}
+            for k in first["methods"][m][row]:
+                v = [r["methods"][m][row][k] for r in per_seed]
+                v = np.asarray([np.nan if x is None else x for x in v], np.float64)
+                means[m][row][k] = clean(v.mean())
+                stds[m][row][k] = clean(v.std(ddof=1)) if len(v) > 1 else 0.0
+    skipped = {}
+    for r in per_seed:
+        skipped.update(r.get("skipped", {}))
+    return {
+        "dataset": first["dataset"],
+        "protocol": first["protocol"],
+        "markets": names,
+        "seeds": list(seeds),
+        "methods": means,
+        "std": stds,
+        "vs_local": comparison(means, names, ranks=ranks),
+        "skipped": skipped,
+        "transfer_source": first.get("transfer_source"),
+    }
+
+
+MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
 
 
 def results_markdown(results: dict) -> str:
     methods = results["methods"]
     names = results["markets"]
+    std = results.get("std")
+    seeds = results.get("seeds")
+    over = f"mean ± std over seeds {', '.join(map(str, seeds))}" if seeds else "one seed"
     lines = [
         f"# {results['dataset']}",
         "",
-        f"Test {GAIN_METRIC}, {results['protocol']} ranking, one seed ({len(names)} markets).",
+        f"Test {GAIN_METRIC}, {results['protocol']} ranking, {over} ({len(names)} markets).",
         "",
     ]
+    comp = results.get("vs_local", {})
+    if any("significance" in c for c in comp.values()):
+        lines += [
+            f"▲ / ▼: significantly better / worse than `local` in that market (paired t-test "
+            f"over its test users' {GAIN_METRIC}, p < {significance.ALPHA}).",
+            "",
+        ]
     cols = list(methods)
     lines += ["| market | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     for row in [*names, "mean", "market_mean"]:
-        cells = [methods[c][row][GAIN_METRIC] for c in cols]
-        lines.append(
-            f"| {row} | " + " | ".join("-" if v is None else f"{v:.4f}" for v in cells) + " |"
-        )
-    comp = results.get("vs_local", {})
+        cells = []
+        for c in cols:
+            v = methods[c][row][GAIN_METRIC]
+            cell = "-" if v is None else f"{v:.4f}"
+            if v is not None and std and std[c][row][GAIN_METRIC]:
+                cell += f" ± {std[c][row][GAIN_METRIC]:.4f}"
+            test = comp.get(c, {}).get("significance", {}).get(row)
+            cells.append(cell + (MARKS[test["verdict"]] if test else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if comp:
         lines += [
             "",
-            f"Against `local` ({GAIN_METRIC}, per market; not yet a significance test):",
+            f"Against `local` ({GAIN_METRIC} per market; 'significantly': paired t-test, "
+            f"p < {significance.ALPHA}):",
             "",
-            "| method | mean gain | markets better | markets worse |",
-            "| --- | ---: | ---: | ---: |",
+            "| method | mean gain | markets better | markets worse | significantly better "
+            "| significantly worse |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
         ]
         for method, c in comp.items():
             lines.append(
                 f"| {method} | {c['mean_gain']:+.4f} | {c['markets_better']} | "
-                f"{c['markets_worse']} |"
+                f"{c['markets_worse']} | {c.get('markets_significantly_better', '-')} | "
+                f"{c.get('markets_significantly_worse', '-')} |"
             )
     if results.get("transfer_source"):
         lines += [
@@ -233,9 +308,11 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
     fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(methods) / 3 + 3), 4))
     width = 0.8 / len(methods)
     x = np.arange(len(names))
+    std = results.get("std")
     for i, m in enumerate(methods):
         vals = [results["methods"][m][n][GAIN_METRIC] or 0.0 for n in names]
-        ax.bar(x + i * width, vals, width, label=m)
+        err = [std[m][n][GAIN_METRIC] or 0.0 for n in names] if std else None
+        ax.bar(x + i * width, vals, width, yerr=err, capsize=2, label=m)
     ax.set_xticks(x + 0.4 - width / 2, names, rotation=45 if len(names) > 8 else 0)
     ax.set_ylabel(f"test {GAIN_METRIC}")
     ax.set_title(results["dataset"])

@@ -2,10 +2,11 @@
 
 import json
 
+import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import experiment, paradigms
+from fecosr_jax import experiment, paradigms, significance
 
 FILES = (
     "config.json",
@@ -65,3 +66,71 @@ def test_text_methods_refuse_without_semantics(tmp_path):
 def test_unknown_method_names_the_field():
     with pytest.raises(ValueError, match="config.methods: unknown methods \\['fedsgd'\\]"):
         paradigms.parse_methods("local,fedsgd")
+
+
+def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run):
+    workdir, results = full_run
+    ranks = json.loads((workdir / "checkpoints" / "progress.json").read_text())["ranks"]
+    assert set(ranks) == set(results["methods"])
+    for method, table in results["methods"].items():
+        for market in results["markets"]:
+            per_user = significance.per_user(np.asarray(ranks[method][market]), "ndcg@10")
+            assert per_user.mean() == pytest.approx(table[market]["ndcg@10"], abs=2e-6)
+    for method, comp in results["vs_local"].items():
+        tests = comp["significance"]
+        assert set(tests) == set(results["markets"])
+        for market, t in tests.items():
+            expected = significance.paired_test(
+                significance.per_user(np.asarray(ranks[method][market])),
+                significance.per_user(np.asarray(ranks["local"][market])),
+            )
+            assert t["verdict"] == expected["verdict"] and t["users"] == expected["users"]
+        verdicts = [t["verdict"] for t in tests.values()]
+        assert comp["markets_significantly_better"] == verdicts.count("better")
+        assert comp["markets_significantly_worse"] == verdicts.count("worse")
+
+
+def test_several_seeds_report_mean_std_and_resume(tmp_path):
+    config = test_config.get_config()
+    config.methods = "local"
+    config.seeds = "2"
+    config.seed = 3
+    config.finetune.max_epochs = 1
+    config.plots = False
+    config.tensorboard = False
+    results = experiment.train_and_evaluate(config, str(tmp_path))
+    assert results["seeds"] == [3, 4]
+    per_seed = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (3, 4)]
+    for market in [*results["markets"], "mean"]:
+        values = [r["methods"]["local"][market]["ndcg@10"] for r in per_seed]
+        assert results["methods"]["local"][market]["ndcg@10"] == pytest.approx(
+            np.mean(values), abs=1e-6
+        )
+        assert results["std"]["local"][market]["ndcg@10"] == pytest.approx(
+            np.std(values, ddof=1), abs=1e-6
+        )
+    assert per_seed[0] != per_seed[1]  # the seed reaches the model, not only the name
+    assert "mean ± std over seeds 3, 4" in (tmp_path / "results.md").read_text()
+    # Popularity does not depend on the seed; its test against local pools both seeds.
+    assert results["std"]["popularity"]["mean"]["ndcg@10"] == 0.0
+    assert set(results["vs_local"]["popularity"]["significance"]) == set(results["markets"])
+    # A finished multi-seed run only reports, with the same results.
+    assert experiment.train_and_evaluate(config, str(tmp_path)) == results
+
+
+@pytest.mark.parametrize(
+    ("seeds", "expected"), [("3", [5, 6, 7]), ("0,4,7", [0, 4, 7]), ("7,", [7]), ("1", [5])]
+)
+def test_seeds_are_a_count_or_a_list(seeds, expected):
+    config = test_config.get_config()
+    config.seed = 5
+    config.seeds = seeds
+    assert experiment.parse_seeds(config) == expected
+
+
+@pytest.mark.parametrize("seeds", ["0", "x", "1,1", ","])
+def test_bad_seeds_name_the_field(seeds):
+    config = test_config.get_config()
+    config.seeds = seeds
+    with pytest.raises(ValueError, match="config.seeds="):
+        experiment.parse_seeds(config)

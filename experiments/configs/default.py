@@ -85,4 +85,7 @@ def get_config() -> ml_collections.ConfigDict:
     # for tiny configs: "--xla_backend_optimization_level=0").
     config.xla_flags = ""
     config.seed = 0
+    # Seeds: a count N (runs seed ... seed + N - 1, each in WORKDIR/seed_<s>/, and reports mean
+    # ± std and paired tests against `local`) or a comma-separated list ("0,4,7").
+    config.seeds = "1"
     return config

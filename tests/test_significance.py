@@ -1,0 +1,103 @@
+"""Paired tests against `local`: per-user metrics from ranks, the Student-t tail against closed
+forms, paired t-tests by hand, and seeds combined by hand."""
+
+import math
+
+import numpy as np
+import pytest
+
+from fecosr_jax import reporting, significance
+
+
+def test_per_user_metrics_from_ranks_by_hand():
+    ranks = np.array([0, 1, 9, 10, -1])
+    ndcg = significance.per_user(ranks, "ndcg@10")
+    np.testing.assert_allclose(ndcg[:4], [1.0, 1 / math.log2(3), 1 / math.log2(11), 0.0])
+    assert np.isnan(ndcg[4])
+    np.testing.assert_array_equal(significance.per_user(ranks, "hr@10")[:4], [1, 1, 1, 0])
+    np.testing.assert_allclose(significance.per_user(ranks, "mrr@5")[:4], [1, 0.5, 0, 0])
+    with pytest.raises(ValueError, match="map@10"):
+        significance.per_user(ranks, "map@10")
+
+
+@pytest.mark.parametrize("t", [0.3, 1.0, 2.0, 3.182446, 10.0])
+def test_student_t_tail_matches_closed_forms(t):
+    # df = 1 (Cauchy): p = 1 - (2 / pi) atan(t); df = 2: p = 1 - t / sqrt(2 + t^2);
+    # df = 3: p = 1 - (2 / pi) (x / (1 + x^2) + atan(x)), x = t / sqrt(3).
+    x = t / math.sqrt(3)
+    assert significance.t_test_p(t, 1) == pytest.approx(1 - 2 / math.pi * math.atan(t), rel=1e-9)
+    assert significance.t_test_p(t, 2) == pytest.approx(1 - t / math.sqrt(2 + t * t), rel=1e-9)
+    df3 = 1 - 2 / math.pi * (x / (1 + x * x) + math.atan(x))
+    assert significance.t_test_p(t, 3) == pytest.approx(df3, rel=1e-9)
+
+
+def test_student_t_critical_values():
+    # Two-sided 5% critical values from the t table.
+    for t, df in ((12.706205, 1), (2.228139, 10), (1.959964, 10**7)):
+        assert significance.t_test_p(t, df) == pytest.approx(0.05, abs=1e-6)
+    assert significance.betainc(2, 3, 0.4) == pytest.approx(0.5248)  # sum of binomial terms
+
+
+def test_paired_test_by_hand():
+    # d = [1, 2, 3, 4]: mean 2.5, sd sqrt(5/3), t = 2.5 / (sd / 2) = 3.873, df 3.
+    out = significance.paired_test(np.array([1.0, 2, 3, 4]), np.zeros(4))
+    t = 2.5 / (math.sqrt(5 / 3) / 2)
+    x = t / math.sqrt(3)
+    assert out["p_value"] == pytest.approx(1 - 2 / math.pi * (x / (1 + x * x) + math.atan(x)))
+    assert out["p_value"] < 0.05 and out["verdict"] == "better" and out["users"] == 4
+    assert significance.paired_test(np.zeros(4), np.array([1.0, 2, 3, 4]))["verdict"] == "worse"
+    # Noisy small differences are not significant, and NaN (no user) is dropped in pairs.
+    out = significance.paired_test(np.array([1.0, 0, 1, 0, np.nan]), np.array([0.0, 1, 0, 0, 5]))
+    assert out["users"] == 4 and out["verdict"] == "same" and out["p_value"] > 0.05
+    assert significance.paired_test(np.ones(3), np.ones(3)) == {
+        "diff": 0.0, "p_value": 1.0, "users": 3, "verdict": "same"
+    }  # fmt: skip
+    assert significance.paired_test(np.ones(1), np.zeros(1))["p_value"] is None
+    with pytest.raises(ValueError, match="same users"):
+        significance.paired_test(np.ones(3), np.ones(4))
+
+
+def table(values: dict) -> dict:
+    def row(v):
+        return {"ndcg@10": v, "hr@10": 2 * v, "mrr@10": v / 2}
+
+    return {**{n: row(v) for n, v in values.items()}, "mean": row(0.0), "market_mean": row(0.0)}
+
+
+def test_comparison_marks_only_significant_markets():
+    names = ["a", "b"]
+    hits, misses = np.zeros(50, int), np.full(50, 30)
+    noisy = np.where(np.arange(50) % 2 == 0, 0, 30)  # half the users hit
+    ranks = {
+        "local": {"a": misses, "b": noisy},
+        "fecosr": {"a": hits, "b": np.roll(noisy, 1)},  # b: same mean, other users
+    }
+    methods = {"local": table({"a": 0.0, "b": 0.5}), "fecosr": table({"a": 1.0, "b": 0.5})}
+    comp = reporting.comparison(methods, names, ranks=ranks)["fecosr"]
+    assert comp["significance"]["a"]["verdict"] == "better"
+    assert comp["significance"]["b"]["verdict"] == "same"
+    assert comp["markets_significantly_better"] == 1 and comp["markets_significantly_worse"] == 0
+    # Without ranks: gains only.
+    assert "significance" not in reporting.comparison(methods, names)["fecosr"]
+
+
+def test_combine_seeds_by_hand():
+    names = ["a"]
+
+    def result(v):
+        return {
+            "dataset": "d",
+            "protocol": "full",
+            "markets": names,
+            "methods": {"local": table({"a": v})},
+            "skipped": {},
+        }
+
+    ranks = {"local": {"a": np.array([[0, 5], [1, 50]])}}
+    out = reporting.combine_seeds([result(0.2), result(0.4)], [0, 1], ranks)
+    assert out["seeds"] == [0, 1]
+    assert out["methods"]["local"]["a"]["ndcg@10"] == pytest.approx(0.3)
+    assert out["std"]["local"]["a"]["ndcg@10"] == pytest.approx(
+        math.sqrt(0.02), abs=1e-6
+    )  # ddof 1, rounded
+    assert "0.3000 ± 0.1414" in reporting.results_markdown(out)
