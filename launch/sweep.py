@@ -173,7 +173,7 @@ def summarise(rows: list[dict], axes: list[str]) -> list[dict]:
         values = [v for v in values if v is not None]
         if not values:
             return None
-        return [statistics.fmean(values), statistics.pstdev(values) if len(values) > 1 else 0.0]
+        return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
 
     out = []
     for values, members in groups.items():

@@ -71,10 +71,10 @@ def test_summary_is_mean_and_std_over_seeds_by_hand():
     (summary,) = sweep.summarise(rows, ["markets", "seeds"])
     assert summary["seeds"] == 2
     mean, std = summary["methods"]["fecosr"]["ndcg@10"]
-    assert math.isclose(mean, 0.2) and math.isclose(std, 0.1)  # population std of {0.1, 0.3}
-    assert summary["round_s"]["federated_s2ce"] == [2.0, 1.0]
+    assert math.isclose(mean, 0.2) and math.isclose(std, math.sqrt(0.02))  # ddof 1
+    assert summary["round_s"]["federated_s2ce"] == [2.0, math.sqrt(2.0)]
     table = sweep.markdown([summary], rows, ["markets", "seeds"], "c.py")
-    assert "| 2 | 2 | 0.2000 ± 0.1000 | 2.0000 ± 1.0000 |" in table
+    assert "| 2 | 2 | 0.2000 ± 0.1414 | 2.0000 ± 1.4142 |" in table
     assert "Runs without results: s2" in table
 
 
