@@ -63,6 +63,12 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
             default="",
             help=f"comma-separated {kind.__name__} values of config.{field}",
         )
+    parser.add_argument(
+        "--compare",
+        default="",
+        help="method pairs A:B (comma-separated): the table and plot add the NDCG@10 gap A - B, "
+        "per seed, then mean ± std (e.g. fecosr:fecosr_no_s2ce for S²CE against CE)",
+    )
     parser.add_argument("--print-only", action="store_true", help="print the commands only")
     parser.add_argument(
         "--collect-only", action="store_true", help="only build the table and plot from DIR/runs"
@@ -135,6 +141,11 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     row["methods"] = {
         m: {k: table["mean"][k] for k in METRICS} for m, table in results["methods"].items()
     }
+    # Markets significantly better / worse than local (paired test; fecosr_jax.significance).
+    row["vs_local"] = {
+        m: [c.get("markets_significantly_better"), c.get("markets_significantly_worse")]
+        for m, c in results.get("vs_local", {}).items()
+    }
     lines = []
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.exists():
@@ -160,9 +171,20 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     return row
 
 
-def summarise(rows: list[dict], axes: list[str]) -> list[dict]:
-    """Rows grouped over seeds: per group the mean and std of every method's metrics and of
-    the seconds per round (std 0 for one seed)."""
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    pairs = [tuple(p.split(":")) for p in text.split(",") if p.strip()]
+    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p)]
+    if bad:
+        raise SystemExit(f"--compare={text}: expected METHOD:METHOD pairs, got {bad}")
+    return pairs
+
+
+def summarise(
+    rows: list[dict], axes: list[str], pairs: list[tuple[str, str]] | None = None
+) -> list[dict]:
+    """Rows grouped over seeds: per group the mean and std (ddof 1; 0 for one seed) of every
+    method's metrics, the seconds per round, the update cosines and, per pair (A, B), the
+    NDCG@10 gap A - B of each seed."""
     keys = [a for a in axes if a != "seeds"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -194,9 +216,18 @@ def summarise(rows: list[dict], axes: list[str]) -> list[dict]:
                     k: stats([r["delta_cosine"].get(k) for r in members])
                     for k in sorted({k for r in members for k in r["delta_cosine"]})
                 },
+                "gaps": {
+                    f"{a} - {b}": stats([_gap(r, a, b) for r in members]) for a, b in pairs or []
+                },
             }
         )
     return out
+
+
+def _gap(row: dict, a: str, b: str) -> float | None:
+    va = row["methods"].get(a, {}).get("ndcg@10")
+    vb = row["methods"].get(b, {}).get("ndcg@10")
+    return None if va is None or vb is None else va - vb
 
 
 def _cell(s) -> str:
@@ -220,13 +251,15 @@ def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str
         "",
     ]
     header = [*keys, "seeds", *methods, *(f"s/round {k}" for k in kinds)]
-    header += [f"cosine {k}" for k in cosines]
+    gaps = list(summary[0]["gaps"]) if summary else []
+    header += [f"cosine {k}" for k in cosines] + gaps
     lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
     for s in summary:
         cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
         cells += [_cell(s["methods"].get(m, {}).get("ndcg@10")) for m in methods]
         cells += [_cell(s["round_s"].get(k)) for k in kinds]
         cells += [_cell(s["delta_cosine"].get(k)) for k in cosines]
+        cells += [_cell(s["gaps"][g]) for g in gaps]
         lines.append("| " + " | ".join(cells) + " |")
     failed = [r["run"] for r in rows if r["status"] != "done"]
     if failed:
@@ -246,16 +279,27 @@ def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
     import matplotlib.pyplot as plt
 
     x_axis, others = keys[0], keys[1:]
-    fig, (acc, time_ax) = plt.subplots(1, 2, figsize=(11, 4))
-    series: dict[str, list[tuple[float, list | None]]] = {}
-    timing: dict[str, list[tuple[float, list | None]]] = {}
+    ndcg, timing = "test NDCG@10 (mean over markets' users)", "seconds per federated round"
+    gap, cosine = "NDCG@10 gap", "mean pairwise cosine of client updates"
+    panels = {ndcg: {}, timing: {}}  # y label -> {line label: [(x, [mean, std])]}
+    if any(s["gaps"] for s in summary):
+        panels[gap] = {}
+    if any(s["delta_cosine"] for s in summary):
+        panels[cosine] = {}
     for s in summary:
         suffix = "".join(f", {k}={s[k]}" for k in others)
-        for m, values in s["methods"].items():
-            series.setdefault(m + suffix, []).append((s[x_axis], values["ndcg@10"]))
-        for k, values in s["round_s"].items():
-            timing.setdefault(k + suffix, []).append((s[x_axis], values))
-    for ax, data in ((acc, series), (time_ax, timing)):
+        lines = {
+            ndcg: {m: v["ndcg@10"] for m, v in s["methods"].items()},
+            timing: s["round_s"],
+            gap: s["gaps"],
+            cosine: s["delta_cosine"],
+        }
+        for label, values in lines.items():
+            for name, v in values.items():
+                panels[label].setdefault(name + suffix, []).append((s[x_axis], v))
+    fig, axes_ = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (ylabel, data) in zip(axes_, panels.items(), strict=True):
+        ax.set_ylabel(ylabel)
         for label, points in sorted(data.items()):
             points = sorted((x, v) for x, v in points if v is not None)
             if points:
@@ -269,8 +313,6 @@ def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
             ax.set_xscale("log", base=2)
         if ax.lines:
             ax.legend(fontsize=7)
-    acc.set_ylabel("test NDCG@10 (mean over markets' users)")
-    time_ax.set_ylabel("seconds per federated round")
     fig.tight_layout()
     fig.savefig(path.with_suffix(".png.tmp"), format="png", dpi=120)
     plt.close(fig)
@@ -287,6 +329,7 @@ def write_atomic(path: pathlib.Path, text: str) -> None:
 def main(argv: list[str]) -> int:
     args, overrides = parse_args(argv)
     points = grid(args)
+    pairs = parse_pairs(args.compare)
     axes = [flag for flag, *_ in AXES if getattr(args, flag)]
     config = load_config(args.config)
     synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
@@ -318,7 +361,7 @@ def main(argv: list[str]) -> int:
                 failed.append(run_dir.name)
                 print(f"  failed (exit {rc}); its output: {run_dir / 'sweep.log'}", flush=True)
     rows = [collect(run_dir, point) for run_dir, point in runs]
-    summary = summarise(rows, axes)
+    summary = summarise(rows, axes, pairs)
     write_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
     table = markdown(summary, rows, axes, args.config)
     write_atomic(root / "sweep.md", table)

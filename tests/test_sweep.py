@@ -68,13 +68,20 @@ def test_summary_is_mean_and_std_over_seeds_by_hand():
         }
 
     rows = [row(0, 0.1, 1.0), row(1, 0.3, 3.0), {"run": "s2", "status": "missing"}]
-    (summary,) = sweep.summarise(rows, ["markets", "seeds"])
+    rows[0]["methods"]["local"] = {"ndcg@10": 0.05, "hr@10": 0.1}
+    rows[1]["methods"]["local"] = {"ndcg@10": 0.35, "hr@10": 0.1}
+    (summary,) = sweep.summarise(rows, ["markets", "seeds"], sweep.parse_pairs("fecosr:local"))
+    # Gaps per seed: 0.05 and -0.05.
+    assert summary["gaps"]["fecosr - local"] == pytest.approx([0.0, math.sqrt(0.005)])
     assert summary["seeds"] == 2
     mean, std = summary["methods"]["fecosr"]["ndcg@10"]
     assert math.isclose(mean, 0.2) and math.isclose(std, math.sqrt(0.02))  # ddof 1
     assert summary["round_s"]["federated_s2ce"] == [2.0, math.sqrt(2.0)]
     table = sweep.markdown([summary], rows, ["markets", "seeds"], "c.py")
-    assert "| 2 | 2 | 0.2000 ± 0.1414 | 2.0000 ± 1.4142 |" in table
+    assert "| 2 | 2 | 0.2000 ± 0.1414 | 0.2000 ± 0.2121 | 2.0000 ± 1.4142 |" in table
+    assert table.splitlines()[4].endswith("| fecosr - local |")
+    with pytest.raises(SystemExit, match="fecosr"):
+        sweep.parse_pairs("fecosr")
     assert "Runs without results: s2" in table
 
 
