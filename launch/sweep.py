@@ -15,9 +15,14 @@ after an interruption continues where it stopped. A failed run is reported and t
 on; the sweep then exits 1.
 
 DIR then holds sweep.json (one row per run: the grid values, per method the mean test
-NDCG@10 / HR@10, the time per federated round and the mean client-update cosine), sweep.md
-(mean ± std over seeds) and sweep.png (NDCG@10 and seconds per round against the first swept
-axis, one line per method).
+NDCG@10 / HR@10 and the markets significantly better / worse than local, the time per
+federated round and the mean client-update cosine), sweep.md (mean ± std over seeds) and
+sweep.png (against the first swept axis, error bars = std over seeds: NDCG@10 per method,
+seconds per round, the --compare gaps, the client-update cosines).
+
+  python launch/sweep.py --heterogeneity=0,0.5,1 --overlap=0,1 --seeds=0,1,2 \
+      --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
+      --config.methods=local,fecosr,fecosr_no_s2ce --compare=fecosr:fecosr_no_s2ce
 """
 
 from __future__ import annotations
