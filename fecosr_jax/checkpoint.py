@@ -40,6 +40,8 @@ from fecosr_jax.files import is_remote, write_text_atomic
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
 # Config fields that may change between a run and its resume (they do not change results).
 RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "checkpoint")
+# Config fields added in later versions: absent from an older run's config means this value.
+ADDED_FIELDS = {"seeds": "1"}
 
 
 class NonFiniteError(RuntimeError):
@@ -257,7 +259,8 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         name = f"{prefix}{key}"
         if not prefix and key in RESUMABLE_FIELDS:
             continue
-        a, b = saved.get(key, "<absent>"), current.get(key, "<absent>")
+        absent = ADDED_FIELDS.get(key, "<absent>") if not prefix else "<absent>"
+        a, b = saved.get(key, absent), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{name}.")
         elif a != b:

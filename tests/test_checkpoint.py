@@ -287,3 +287,14 @@ def test_log_drops_the_steps_a_resumed_phase_repeats(tmp_path):
         ("pretrain", 3),
     ]
     assert log.curves["p pretrain loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_config_fields_added_later_match_their_default_when_absent():
+    old = {"seed": 0, "federated": {"alpha": 0.2}}  # a run made before config.seeds existed
+    assert checkpoint.config_differences(old, {**old, "seeds": "1"}) == []
+    assert checkpoint.config_differences(old, {**old, "seeds": "3"}) == [
+        "seeds (checkpoint '1', now '3')"
+    ]
+    assert checkpoint.config_differences(old, {**old, "extra": 1}) == [
+        "extra (checkpoint '<absent>', now 1)"
+    ]
