@@ -49,7 +49,7 @@ AXES = (
     ("seeds", "seed", "seed", int),
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
-METRICS = ("ndcg@10", "hr@10")
+METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-tuned methods)
 FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
 
 
@@ -144,7 +144,7 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     row["status"] = "done"
     row["num_markets"] = len(results["markets"])
     row["methods"] = {
-        m: {k: table["mean"][k] for k in METRICS} for m, table in results["methods"].items()
+        m: {k: table["mean"].get(k) for k in METRICS} for m, table in results["methods"].items()
     }
     # Markets significantly better / worse than local (paired test; fecosr_jax.significance).
     row["vs_local"] = {
@@ -155,6 +155,18 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     metrics_path = run_dir / "metrics.jsonl"
     if metrics_path.exists():
         lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
+    # Validation NDCG@10 of a fine-tuned method: per market its best logged epoch (what early
+    # stopping keeps), then the mean over markets; for choosing settings without the test set.
+    best: dict[str, dict[str, float]] = {}
+    for x in lines:
+        if x["stage"] == "finetune" and x.get("market_valid_ndcg@10"):
+            by_market = best.setdefault(x["paradigm"], {})
+            for market, v in x["market_valid_ndcg@10"].items():
+                if v is not None:
+                    by_market[market] = max(v, by_market.get(market, v))
+    for method, by_market in best.items():
+        if method in row["methods"]:
+            row["methods"][method]["valid_ndcg@10"] = round(statistics.fmean(by_market.values()), 6)
     rounds: dict[str, list[tuple[int, float, float | None]]] = {}
     for x in lines:
         if x["stage"] == "pretrain":
@@ -266,6 +278,22 @@ def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str
         cells += [_cell(s["delta_cosine"].get(k)) for k in cosines]
         cells += [_cell(s["gaps"][g]) for g in gaps]
         lines.append("| " + " | ".join(cells) + " |")
+    valid = [
+        m for m in methods if any(s["methods"].get(m, {}).get("valid_ndcg@10") for s in summary)
+    ]
+    if valid:
+        lines += [
+            "",
+            "Validation NDCG@10 of the fine-tuned methods (per market its best epoch, mean over "
+            "markets): the one to choose settings by.",
+            "",
+            "| " + " | ".join([*keys, "seeds", *valid]) + " |",
+            "|" + " --- |" * (len(keys) + 1 + len(valid)),
+        ]
+        for s in summary:
+            cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
+            cells += [_cell(s["methods"].get(m, {}).get("valid_ndcg@10")) for m in valid]
+            lines.append("| " + " | ".join(cells) + " |")
     failed = [r["run"] for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", f"Runs without results: {', '.join(failed)} (see runs/<name>/sweep.log)."]

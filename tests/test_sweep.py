@@ -153,3 +153,29 @@ def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
     assert out.returncode == 1
     assert "failed (exit" in out.stdout and "Runs without results: M2" in out.stdout
     assert "no_such_method" in (tmp_path / "runs" / "M2" / "sweep.log").read_text()
+
+
+def test_collect_by_hand(tmp_path):
+    table = {"mean": {"ndcg@10": 0.2, "hr@10": 0.4}}
+    results = {"markets": ["a", "b"], "methods": {"local": table}, "vs_local": {}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    lines = [
+        {"paradigm": "federated_s2ce", "stage": "pretrain", "step": 1, "seconds": 10.0,
+         "delta_cosine": 0.2},
+        {"paradigm": "federated_s2ce", "stage": "pretrain", "step": 2, "seconds": 10.5,
+         "delta_cosine": 0.4},
+        {"paradigm": "federated_s2ce", "stage": "pretrain", "step": 3, "seconds": 11.5,
+         "delta_cosine": None},
+    ] + [
+        {"paradigm": "local", "stage": "finetune", "step": e, "seconds": 12.0 + e,
+         "market_valid_ndcg@10": {"a": va, "b": vb}}
+        for e, (va, vb) in enumerate([(0.1, 0.5), (0.3, 0.4), (0.2, None)], 1)
+    ]  # fmt: skip
+    (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
+    row = sweep.collect(tmp_path, {"markets": 2})
+    assert row["status"] == "done" and row["num_markets"] == 2
+    # Best epoch per market (a: 0.3, b: 0.5), then the mean over markets.
+    assert row["methods"]["local"] == {"ndcg@10": 0.2, "hr@10": 0.4, "valid_ndcg@10": 0.4}
+    assert row["round_s"]["federated_s2ce"] == 0.75  # median of the gaps 0.5 and 1.0
+    assert row["delta_cosine"]["federated_s2ce"] == pytest.approx(0.3)
+    assert row["run_s"] == 15.0
