@@ -325,14 +325,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
             for market, r in by_market.items():
                 ranks.setdefault(method, {}).setdefault(market, []).append(r)
     combined = reporting.combine_seeds(per_seed, seeds, _as_arrays(ranks))
-    table = reporting.results_markdown(combined)
     if distributed.is_primary():
-        root = epath.Path(workdir)
-        reporting.write_json_atomic(root / "config.json", config.to_dict())
-        reporting.write_json_atomic(root / "results.json", combined)
-        reporting.write_text_atomic(root / "results.md", table)
-        if config.plots:
-            reporting.plot(combined, {}, workdir)
+        reporting.write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
+        table = reporting.write_results(workdir, combined, {}, plots=config.plots)
+    else:
+        table = reporting.results_markdown(combined)
     print(f"\n===== {len(seeds)} seeds\n\n" + table, flush=True)
     return combined
 
@@ -407,12 +404,10 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": runner.transfer_source if "transfer" in tables else None,
     }
-    table = reporting.results_markdown(results)
     if primary:
-        reporting.write_json_atomic(results_path, results)
-        reporting.write_text_atomic(root / "results.md", table)
-        if config.plots:
-            reporting.plot(results, log.curves, workdir)
+        table = reporting.write_results(workdir, results, log.curves, plots=config.plots)
+    else:
+        table = reporting.results_markdown(results)
     checkpoints.finished_run()
     print("\n" + table, flush=True)
     return results, ranks

@@ -284,7 +284,7 @@ class RunLog:
             self.writer.close()
 
 
-def _save_png(fig, path: str):
+def save_png(fig, path) -> None:
     """Saves a figure as PNG, atomically."""
     import io
 
@@ -294,6 +294,17 @@ def _save_png(fig, path: str):
     fig.savefig(buffer, format="png", dpi=120)
     plt.close(fig)
     write_bytes_atomic(path, buffer.getvalue())
+
+
+def write_results(workdir: str, results: dict, curves: dict, *, plots: bool) -> str:
+    """Writes results.json, results.md and (with `plots`) the plots; returns the Markdown."""
+    root = epath.Path(workdir)
+    table = results_markdown(results)
+    write_json_atomic(root / "results.json", results)
+    write_text_atomic(root / "results.md", table)
+    if plots:
+        plot(results, curves, workdir)
+    return table
 
 
 def plot(results: dict, curves: dict, workdir: str) -> list[str]:
@@ -319,7 +330,7 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
     ax.legend(fontsize=7, ncol=2)
     fig.tight_layout()
     paths.append(str(epath.Path(workdir) / "markets_ndcg10.png"))
-    _save_png(fig, paths[-1])
+    save_png(fig, paths[-1])
 
     if curves:
         fig, axes = plt.subplots(1, 2, figsize=(11, 4))
@@ -338,5 +349,5 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
                 ax.legend(fontsize=7)
         fig.tight_layout()
         paths.append(str(epath.Path(workdir) / "curves.png"))
-        _save_png(fig, paths[-1])
+        save_png(fig, paths[-1])
     return paths

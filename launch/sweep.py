@@ -31,12 +31,14 @@ import argparse
 import importlib.util
 import itertools
 import json
-import os
 import pathlib
 import shlex
 import statistics
 import subprocess
 import sys
+
+from fecosr_jax import reporting
+from fecosr_jax.files import write_text_atomic
 
 # Sweep axis: (command-line flag, config field, short name in run names, type).
 AXES = (
@@ -347,16 +349,8 @@ def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    fig.savefig(path.with_suffix(".png.tmp"), format="png", dpi=120)
-    plt.close(fig)
-    os.replace(path.with_suffix(".png.tmp"), path)
+    reporting.save_png(fig, path)
     return True
-
-
-def write_atomic(path: pathlib.Path, text: str) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def main(argv: list[str]) -> int:
@@ -395,9 +389,9 @@ def main(argv: list[str]) -> int:
                 print(f"  failed (exit {rc}); its output: {run_dir / 'sweep.log'}", flush=True)
     rows = [collect(run_dir, point) for run_dir, point in runs]
     summary = summarise(rows, axes, pairs)
-    write_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
+    write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
     table = markdown(summary, rows, axes, args.config)
-    write_atomic(root / "sweep.md", table)
+    write_text_atomic(root / "sweep.md", table)
     plotted = plot(summary, axes, root / "sweep.png")
     print("\n" + table)
     written = ["sweep.json", "sweep.md", *(["sweep.png"] if plotted else [])]
