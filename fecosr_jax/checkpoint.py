@@ -41,7 +41,8 @@ EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoi
 # Config fields that may change between a run and its resume (they do not change results).
 RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "checkpoint")
 # Config fields added in later versions: absent from an older run's config means this value.
-ADDED_FIELDS = {"seeds": "1"}
+# Dotted names ("model.norm") for nested fields.
+ADDED_FIELDS = {"seeds": "1", "model.norm": "pre", "model.item_id_std": 0.0}
 
 
 class NonFiniteError(RuntimeError):
@@ -259,7 +260,7 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         name = f"{prefix}{key}"
         if not prefix and key in RESUMABLE_FIELDS:
             continue
-        absent = ADDED_FIELDS.get(key, "<absent>") if not prefix else "<absent>"
+        absent = ADDED_FIELDS.get(name, "<absent>")
         a, b = saved.get(key, absent), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
             out += config_differences(a, b, f"{name}.")

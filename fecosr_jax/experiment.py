@@ -102,9 +102,15 @@ class Runner:
             )
 
     def _rounds(
-        self, kind: str, model: ModelConfig, fed: FedConfig, stacked, num_real: int, num_rounds: int
+        self,
+        kind: str,
+        model: ModelConfig,
+        fed: FedConfig,
+        stacked,
+        names: list[str],
+        num_rounds: int,
     ):
-        names = self.names if num_real == len(self.names) else [self.transfer_source]
+        """Pretraining `kind` on the markets `names` (the rows of `stacked`)."""
         every = max(1, num_rounds // 10)
 
         def on_round(r, m):
@@ -144,16 +150,24 @@ class Runner:
             phase=phase,
         )
 
-    def pretrain(self, kind: str):
-        """(model config, shared params, stacked markets it was trained on) for a kind."""
-        if kind in self.pretrained:
-            return self.pretrained[kind]
+    def pretrain(self, kind: str, source: str | None = None):
+        """(model config, shared params, stacked markets it was trained on) for a kind; the
+        one-to-one kinds (source_*) pretrain on `source` (default config.transfer_source)."""
+        source = source or self.transfer_source
+        # A source other than the run's default gets its own name (logs, checkpoints).
+        key = (
+            kind
+            if not kind.startswith("source_") or source == self.transfer_source
+            else (f"{kind}@{source}")
+        )
+        if key in self.pretrained:
+            return self.pretrained[key]
         c, fed, multiple = self.config, self.fed, len(self.devices)
-        m = len(self.names)
+        m = self.names
         if kind in ("federated_s2ce", "federated_ce"):
             loss = kind.removeprefix("federated_")
             params = self._rounds(
-                kind, self.model, dataclasses.replace(fed, loss=loss), self.stacked, m, c.num_rounds
+                key, self.model, dataclasses.replace(fed, loss=loss), self.stacked, m, c.num_rounds
             )
             out = (self.model, params, self.stacked)
         elif kind == "central_s2ce":
@@ -161,30 +175,30 @@ class Runner:
             out = (
                 self.model,
                 self._rounds(
-                    kind, self.model, pooled, self.stacked, m, c.num_rounds * fed.local_steps
+                    key, self.model, pooled, self.stacked, m, c.num_rounds * fed.local_steps
                 ),
                 self.stacked,
             )
         elif kind == "source_s2ce":
-            source = self.splits[self.names.index(self.transfer_source)]
-            alone = stack_markets([source], num_markets_multiple=multiple)
-            params = self._rounds(
-                kind, self.model, dataclasses.replace(fed, loss="s2ce"), alone, 1, c.num_rounds
+            alone = stack_markets(
+                [self.splits[self.names.index(source)]], num_markets_multiple=multiple
             )
+            s2ce = dataclasses.replace(fed, loss="s2ce")
+            params = self._rounds(key, self.model, s2ce, alone, [source], c.num_rounds)
             out = (self.model, params, self.stacked)
-        elif kind == "federated_id_ce":
+        elif kind in ("federated_id_ce", "source_id_ce"):
             stacked = paradigms.id_stacked(self.splits, multiple)
             model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
-            out = (
-                model,
-                self._rounds(
-                    kind, model, dataclasses.replace(fed, loss="ce"), stacked, m, c.num_rounds
-                ),
-                stacked,
-            )
+            ce = dataclasses.replace(fed, loss="ce")
+            if kind == "federated_id_ce":
+                params = self._rounds(key, model, ce, stacked, m, c.num_rounds)
+            else:  # the source alone, over the same union vocabulary
+                alone = paradigms.id_stacked(self.splits, multiple, keep=[self.names.index(source)])
+                params = self._rounds(key, model, ce, alone, [source], c.num_rounds)
+            out = (model, params, stacked)
         else:
             raise ValueError(f"unknown pretraining {kind!r}")
-        self.pretrained[kind] = out
+        self.pretrained[key] = out
         return out
 
     def _local_base(self):
@@ -200,10 +214,11 @@ class Runner:
 
     def run(self, method: str) -> dict[str, np.ndarray]:
         """Per-market test metrics [M] of one method, and "ranks" [M, U] (evaluation.evaluate)."""
-        spec = paradigms.SPECS[method]
+        base, source = paradigms.split_method(method)
+        spec = paradigms.SPECS[base]
         params = None
         if spec.pretraining is not None:
-            model, params, stacked = self.pretrain(spec.pretraining)
+            model, params, stacked = self.pretrain(spec.pretraining, source)
         else:
             model, stacked = self._local_base()
         ev = self.config.eval
@@ -363,6 +378,7 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
         reporting.write_json_atomic(root / "config.json", config.to_dict())
     markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
+    methods = paradigms.expand_sources(methods, names)
     print(summary.format_tables(markets), flush=True)
     log = reporting.RunLog(workdir, tensorboard=config.tensorboard, writes=primary)
     done = checkpoints.progress
@@ -402,7 +418,9 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
         "methods": tables,
         "vs_local": reporting.comparison(tables, names, ranks=_as_arrays(ranks)),
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
-        "transfer_source": runner.transfer_source if "transfer" in tables else None,
+        "transfer_source": (
+            runner.transfer_source if any(m in paradigms.SOURCE_METHODS for m in tables) else None
+        ),
     }
     if primary:
         table = reporting.write_results(workdir, results, log.curves, plots=config.plots)

@@ -36,6 +36,9 @@ class ModelConfig:
         of N items); 0 = none (the catalogue-agnostic model).
       item_id_init: "zeros" (stage 2: fine-tuning starts exactly at the pretrained model) or
         "normal" (ID-only models trained from scratch).
+      item_id_std: standard deviation of the "normal" item-ID init; 0 = hidden ** -0.5.
+      norm: "pre" (x + f(LN(x)), a final LayerNorm) or "post" (LN(x + f(x)), as the original
+        Transformer, SASRec and RecBole).
       adapter_dim: width of a bottleneck adapter after each block's feed-forward layer
         (up-projection zero-initialised); 0 = none.
       use_text: item representations include A(s_i); False = ID-only (SASRec), which needs
@@ -54,6 +57,8 @@ class ModelConfig:
     num_experts: int = 8
     num_item_ids: int = 0
     item_id_init: str = "zeros"
+    item_id_std: float = 0.0
+    norm: str = "pre"
     adapter_dim: int = 0
     use_text: bool = True
     score_temperature: float = 1.0
@@ -64,6 +69,10 @@ class ModelConfig:
             raise ValueError("an ID-only model (use_text=False) needs num_item_ids > 0")
         if self.item_id_init not in ("zeros", "normal"):
             raise ValueError(f"item_id_init={self.item_id_init!r}: expected zeros or normal")
+        if self.norm not in ("pre", "post"):
+            raise ValueError(f"norm={self.norm!r}: expected pre or post")
+        if self.item_id_std < 0:
+            raise ValueError(f"item_id_std={self.item_id_std}: expected >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ValueError(f"dtype={self.dtype!r}: expected float32 or bfloat16")
 
@@ -95,14 +104,18 @@ class ItemAdaptor(nn.Module):
 
 
 class Block(nn.Module):
-    """Pre-LayerNorm Transformer block: x + Attn(LN(x)), then x + FFN(LN(x))."""
+    """Transformer block. Pre-LN: x + Attn(LN(x)), then x + FFN(LN(x)). Post-LN:
+    LN(x + Attn(x)), then LN(x + FFN(x))."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
         c = self.config
-        y = nn.LayerNorm(dtype=c.dtype, name="ln_attn")(x)
+        pre = c.norm == "pre"
+        ln_attn = nn.LayerNorm(dtype=c.dtype, name="ln_attn")
+        ln_ffn = nn.LayerNorm(dtype=c.dtype, name="ln_ffn")
+        y = ln_attn(x) if pre else x
         y = nn.MultiHeadDotProductAttention(
             num_heads=c.num_heads,
             dropout_rate=c.dropout,
@@ -111,11 +124,15 @@ class Block(nn.Module):
             name="attn",
         )(y, y, mask=mask)
         x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
-        y = nn.LayerNorm(dtype=c.dtype, name="ln_ffn")(x)
+        if not pre:
+            x = ln_attn(x)
+        y = ln_ffn(x) if pre else x
         y = nn.Dense(c.ffn_dim, dtype=c.dtype, name="ffn_in")(y)
         y = nn.Dropout(c.dropout, deterministic=not train)(nn.gelu(y))
         y = nn.Dense(c.hidden, dtype=c.dtype, name="ffn_out")(y)
         x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        if not pre:
+            x = ln_ffn(x)
         if c.adapter_dim:  # market-specific bottleneck adapter; starts as the identity
             y = nn.gelu(nn.Dense(c.adapter_dim, dtype=c.dtype, name="adapter_down")(x))
             up = nn.Dense(
@@ -142,7 +159,7 @@ class SequenceModel(nn.Module):
             init = (
                 nn.initializers.zeros
                 if c.item_id_init == "zeros"
-                else nn.initializers.normal(stddev=c.hidden**-0.5)
+                else nn.initializers.normal(stddev=c.item_id_std or c.hidden**-0.5)
             )
             self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=init, dtype=c.dtype)
         self.positions = nn.Embed(c.max_len, c.hidden, dtype=c.dtype)
@@ -176,7 +193,7 @@ class SequenceModel(nn.Module):
         mask = mask | jnp.eye(length, dtype=bool)
         for block in self.blocks:
             x = block(x, mask, train=train) * valid[..., None]
-        return self.final_norm(x)
+        return self.final_norm(x) if self.config.norm == "pre" else x
 
     def __call__(self, inputs: Array, semantics: Array, *, train: bool = False):
         items = self.item_embeddings(semantics, train=train)

@@ -5,6 +5,8 @@ Every method = a pretraining (or none) followed by a fine-tuning mode (or none):
   method               pretraining                              fine-tuning
   local                none (each market alone)                 scratch: text + ID + adapters
   transfer             one source market (one-to-one)           adapt, on every market
+  transfer_id          one source market, CE, item-ID model     plain, on every market
+                       over the union vocabulary
   centralized          pooled data of all markets (S²CE)        adapt
   fedavg_ce            federated, CE                            plain
   fecosr               federated, S²CE                          adapt
@@ -13,6 +15,10 @@ Every method = a pretraining (or none) followed by a fine-tuning mode (or none):
   fecosr_no_finetune   federated, S²CE                          none (evaluated as is)
   fedavg_id            federated, CE, item-ID model over the    plain
                        union vocabulary (catalogues matched by id)
+
+The one-to-one methods (`transfer`, `transfer_id`) take their source from
+config.transfer_source, or from the method name: `transfer_id@de` pretrains on market de, and
+`transfer_id@each` stands for one such method per market (each market in turn as the source).
 
 Centralised training is the pooled-data reference: each step draws a batch from every market
 and applies Adam to the example-weighted mean gradient. It runs through the same compiled
@@ -41,6 +47,7 @@ from fecosr_jax.model import ModelConfig, init_params
 METHODS = (
     "local",
     "transfer",
+    "transfer_id",
     "centralized",
     "fedavg_ce",
     "fecosr",
@@ -61,6 +68,7 @@ class MethodSpec:
 SPECS = {
     "local": MethodSpec(None, "scratch", False),
     "transfer": MethodSpec("source_s2ce", "adapt", True),
+    "transfer_id": MethodSpec("source_id_ce", "plain", False),
     "centralized": MethodSpec("central_s2ce", "adapt", True),
     "fedavg_ce": MethodSpec("federated_ce", "plain", True),
     "fecosr": MethodSpec("federated_s2ce", "adapt", True),
@@ -71,10 +79,27 @@ SPECS = {
 }
 
 
+SOURCE_METHODS = ("transfer", "transfer_id")  # one-to-one: they take a source market
+
+
+def split_method(method: str) -> tuple[str, str | None]:
+    """ "transfer_id@de" -> ("transfer_id", "de"); "fecosr" -> ("fecosr", None)."""
+    base, at, source = method.partition("@")
+    return base, (source if at else None)
+
+
 def parse_methods(text: str) -> list[str]:
-    """Method names from a comma-separated config string ("all" = every method)."""
+    """Method names from a comma-separated config string ("all" = every method). A one-to-one
+    method may name its source: "transfer_id@de", or "transfer_id@each" (expand_sources)."""
     names = list(METHODS) if text.strip() == "all" else [m for m in text.split(",") if m]
-    unknown = [m for m in names if m not in SPECS]
+    unknown = [m for m in names if split_method(m)[0] not in SPECS]
+    sourced = [m for m in names if split_method(m)[1] is not None]
+    bad = [m for m in sourced if split_method(m)[0] not in SOURCE_METHODS or m.endswith("@")]
+    if bad:
+        raise ValueError(
+            f"config.methods: {', '.join(bad)}: only {' and '.join(SOURCE_METHODS)} take a "
+            "source market (METHOD@MARKET or METHOD@each)"
+        )
     if unknown:
         raise ValueError(f"config.methods: unknown methods {unknown}; known: {', '.join(METHODS)}")
     if not names:
@@ -82,17 +107,35 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
+def expand_sources(methods: list[str], markets: list[str]) -> list[str]:
+    """ "METHOD@each" becomes one METHOD@MARKET per market; a named source must be a market."""
+    out = []
+    for method in methods:
+        base, source = split_method(method)
+        if source == "each":
+            out += [f"{base}@{m}" for m in markets]
+            continue
+        if source is not None and source not in markets:
+            raise ValueError(
+                f"config.methods: {method}: {source!r} is not a market of this dataset "
+                f"({', '.join(markets)})"
+            )
+        out.append(method)
+    return list(dict.fromkeys(out))
+
+
 def refusal(method: str, stacked: StackedMarkets, splits: list[MarketSplit]) -> str | None:
     """Why a method cannot run on this data, or None."""
+    method = split_method(method)[0]
     if SPECS[method].needs_semantics and stacked.semantics is None:
         return (
             f"{method} needs item semantic vectors (S²CE / text model) and this dataset "
             "has none: set config.data.semantics (text, npy) to run it"
         )
-    if method == "fedavg_id" and len(splits) > 1:
+    if method in ("fedavg_id", "transfer_id") and len(splits) > 1:
         vocab = np.concatenate([s.item_ids for s in splits])
         if len(np.unique(vocab)) == len(vocab):
-            return "fedavg_id needs catalogues that share item ids; these markets share none"
+            return f"{method} needs catalogues that share item ids; these markets share none"
     return None
 
 
@@ -103,9 +146,15 @@ def id_model_config(base: ModelConfig, num_items: int) -> ModelConfig:
     )
 
 
-def id_stacked(splits: list[MarketSplit], multiple: int) -> StackedMarkets:
-    """The markets over the union vocabulary, with placeholder semantics [M, V + 1, 1]."""
-    stacked = stack_markets(to_union_vocabulary(splits), num_markets_multiple=multiple)
+def id_stacked(
+    splits: list[MarketSplit], multiple: int, keep: list[int] | None = None
+) -> StackedMarkets:
+    """The markets over the union vocabulary of all `splits`, with placeholder semantics
+    [M, V + 1, 1]; `keep` = the indices of the markets to stack (default all)."""
+    union = to_union_vocabulary(splits)
+    if keep is not None:
+        union = [union[i] for i in keep]
+    stacked = stack_markets(union, num_markets_multiple=multiple)
     zeros = np.zeros((*stacked.item_mask.shape, 1), np.float32)
     return dataclasses.replace(stacked, semantics=zeros)
 

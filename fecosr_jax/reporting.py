@@ -170,8 +170,9 @@ def results_markdown(results: dict) -> str:
     if results.get("transfer_source"):
         lines += [
             "",
-            f"`transfer` pretrains on the source market `{results['transfer_source']}` "
-            "only; its row for the source shows what transfer gives the source itself.",
+            f"`transfer` / `transfer_id` pretrain on the source market "
+            f"`{results['transfer_source']}` only (`METHOD@m`: on market m); the source's row "
+            "shows what transfer gives the source itself.",
         ]
     for method, reason in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{method}`: {reason}"]

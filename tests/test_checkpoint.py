@@ -298,3 +298,9 @@ def test_config_fields_added_later_match_their_default_when_absent():
     assert checkpoint.config_differences(old, {**old, "extra": 1}) == [
         "extra (checkpoint '<absent>', now 1)"
     ]
+    # Nested fields added later (model.norm) count as their default too.
+    saved = {"model": {"hidden": 64}}
+    assert checkpoint.config_differences(saved, {"model": {"hidden": 64, "norm": "pre"}}) == []
+    assert checkpoint.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
+        "model.norm (checkpoint 'pre', now 'post')"
+    ]

@@ -45,12 +45,18 @@ def test_every_file_and_every_method(full_run):
 
 
 def test_results_are_a_pure_function_of_config_and_seed(full_run, tmp_path):
-    workdir, _ = full_run
+    """A second run of some methods, in another order and without the others, reproduces
+    their numbers exactly (federated, one-to-one and local pipelines, paired tests included)."""
+    _, full = full_run
     config = test_config.get_config()
+    config.methods = "transfer_id,fecosr,local"
     config.plots = False
     config.tensorboard = False
-    experiment.train_and_evaluate(config, str(tmp_path))
-    assert (tmp_path / "results.json").read_bytes() == (workdir / "results.json").read_bytes()
+    again = experiment.train_and_evaluate(config, str(tmp_path))
+    for method in ("transfer_id", "fecosr", "local", "popularity"):
+        assert again["methods"][method] == full["methods"][method], method
+    for method in ("transfer_id", "fecosr", "popularity"):
+        assert again["vs_local"][method] == full["vs_local"][method], method
 
 
 def test_text_methods_refuse_without_semantics(tmp_path):
@@ -66,6 +72,48 @@ def test_text_methods_refuse_without_semantics(tmp_path):
 def test_unknown_method_names_the_field():
     with pytest.raises(ValueError, match="config.methods: unknown methods \\['fedsgd'\\]"):
         paradigms.parse_methods("local,fedsgd")
+
+
+def test_methods_name_their_source_market():
+    assert paradigms.split_method("transfer_id@de") == ("transfer_id", "de")
+    assert paradigms.parse_methods("local,transfer_id@each") == ["local", "transfer_id@each"]
+    assert paradigms.expand_sources(["transfer_id@each", "transfer@b"], ["a", "b"]) == [
+        "transfer_id@a",
+        "transfer_id@b",
+        "transfer@b",
+    ]
+    with pytest.raises(ValueError, match="config.methods: fecosr@a: only transfer and"):
+        paradigms.parse_methods("fecosr@a")
+    with pytest.raises(ValueError, match="config.methods: transfer_id@zz: 'zz' is not a market"):
+        paradigms.expand_sources(["transfer_id@zz"], ["a", "b"])
+
+
+def test_one_to_one_id_transfer_pretrains_on_each_source_alone(tmp_path):
+    config = test_config.get_config()
+    config.data.semantics = "none"
+    config.methods = "transfer_id,transfer_id@each"
+    config.finetune.max_epochs = 1
+    config.plots = config.tensorboard = False
+    results = experiment.train_and_evaluate(config, str(tmp_path))
+    names = results["markets"]
+    source = results["transfer_source"]
+    assert set(results["methods"]) == {
+        "transfer_id",
+        *(f"transfer_id@{m}" for m in names),
+        "popularity",
+    }
+    # The run's own source and the same source named in the method share one pretraining.
+    assert results["methods"]["transfer_id"] == results["methods"][f"transfer_id@{source}"]
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    pretrained = {x["paradigm"]: x for x in lines if x["stage"] == "pretrain"}
+    assert set(pretrained) == {
+        "source_id_ce" if m == source else f"source_id_ce@{m}" for m in names
+    }
+    for m in names:  # each pretraining saw its source market only
+        key = "source_id_ce" if m == source else f"source_id_ce@{m}"
+        assert list(pretrained[key]["market_loss"]) == [m]
+    tables = [results["methods"][f"transfer_id@{m}"]["mean"]["ndcg@10"] for m in names]
+    assert len(set(tables)) == len(names)  # the source changes the outcome
 
 
 def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run):

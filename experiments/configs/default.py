@@ -54,6 +54,8 @@ def get_config() -> ml_collections.ConfigDict:
             "num_experts": 8,
             "num_item_ids": 0,
             "score_temperature": 1.0,
+            "norm": "pre",  # pre | post (LayerNorm placement in each block)
+            "item_id_std": 0.0,  # std of a from-scratch item-ID init; 0 = hidden ** -0.5
         }
     )
     # Federated pretraining (fecosr_jax.federated.config.FedConfig; its seed is config.seed).
