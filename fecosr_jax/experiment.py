@@ -154,35 +154,27 @@ class Runner:
         """(model config, shared params, stacked markets it was trained on) for a kind; the
         one-to-one kinds (source_*) pretrain on `source` (default config.transfer_source)."""
         source = source or self.transfer_source
-        # A source other than the run's default gets its own name (logs, checkpoints).
-        key = (
-            kind
-            if not kind.startswith("source_") or source == self.transfer_source
-            else (f"{kind}@{source}")
-        )
+        key = kind
+        if kind.startswith("source_") and source != self.transfer_source:
+            key = f"{kind}@{source}"  # its own name in the logs and checkpoints
         if key in self.pretrained:
             return self.pretrained[key]
-        c, fed, multiple = self.config, self.fed, len(self.devices)
-        m = self.names
+        c, fed, multiple, names = self.config, self.fed, len(self.devices), self.names
         if kind in ("federated_s2ce", "federated_ce"):
-            loss = kind.removeprefix("federated_")
-            params = self._rounds(
-                key, self.model, dataclasses.replace(fed, loss=loss), self.stacked, m, c.num_rounds
-            )
+            federated = dataclasses.replace(fed, loss=kind.removeprefix("federated_"))
+            params = self._rounds(key, self.model, federated, self.stacked, names, c.num_rounds)
             out = (self.model, params, self.stacked)
         elif kind == "central_s2ce":
             pooled = paradigms.centralized_config(dataclasses.replace(fed, loss="s2ce"))
             out = (
                 self.model,
                 self._rounds(
-                    key, self.model, pooled, self.stacked, m, c.num_rounds * fed.local_steps
+                    key, self.model, pooled, self.stacked, names, c.num_rounds * fed.local_steps
                 ),
                 self.stacked,
             )
         elif kind == "source_s2ce":
-            alone = stack_markets(
-                [self.splits[self.names.index(source)]], num_markets_multiple=multiple
-            )
+            alone = stack_markets([self.splits[names.index(source)]], num_markets_multiple=multiple)
             s2ce = dataclasses.replace(fed, loss="s2ce")
             params = self._rounds(key, self.model, s2ce, alone, [source], c.num_rounds)
             out = (self.model, params, self.stacked)
@@ -191,9 +183,9 @@ class Runner:
             model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
             ce = dataclasses.replace(fed, loss="ce")
             if kind == "federated_id_ce":
-                params = self._rounds(key, model, ce, stacked, m, c.num_rounds)
+                params = self._rounds(key, model, ce, stacked, names, c.num_rounds)
             else:  # the source alone, over the same union vocabulary
-                alone = paradigms.id_stacked(self.splits, multiple, keep=[self.names.index(source)])
+                alone = paradigms.id_stacked(self.splits, multiple, keep=[names.index(source)])
                 params = self._rounds(key, model, ce, alone, [source], c.num_rounds)
             out = (model, params, stacked)
         else:
@@ -419,7 +411,9 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
         "vs_local": reporting.comparison(tables, names, ranks=_as_arrays(ranks)),
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": (
-            runner.transfer_source if any(m in paradigms.SOURCE_METHODS for m in tables) else None
+            runner.transfer_source
+            if any(paradigms.split_method(m)[0] in paradigms.SOURCE_METHODS for m in tables)
+            else None
         ),
     }
     if primary:

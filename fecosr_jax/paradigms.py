@@ -83,7 +83,8 @@ SOURCE_METHODS = ("transfer", "transfer_id")  # one-to-one: they take a source m
 
 
 def split_method(method: str) -> tuple[str, str | None]:
-    """ "transfer_id@de" -> ("transfer_id", "de"); "fecosr" -> ("fecosr", None)."""
+    """A method name and its source market: transfer_id@de -> (transfer_id, de); a name
+    without a source -> (name, None)."""
     base, at, source = method.partition("@")
     return base, (source if at else None)
 
@@ -108,7 +109,8 @@ def parse_methods(text: str) -> list[str]:
 
 
 def expand_sources(methods: list[str], markets: list[str]) -> list[str]:
-    """ "METHOD@each" becomes one METHOD@MARKET per market; a named source must be a market."""
+    """Replaces METHOD@each by one METHOD@MARKET per market; a named source must be a
+    market."""
     out = []
     for method in methods:
         base, source = split_method(method)
