@@ -120,6 +120,44 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
 
 
+def transfer_matrix(results: dict) -> list[str]:
+    """Markdown lines: for each one-to-one method run from several sources (METHOD@MARKET),
+    its gain over `local` with one row per source and one column per target market, the
+    source's own cell in brackets, and the targets made better / worse (paired test)."""
+    names, comp = results["markets"], results.get("vs_local", {})
+    bases = dict.fromkeys(m.partition("@")[0] for m in comp if "@" in m)
+    lines = []
+    for base in bases:
+        sources = [n for n in names if f"{base}@{n}" in comp]
+        lines += [
+            "",
+            f"One-to-one `{base}` from each source (rows) to each target market (columns): "
+            f"{GAIN_METRIC} gain over `local`, [the source itself], ▲ / ▼ as above.",
+            "",
+            "| source | " + " | ".join(names) + " | targets better (▲) | targets worse (▼) |",
+            "| --- |" + " ---: |" * (len(names) + 2),
+        ]
+        for source in sources:
+            c = comp[f"{base}@{source}"]
+            tests = c.get("significance", {})
+            cells, better, worse, up, down = [], 0, 0, 0, 0
+            for n in names:
+                gain, verdict = c["gain"][n], tests.get(n, {}).get("verdict", "same")
+                cell = "-" if gain is None else f"{gain:+.4f}{MARKS[verdict]}"
+                if n == source:
+                    cells.append(f"[{cell}]")
+                    continue
+                cells.append(cell)
+                better += gain is not None and gain > 0
+                worse += gain is not None and gain < 0
+                up += verdict == "better"
+                down += verdict == "worse"
+            lines.append(
+                f"| {source} | " + " | ".join(cells) + f" | {better} ({up}) | {worse} ({down}) |"
+            )
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     methods = results["methods"]
     names = results["markets"]
@@ -167,6 +205,7 @@ def results_markdown(results: dict) -> str:
                 f"{c['markets_worse']} | {c.get('markets_significantly_better', '-')} | "
                 f"{c.get('markets_significantly_worse', '-')} |"
             )
+    lines += transfer_matrix(results)
     if results.get("transfer_source"):
         lines += [
             "",

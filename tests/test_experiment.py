@@ -114,7 +114,9 @@ def test_one_to_one_id_transfer_pretrains_on_each_source_alone(tmp_path):
         assert list(pretrained[key]["market_loss"]) == [m]
     tables = [results["methods"][f"transfer_id@{m}"]["mean"]["ndcg@10"] for m in names]
     assert len(set(tables)) == len(names)  # the source changes the outcome
-    assert f"pretrain on the source market `{source}`" in (tmp_path / "results.md").read_text()
+    md = (tmp_path / "results.md").read_text()
+    assert f"pretrain on the source market `{source}`" in md
+    assert "One-to-one `transfer_id` from each source" in md  # the source x target matrix
 
 
 def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run):

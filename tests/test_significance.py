@@ -101,3 +101,30 @@ def test_combine_seeds_by_hand():
         math.sqrt(0.02), abs=1e-6
     )  # ddof 1, rounded
     assert "0.3000 ± 0.1414" in reporting.results_markdown(out)
+
+
+def test_transfer_matrix_rows_are_sources_and_columns_targets():
+    names = ["a", "b", "c"]
+    hits, misses = np.zeros(50, int), np.full(50, 30)
+    ranks = {
+        "local": {"a": misses, "b": misses, "c": hits},
+        "transfer_id@a": {"a": hits, "b": hits, "c": misses},  # helps a, b; hurts c
+        "transfer_id@b": {"a": misses, "b": misses, "c": hits},  # changes nothing
+    }
+    methods = {
+        "local": table({"a": 0.0, "b": 0.0, "c": 1.0}),
+        "transfer_id@a": table({"a": 1.0, "b": 1.0, "c": 0.0}),
+        "transfer_id@b": table({"a": 0.0, "b": 0.0, "c": 1.0}),
+    }
+    results = {
+        "dataset": "d",
+        "protocol": "full",
+        "markets": names,
+        "methods": methods,
+        "vs_local": reporting.comparison(methods, names, ranks=ranks),
+    }
+    text = reporting.results_markdown(results)
+    assert "| source | a | b | c | targets better (▲) | targets worse (▼) |" in text
+    # The source's own cell in brackets; its targets counted without it.
+    assert "| a | [+1.0000 ▲] | +1.0000 ▲ | -1.0000 ▼ | 1 (1) | 1 (1) |" in text
+    assert "| b | +0.0000 | [+0.0000] | +0.0000 | 0 (0) | 0 (0) |" in text
