@@ -73,3 +73,29 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         assert r["client_steps_per_s"] > 0
         if r["backend"] == "vmap":
             assert r["traces"] == 1  # no retrace after round 1
+
+
+def test_s2ce_benchmark_measures_both_and_skips_what_does_not_fit(tmp_path):
+    out = tmp_path / "s2ce.json"
+    cmd = [
+        sys.executable,
+        "-m",
+        "experiments.bench.s2ce",
+        "--items=1000,20000",
+        "--positions=64",
+        "--hidden=16",
+        "--semantic_dim=8",
+        "--block_size=1024",
+        "--seconds=0",
+        "--budget_gib=0.012",  # 12 MiB: dense at 20k items needs ~23, blockwise ~7
+        f"--json={out}",
+    ]
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert done.stdout.splitlines()[-1].startswith("| 20,000 | 64 |")
+    runs = {(r["impl"], r["items"]): r for r in json.loads(out.read_text())["runs"]}
+    assert set(runs) == {(i, n) for i in ("dense", "blockwise") for n in (1000, 20000)}
+    assert runs[("dense", 20000)]["seconds"] is None  # over the budget: compiled, not run
+    assert runs[("blockwise", 20000)]["seconds"] > 0
+    # Dense holds [P, N] logits and soft labels; blockwise one [P, block] block at a time.
+    assert runs[("blockwise", 20000)]["peak_bytes"] < runs[("dense", 20000)]["peak_bytes"] / 2
