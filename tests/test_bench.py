@@ -1,5 +1,5 @@
 """The benchmarks: the analytic FLOP count against XLA's, the PyTorch model against the JAX
-one, and the round benchmark end to end on a tiny setting (its JSON schema)."""
+one, and the round and S²CE benchmarks end to end on tiny settings (JSON, memory budget)."""
 
 import json
 import subprocess
