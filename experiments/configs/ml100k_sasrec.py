@@ -23,7 +23,7 @@ def get_config():
     config.methods = "local"
     config.model.ffn_dim = 256
     config.model.dropout = 0.2
-    config.model.norm = "post"  # as RecBole; pre-LN was 0.004-0.006 lower (docs/results.md)
+    config.model.norm = "post"  # as RecBole; pre-LN was 0.002-0.010 lower (docs/results.md)
     config.finetune.lr = 1e-3
     # 64 windows of up to 50 targets = ~3,200 targets per step. RecBole's batch of 256 is 256
     # prefixes with one target each; 256 windows (12,800 targets) took too few steps per epoch.
