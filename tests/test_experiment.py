@@ -91,13 +91,14 @@ def test_methods_name_their_source_market():
 def test_one_to_one_id_transfer_pretrains_on_each_source_alone(tmp_path):
     config = test_config.get_config()
     config.data.semantics = "none"
-    config.methods = "transfer_id,transfer_id@each"
+    config.methods = "local,transfer_id,transfer_id@each"
     config.finetune.max_epochs = 1
     config.plots = config.tensorboard = False
     results = experiment.train_and_evaluate(config, str(tmp_path))
     names = results["markets"]
     source = results["transfer_source"]
     assert set(results["methods"]) == {
+        "local",
         "transfer_id",
         *(f"transfer_id@{m}" for m in names),
         "popularity",
