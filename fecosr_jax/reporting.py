@@ -123,7 +123,8 @@ MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
 def transfer_matrix(results: dict) -> list[str]:
     """Markdown lines: for each one-to-one method run from several sources (METHOD@MARKET),
     its gain over `local` with one row per source and one column per target market, the
-    source's own cell in brackets, and the targets made better / worse (paired test)."""
+    source's own cell in brackets, and the targets made better / worse (paired test). Empty
+    when `local` did not run."""
     names, comp = results["markets"], results.get("vs_local", {})
     bases = dict.fromkeys(m.partition("@")[0] for m in comp if "@" in m)
     lines = []
