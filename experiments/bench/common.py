@@ -134,5 +134,6 @@ def on_gpu() -> bool:
 
 GPU_PENDING = (
     "GPU figures are pending: no GPU on this machine. Re-run this command where one is "
-    "(an NVIDIA H200 is the target) to fill them in; add --dtype=bf16 for the MFU figure."
+    "(an NVIDIA H200 is the target) to fill them in; experiments.bench.round takes "
+    "--dtype=bfloat16 for the bf16 MFU figure."
 )
