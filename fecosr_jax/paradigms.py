@@ -93,9 +93,13 @@ def parse_methods(text: str) -> list[str]:
     """Method names from a comma-separated config string ("all" = every method). A one-to-one
     method may name its source: "transfer_id@de", or "transfer_id@each" (expand_sources)."""
     names = list(METHODS) if text.strip() == "all" else [m for m in text.split(",") if m]
-    unknown = [m for m in names if split_method(m)[0] not in SPECS]
-    sourced = [m for m in names if split_method(m)[1] is not None]
-    bad = [m for m in sourced if split_method(m)[0] not in SOURCE_METHODS or m.endswith("@")]
+    parts = [split_method(m) for m in names]
+    unknown = [m for m, (base, _) in zip(names, parts, strict=True) if base not in SPECS]
+    bad = [
+        m
+        for m, (base, source) in zip(names, parts, strict=True)
+        if source is not None and (base not in SOURCE_METHODS or not source)
+    ]
     if bad:
         raise ValueError(
             f"config.methods: {', '.join(bad)}: only {' and '.join(SOURCE_METHODS)} take a "
