@@ -191,11 +191,12 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
-    pairs = [tuple(p.split(":")) for p in text.split(",") if p.strip()]
-    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p)]
-    if bad:
-        raise SystemExit(f"--compare={text}: expected METHOD:METHOD pairs, got {bad}")
-    return pairs
+    if not text.strip():
+        return []
+    try:
+        return reporting.parse_pairs(text)
+    except ValueError as e:
+        raise SystemExit(f"--compare: {e}") from e
 
 
 def summarise(

@@ -5,6 +5,7 @@ import json
 import numpy as np
 import pytest
 
+from experiments import compare
 from experiments.configs import test as test_config
 from fecosr_jax import experiment, paradigms, significance
 
@@ -142,6 +143,40 @@ def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run)
         assert comp["markets_significantly_worse"] == verdicts.count("worse")
 
 
+def test_compare_any_two_methods_equals_the_test_against_local(full_run, tmp_path):
+    """experiments.compare on A:local reproduces results.json's test of A against local; B:A
+    mirrors A:B; bad pairs and a run without kept ranks are named."""
+    workdir, results = full_run
+    text = compare.compare(str(workdir), "fecosr:local,transfer:local,fecosr:fedavg_ce")
+    pairs = json.loads((workdir / "pairs.json").read_text())["pairs"]
+    assert [(p["method"], p["reference"]) for p in pairs] == [
+        ("fecosr", "local"),
+        ("transfer", "local"),
+        ("fecosr", "fedavg_ce"),
+    ]
+    for pair in pairs[:2]:
+        test = {k: v for k, v in pair.items() if k not in ("method", "reference")}
+        assert test == results["vs_local"][pair["method"]]
+    mirrored = compare.compare(str(workdir), "fedavg_ce:fecosr")
+    (back,) = json.loads((workdir / "pairs.json").read_text())["pairs"]
+    flip = {"better": "worse", "worse": "better", "same": "same"}
+    for market, t in pairs[2]["significance"].items():
+        u = back["significance"][market]
+        assert u["p_value"] == t["p_value"] and u["verdict"] == flip[t["verdict"]]
+        assert u["diff"] == pytest.approx(-t["diff"], abs=1e-6)
+    assert "| fedavg_ce | fecosr |" in mirrored and (workdir / "pairs.md").read_text() == mirrored
+    assert "| fecosr | local |" in text
+    with pytest.raises(
+        ValueError, match="--pairs=fecosr:nope: no method 'nope' in this run; it has .*fecosr, "
+    ):
+        compare.compare(str(workdir), "fecosr:nope")
+    with pytest.raises(ValueError, match="--pairs: expected"):
+        compare.compare(str(workdir), "fecosr")
+    (tmp_path / "results.json").write_text((workdir / "results.json").read_text())
+    with pytest.raises(ValueError, match="progress.json: missing"):
+        compare.compare(str(tmp_path), "fecosr:local")
+
+
 def test_several_seeds_report_mean_std_and_resume(tmp_path):
     config = test_config.get_config()
     config.methods = "local"
@@ -168,6 +203,10 @@ def test_several_seeds_report_mean_std_and_resume(tmp_path):
     assert set(results["vs_local"]["popularity"]["significance"]) == set(results["markets"])
     # A finished multi-seed run only reports, with the same results.
     assert experiment.train_and_evaluate(config, str(tmp_path)) == results
+    # Paired comparisons of any two methods pool the seeds' ranks as the runner does.
+    compare.compare(str(tmp_path), "popularity:local")
+    (pair,) = json.loads((tmp_path / "pairs.json").read_text())["pairs"]
+    assert pair["significance"] == results["vs_local"]["popularity"]["significance"]
 
 
 @pytest.mark.parametrize(
