@@ -121,11 +121,13 @@ MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:
-    """ "A:B,C:D" -> [(A, B), (C, D)]; ValueError names a malformed pair."""
+    """Method pairs from text: A:B,C:D -> [(A, B), (C, D)]; ValueError on a malformed one."""
     pairs = [tuple(p.strip().split(":")) for p in text.split(",") if p.strip()]
-    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p)]
+    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p) or p[0] == p[1]]
     if bad or not pairs:
-        raise ValueError(f"expected comma-separated METHOD:METHOD pairs, got {text!r}")
+        raise ValueError(
+            f"expected comma-separated METHOD:METHOD pairs of two different methods, got {text!r}"
+        )
     return pairs
 
 

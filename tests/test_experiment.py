@@ -170,8 +170,9 @@ def test_compare_any_two_methods_equals_the_test_against_local(full_run, tmp_pat
         ValueError, match="--pairs=fecosr:nope: no method 'nope' in this run; it has .*fecosr, "
     ):
         compare.compare(str(workdir), "fecosr:nope")
-    with pytest.raises(ValueError, match="--pairs: expected"):
-        compare.compare(str(workdir), "fecosr")
+    for bad in ("fecosr", "fecosr:fecosr", "fecosr:local:transfer"):
+        with pytest.raises(ValueError, match="--pairs: expected"):
+            compare.compare(str(workdir), bad)
     (tmp_path / "results.json").write_text((workdir / "results.json").read_text())
     with pytest.raises(ValueError, match="progress.json: missing"):
         compare.compare(str(tmp_path), "fecosr:local")
