@@ -177,7 +177,8 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
             t = c["significance"][n]
             p = t["p_value"]
             p = "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
-            cells.append(f"{c['gain'][n]:+.4f}{MARKS[t['verdict']]} ({p})")
+            gain = c["gain"][n]
+            cells.append("-" if gain is None else f"{gain:+.4f}{MARKS[t['verdict']]} ({p})")
         lines.append(
             f"| {c['method']} | {c['reference']} | "
             + " | ".join(cells)
