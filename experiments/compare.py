@@ -13,7 +13,6 @@ table and writes DIR/pairs.md and DIR/pairs.json (each write atomic). Nothing is
 import json
 import sys
 
-import numpy as np
 from absl import app, flags
 from etils import epath
 
@@ -28,7 +27,7 @@ flags.mark_flags_as_required(["workdir", "pairs"])
 def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
     """{method: {market: [S, U] ranks}} from the progress file of each seed's checkpoints."""
     dirs = [workdir / f"seed_{s}" for s in seeds] if seeds else [workdir]
-    ranks: dict = {}
+    per_seed = []
     for d in dirs:
         progress = d / "checkpoints" / "progress.json"
         if not progress.exists():
@@ -36,13 +35,11 @@ def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
                 f"{progress}: missing. The per-user ranks are kept with the checkpoints; a run "
                 "with --config.checkpoint.enabled=False has none"
             )
-        for method, by_market in json.loads(progress.read_text()).get("ranks", {}).items():
-            for market, r in by_market.items():
-                ranks.setdefault(method, {}).setdefault(market, []).append(r)
+        per_seed.append(json.loads(progress.read_text()).get("ranks", {}))
     # Only methods with ranks from every seed are compared.
     return {
-        m: {n: np.asarray(r) for n, r in by.items()}
-        for m, by in ranks.items()
+        m: by
+        for m, by in reporting.pool_ranks(per_seed).items()
         if all(len(r) == len(dirs) for r in by.values())
     }
 

@@ -322,16 +322,14 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
     seeds = parse_seeds(config)
     if len(seeds) == 1:
         return _run_seed(_with_seed(config, seeds[0]), workdir)[0]
-    per_seed, ranks = [], {}
+    per_seed, per_seed_ranks = [], []
     for i, seed in enumerate(seeds, 1):
         seed_dir = os.path.join(workdir, f"seed_{seed}")
         print(f"\n===== seed {seed} ({i} of {len(seeds)}): {seed_dir}", flush=True)
         results, seed_ranks = _run_seed(_with_seed(config, seed), seed_dir)
         per_seed.append(results)
-        for method, by_market in seed_ranks.items():
-            for market, r in by_market.items():
-                ranks.setdefault(method, {}).setdefault(market, []).append(r)
-    combined = reporting.combine_seeds(per_seed, seeds, _as_arrays(ranks))
+        per_seed_ranks.append(seed_ranks)
+    combined = reporting.combine_seeds(per_seed, seeds, reporting.pool_ranks(per_seed_ranks))
     if distributed.is_primary():
         reporting.write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
         table = reporting.write_results(workdir, combined, {}, plots=config.plots)

@@ -83,6 +83,17 @@ def comparison(methods: dict, names, reference: str = "local", ranks: dict | Non
     return out
 
 
+def pool_ranks(per_seed: list[dict]) -> dict:
+    """Per-user test ranks of several seeds, {method: {market: [ranks]}} each, as
+    {method: {market: [S_m, U] array}} (S_m: the seeds that have the method)."""
+    pooled: dict = {}
+    for ranks in per_seed:
+        for method, by_market in ranks.items():
+            for market, r in by_market.items():
+                pooled.setdefault(method, {}).setdefault(market, []).append(r)
+    return {m: {n: np.asarray(r) for n, r in by.items()} for m, by in pooled.items()}
+
+
 def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     """One results dict from the results of several seeds on the same markets and users:
     "methods" holds the mean over seeds of every metric, "std" the standard deviation (ddof 1),
