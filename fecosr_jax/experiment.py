@@ -370,6 +370,14 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
     names = [m.name for m in markets]
     methods = paradigms.expand_sources(methods, names)
     print(summary.format_tables(markets), flush=True)
+    soft_labels = {}
+    if config.federated.alpha > 0 and any(
+        (paradigms.SPECS[paradigms.split_method(m)[0]].pretraining or "").endswith("s2ce")
+        for m in methods
+    ):
+        soft_labels = summary.soft_label_profiles(markets, config.federated.temperature)
+        if soft_labels:
+            print("\n" + summary.soft_labels_markdown(soft_labels), flush=True)
     log = reporting.RunLog(workdir, tensorboard=config.tensorboard, writes=primary)
     done = checkpoints.progress
     try:
@@ -413,6 +421,7 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
             if any(paradigms.split_method(m)[0] in paradigms.SOURCE_METHODS for m in tables)
             else None
         ),
+        "soft_labels": soft_labels,
     }
     if primary:
         table = reporting.write_results(workdir, results, log.curves, plots=config.plots)

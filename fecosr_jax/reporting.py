@@ -13,6 +13,7 @@ import numpy as np
 from etils import epath
 
 from fecosr_jax import significance
+from fecosr_jax.data import summary
 from fecosr_jax.files import is_remote, write_bytes_atomic, write_text_atomic
 
 REPORTED = ("hr@10", "ndcg@10", "mrr@10")
@@ -125,6 +126,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         "vs_local": comparison(means, names, ranks=ranks),
         "skipped": skipped,
         "transfer_source": first.get("transfer_source"),
+        "soft_labels": first.get("soft_labels", {}),
     }
 
 
@@ -301,6 +303,8 @@ def results_markdown(results: dict) -> str:
         ]
     for method, reason in results.get("skipped", {}).items():
         lines += ["", f"Skipped `{method}`: {reason}"]
+    if results.get("soft_labels"):
+        lines += ["", summary.soft_labels_markdown(results["soft_labels"])]
     lines += [
         "",
         "HR@10 / MRR@10 (user-weighted mean): "

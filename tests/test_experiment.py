@@ -43,6 +43,12 @@ def test_every_file_and_every_method(full_run):
     stages = {(x["paradigm"], x["stage"]) for x in lines}
     assert ("federated_s2ce", "pretrain") in stages and ("fecosr", "finetune") in stages
     assert "| fecosr |" in (workdir / "results.md").read_text()
+    # The S²CE soft labels' profile per market, at the run's tau_s, in results and results.md.
+    soft = results["soft_labels"]
+    assert soft["temperature"] == test_config.get_config().federated.temperature
+    assert list(soft["markets"]) == names
+    assert all(0 < p["target_mass"] <= 1 for p in soft["markets"].values())
+    assert "S²CE soft labels at tau_s" in (workdir / "results.md").read_text()
 
 
 def test_results_are_a_pure_function_of_config_and_seed(full_run, tmp_path):
@@ -68,6 +74,7 @@ def test_text_methods_refuse_without_semantics(tmp_path):
     results = experiment.train_and_evaluate(config, str(tmp_path))
     assert "needs item semantic vectors" in results["skipped"]["fecosr"]
     assert set(results["methods"]) == {"local", "popularity"}
+    assert results["soft_labels"] == {}
 
 
 def test_unknown_method_names_the_field():

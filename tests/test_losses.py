@@ -7,6 +7,7 @@ import optax
 import pytest
 
 from fecosr_jax import losses
+from fecosr_jax.data import summary
 
 P, N, D, DS = 12, 37, 8, 6
 
@@ -137,3 +138,39 @@ def test_blockwise_accumulates_in_fp32_for_bf16_inputs():
         argnums=(0, 1),
     )(h16, e16)
     assert gh.dtype == jnp.bfloat16 and ge.dtype == jnp.bfloat16
+
+
+def test_soft_label_profile_by_hand():
+    # Three orthogonal items at tau_s 0.5: q_t = e^2 / (e^2 + 2) on the target, the rest split.
+    semantics = np.vstack([np.zeros(3), 2 * np.eye(3)])  # row 0 = padding
+    profile = summary.soft_label_profile(semantics, temperature=0.5)
+    q_t = np.e**2 / (np.e**2 + 2)
+    q_o = 1 / (np.e**2 + 2)
+    entropy = -(q_t * np.log(q_t) + 2 * q_o * np.log(q_o))
+    assert profile["target_mass"] == pytest.approx(q_t)
+    assert profile["effective_items"] == pytest.approx(np.exp(entropy))
+    assert profile["targets"] == 3
+    # Identical vectors: the soft label is uniform, whatever tau_s.
+    same = summary.soft_label_profile(np.vstack([np.zeros(2), np.ones((4, 2))]), 0.1)
+    assert same["target_mass"] == pytest.approx(0.25)
+    assert same["effective_items"] == pytest.approx(4.0)
+
+
+@pytest.mark.parametrize("max_targets", [5, 1024])
+def test_soft_label_profile_equals_the_loss_soft_labels(monkeypatch, max_targets):
+    """The profile is measured on the same q as losses.soft_labels (all targets, or evenly
+    spaced ones beyond MAX_PROFILE_TARGETS)."""
+    monkeypatch.setattr(summary, "MAX_PROFILE_TARGETS", max_targets)
+    n = 30
+    semantics = np.array(jax.random.normal(jax.random.key(3), (n + 1, DS)))
+    semantics[0] = 0.0
+    mask = jnp.arange(n + 1) > 0
+    targets = np.unique(np.linspace(0, n - 1, min(n, max_targets)).round().astype(int)) + 1
+    q = np.asarray(losses.soft_labels(jnp.asarray(targets), semantics, mask, temperature=0.2))
+    q = q[:, 1:]  # [T, N] over the catalogue
+    mass = q[np.arange(len(targets)), targets - 1]
+    effective = np.exp(-np.sum(q * np.log(q), axis=-1))
+    profile = summary.soft_label_profile(semantics, temperature=0.2, block=4)
+    assert profile["targets"] == len(targets)
+    assert profile["target_mass"] == pytest.approx(mass.mean(), rel=1e-5)
+    assert profile["effective_items"] == pytest.approx(np.median(effective), rel=1e-5)
