@@ -371,10 +371,7 @@ def _run_seed(config: ml_collections.ConfigDict, workdir: str) -> tuple[dict, di
     methods = paradigms.expand_sources(methods, names)
     print(summary.format_tables(markets), flush=True)
     soft_labels = {}
-    if config.federated.alpha > 0 and any(
-        (paradigms.SPECS[paradigms.split_method(m)[0]].pretraining or "").endswith("s2ce")
-        for m in methods
-    ):
+    if config.federated.alpha > 0 and any(paradigms.uses_s2ce(m) for m in methods):
         soft_labels = summary.soft_label_profiles(markets, config.federated.temperature)
         if soft_labels:
             print("\n" + summary.soft_labels_markdown(soft_labels), flush=True)

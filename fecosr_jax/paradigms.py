@@ -89,6 +89,11 @@ def split_method(method: str) -> tuple[str, str | None]:
     return base, (source if at else None)
 
 
+def uses_s2ce(method: str) -> bool:
+    """Whether a method's pretraining uses the S²CE loss (its kind ends in "s2ce")."""
+    return (SPECS[split_method(method)[0]].pretraining or "").endswith("s2ce")
+
+
 def parse_methods(text: str) -> list[str]:
     """Method names from a comma-separated config string ("all" = every method). A one-to-one
     method may name its source: "transfer_id@de", or "transfer_id@each" (expand_sources)."""

@@ -66,6 +66,12 @@ def test_results_are_a_pure_function_of_config_and_seed(full_run, tmp_path):
         assert again["vs_local"][method] == full["vs_local"][method], method
 
 
+def test_uses_s2ce_names_the_s2ce_pretrainings():
+    s2ce = [m for m in paradigms.METHODS if paradigms.uses_s2ce(m)]
+    assert s2ce == ["transfer", "centralized", "fecosr", "fecosr_no_adapt", "fecosr_no_finetune"]
+    assert paradigms.uses_s2ce("transfer@de") and not paradigms.uses_s2ce("transfer_id@de")
+
+
 def test_text_methods_refuse_without_semantics(tmp_path):
     config = test_config.get_config()
     config.data.semantics = "none"
