@@ -95,15 +95,19 @@ def step_flops(config: BenchConfig) -> float:
     return 3.0 * forward_flops(config)
 
 
-def matmul_ceiling(dtype=jnp.float32, size: int = 1024, seconds: float = 2.0) -> float:
-    """Measured matmul GFLOP/s: the best of square products of a few sizes for `dtype`."""
+def matmul_ceiling(dtype=jnp.float32, sizes: tuple[int, ...] | None = None, seconds=2.0) -> float:
+    """Measured matmul GFLOP/s: the best of square products of random matrices in `dtype`.
+    Sizes default to 512-2048 on CPU and 2048-8192 on a GPU, where smaller products leave
+    the tensor cores idle."""
+    if sizes is None:
+        sizes = (2048, 4096, 8192) if on_gpu() else (512, 1024, 2048)
     best = 0.0
-    for n in (size // 2, size, 2 * size):
-        a = jnp.ones((n, n), dtype)
+    for n in sizes:
+        a = jax.random.normal(jax.random.key(n), (n, n), dtype)
         f = jax.jit(lambda x: x @ x)
         f(a).block_until_ready()
         reps, start = 0, time.perf_counter()
-        while time.perf_counter() - start < seconds / 3:
+        while time.perf_counter() - start < seconds / len(sizes):
             f(a).block_until_ready()
             reps += 1
         best = max(best, 2 * n**3 * reps / (time.perf_counter() - start) / 1e9)

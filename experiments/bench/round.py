@@ -14,7 +14,8 @@ fecosr_jax model with its item adaptor) and the achieved GFLOP/s against the mac
 matmul ceiling measured in the same run. `--memory` adds the compiled round's peak memory
 (XLA's buffer assignment: arguments + outputs + temporaries) and an ahead-of-time compile
 time. It prints a table last. The torch backend needs the [bench]
-extra (`pip install torch==2.13.0`).
+extra (`pip install torch==2.13.0`); it runs on CUDA when PyTorch sees a GPU.
+`experiments/bench/gpu.sh` runs every benchmark on a GPU machine in one go.
 """
 
 from __future__ import annotations
@@ -88,6 +89,7 @@ def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
         step = compiled.step
     else:
         compiled = fed_round.LoopBackend(model, fed, m)
+        data = jax.device_put(data)  # on the device, as for the one-jit round
         state = compiled.init(params)
         step = compiled.step
     holder = {"state": state}
@@ -113,7 +115,7 @@ def run_torch(c: common.BenchConfig, m: int) -> dict:
     r.step()
     first = time.perf_counter() - start
     round_s, reps = common.timed(r.step, min_seconds=_SECONDS.value)
-    return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1}
+    return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1, "device": str(r.device)}
 
 
 def check_same_model(c: common.BenchConfig):
@@ -194,12 +196,18 @@ def main(argv):
         )
     if "torch" in backends:
         try:
-            import torch  # noqa: F401
+            import torch
         except ImportError as e:
             raise app.UsageError(
                 "--backends=torch needs PyTorch: pip install -e .[bench] (torch==2.13.0)"
             ) from e
-        print(f"same model: {check_same_model(c)} parameters in JAX and in PyTorch", flush=True)
+        from experiments.bench import torch_reference
+
+        print(
+            f"same model: {check_same_model(c)} parameters in JAX and in PyTorch; PyTorch "
+            f"{torch.__version__} on {torch_reference.default_device()}",
+            flush=True,
+        )
     import jax.numpy as jnp
 
     dtype = jnp.bfloat16 if _DTYPE.value == "bfloat16" else jnp.float32

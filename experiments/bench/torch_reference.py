@@ -79,6 +79,11 @@ class SequenceModel(nn.Module):
         return self.final_norm(x) @ items.T  # [B, L, N + 1]
 
 
+def default_device() -> str:
+    """CUDA when PyTorch sees a GPU (as the JAX backends then run there), else CPU."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def num_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
@@ -87,14 +92,20 @@ class TorchRound:
     """FedAvg over markets in a Python loop: per market, copy the global model, K Adam steps
     of CE over all positions, and add the weighted delta to the average."""
 
-    def __init__(self, c: BenchConfig, data: dict[str, np.ndarray], lr: float = 1e-3, seed=0):
+    def __init__(
+        self, c: BenchConfig, data: dict[str, np.ndarray], lr: float = 1e-3, seed=0, device=None
+    ):
         torch.manual_seed(seed)
         self.c = c
-        self.global_model = SequenceModel(c)
-        self.train = torch.from_numpy(data["train"]).long()
-        self.semantics = torch.from_numpy(data["semantics"])
-        self.mask = torch.from_numpy(data["item_mask"])
-        self.weight = torch.from_numpy(data["weight"])
+        self.device = torch.device(device or default_device())
+        if self.device.type == "cuda":
+            # TF32 for fp32 products, as XLA's default precision does on the same GPU.
+            torch.set_float32_matmul_precision("high")
+        self.global_model = SequenceModel(c).to(self.device)
+        self.train = torch.from_numpy(data["train"]).long().to(self.device)
+        self.semantics = torch.from_numpy(data["semantics"]).to(self.device)
+        self.mask = torch.from_numpy(data["item_mask"]).to(self.device)
+        self.weight = torch.from_numpy(data["weight"]).to(self.device)
         self.lr = lr
         self.generator = torch.Generator().manual_seed(seed)
 
@@ -109,7 +120,7 @@ class TorchRound:
             for _ in range(c.local_steps):
                 users = torch.randint(
                     0, self.train.shape[1], (c.batch_size,), generator=self.generator
-                )
+                ).to(self.device)
                 rows = self.train[m][users]
                 logits = model(rows[:, :-1], self.semantics[m])
                 logits = logits.masked_fill(~self.mask[m], float("-inf"))
@@ -126,3 +137,5 @@ class TorchRound:
             norm = self.weight.sum()
             for k, v in self.global_model.named_parameters():
                 v.copy_(start[k] + total[k] / norm)
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
