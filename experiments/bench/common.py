@@ -137,7 +137,8 @@ def on_gpu() -> bool:
 
 
 GPU_PENDING = (
-    "GPU figures are pending: no GPU on this machine. Re-run this command where one is "
-    "(an NVIDIA H200 is the target) to fill them in; experiments.bench.round takes "
-    "--dtype=bfloat16 for the bf16 MFU figure."
+    "No GPU on this machine: these are CPU figures. On a GPU machine, "
+    "`bash experiments/bench/gpu.sh OUTDIR` runs every benchmark there (experiments.bench.round "
+    "takes --dtype=bfloat16 for the bf16 MFU figure); the H200 figures so far are in "
+    "docs/benchmarks.md."
 )

@@ -26,6 +26,7 @@ import time
 from absl import app, flags
 
 from experiments.bench import common
+from fecosr_jax import files
 
 _CONFIG = flags.DEFINE_enum("config", "reference", list(common.CONFIGS), "Benchmark config.")
 _MARKETS = flags.DEFINE_list("markets", ["1", "8", "64", "256"], "Numbers of markets M.")
@@ -239,6 +240,8 @@ def main(argv):
                 **r,
             }
             results["runs"].append(run)
+            if _JSON.value:  # after every run, so a run cut short keeps what it measured
+                files.write_text_atomic(_JSON.value, json.dumps(results, indent=1))
             print(
                 f"{backend:5s} M={m:5d}: {steps:8.1f} client-steps/s, round {r['round_s']:.3f} s, "
                 f"compile {run['compile_s']:.1f} s",
@@ -248,9 +251,6 @@ def main(argv):
     if not common.on_gpu():
         print(common.GPU_PENDING)
     print(table(results))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump(results, f, indent=1)
     if _PLOT.value:
         plot(results, _PLOT.value)
 

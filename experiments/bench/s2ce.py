@@ -132,6 +132,7 @@ def plot(runs: list[dict], path: str):
 def main(argv):
     del argv
     from experiments.bench import common
+    from fecosr_jax import files
 
     runs = []
     for p in [int(x) for x in _POSITIONS.value]:
@@ -139,6 +140,11 @@ def main(argv):
             for impl in ("dense", "blockwise"):
                 r = measure(impl, n, p)
                 runs.append(r)
+                if _JSON.value:  # after every measurement, so a run cut short keeps them
+                    files.write_text_atomic(
+                        _JSON.value,
+                        json.dumps({"machine": common.machine(), "runs": runs}, indent=1),
+                    )
                 shown = "does not fit" if r["seconds"] is None else f"{r['seconds']:.4f} s"
                 print(
                     f"{impl:9s} N={n:>9,} P={p:>6,}: peak {r['peak_bytes'] / 2**20:9,.0f} MiB, "
@@ -149,9 +155,6 @@ def main(argv):
     if not common.on_gpu():
         print(common.GPU_PENDING)
     print(table(runs))
-    if _JSON.value:
-        with open(_JSON.value, "w") as f:
-            json.dump({"machine": common.machine(), "runs": runs}, f, indent=1)
     if _PLOT.value:
         plot(runs, _PLOT.value)
 
