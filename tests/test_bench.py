@@ -99,3 +99,17 @@ def test_s2ce_benchmark_measures_both_and_skips_what_does_not_fit(tmp_path):
     assert runs[("blockwise", 20000)]["seconds"] > 0
     # Dense holds [P, N] logits and soft labels; blockwise one [P, block] block at a time.
     assert runs[("blockwise", 20000)]["peak_bytes"] < runs[("dense", 20000)]["peak_bytes"] / 2
+
+
+def test_gpu_script_runs_each_default_section_and_names_an_unknown_one(tmp_path):
+    script = ROOT / "experiments" / "bench" / "gpu.sh"
+    text = script.read_text()
+    defaults = text.split("sections=(", 2)[2].split(")", 1)[0].split()
+    assert defaults[:2] == ["env", "tests"] and "s2ce" in defaults
+    for name in defaults:  # each default section has its case branch
+        assert f"\n    {name})\n" in text
+    done = subprocess.run(
+        ["bash", str(script), str(tmp_path), "nope"], capture_output=True, text=True, timeout=60
+    )
+    assert done.returncode == 2
+    assert "unknown section: nope" in done.stderr and "reference_bf16" in done.stderr
