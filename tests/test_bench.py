@@ -104,7 +104,7 @@ def test_s2ce_benchmark_measures_both_and_skips_what_does_not_fit(tmp_path):
 def test_gpu_script_runs_each_default_section_and_names_an_unknown_one(tmp_path):
     script = ROOT / "experiments" / "bench" / "gpu.sh"
     text = script.read_text()
-    defaults = text.split("sections=(", 2)[2].split(")", 1)[0].split()
+    defaults = text.split("\nknown=(", 1)[1].split(")", 1)[0].split()
     assert defaults[:2] == ["env", "tests"] and "s2ce" in defaults
     for name in defaults:  # each default section has its case branch
         assert f"\n    {name})\n" in text

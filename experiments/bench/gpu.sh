@@ -17,9 +17,10 @@ set -uo pipefail
 
 out=${1:?usage: bash experiments/bench/gpu.sh OUTDIR [SECTION ...]}
 shift
+known=(env tests small reference_bf16 reference_torch small_torch s2ce)
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
-  sections=(env tests small reference_bf16 reference_torch small_torch s2ce)
+  sections=("${known[@]}")
 fi
 mkdir -p "$out"
 py=${PYTHON:-python3}
@@ -74,8 +75,7 @@ print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \
       bench s2ce 150 experiments.bench.s2ce --items=10000,1000000 --positions=6400 \
         --budget_gib=100 --seconds=0.5 --plot="$out/s2ce.png" ;;
     *)
-      echo "unknown section: $s (known: env tests small reference_bf16 reference_torch" \
-        "small_torch s2ce)" >&2
+      echo "unknown section: $s (known: ${known[*]})" >&2
       exit 2 ;;
   esac
 done
