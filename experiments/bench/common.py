@@ -136,7 +136,7 @@ def on_gpu() -> bool:
     return jax.devices()[0].platform == "gpu"
 
 
-GPU_PENDING = (
+NO_GPU_NOTICE = (
     "No GPU on this machine: these are CPU figures. On a GPU machine, "
     "`bash experiments/bench/gpu.sh OUTDIR` runs every benchmark there (experiments.bench.round "
     "takes --dtype=bfloat16 for the bf16 MFU figure); the H200 figures so far are in "

@@ -222,7 +222,7 @@ def main(argv):
         "machine": common.machine(),
         "matmul_gflops": ceiling,
         "step_gflop": flops / 1e9,
-        "gpu": "measured" if common.on_gpu() else common.GPU_PENDING,
+        "gpu": "measured" if common.on_gpu() else common.NO_GPU_NOTICE,
         "runs": [],
     }
     for m in [int(x) for x in _MARKETS.value]:
@@ -249,7 +249,7 @@ def main(argv):
             )
     print(f"\n{c.name} config {c.__dict__}; model {flops / 1e9:.2f} GFLOP per client step")
     if not common.on_gpu():
-        print(common.GPU_PENDING)
+        print(common.NO_GPU_NOTICE)
     print(table(results))
     if _PLOT.value:
         plot(results, _PLOT.value)

@@ -153,7 +153,7 @@ def main(argv):
                 )
     print(f"\n{common.machine()}; d={_HIDDEN.value}, d_s={_SEMANTIC.value}, block {_BLOCK.value}")
     if not common.on_gpu():
-        print(common.GPU_PENDING)
+        print(common.NO_GPU_NOTICE)
     print(table(runs))
     if _PLOT.value:
         plot(runs, _PLOT.value)
