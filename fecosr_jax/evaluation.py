@@ -145,16 +145,9 @@ def evaluate(
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
-    options = (
-        tuple(ks),
-        batch_size,
-        protocol,
-        bool(mask_seen),
-        int(seed),
-        per_market_params,
-        with_ranks,
-    )
-    sums = _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask)
+    options = (tuple(ks), batch_size, protocol, bool(mask_seen), per_market_params, with_ranks)
+    seed = np.asarray(seed, np.int32)  # an argument, not part of the program
+    sums = _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask, seed)
     return means(jax.device_get(sums))
 
 
@@ -168,8 +161,8 @@ def means(sums: dict) -> dict[str, np.ndarray]:
 
 
 @jax.jit(static_argnums=(0, 1))
-def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask):
-    ks, batch_size, protocol, mask_seen, seed, per_market, with_ranks = options
+def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask, seed):
+    ks, batch_size, protocol, mask_seen, per_market, with_ranks = options
 
     def one(p, *arrays):
         return market_metric_sums(

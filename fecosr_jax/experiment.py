@@ -161,7 +161,10 @@ class Runner:
             return self.pretrained[key]
         c, fed, multiple, names = self.config, self.fed, len(self.devices), self.names
         if kind in ("federated_s2ce", "federated_ce"):
-            federated = dataclasses.replace(fed, loss=kind.removeprefix("federated_"))
+            # CE is S²CE with alpha = 0: one compiled round serves both.
+            federated = dataclasses.replace(fed, loss="s2ce")
+            if kind == "federated_ce":
+                federated = dataclasses.replace(federated, alpha=0.0)
             params = self._rounds(key, self.model, federated, self.stacked, names, c.num_rounds)
             out = (self.model, params, self.stacked)
         elif kind == "central_s2ce":

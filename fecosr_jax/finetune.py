@@ -13,6 +13,9 @@ parameters kept). Modes:
              `local` paradigm (each market alone).
 
 Per-market parameters are one pytree whose leaves carry the leading market axis M.
+
+The run's seed, lr and shared lr reach the compiled epoch as arrays (`FinetuneValues`), so
+every config with the same `FinetuneConfig.program()` (mode, sizes) shares one program.
 """
 
 from __future__ import annotations
@@ -20,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 from typing import Any
 
+import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -33,6 +37,21 @@ from fecosr_jax.model import ModelConfig, init_params
 MODES = ("adapt", "plain", "scratch")
 LOCAL_MODULES = ("item_ids", "adapter_down", "adapter_up")  # the market-specific parameters
 _FINETUNE_STREAM = 3  # RNG stream tag of fine-tuning batches and dropout
+
+
+@flax.struct.dataclass
+class FinetuneValues:
+    """Per-run values of fine-tuning, as arrays (scalars; [R] on a run axis).
+
+    Attributes:
+      seed: int32, seeds batches and dropout.
+      lr: float32, the learning rate of the market-specific parts (all of plain / scratch).
+      shared_lr: float32, adapt mode: the shared part's learning rate (lr * shared_lr_mult).
+    """
+
+    seed: jax.Array
+    lr: jax.Array
+    shared_lr: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -69,6 +88,26 @@ class FinetuneConfig:
             raise ValueError(f"fine-tuning mode={self.mode!r}: expected one of {MODES}")
         if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
             raise ValueError(f"fine-tuning config out of range: {self}")
+
+    def values(self) -> FinetuneValues:
+        """This config's per-run values (host arrays)."""
+        return FinetuneValues(
+            seed=np.asarray(self.seed, np.int32),
+            lr=np.asarray(self.lr, np.float32),
+            shared_lr=np.asarray(self.lr * self.shared_lr_mult, np.float32),
+        )
+
+    def program(self) -> FinetuneConfig:
+        """What shapes the compiled epoch, per-run values and the host's stopping rule
+        replaced by placeholders. The shared part stays frozen or trained (mult 0 or not)."""
+        return dataclasses.replace(
+            self,
+            seed=0,
+            lr=0.0,
+            shared_lr_mult=1.0 if self.shared_lr_mult else 0.0,
+            max_epochs=1,
+            patience=1,
+        )
 
 
 @dataclasses.dataclass
@@ -124,14 +163,19 @@ def init_market_params(
     return jax.tree_util.tree_map_with_path(pick, fresh)
 
 
-def make_optimizer(ft: FinetuneConfig, params) -> optax.GradientTransformation:
+def make_optimizer(
+    ft: FinetuneConfig, params, values: FinetuneValues | None = None
+) -> optax.GradientTransformation:
+    """Adam with the run's learning rates (`values`, default ft's own); in adapt mode the
+    shared part gets its own lr, or none (frozen). The state does not hold the rates."""
+    values = ft.values() if values is None else values
     if ft.mode != "adapt":
-        return optax.adam(ft.lr)
-    shared = optax.adam(ft.lr * ft.shared_lr_mult) if ft.shared_lr_mult else optax.set_to_zero()
+        return optax.adam(values.lr)
+    shared = optax.adam(values.shared_lr) if ft.shared_lr_mult else optax.set_to_zero()
     labels = jax.tree_util.tree_map_with_path(
         lambda p, _: "local" if is_local(p) else "shared", params
     )
-    return optax.multi_transform({"local": optax.adam(ft.lr), "shared": shared}, labels)
+    return optax.multi_transform({"local": optax.adam(values.lr), "shared": shared}, labels)
 
 
 def _select(mask, new, old):
@@ -151,15 +195,17 @@ def _epoch(
     active,
     data,
     epoch,
+    values: FinetuneValues,
 ):
-    """One epoch of every market (vmapped): `steps` CE steps, then validation NDCG@10."""
+    """One epoch of every market (vmapped): `steps` CE steps, then validation NDCG@10.
+    ft is a program (`FinetuneConfig.program()`); the run's seed and rates are `values`."""
     loss_config = FedConfig(loss="ce", loss_impl=ft.loss_impl, block_size=ft.block_size)
-    optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params))
+    optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params), values)
 
     def market_epoch(p, o, market):
         key = jax.random.fold_in(
             jax.random.fold_in(
-                jax.random.fold_in(jax.random.key(ft.seed), _FINETUNE_STREAM), epoch
+                jax.random.fold_in(jax.random.key(values.seed), _FINETUNE_STREAM), epoch
             ),
             market["market_index"],
         )
@@ -228,6 +274,7 @@ def finetune(
     num_markets = data["train"].shape[0]
     names = names or [f"m{i}" for i in range(num_markets)]
     steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
+    program, values = ft.program(), jax.device_put(ft.values())
     params = jax.tree.map(jnp.array, params)  # the epoch donates its inputs: keep `best`
     state = {
         "params": params,
@@ -265,7 +312,15 @@ def finetune(
         if not active.any():
             break
         params, opt_state, ndcg, loss = _epoch(
-            model_config, ft, steps, params, opt_state, jnp.asarray(active), data, epoch
+            model_config,
+            program,
+            steps,
+            params,
+            opt_state,
+            jnp.asarray(active),
+            data,
+            epoch,
+            values,
         )
         ndcg, loss = np.asarray(ndcg, np.float32), np.asarray(loss)
         bad_markets = [n for i, n in enumerate(names) if active[i] and not np.isfinite(loss[i])]

@@ -57,7 +57,9 @@ def ce_loss(logits: Array, targets: Array, item_mask: Array) -> Array:
     return jnp.where(targets > 0, lse - z_t, 0.0)
 
 
-def soft_labels(targets: Array, semantics: Array, item_mask: Array, *, temperature: float) -> Array:
+def soft_labels(
+    targets: Array, semantics: Array, item_mask: Array, *, temperature: float | Array
+) -> Array:
     """q [..., N]: softmax over the catalogue of cos(s_t, s_i) / temperature."""
     unit = normalize(semantics)  # [N, d_s]
     sim = unit[targets] @ unit.T  # [..., N]
@@ -71,8 +73,8 @@ def s2ce_loss(
     semantics: Array,
     item_mask: Array,
     *,
-    alpha: float,
-    temperature: float,
+    alpha: float | Array,
+    temperature: float | Array,
 ) -> Array:
     """Semantic Soft Cross-Entropy (dense form).
 
@@ -164,7 +166,7 @@ def _blockwise_forward(
     return jnp.where(valid, loss, 0.0), (lse_z, lse_c)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(5, 6, 7))
+@functools.partial(jax.custom_vjp, nondiff_argnums=(7,))
 def _s2ce_blockwise(
     hidden, item_embeddings, targets, semantics, item_mask, alpha, temperature, block_size
 ):
@@ -179,11 +181,12 @@ def _s2ce_blockwise_fwd(
     loss, (lse_z, lse_c) = _blockwise_forward(
         hidden, item_embeddings, targets, semantics, item_mask, alpha, temperature, block_size
     )
-    return loss, (hidden, item_embeddings, targets, semantics, item_mask, lse_z, lse_c)
+    res = (hidden, item_embeddings, targets, semantics, item_mask, alpha, temperature)
+    return loss, (*res, lse_z, lse_c)
 
 
-def _s2ce_blockwise_bwd(alpha, temperature, block_size, res, g):
-    hidden, item_embeddings, targets, semantics, item_mask, lse_z, lse_c = res
+def _s2ce_blockwise_bwd(block_size, res, g):
+    hidden, item_embeddings, targets, semantics, item_mask, alpha, temperature, lse_z, lse_c = res
     n = item_embeddings.shape[0]
     g = jnp.where(targets > 0, g, 0.0).astype(jnp.float32)  # [P]
     e, s, msk = _blocks(item_embeddings, semantics, item_mask, block_size)
@@ -205,7 +208,7 @@ def _s2ce_blockwise_bwd(alpha, temperature, block_size, res, g):
     onehot_w = (1.0 - alpha) * g  # d(-(1-alpha) z_t)
     dh = dh - onehot_w[:, None] * item_embeddings[targets].astype(jnp.float32)
     de = de.at[targets].add(-onehot_w[:, None] * h32)
-    return (dh.astype(hidden.dtype), de.astype(item_embeddings.dtype), None, None, None)
+    return (dh.astype(hidden.dtype), de.astype(item_embeddings.dtype), *(None,) * 5)
 
 
 _s2ce_blockwise.defvjp(_s2ce_blockwise_fwd, _s2ce_blockwise_bwd)
@@ -218,8 +221,8 @@ def s2ce_loss_blockwise(
     semantics: Array,
     item_mask: Array,
     *,
-    alpha: float,
-    temperature: float,
+    alpha: float | Array,
+    temperature: float | Array,
     block_size: int = 4096,
 ) -> Array:
     """S²CE of `hidden @ item_embeddings.T` without the [P, N] matrix.
@@ -230,7 +233,7 @@ def s2ce_loss_blockwise(
       targets: [P] int; 0 = padding position (loss 0).
       semantics: [N, d_s] (treated as data: no gradient flows into it).
       item_mask: [N] bool.
-      alpha, temperature: as in `s2ce_loss`.
+      alpha, temperature: as in `s2ce_loss` (floats or float32 arrays: no gradient).
       block_size: items per block (at most N); N need not be a multiple of it.
 
     Returns:
@@ -242,7 +245,7 @@ def s2ce_loss_blockwise(
         targets,
         semantics,
         item_mask,
-        float(alpha),
-        float(temperature),
+        jnp.asarray(alpha, jnp.float32),
+        jnp.asarray(temperature, jnp.float32),
         min(int(block_size), item_embeddings.shape[0]),  # a small catalogue: one block
     )

@@ -138,7 +138,7 @@ def test_fedprox_adds_the_proximal_gradient(markets):
     split = markets[0]
     stacked = stack_markets([split])
     market = {k: jnp.asarray(v[0]) for k, v in fr.round_data(stacked, fed).items()}
-    delta, _ = jax.jit(make_client(MODEL, fed).update)(params0(), market, 0)
+    delta, _ = jax.jit(make_client(MODEL, fed).update)(params0(), market, 0, fed.values())
     # By hand: w1 = w0 - lr g(w0); w2 = w1 - lr (g(w1) + mu (w1 - w0)).
     w0 = params0()
     key = client_key(fed.seed, 0, 0)

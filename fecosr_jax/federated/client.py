@@ -5,6 +5,8 @@ jit (federated/round.py), or one market at a time in a Python loop (the debuggin
 A market's data is a dict of its arrays (no market axis):
   train [R, L + 1] int32, num_rows [] int32, semantics [N + 1, d_s] float32,
   item_mask [N + 1] bool, market_index [] int32 (its position in the stack: seeds its RNG).
+The functions close over the program (`FedConfig.program()`); the run's seed, alpha, tau_s,
+learning rate and FedProx weight come in as `FedValues` arrays.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import optax
 
 from fecosr_jax import losses
 from fecosr_jax.data.market import train_pairs
-from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
 Params = Any  # a pytree of arrays (the shared model's parameters)
@@ -35,19 +37,21 @@ class ClientState:
 
 
 class Client(NamedTuple):
-    init: Any  # (global_params, round, market_index) -> ClientState
-    step: Any  # (ClientState, MarketData, step) -> (ClientState, loss)
+    init: Any  # (global_params, round, market_index, FedValues) -> ClientState
+    step: Any  # (ClientState, MarketData, step, FedValues) -> (ClientState, loss)
     final: Any  # (ClientState) -> delta
-    update: Any  # (global_params, MarketData, round) -> (delta, metrics): all K steps
+    update: Any  # (global_params, MarketData, round, FedValues) -> (delta, metrics): K steps
 
 
-def client_key(seed: int, round_: jax.Array, market_index: jax.Array) -> jax.Array:
-    """The key of one market in one round, from (seed, round, market)."""
+def client_key(seed, round_: jax.Array, market_index: jax.Array) -> jax.Array:
+    """The key of one market in one round, from (seed, round, market); seed an int or an
+    int32 array."""
     key = jax.random.fold_in(jax.random.key(seed), _CLIENT_STREAM)
     return jax.random.fold_in(jax.random.fold_in(key, round_), market_index)
 
 
-def make_optimizer(name: str, lr: float) -> optax.GradientTransformation:
+def make_optimizer(name: str, lr) -> optax.GradientTransformation:
+    """The client optimiser; lr a float or a float32 array (its state does not hold it)."""
     return {"adam": optax.adam, "sgd": optax.sgd}[name](lr)
 
 
@@ -58,8 +62,11 @@ def batch_loss(
     rows: jax.Array,
     market: MarketData,
     dropout_key: jax.Array,
+    values: FedValues | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean loss over the training targets of rows [B, L + 1], and their count."""
+    """Mean loss over the training targets of rows [B, L + 1], and their count. alpha and
+    tau_s come from `values` (default: fed's own)."""
+    values = fed.values() if values is None else values
     inputs, targets = train_pairs(rows)
     hidden, items = SequenceModel(model_config).apply(
         {"params": params},
@@ -68,7 +75,7 @@ def batch_loss(
         train=True,
         rngs={"dropout": dropout_key},
     )
-    alpha = fed.alpha if fed.loss == "s2ce" else 0.0
+    alpha = values.alpha if fed.loss == "s2ce" else 0.0
     if fed.loss_impl == "blockwise":
         per_position = losses.s2ce_loss_blockwise(
             hidden.reshape(-1, hidden.shape[-1]) / model_config.score_temperature,
@@ -77,7 +84,7 @@ def batch_loss(
             market["semantics"],
             market["item_mask"],
             alpha=alpha,
-            temperature=fed.temperature,
+            temperature=values.temperature,
             block_size=fed.block_size,
         )
     else:
@@ -89,7 +96,7 @@ def batch_loss(
                 market["semantics"],
                 market["item_mask"],
                 alpha=alpha,
-                temperature=fed.temperature,
+                temperature=values.temperature,
             )
         else:
             per_position = losses.ce_loss(logits, targets, market["item_mask"])
@@ -98,49 +105,53 @@ def batch_loss(
 
 
 def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
-    """The client functions for this model and algorithm (closing over the configs)."""
-    optimizer = make_optimizer(fed.client_optimizer, fed.client_lr)
+    """The client functions of this model and program (fed: any config with this program;
+    only `fed.program()` is used, the per-run values come as arguments)."""
+    fed = fed.program()
 
-    def objective(params, global_params, rows, market, key):
-        loss, count = batch_loss(model_config, fed, params, rows, market, key)
-        if fed.fedprox_mu:
+    def optimizer(values: FedValues):
+        return make_optimizer(fed.client_optimizer, values.client_lr)
+
+    def objective(params, global_params, rows, market, key, values):
+        loss, count = batch_loss(model_config, fed, params, rows, market, key, values)
+        if fed.fedprox_mu:  # on or off is the program's; the weight is the run's
             sq = sum(
                 jnp.sum((a - b) ** 2)
                 for a, b in zip(
                     jax.tree.leaves(params), jax.tree.leaves(global_params), strict=True
                 )
             )
-            return loss + 0.5 * fed.fedprox_mu * sq, loss
+            return loss + 0.5 * values.fedprox_mu * sq, loss
         return loss, loss
 
-    def init(global_params, round_, market_index):
+    def init(global_params, round_, market_index, values: FedValues):
         return ClientState(
             params=global_params,
-            opt_state=optimizer.init(global_params),
-            key=client_key(fed.seed, round_, market_index),
+            opt_state=optimizer(values).init(global_params),
+            key=client_key(values.seed, round_, market_index),
             global_params=global_params,
         )
 
-    def step(state: ClientState, market: MarketData, step_index):
+    def step(state: ClientState, market: MarketData, step_index, values: FedValues):
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
         users = jax.random.randint(
             batch_key, (fed.batch_size,), 0, jnp.maximum(market["num_rows"], 1)
         )
         rows = market["train"][users]
         grads, loss = jax.grad(objective, has_aux=True)(
-            state.params, state.global_params, rows, market, dropout_key
+            state.params, state.global_params, rows, market, dropout_key, values
         )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        updates, opt_state = optimizer(values).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(params=params, opt_state=opt_state), loss
 
     def final(state: ClientState):
         return jax.tree.map(jnp.subtract, state.params, state.global_params)
 
-    def update(global_params, market: MarketData, round_):
-        state = init(global_params, round_, market["market_index"])
+    def update(global_params, market: MarketData, round_, values: FedValues):
+        state = init(global_params, round_, market["market_index"], values)
         state, step_losses = jax.lax.scan(
-            lambda s, k: step(s, market, k), state, jnp.arange(fed.local_steps)
+            lambda s, k: step(s, market, k, values), state, jnp.arange(fed.local_steps)
         )
         return final(state), {"loss": jnp.mean(step_losses)}
 

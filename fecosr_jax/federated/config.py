@@ -1,14 +1,46 @@
-"""The federated algorithm's settings, as one frozen dataclass (built from config.federated)."""
+"""The federated algorithm's settings (built from config.federated), split in two:
+
+- `FedConfig`, the frozen dataclass a user sets, and `FedConfig.program()`, the part of it
+  that shapes the compiled round (sizes, K, batch, optimiser kinds, loss form): a static
+  argument, so equal programs are compiled once.
+- `FedValues`, the per-run values (seed, alpha, tau_s, learning rates, FedProx mu): array
+  arguments of the compiled round, so runs that differ only in them (seeds, S²CE against CE,
+  a sweep over alpha) share one program.
+"""
 
 from __future__ import annotations
 
 import dataclasses
+
+import flax.struct
+import jax
+import numpy as np
 
 LOSSES = ("s2ce", "ce")
 LOSS_IMPLS = ("dense", "blockwise")
 CLIENT_OPTIMIZERS = ("adam", "sgd")
 SERVER_OPTIMIZERS = ("fedavg", "fedadam", "fedyogi")
 WEIGHTINGS = ("examples", "uniform")
+
+
+@flax.struct.dataclass
+class FedValues:
+    """Per-run values of federated training, as arrays (scalars; [R] on a run axis).
+
+    Attributes:
+      seed: int32, seeds participation, batches and dropout.
+      alpha: float32, the S²CE soft-label weight (0 = CE).
+      temperature: float32, tau_s of the soft label.
+      client_lr, server_lr: float32 learning rates.
+      fedprox_mu: float32 FedProx weight (used when the program has FedProx on).
+    """
+
+    seed: jax.Array
+    alpha: jax.Array
+    temperature: jax.Array
+    client_lr: jax.Array
+    server_lr: jax.Array
+    fedprox_mu: jax.Array
 
 
 @dataclasses.dataclass(frozen=True)
@@ -33,6 +65,9 @@ class FedConfig:
         batched product of many small matrices is slower than a sequence of them.
       seed: seeds participation, batches and dropout: keys come from (seed, round, market,
         step), so a resumed run repeats them exactly.
+
+    seed, alpha, temperature, client_lr, server_lr and fedprox_mu reach the compiled round as
+    `values()`, not as constants; `program()` is the rest.
     """
 
     local_steps: int = 5
@@ -79,3 +114,28 @@ class FedConfig:
         for name, ok in ranges.items():
             if not ok:
                 raise ValueError(f"config.federated.{name}={getattr(self, name)!r} is out of range")
+
+    def values(self) -> FedValues:
+        """This config's per-run values (host arrays). With loss "ce" alpha is 0."""
+        return FedValues(
+            seed=np.asarray(self.seed, np.int32),
+            alpha=np.asarray(self.alpha if self.loss == "s2ce" else 0.0, np.float32),
+            temperature=np.asarray(self.temperature, np.float32),
+            client_lr=np.asarray(self.client_lr, np.float32),
+            server_lr=np.asarray(self.server_lr, np.float32),
+            fedprox_mu=np.asarray(self.fedprox_mu, np.float32),
+        )
+
+    def program(self) -> FedConfig:
+        """The settings that shape the compiled round, with every per-run value replaced by a
+        placeholder: configs with equal programs share one compiled round. FedProx stays on
+        or off (mu > 0), its weight is a value."""
+        return dataclasses.replace(
+            self,
+            seed=0,
+            alpha=0.0,
+            temperature=1.0,
+            client_lr=0.0,
+            server_lr=0.0,
+            fedprox_mu=1.0 if self.fedprox_mu else 0.0,
+        )

@@ -7,6 +7,11 @@
 With FedConfig.markets_per_step = b > 0 a device trains its markets b at a time (vmapped) and
 the chunks in sequence (lax.map), still inside the one compiled round.
 
+The run's seed, alpha, tau_s, learning rates and FedProx weight are array arguments
+(`FedValues`), so every config with the same `FedConfig.program()` shares one compiled round:
+the programs are cached per (model, program, mesh, markets), and a 3-seed run, or S²CE and
+CE pretraining (alpha = 0), compile it once.
+
 The market axis is sharded over a device mesh axis "clients" with jax.shard_map; M is padded
 to a multiple of the device count with zero-weight markets (stack_markets(...,
 num_markets_multiple=devices)). One code path serves 1 CPU, 8 GPUs and a multi-host TPU pod:
@@ -18,6 +23,7 @@ after jax.distributed.initialize() the mesh simply spans every process's devices
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Sequence
 
 import jax
@@ -29,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 from fecosr_jax.data.market import StackedMarkets
 from fecosr_jax.federated import server
 from fecosr_jax.federated.client import make_client
-from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig
 
 AXIS = "clients"
@@ -63,12 +69,14 @@ def full_participation(fed: FedConfig, num_real: int) -> bool:
     return not fed.clients_per_round or fed.clients_per_round >= num_real
 
 
-def participants(fed: FedConfig, round_: jax.Array, num_real: int) -> jax.Array:
-    """Sorted indices of the markets that train in this round, from (seed, round)."""
+def participants(fed: FedConfig, round_: jax.Array, num_real: int, seed=None) -> jax.Array:
+    """Sorted indices of the markets that train in this round, from (seed, round); seed an
+    int or int32 array (default fed.seed)."""
     if full_participation(fed, num_real):
         return jnp.arange(num_real)
+    seed = fed.seed if seed is None else seed
     key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(fed.seed), _PARTICIPATION_STREAM), round_
+        jax.random.fold_in(jax.random.key(seed), _PARTICIPATION_STREAM), round_
     )
     return jnp.sort(jax.random.choice(key, num_real, (fed.clients_per_round,), replace=False))
 
@@ -115,36 +123,29 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     return Mesh(np.asarray(devices), (AXIS,))
 
 
-@dataclasses.dataclass
-class CompiledRound:
-    """The jit-compiled round. `step(state, data) -> (state, metrics)`; `num_traces` counts
-    how often it was traced (1 after any number of rounds with the same shapes)."""
+class RoundProgram:
+    """The jit-compiled round of one (model, program, mesh, markets):
+    `step(state, data, values) -> (state, metrics)`. `num_traces` counts how often it was
+    traced (1 after any number of rounds and runs with the same shapes)."""
 
-    model_config: ModelConfig
-    fed: FedConfig
-    mesh: Mesh
-    num_real: int
-    num_traces: int = 0
+    def __init__(self, model_config: ModelConfig, fed: FedConfig, mesh: Mesh, num_real: int):
+        self.fed, self.mesh, self.num_real, self.num_traces = fed, mesh, num_real, 0
+        client = make_client(model_config, fed)
+        num_devices = mesh.devices.size
 
-    def __post_init__(self):
-        client = make_client(self.model_config, self.fed)
-        optimizer = server.make_server_optimizer(self.fed)
-        self.optimizer = optimizer
-        num_devices = self.mesh.devices.size
-
-        def shard_fn(params, data, round_):
+        def shard_fn(params, data, round_, values):
             # Each device trains its own copies. Without this cast, differentiating w.r.t. the
             # mesh-invariant params would transpose into a psum of every market's gradient.
             params = jax.lax.pcast(params, AXIS, to="varying")
-            if self.fed.markets_per_step:
+            if fed.markets_per_step:
                 deltas, metrics = jax.lax.map(
-                    lambda market: client.update(params, market, round_),
+                    lambda market: client.update(params, market, round_, values),
                     data,
-                    batch_size=self.fed.markets_per_step,
+                    batch_size=fed.markets_per_step,
                 )
             else:
-                deltas, metrics = jax.vmap(client.update, in_axes=(None, 0, None))(
-                    params, data, round_
+                deltas, metrics = jax.vmap(client.update, in_axes=(None, 0, None, None))(
+                    params, data, round_, values
                 )
             sums = server.local_sums(deltas, data["weight"], data["mask"])
             sums = jax.lax.psum(sums, AXIS)
@@ -153,20 +154,20 @@ class CompiledRound:
 
         sharded = jax.shard_map(
             shard_fn,
-            mesh=self.mesh,
-            in_specs=(P(), P(AXIS), P()),
+            mesh=mesh,
+            in_specs=(P(), P(AXIS), P(), P()),
             out_specs=(P(), P(), P(AXIS), P(AXIS)),
         )
 
-        def step(state: server.ServerState, data: dict):
+        def step(state: server.ServerState, data: dict, values: FedValues):
             self.num_traces += 1  # Python side effect: runs only while tracing
             num_markets = data["weight"].shape[0]
-            if full_participation(self.fed, self.num_real):
+            if full_participation(fed, num_real):
                 idx = jnp.arange(num_markets)  # everyone trains: no gather
-                valid = idx < self.num_real  # padding markets carry weight 0 already
+                valid = idx < num_real  # padding markets carry weight 0 already
                 chosen = dict(data)
             else:
-                sampled = participants(self.fed, state.round, self.num_real)
+                sampled = participants(fed, state.round, num_real, values.seed)
                 count = sampled.shape[0]
                 padded = -(-count // num_devices) * num_devices  # whole shards per device
                 valid = jnp.arange(padded) < count
@@ -175,7 +176,10 @@ class CompiledRound:
             chosen["weight"] = chosen["weight"] * valid
             chosen["mask"] = valid
             scatter_idx = jnp.where(valid, idx, num_markets)  # out of range: dropped
-            mean_delta, diagnostics, drift, loss = sharded(state.params, chosen, state.round)
+            mean_delta, diagnostics, drift, loss = sharded(
+                state.params, chosen, state.round, values
+            )
+            optimizer = server.make_server_optimizer(fed, values.server_lr)
             new_state = server.server_update(state, mean_delta, optimizer)
 
             metrics = round_metrics(
@@ -185,6 +189,40 @@ class CompiledRound:
             return new_state, metrics
 
         self.step = jax.jit(step, donate_argnums=0)
+
+
+@functools.cache
+def round_program(
+    model_config: ModelConfig, fed: FedConfig, mesh: Mesh, num_real: int
+) -> RoundProgram:
+    """The compiled round of this program (cached: equal arguments share one program)."""
+    return RoundProgram(model_config, fed.program(), mesh, num_real)
+
+
+@dataclasses.dataclass
+class CompiledRound:
+    """One run's round: the shared `RoundProgram` of `fed.program()` with this run's values.
+    `step(state, data) -> (state, metrics)`."""
+
+    model_config: ModelConfig
+    fed: FedConfig
+    mesh: Mesh
+    num_real: int
+
+    def __post_init__(self):
+        self.program = round_program(
+            self.model_config, self.fed.program(), self.mesh, self.num_real
+        )
+        self.optimizer = server.make_server_optimizer(self.fed)
+        self.values = jax.device_put(self.fed.values(), NamedSharding(self.mesh, P()))
+
+    @property
+    def num_traces(self) -> int:
+        return self.program.num_traces
+
+    def step(self, state: server.ServerState, data: dict, values: FedValues | None = None):
+        """One round with this run's values (or `values`)."""
+        return self.program.step(state, data, self.values if values is None else values)
 
     def init(self, params) -> server.ServerState:
         """The initial server state, replicated over the mesh. It is a copy: the round
@@ -219,6 +257,7 @@ class LoopBackend:
         self.fed = fed
         self.num_real = num_real_markets
         self.client = make_client(model_config, fed)
+        self.values = fed.values()
         self.optimizer = server.make_server_optimizer(fed)
         self.client_update = jax.jit(self.client.update)
         self.server_update = jax.jit(lambda s, d: server.server_update(s, d, self.optimizer))
@@ -231,7 +270,7 @@ class LoopBackend:
         deltas, losses = [], []
         for m in idx.tolist():
             market = {k: v[m] for k, v in data.items()}
-            delta, metrics = self.client_update(state.params, market, state.round)
+            delta, metrics = self.client_update(state.params, market, state.round, self.values)
             deltas.append(delta)
             losses.append(metrics["loss"])
         stacked = jax.tree.map(lambda *xs: jnp.stack(xs), *deltas)

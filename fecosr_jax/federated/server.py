@@ -32,12 +32,15 @@ class ServerState:
     round: jax.Array  # int32 scalar: rounds completed
 
 
-def make_server_optimizer(fed: FedConfig) -> optax.GradientTransformation:
+def make_server_optimizer(fed: FedConfig, lr=None) -> optax.GradientTransformation:
+    """The server optimiser of `fed` with learning rate `lr` (a float or a float32 array;
+    default fed.server_lr). Its state does not depend on the learning rate."""
+    lr = fed.server_lr if lr is None else lr
     if fed.server_optimizer == "fedavg":
-        return optax.sgd(fed.server_lr)
+        return optax.sgd(lr)
     if fed.server_optimizer == "fedadam":
-        return optax.adam(fed.server_lr, b1=fed.server_b1, b2=fed.server_b2, eps=fed.server_eps)
-    return optax.yogi(fed.server_lr, b1=fed.server_b1, b2=fed.server_b2, eps=fed.server_eps)
+        return optax.adam(lr, b1=fed.server_b1, b2=fed.server_b2, eps=fed.server_eps)
+    return optax.yogi(lr, b1=fed.server_b1, b2=fed.server_b2, eps=fed.server_eps)
 
 
 def server_init(params: Params, optimizer: optax.GradientTransformation) -> ServerState:
