@@ -46,6 +46,12 @@ def main(argv):
     if config.get("xla_flags"):
         # Read when JAX starts its backend, which has not happened yet at this point.
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
+    if config.get("compilation_cache"):
+        # JAX's persistent cache: a re-run, or another process with the same programs (a
+        # sweep), loads them instead of compiling. Programs compiled in < 1 s are not kept.
+        import jax
+
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache))
     if _DISTRIBUTED.value:
         from fecosr_jax import distributed
 

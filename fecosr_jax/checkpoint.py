@@ -39,7 +39,7 @@ from fecosr_jax.files import is_remote, write_text_atomic
 
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
 # Config fields that may change between a run and its resume (they do not change results).
-RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "checkpoint")
+RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "compilation_cache", "checkpoint")
 # Config fields added in later versions: absent from an older run's config means this value.
 # Dotted names ("model.norm") for nested fields.
 ADDED_FIELDS = {"seeds": "1", "model.norm": "pre", "model.item_id_std": 0.0}

@@ -86,6 +86,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Extra XLA flags, applied by experiments/main.py before JAX starts (e.g. a faster compile
     # for tiny configs: "--xla_backend_optimization_level=0").
     config.xla_flags = ""
+    # JAX's persistent compilation cache (a folder, local or gs://): a re-run or another
+    # process with the same shapes (a sweep) loads its compiled programs. "" = off.
+    config.compilation_cache = "~/.cache/fecosr_jax/xla"
     config.seed = 0
     # Seeds: a count N (runs seed ... seed + N - 1, each in WORKDIR/seed_<s>/, and reports mean
     # ± std and paired tests against `local`) or a comma-separated list ("0,4,7").
