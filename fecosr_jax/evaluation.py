@@ -142,6 +142,8 @@ def evaluate(
       inputs [M, U, L], targets [M, U], semantics [M, N + 1, d_s], item_mask [M, N + 1].
       with_ranks: also return "ranks" [M, U] int32, each test user's target rank (-1 where
         there is no user): what the paired tests of fecosr_jax.significance need.
+      seed: seeds the sampled protocol's negatives; an [R] array evaluates R runs at once
+        (params with a leading run axis; every output gains it: [R, M]).
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
@@ -164,11 +166,15 @@ def means(sums: dict) -> dict[str, np.ndarray]:
 def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask, seed):
     ks, batch_size, protocol, mask_seen, per_market, with_ranks = options
 
-    def one(p, *arrays):
+    def one(p, inputs, targets, semantics, item_mask, market, seed):
         return market_metric_sums(
             model_config,
             p,
-            *arrays,
+            inputs,
+            targets,
+            semantics,
+            item_mask,
+            market,
             ks=ks,
             batch_size=batch_size,
             protocol=protocol,
@@ -177,10 +183,15 @@ def _evaluate_jit(model_config, options, params, inputs, targets, semantics, ite
             with_ranks=with_ranks,
         )
 
-    markets = jnp.arange(inputs.shape[0])
-    return jax.vmap(one, in_axes=(0 if per_market else None, 0, 0, 0, 0, 0))(
-        params, inputs, targets, semantics, item_mask, markets
-    )
+    def one_run(p, seed):
+        markets = jnp.arange(inputs.shape[0])
+        return jax.vmap(one, in_axes=(0 if per_market else None, 0, 0, 0, 0, 0, None))(
+            p, inputs, targets, semantics, item_mask, markets, seed
+        )
+
+    if seed.ndim:  # a run axis R: params [R, ...] (or [R, M, ...]), seeds [R]
+        return jax.vmap(one_run)(params, seed)
+    return one_run(params, seed)
 
 
 def popularity_metric_sums(

@@ -21,6 +21,7 @@ every config with the same `FinetuneConfig.program()` (mode, sizes) shares one p
 from __future__ import annotations
 
 import dataclasses
+import functools
 from typing import Any
 
 import flax.struct
@@ -179,14 +180,28 @@ def make_optimizer(
 
 
 def _select(mask, new, old):
-    """Per-market choice between two [M, ...] pytrees."""
+    """Per-market choice between two pytrees: mask [M] (or [R, M]) over leaves [M, ...] (or
+    [R, M, ...])."""
     return jax.tree.map(
-        lambda a, b: jnp.where(mask.reshape((-1,) + (1,) * (a.ndim - 1)), a, b), new, old
+        lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b),
+        new,
+        old,
     )
 
 
 @jax.jit(static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-def _epoch(
+def _epoch(model_config, ft, steps, params, opt_state, active, data, epoch, values):
+    """`_run_epoch` compiled; with values of shape [R] it runs R runs at once (parameters,
+    optimiser states [R, M, ...], active [R, M]; the market data shared by every run)."""
+    one = functools.partial(_run_epoch, model_config, ft, steps)
+    if jnp.ndim(values.seed):
+        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))(
+            params, opt_state, active, data, epoch, values
+        )
+    return one(params, opt_state, active, data, epoch, values)
+
+
+def _run_epoch(
     model_config: ModelConfig,
     ft: FinetuneConfig,
     steps: int,
@@ -252,40 +267,54 @@ def finetune(
     checkpoints=None,
     names: list[str] | None = None,
     phase: str = "finetune",
+    values: FinetuneValues | None = None,
+    run_names: list[str] | None = None,
 ) -> FinetuneResult:
     """Fine-tunes every market from `params` [M, ...] with early stopping per market.
 
     Args:
       model_config: the fine-tuning architecture (`model_config_for`).
-      params: [M, ...] starting parameters (`init_market_params`).
+      params: [M, ...] starting parameters (`init_market_params`); [R, M, ...] for R runs.
       data: [M, ...] arrays: train, num_rows, semantics, item_mask, valid_inputs,
-        valid_targets, market_index.
-      on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]).
+        valid_targets, market_index (shared by every run).
+      on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]) ([R, M] with
+        runs).
       checkpoints: optional checkpoint.PhaseCheckpoints: the whole state (parameters,
         optimiser states, best-so-far parameters, early-stopping counters) is saved after
         every epoch and restored from the newest good checkpoint.
       names: market names (error messages); default m0, m1, ...
+      values: the runs' values with a leading run axis R (`stack_values`), for R runs of
+        this program at once, each with its own early stopping per market; default ft's own
+        values, one run.
+      run_names: the runs' names in error messages (default run0, run1, ...).
 
     Returns:
       The best parameters of each market and the validation history (the epochs this call
-      ran: a resumed call starts its history at the checkpoint).
+      ran: a resumed call starts its history at the checkpoint); with runs every array has
+      the leading run axis.
     """
     checkpoints = checkpoints or checkpoint.NullPhase()
     num_markets = data["train"].shape[0]
     names = names or [f"m{i}" for i in range(num_markets)]
     steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
-    program, values = ft.program(), jax.device_put(ft.values())
+    program = ft.program()
+    values = jax.device_put(ft.values() if values is None else values)
+    lead = (*np.shape(values.seed), num_markets)  # (M,) or (R, M)
+    if len(lead) == 2:
+        run_names = run_names or [f"run{r}" for r in range(lead[0])]
+        names = [f"{run} {n}" for run in run_names for n in names]
     params = jax.tree.map(jnp.array, params)  # the epoch donates its inputs: keep `best`
+    init = make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init
+    for _ in lead:
+        init = jax.vmap(init)
     state = {
         "params": params,
-        "opt_state": jax.vmap(make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init)(
-            params
-        ),
+        "opt_state": init(params),
         "best": jax.tree.map(jnp.array, params),
-        "best_valid": np.zeros(num_markets, np.float32),
-        "best_epoch": np.zeros(num_markets, np.int32),
-        "bad": np.zeros(num_markets, np.int32),
-        "active": np.ones(num_markets, bool),
+        "best_valid": np.zeros(lead, np.float32),
+        "best_epoch": np.zeros(lead, np.int32),
+        "bad": np.zeros(lead, np.int32),
+        "active": np.ones(lead, bool),
         "epoch": np.zeros((), np.int32),
     }
     restored = checkpoints.restore(state)
@@ -301,6 +330,7 @@ def finetune(
             data["item_mask"],
             batch_size=ft.eval_batch_size,
             per_market_params=True,
+            seed=np.zeros(lead[:-1], np.int32),  # [R] marks a run axis
         )
         state["best_valid"] = np.asarray(start["ndcg@10"], np.float32)
     best_valid, best_epoch, bad, active = (
@@ -323,7 +353,8 @@ def finetune(
             values,
         )
         ndcg, loss = np.asarray(ndcg, np.float32), np.asarray(loss)
-        bad_markets = [n for i, n in enumerate(names) if active[i] and not np.isfinite(loss[i])]
+        non_finite = (active & ~np.isfinite(loss)).reshape(-1)
+        bad_markets = [n for i, n in enumerate(names) if non_finite[i]]
         if bad_markets:
             raise checkpoint.NonFiniteError(
                 f"{phase}, epoch {epoch}: non-finite loss in market(s) {', '.join(bad_markets)}. "

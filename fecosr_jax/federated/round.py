@@ -126,7 +126,12 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
 class RoundProgram:
     """The jit-compiled round of one (model, program, mesh, markets):
     `step(state, data, values) -> (state, metrics)`. `num_traces` counts how often it was
-    traced (1 after any number of rounds and runs with the same shapes)."""
+    traced (1 after any number of rounds and runs with the same shapes).
+
+    Runs: with values of shape [R] (`stack_values`) and a state from `init_runs`, one step
+    trains R runs x M markets (vmapped over runs outside the market vmap; the market data is
+    shared by every run) and every metric gains a leading run axis.
+    """
 
     def __init__(self, model_config: ModelConfig, fed: FedConfig, mesh: Mesh, num_real: int):
         self.fed, self.mesh, self.num_real, self.num_traces = fed, mesh, num_real, 0
@@ -159,8 +164,7 @@ class RoundProgram:
             out_specs=(P(), P(), P(AXIS), P(AXIS)),
         )
 
-        def step(state: server.ServerState, data: dict, values: FedValues):
-            self.num_traces += 1  # Python side effect: runs only while tracing
+        def one_round(state: server.ServerState, data: dict, values: FedValues):
             num_markets = data["weight"].shape[0]
             if full_participation(fed, num_real):
                 idx = jnp.arange(num_markets)  # everyone trains: no gather
@@ -187,6 +191,12 @@ class RoundProgram:
             )
             metrics["params_finite"] = server.all_finite(new_state.params)
             return new_state, metrics
+
+        def step(state: server.ServerState, data: dict, values: FedValues):
+            self.num_traces += 1  # Python side effect: runs only while tracing
+            if jnp.ndim(values.seed):  # a run axis R: states and values lead with it
+                return jax.vmap(one_round, in_axes=(0, None, 0))(state, data, values)
+            return one_round(state, data, values)
 
         self.step = jax.jit(step, donate_argnums=0)
 
@@ -230,6 +240,11 @@ class CompiledRound:
         state = server.server_init(jax.tree.map(jnp.array, params), self.optimizer)
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
+    def init_runs(self, params) -> server.ServerState:
+        """The initial state of R runs from params [R, ...] (each leaf with a run axis)."""
+        state = jax.vmap(lambda p: server.server_init(p, self.optimizer))(params)
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
     def put(self, data: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Moves round data to the devices, market axis sharded over "clients"."""
         sharding = NamedSharding(self.mesh, P(AXIS))
@@ -241,6 +256,11 @@ class CompiledRound:
                 f"with num_markets_multiple={num_devices}"
             )
         return jax.device_put(data, sharding)
+
+
+def stack_values(values: Sequence[FedValues]) -> FedValues:
+    """R runs' values as one FedValues of [R] arrays (runs that share a program)."""
+    return jax.tree.map(lambda *xs: np.stack(xs), *values)
 
 
 def build_round(

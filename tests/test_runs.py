@@ -1,0 +1,161 @@
+"""Runs as data: per-run values are arguments of one compiled program, and R runs stacked on
+a leading axis train in one step with the same numbers as each run alone."""
+
+import dataclasses
+
+import jax
+import numpy as np
+import pytest
+
+from fecosr_jax import evaluation, finetune, paradigms
+from fecosr_jax.data import leave_one_out, stack_markets, synthetic
+from fecosr_jax.federated import round as fr
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, init_params
+
+MODEL = ModelConfig(
+    hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.1
+)
+GEN = synthetic.SyntheticConfig(
+    num_markets=3, users_per_market=30, items_per_market=40, num_clusters=5, semantic_dim=8, seed=3
+)
+# SGD clients: Adam's first steps amplify rounding (m / sqrt(v) of a near-zero gradient), so
+# its runs agree only loosely (tests/test_round.py); SGD shows the code paths are the same.
+BASE = FedConfig(
+    local_steps=2, batch_size=4, client_optimizer="sgd", client_lr=0.5, clients_per_round=2
+)
+# Three runs that differ only in per-run values: seed, alpha (0 = CE), tau_s, learning rates.
+RUNS = [
+    dataclasses.replace(BASE, seed=0),
+    dataclasses.replace(BASE, seed=1, alpha=0.0, client_lr=0.3),
+    dataclasses.replace(BASE, seed=2, alpha=0.6, temperature=0.5, server_lr=0.5),
+]
+TOL = 1e-5  # vmapped over runs, XLA may batch products in another order
+
+
+@pytest.fixture(scope="module")
+def stacked():
+    return stack_markets(
+        [leave_one_out(m, MODEL.max_len) for m in synthetic.synthetic_markets(GEN)]
+    )
+
+
+def start(seed):
+    return init_params(MODEL, jax.random.key(seed), GEN.semantic_dim)
+
+
+def solo(stacked, fed, rounds):
+    r = fr.build_round(MODEL, fed, 3, fr.make_mesh(jax.devices()[:1]))
+    data = r.put(fr.round_data(stacked, fed))
+    state = r.init(start(fed.seed))
+    for _ in range(rounds):
+        state, metrics = r.step(state, data)
+    return jax.device_get(state.params), jax.device_get(metrics), r
+
+
+def off_fraction(a, b, atol=1e-5):
+    """The fraction of parameter entries that differ by more than atol."""
+    off = [
+        np.abs(np.asarray(x) - np.asarray(y)) > atol
+        for x, y in zip(*map(jax.tree.leaves, (a, b)), strict=True)
+    ]
+    return sum(o.sum() for o in off) / sum(o.size for o in off)
+
+
+def max_diff(a, b):
+    return max(
+        float(np.max(np.abs(np.asarray(x) - np.asarray(y))))
+        for x, y in zip(jax.tree.leaves(a), jax.tree.leaves(b), strict=True)
+    )
+
+
+def test_runs_that_differ_in_values_share_one_compiled_round(stacked):
+    rounds = [solo(stacked, fed, 1)[2] for fed in RUNS]
+    assert rounds[0].program is rounds[1].program is rounds[2].program
+    assert rounds[0].num_traces == 1
+    # A program change (FedProx on, another K) is another program.
+    other = fr.build_round(MODEL, dataclasses.replace(BASE, local_steps=3), 3, rounds[0].mesh)
+    assert other.program is not rounds[0].program
+
+
+def test_grouped_round_equals_each_run_alone(stacked):
+    r = fr.build_round(MODEL, RUNS[0], 3, fr.make_mesh(jax.devices()[:1]))
+    data = r.put(fr.round_data(stacked, RUNS[0]))
+    params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
+    state = r.init_runs(params)
+    values = fr.stack_values([f.values() for f in RUNS])
+    drawn = []
+    for _ in range(3):
+        state, metrics = r.step(state, data, values)
+        drawn.append(np.asarray(metrics["participants"]))  # [R, M]
+    grouped = jax.device_get(state.params)
+    metrics = jax.device_get(metrics)
+    assert np.asarray(state.round).tolist() == [3, 3, 3]
+    for i, fed in enumerate(RUNS):
+        alone, alone_metrics, _ = solo(stacked, fed, 3)
+        assert max_diff(jax.tree.map(lambda x, i=i: x[i], grouped), alone) < TOL
+        # each run sampled its own markets from its own seed
+        np.testing.assert_array_equal(metrics["participants"][i], alone_metrics["participants"])
+        np.testing.assert_allclose(metrics["loss"][i], alone_metrics["loss"], rtol=1e-5)
+    # the runs really differ (otherwise the equality above proves little)
+    assert (
+        max_diff(jax.tree.map(lambda x: x[0], grouped), jax.tree.map(lambda x: x[1], grouped))
+        > 1e-3
+    )
+    drawn = np.stack(drawn, axis=1)  # [R, rounds, M]
+    assert not np.array_equal(drawn[0], drawn[1]) and not np.array_equal(drawn[0], drawn[2])
+
+
+def finetune_setup(stacked):
+    ft = finetune.FinetuneConfig(mode="adapt", batch_size=8, max_epochs=3, patience=1)
+    model = finetune.model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
+    shared = start(0)
+    data = paradigms.finetune_data(stacked, BASE)
+    return ft, model, shared, data
+
+
+def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
+    ft, model, shared, data = finetune_setup(stacked)
+    runs = [
+        dataclasses.replace(ft, seed=0),
+        dataclasses.replace(ft, seed=1, lr=3e-3),
+        dataclasses.replace(ft, seed=2, shared_lr_mult=0.5),
+    ]
+    starts = [
+        finetune.init_market_params(model, f, shared, stacked.num_markets, GEN.semantic_dim)
+        for f in runs
+    ]
+    alone = [finetune.finetune(model, f, p, data) for f, p in zip(runs, starts, strict=True)]
+    stacked_values = jax.tree.map(lambda *xs: np.stack(xs), *[f.values() for f in runs])
+    grouped = finetune.finetune(
+        model,
+        runs[0],
+        jax.tree.map(lambda *xs: np.stack(xs), *starts),
+        data,
+        values=stacked_values,
+    )
+    assert grouped.best_valid.shape == (3, stacked.num_markets)
+    for i, one in enumerate(alone):
+        np.testing.assert_array_equal(grouped.best_epoch[i], one.best_epoch)
+        np.testing.assert_allclose(grouped.best_valid[i], one.best_valid, atol=1e-6)
+        # Adam turns rounding in a near-zero gradient into a step of ~lr (m / sqrt(v)), so a
+        # few entries move apart by up to ~lr; nearly all agree to 1e-5.
+        mine = jax.tree.map(lambda x, i=i: x[i], grouped.params)
+        assert max_diff(mine, one.params) < 1e-3 and off_fraction(mine, one.params) < 0.01
+        active = np.stack([h["active"] for h in grouped.history])[:, i]
+        np.testing.assert_array_equal(
+            active[: len(one.history)], [h["active"] for h in one.history]
+        )
+    # the runs differ, and so their stopping can differ
+    assert off_fraction(alone[0].params, alone[1].params) > 0.2
+
+    # evaluation with a run axis: [R, M] metrics equal each run's own
+    ev = dict(per_market_params=True, protocol="sampled99", with_ranks=True)
+    args = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
+    both = evaluation.evaluate(
+        model, grouped.params, *args, seed=np.array([0, 1, 2], np.int32), **ev
+    )
+    for i, one in enumerate(alone):
+        single = evaluation.evaluate(model, one.params, *args, seed=i, **ev)
+        np.testing.assert_array_equal(both["ranks"][i], single["ranks"])
+        np.testing.assert_allclose(both["ndcg@10"][i], single["ndcg@10"], atol=1e-6)
