@@ -4,20 +4,20 @@
 #
 #   bash experiments/bench/gpu.sh OUTDIR [SECTION ...]
 #
-# Sections, in this order by default: env tests small reference_bf16 reference_torch
-# small_torch s2ce. Each writes OUTDIR/SECTION.txt (and .json / .png where the benchmark
+# Sections, in this order by default: env tests small reference_bf16 runs_bf16
+# reference_torch small_torch s2ce. Each writes OUTDIR/SECTION.txt (and .json / .png where the benchmark
 # writes them) and has its own time limit, so one that fails or overruns does not stop the
 # rest. PYTHON picks the interpreter (default python3).
 #
 # Budget: on an H200 each JAX program takes 17-35 s to compile (2026-11-27, JAX 0.11.2), so
 # the sections are sized to about 2-3 min each and the whole script to about 15 min. With a
-# 15-minute device lease, run it as two calls: `env tests small reference_bf16`, then
-# `reference_torch small_torch s2ce`.
+# 15-minute device lease, run it as two calls: `env tests small reference_bf16 runs_bf16`,
+# then `reference_torch small_torch s2ce`.
 set -uo pipefail
 
 out=${1:?usage: bash experiments/bench/gpu.sh OUTDIR [SECTION ...]}
 shift
-known=(env tests small reference_bf16 reference_torch small_torch s2ce)
+known=(env tests small reference_bf16 runs_bf16 reference_torch small_torch s2ce)
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
   sections=("${known[@]}")
@@ -52,10 +52,11 @@ print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \
     tests)
       # The code-path equalities on the GPU: the vmapped round equals the per-market loop,
       # one market's FedAvg is one SGD step, padding markets change nothing, blockwise S²CE
-      # equals dense (the 8-device sharding test needs 8 devices: left to the CPU suite).
+      # equals dense, grouped runs equal each run alone (the 8-device sharding test needs 8
+      # devices: left to the CPU suite).
       run tests 200 env JAX_PLATFORMS=cuda XLA_FLAGS= "$py" -m pytest -p no:cacheprovider \
-        tests/test_round.py tests/test_losses.py \
-        -k "equals_loop or one_market_fedavg or zero_weight or blockwise" ;;
+        tests/test_round.py tests/test_losses.py tests/test_runs.py \
+        -k "equals_loop or one_market_fedavg or zero_weight or blockwise or alone" ;;
     small)
       # Small markets: the vmapped one-jit round vs the per-market loop (the H200 target is
       # >= 20x at M = 256), with the compiled round's peak memory.
@@ -65,6 +66,12 @@ print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \
       # Reference config in bf16: MFU against the bf16 matmul peak measured in the same run.
       bench reference_bf16 150 experiments.bench.round --config=reference --dtype=bfloat16 \
         --markets=1,64,256 --backends=vmap --seconds=1 ;;
+    runs_bf16)
+      # Runs stacked on a leading axis (R seeds x 64 markets in one compiled round): the
+      # extra parallel work that one round's small products lack (issue target: >= 25% MFU).
+      # R = 64 needs ~60 GB of activations; a run that fails keeps the smaller R in the JSON.
+      bench runs_bf16 200 experiments.bench.round --config=reference --dtype=bfloat16 \
+        --markets=64 --runs=1,4,16,64 --backends=vmap --seconds=1 ;;
     reference_torch)
       bench reference_torch 150 experiments.bench.round --config=reference --markets=8,64 \
         --backends=vmap,torch --seconds=1 ;;

@@ -47,6 +47,12 @@ _PER_STEP = flags.DEFINE_integer(
     "markets_per_step", 0, "vmap backend: markets vmapped together (lax.map over chunks); 0 = all."
 )
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_RUNS = flags.DEFINE_list(
+    "runs",
+    ["1"],
+    "vmap/scan backends: runs R trained together (seeds 0..R-1 on a leading run axis); "
+    "client-steps/s then counts R x M clients.",
+)
 
 
 def fed_config(c: common.BenchConfig, backend: str):
@@ -61,8 +67,11 @@ def fed_config(c: common.BenchConfig, backend: str):
     )
 
 
-def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
+def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1) -> dict:
+    import dataclasses
+
     import jax
+    import numpy as np
 
     from fecosr_jax.federated import round as fed_round
     from fecosr_jax.model import init_params
@@ -77,17 +86,27 @@ def run_jax(backend: str, c: common.BenchConfig, m: int) -> dict:
         mesh = fed_round.make_mesh(devices if m % len(devices) == 0 else devices[:1])
         compiled = fed_round.build_round(model, fed, m, mesh)
         data = compiled.put(data)
-        state = compiled.init(params)
+        values = compiled.values
+        if runs > 1:  # R runs of one program: seeds 0..R-1, stacked on a leading axis
+            keys = [init_params(model, jax.random.key(r), c.semantic_dim) for r in range(runs)]
+            state = compiled.init_runs(jax.tree.map(lambda *xs: np.stack(xs), *keys))
+            values = fed_round.stack_values(
+                [dataclasses.replace(fed, seed=r).values() for r in range(runs)]
+            )
+        else:
+            state = compiled.init(params)
         if _MEMORY.value:
             start = time.perf_counter()
-            exe = compiled.step.lower(state, data).compile()
+            exe = compiled.program.step.lower(state, data, values).compile()
             extra["aot_compile_s"] = time.perf_counter() - start
             mem = exe.memory_analysis()
             if mem is not None:
                 extra["peak_bytes"] = int(
                     mem.argument_size_in_bytes + mem.output_size_in_bytes + mem.temp_size_in_bytes
                 )
-        step = compiled.step
+
+        def step(state, data):
+            return compiled.step(state, data, values)
     else:
         compiled = fed_round.LoopBackend(model, fed, m)
         data = jax.device_put(data)  # on the device, as for the one-jit round
@@ -136,11 +155,11 @@ def check_same_model(c: common.BenchConfig):
 
 def table(results: dict) -> str:
     rows = [
-        "| backend | M | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
+        "| backend | M | R | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
         "% of matmul | peak MiB | vs torch | vs loop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
-    by = {(r["backend"], r["markets"]): r for r in results["runs"]}
+    by = {(r["backend"], r["markets"]): r for r in results["runs"] if r.get("runs", 1) == 1}
     for r in results["runs"]:
         ratio = {}
         for other in ("torch", "loop"):
@@ -153,7 +172,8 @@ def table(results: dict) -> str:
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in r else "-"
         share = 100 * r["achieved_gflops"] / results["matmul_gflops"]
         rows.append(
-            f"| {r['backend']} | {r['markets']} | {r['client_steps_per_s']:.1f} | "
+            f"| {r['backend']} | {r['markets']} | {r.get('runs', 1)} | "
+            f"{r['client_steps_per_s']:.1f} | "
             f"{r['sequences_per_s']:.0f} | {r['round_s']:.3f} | {r['compile_s']:.1f} | "
             f"{r['achieved_gflops']:.1f} | {share:.0f}% "
             f"| {peak} | {ratio['torch']} | {ratio['loop']} |"
@@ -167,7 +187,7 @@ def plot(results: dict, path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results["runs"] if r["backend"] == "vmap"]
+    runs = [r for r in results["runs"] if r["backend"] == "vmap" and r.get("runs", 1) == 1]
     ms = [r["markets"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(ms, [r["round_s"] for r in runs], "o-")
@@ -225,28 +245,34 @@ def main(argv):
         "gpu": "measured" if common.on_gpu() else common.NO_GPU_NOTICE,
         "runs": [],
     }
-    for m in [int(x) for x in _MARKETS.value]:
-        for backend in backends:
-            r = run_torch(c, m) if backend == "torch" else run_jax(backend, c, m)
-            trained = min(m, _CLIENTS.value) if _CLIENTS.value else m
-            steps = trained * c.local_steps / r["round_s"]
-            run = {
-                "backend": backend,
-                "markets": m,
-                "client_steps_per_s": steps,
-                "sequences_per_s": steps * c.batch_size,
-                "achieved_gflops": steps * flops / 1e9,
-                "compile_s": max(0.0, r["first_round_s"] - r["round_s"]),
-                **r,
-            }
-            results["runs"].append(run)
-            if _JSON.value:  # after every run, so a run cut short keeps what it measured
-                files.write_text_atomic(_JSON.value, json.dumps(results, indent=1))
-            print(
-                f"{backend:5s} M={m:5d}: {steps:8.1f} client-steps/s, round {r['round_s']:.3f} s, "
-                f"compile {run['compile_s']:.1f} s",
-                flush=True,
-            )
+    settings = [
+        (m, backend, runs)
+        for m in [int(x) for x in _MARKETS.value]
+        for backend in backends
+        for runs in ([int(r) for r in _RUNS.value] if backend in ("vmap", "scan") else [1])
+    ]
+    for m, backend, runs in settings:
+        r = run_torch(c, m) if backend == "torch" else run_jax(backend, c, m, runs)
+        trained = runs * (min(m, _CLIENTS.value) if _CLIENTS.value else m)
+        steps = trained * c.local_steps / r["round_s"]
+        run = {
+            "backend": backend,
+            "markets": m,
+            "runs": runs,
+            "client_steps_per_s": steps,
+            "sequences_per_s": steps * c.batch_size,
+            "achieved_gflops": steps * flops / 1e9,
+            "compile_s": max(0.0, r["first_round_s"] - r["round_s"]),
+            **r,
+        }
+        results["runs"].append(run)
+        if _JSON.value:  # after every run, so a run cut short keeps what it measured
+            files.write_text_atomic(_JSON.value, json.dumps(results, indent=1))
+        print(
+            f"{backend:5s} M={m:5d} R={runs:3d}: {steps:8.1f} client-steps/s, "
+            f"round {r['round_s']:.3f} s, compile {run['compile_s']:.1f} s",
+            flush=True,
+        )
     print(f"\n{c.name} config {c.__dict__}; model {flops / 1e9:.2f} GFLOP per client step")
     if not common.on_gpu():
         print(common.NO_GPU_NOTICE)

@@ -1,0 +1,141 @@
+r"""Benchmark: what seeds and sweeps cost in compiling, measured from JAX's compile log.
+
+  python -m experiments.bench.runs [--repo=PATH] [--sections=seeds,sweep] [--json=FILE]
+
+Runs the real entry points as separate processes with JAX_LOG_COMPILES=1 and sums the
+"Finished XLA compilation of NAME in S sec" lines (a persistent-cache hit logs one too, with
+its load time), per named program (the round `step`, the fine-tuning `_epoch`,
+`_evaluate_jit`) and in all, next to the wall time:
+  seeds: the test config (every method), 1 seed against 3 seeds, persistent cache off.
+  sweep: launch/sweep.py over 3 seeds x 3 alpha of the test config (methods local,fecosr),
+    against one point of it alone; with the persistent compilation cache (a fresh folder)
+    and without it (every process compiles everything).
+`--repo` measures another checkout the same way (e.g. the commit before runs as data), so
+before and after come from the same script on the same machine. It prints a table last.
+"""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import pathlib
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+_REPO = flags.DEFINE_string("repo", ".", "The checkout to measure (its experiments.main).")
+_SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep.")
+_JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
+
+_COMPILED = re.compile(r"Finished XLA compilation of (\S+) in ([0-9.]+) sec")
+NAMED = ("jit(step)", "jit(_epoch)", "jit(_evaluate_jit)")
+TEST = "experiments/configs/test.py"
+
+
+def compile_stats(text: str) -> dict:
+    """Compiles and seconds in all, and per named program, from a JAX_LOG_COMPILES log."""
+    count, seconds = collections.Counter(), collections.Counter()
+    for name, s in _COMPILED.findall(text):
+        count[name] += 1
+        seconds[name] += float(s)
+    return {
+        "compiles": sum(count.values()),
+        "compile_s": round(sum(seconds.values()), 2),
+        "cache_hits": text.count("Persistent compilation cache hit"),
+        **{f"{n} x": count[n] for n in NAMED},
+        **{f"{n} s": round(seconds[n], 2) for n in NAMED},
+    }
+
+
+def has_cache_field(repo: pathlib.Path) -> bool:
+    return "compilation_cache" in (repo / "experiments/configs/default.py").read_text()
+
+
+def run(repo: pathlib.Path, args: list[str], logs: list[pathlib.Path] | None = None) -> dict:
+    """Runs `python ARGS` in repo with the compile log on; the stats of its output (and of
+    the `logs` files it writes, for a sweep's runs) and the wall time."""
+    env = {**os.environ, "JAX_LOG_COMPILES": "1"}
+    start = time.perf_counter()
+    proc = subprocess.run(
+        [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, check=False
+    )
+    wall = time.perf_counter() - start
+    if proc.returncode:
+        raise RuntimeError(f"{' '.join(args)} exited {proc.returncode}:\n{proc.stderr[-3000:]}")
+    text = proc.stdout + proc.stderr + "".join(p.read_text() for p in logs or [])
+    return {"wall_s": round(wall, 1), **compile_stats(text)}
+
+
+def seeds_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+    off = ["--config.compilation_cache="] if has_cache_field(repo) else []
+    rows = []
+    for seeds in (1, 3):
+        workdir = tmp / f"seeds{seeds}"
+        args = ["-m", "experiments.main", f"--config={TEST}", f"--workdir={workdir}"]
+        stats = run(repo, [*args, f"--config.seeds={seeds}", *off])
+        rows.append({"section": "seeds", "what": f"test config, {seeds} seed(s)", **stats})
+    return rows
+
+
+def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+    cache = has_cache_field(repo)
+    common = ["--config.methods=local,fecosr"]
+    rows = []
+    variants = [("cache", True), ("no cache", False)] if cache else [("no cache", False)]
+    for label, on in variants:
+        folder = tmp / f"xla_{label.replace(' ', '_')}"
+        flag = [f"--config.compilation_cache={folder if on else ''}"] if cache else []
+        one = tmp / f"one_{label.replace(' ', '_')}"
+        stats = run(
+            repo,
+            ["-m", "experiments.main", f"--config={TEST}", f"--workdir={one}", *common, *flag],
+        )
+        rows.append({"section": "sweep", "what": f"one point ({label})", **stats})
+        workdir = tmp / f"sweep_{label.replace(' ', '_')}"
+        args = [
+            "launch/sweep.py",
+            "--seeds=0,1,2",
+            "--alpha=0.2,0.5,0.8",
+            f"--config={TEST}",
+            f"--workdir={workdir}",
+            *common,
+            *flag,
+        ]
+        # the runs' own output (with their compile logs) goes to runs/<name>/sweep.log
+        stats = run(repo, args)
+        stats.update(
+            compile_stats("".join(p.read_text() for p in workdir.glob("runs/*/sweep.log")))
+        )
+        rows.append({"section": "sweep", "what": f"9 points, 3 seeds x 3 alpha ({label})", **stats})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["what", "wall_s", "compile_s", "compiles", "cache_hits"] + [f"{n} x" for n in NAMED]
+    lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
+    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    repo = pathlib.Path(_REPO.value).resolve()
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        for section in _SECTIONS.value:
+            fn = {"seeds": seeds_section, "sweep": sweep_section}[section]
+            rows += fn(repo, pathlib.Path(tmp))
+            if _JSON.value:
+                pathlib.Path(_JSON.value).write_text(
+                    json.dumps({"repo": str(repo), "rows": rows}, indent=1)
+                )
+    print(f"repo: {repo}\n\n{table(rows)}")
+
+
+if __name__ == "__main__":
+    app.run(main)
