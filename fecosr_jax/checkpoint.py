@@ -42,7 +42,13 @@ EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoi
 RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "compilation_cache", "checkpoint")
 # Config fields added in later versions: absent from an older run's config means this value.
 # Dotted names ("model.norm") for nested fields.
-ADDED_FIELDS = {"seeds": "1", "model.norm": "pre", "model.item_id_std": 0.0}
+ADDED_FIELDS = {
+    "seeds": "1",
+    "model.norm": "pre",
+    "model.item_id_std": 0.0,
+    "runs_per_step": 0,
+    "compilation_cache": "",
+}
 
 
 class NonFiniteError(RuntimeError):
@@ -180,11 +186,15 @@ class PhaseCheckpoints:
             item_names=("state", "meta"),
         )
 
-    def restore(self, target) -> tuple[int, Any] | None:
-        """(step, state) of the newest checkpoint that restores and matches its fingerprint,
-        with the arrays of `target` (shapes, dtypes, shardings); None when there is none.
-        Newer checkpoints that fail are reported and deleted."""
-        for step in sorted(self.manager.all_steps(), reverse=True):
+    def steps(self) -> list[int]:
+        return sorted(self.manager.all_steps())
+
+    def restore(self, target, *, at_most: int | None = None) -> tuple[int, Any] | None:
+        """(step, state) of the newest checkpoint (at most `at_most`) that restores and matches
+        its fingerprint, with the arrays of `target` (shapes, dtypes, shardings); None when
+        there is none. Newer checkpoints that fail are reported and deleted."""
+        steps = [s for s in self.steps() if at_most is None or s <= at_most]
+        for step in reversed(steps):
             try:
                 restored = self.manager.restore(
                     step,
@@ -217,9 +227,13 @@ class PhaseCheckpoints:
             args=ocp.args.Composite(
                 state=ocp.args.StandardSave(_to_savable(state)), meta=ocp.args.JsonSave(meta)
             ),
-            metrics=metrics,
+            metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
             force=True,
         )
+
+    def delete_all(self):
+        for step in self.steps():
+            self.manager.delete(step)
 
     def check_preemption(self, phase: str, step: int):
         """After a step's save: on SIGTERM, finish writing and raise Preempted."""
@@ -235,8 +249,14 @@ class PhaseCheckpoints:
 class NullPhase:
     """Checkpointing off: the same interface, saving nothing."""
 
-    def restore(self, target):
+    def steps(self) -> list[int]:
+        return []
+
+    def restore(self, target, *, at_most=None):
         return None
+
+    def delete_all(self):
+        pass
 
     def save(self, step, state, *, metrics=None, last=False):
         pass
@@ -247,6 +267,67 @@ class NullPhase:
 
     def close(self):
         pass
+
+
+def run_slice(tree, r: int):
+    """Run r's part of a grouped state: leaves with a leading run axis are indexed, scalars
+    (a step shared by every run of the group) are kept."""
+    return jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[r], tree)
+
+
+def stack_runs(trees: list):
+    """The inverse of run_slice: the runs' states stacked on a leading axis; a scalar (the
+    shared step) is taken from the first run."""
+    return jax.tree.map(lambda *xs: xs[0] if np.ndim(xs[0]) == 0 else np.stack(xs), *trees)
+
+
+class GroupPhase:
+    """One phase's checkpoints for R runs trained together (a run axis). Run r's slice of the
+    grouped state is saved in that run's own PhaseCheckpoints, exactly as the run alone saves
+    it, so a group resumes from its runs' checkpoints (and a run alone from its slice). A
+    group restores the newest step that every run can restore."""
+
+    def __init__(self, phases: list):
+        self.phases = phases
+
+    def restore(self, target) -> tuple[int, Any] | None:
+        targets = [run_slice(target, r) for r in range(len(self.phases))]
+        bound = None
+        while True:
+            restored = [
+                p.restore(t, at_most=bound) for p, t in zip(self.phases, targets, strict=True)
+            ]
+            if any(x is None for x in restored):
+                stale = [p for p in self.phases if p.steps()]
+                for p in stale:  # a run ahead of the others restarts with them
+                    warnings.warn(
+                        f"{getattr(p, 'directory', '')}: no step that every run of the group "
+                        "can restore; this phase starts again for the group",
+                        stacklevel=2,
+                    )
+                    p.delete_all()
+                return None
+            steps = {step for step, _ in restored}
+            if len(steps) == 1:
+                return steps.pop(), stack_runs([state for _, state in restored])
+            bound = min(steps)
+
+    def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
+        for r, phase in enumerate(self.phases):
+            run_metrics = (
+                None if metrics is None else {k: np.asarray(v)[r] for k, v in metrics.items()}
+            )
+            phase.save(step, run_slice(state, r), metrics=run_metrics, last=last)
+
+    def check_preemption(self, phase: str, step: int):
+        if preemption_requested():
+            for p in self.phases:
+                if isinstance(p, PhaseCheckpoints):
+                    p.manager.wait_until_finished()
+            raise Preempted(f"SIGTERM: stopped after {phase} step {step}, checkpoint saved")
+
+    def close(self):
+        pass  # each run's phase is closed with its RunCheckpoints
 
 
 # ---------------------------------------------------------------------------------------------

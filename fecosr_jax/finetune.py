@@ -384,7 +384,7 @@ def finetune(
         checkpoints.save(
             epoch,
             state,
-            metrics={"valid_ndcg@10": float(np.mean(ndcg))},
+            metrics={"valid_ndcg@10": np.mean(ndcg, axis=-1)},  # per run with a run axis
             last=epoch == ft.max_epochs or not active.any(),
         )
         checkpoints.check_preemption(phase, epoch)

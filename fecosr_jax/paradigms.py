@@ -41,7 +41,7 @@ import numpy as np
 from fecosr_jax import checkpoint
 from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
 from fecosr_jax.federated import round as fed_round
-from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig, init_params
 
 METHODS = (
@@ -199,6 +199,8 @@ def run_rounds(
     on_round: Callable[[int, dict], None] | None = None,
     checkpoints=None,
     phase: str = "pretrain",
+    values: FedValues | None = None,
+    run_names: list[str] | None = None,
 ):
     """Runs compiled rounds from `params` up to `num_rounds`; returns the final shared params.
 
@@ -206,18 +208,34 @@ def run_rounds(
     checkpoint and saves the server state after every round. A non-finite loss, update or
     parameter raises NonFiniteError naming the round and the markets, before anything is
     saved; SIGTERM raises Preempted after the round's checkpoint.
+
+    Runs: with `values` of shape [R] (fed_round.stack_values) and params [R, ...], the R
+    runs train together in each compiled round (checkpoints: a checkpoint.GroupPhase);
+    metrics and the returned params carry the run axis, and an error names the run
+    (`run_names`).
     """
     checkpoints = checkpoints or checkpoint.NullPhase()
     compiled = fed_round.build_round(model_config, fed, len(names), mesh)
     data = compiled.put(fed_round.round_data(stacked, fed))
-    state = compiled.init(params)
+    grouped = values is not None
+    state = compiled.init_runs(params) if grouped else compiled.init(params)
     restored = checkpoints.restore(state)
     if restored is not None:
-        state = restored[1]
-    for r in range(int(state.round) + 1, num_rounds + 1):
-        state, metrics = compiled.step(state, data)
+        state = compiled.replicate(restored[1]) if grouped else restored[1]
+    runs = run_names or [f"run{r}" for r in range(np.shape(values.seed)[0])] if grouped else None
+    start = int(np.max(state.round)) + 1
+    for r in range(start, num_rounds + 1):
+        state, metrics = compiled.step(state, data, values)
         metrics = jax.device_get(metrics)
-        problem = fed_round.non_finite(metrics, names)
+        if grouped:
+            problems = [
+                f"{run}: {p}"
+                for i, run in enumerate(runs)
+                if (p := fed_round.non_finite(jax.tree.map(lambda x, i=i: x[i], metrics), names))
+            ]
+            problem = "; ".join(problems) or None
+        else:
+            problem = fed_round.non_finite(metrics, names)
         if problem is not None:
             raise checkpoint.NonFiniteError(
                 f"{phase}, round {r}: {problem}. The run stopped; the checkpoint of round "

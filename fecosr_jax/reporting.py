@@ -324,7 +324,10 @@ class RunLog:
     so the file holds each round and epoch once. On an object store (gs://) the file is
     rewritten at most every 30 s and at close (objects cannot be appended to)."""
 
-    def __init__(self, workdir: str, *, tensorboard: bool = True, writes: bool = True):
+    def __init__(
+        self, workdir: str, *, tensorboard: bool = True, writes: bool = True, label: str = ""
+    ):
+        self.label = label  # printed before each progress line (e.g. "seed 1")
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.remote = is_remote(self.path)
         self.writes = writes  # False: keep the lines in memory only (processes other than 0)
@@ -405,7 +408,10 @@ class RunLog:
                     self.writer.add_scalar(tag, v, step)
         if progress:
             shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
-            print(f"[{line['seconds']:7.1f}s] {paradigm} {stage} {step}: {shown}", flush=True)
+            label = f"{self.label} " if self.label else ""
+            print(
+                f"[{line['seconds']:7.1f}s] {label}{paradigm} {stage} {step}: {shown}", flush=True
+            )
 
     def close(self):
         if self.remote:

@@ -150,10 +150,10 @@ def poison_market(monkeypatch, market: int, from_round: int):
         original(self)
         step = self.step
 
-        def poisoned(state, data):
-            if int(state.round) + 1 >= from_round:
+        def poisoned(state, data, values=None):
+            if int(np.max(state.round)) + 1 >= from_round:
                 data = {**data, "semantics": data["semantics"].at[market].set(jnp.nan)}
-            return step(state, data)
+            return step(state, data, values)
 
         self.step = poisoned
 
@@ -304,3 +304,53 @@ def test_config_fields_added_later_match_their_default_when_absent():
     assert checkpoint.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
         "model.norm (checkpoint 'pre', now 'post')"
     ]
+
+
+def test_group_phase_restores_the_newest_step_every_run_has(tmp_path):
+    def phase(name):
+        return checkpoint.PhaseCheckpoints(tmp_path / name, keep=3, best=False, async_save=False)
+
+    runs = [phase("run0"), phase("run1")]
+    state = lambda r, step: {"w": np.full(3, 10 * r + step, np.float32), "epoch": np.int32(step)}  # noqa: E731
+    for step in (1, 2, 3):  # run1 was killed before its save of step 3
+        runs[0].save(step, state(0, step))
+        if step < 3:
+            runs[1].save(step, state(1, step))
+    target = {"w": np.zeros((2, 3), np.float32), "epoch": np.int32(0)}
+    step, got = checkpoint.GroupPhase(runs).restore(target)
+    assert step == 2 and int(got["epoch"]) == 2  # the shared scalar stays a scalar
+    np.testing.assert_array_equal(got["w"], [[2, 2, 2], [12, 12, 12]])
+    # A run with nothing to restore: the group starts again, and the others' steps go.
+    fresh = phase("run2")
+    with pytest.warns(UserWarning, match="starts again for the group"):
+        assert checkpoint.GroupPhase([runs[0], fresh]).restore(target) is None
+    assert runs[0].steps() == []
+    for p in (*runs, fresh):
+        p.close()
+
+
+GROUP = ["--config.seeds=2"]
+
+
+def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory):
+    """Two seeds train together (one run axis): killed at a random round, the same command
+    ends with the results.json bytes of the uninterrupted group, for each seed and combined."""
+    ref_dir = tmp_path_factory.mktemp("group_reference")
+    config = make_config()
+    config.seeds = "2"
+    experiment.train_and_evaluate(config, str(ref_dir))
+    workdir = tmp_path_factory.mktemp("group_killed")
+    kill_after = random.randint(2, ROUNDS - 2)
+    log = open(f"{workdir}.log", "w")
+    proc = subprocess.Popen(
+        command(workdir) + GROUP, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    # seed 0 saves before seed 1: killing here may leave seed 1 one round behind.
+    wait_for(workdir / "seed_0" / "checkpoints" / PRETRAIN / str(kill_after), proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
+    resumed = subprocess.run(command(workdir) + GROUP, cwd=ROOT, capture_output=True, text=True)
+    assert resumed.returncode == 0, f"killed after round {kill_after}: " + resumed.stderr
+    for name in ("seed_0/results.json", "seed_1/results.json", "results.json"):
+        got, want = (workdir / name).read_bytes(), (ref_dir / name).read_bytes()
+        assert got == want, f"{name}, killed after round {kill_after}"

@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from fecosr_jax import evaluation, finetune, paradigms
+from fecosr_jax import checkpoint, evaluation, finetune, paradigms
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.config import FedConfig
@@ -159,3 +159,20 @@ def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
         single = evaluation.evaluate(model, one.params, *args, seed=i, **ev)
         np.testing.assert_array_equal(both["ranks"][i], single["ranks"])
         np.testing.assert_allclose(both["ndcg@10"][i], single["ndcg@10"], atol=1e-6)
+
+
+def test_a_non_finite_run_of_a_group_is_named(stacked):
+    broken = dataclasses.replace(RUNS[0], seed=1, client_lr=float("inf"))
+    with pytest.raises(checkpoint.NonFiniteError, match=r"round 1: run b: non-finite") as e:
+        paradigms.run_rounds(
+            MODEL,
+            RUNS[0],
+            stacked,
+            list(stacked.names),
+            2,
+            jax.tree.map(lambda *xs: np.stack(xs), start(0), start(1)),
+            fr.make_mesh(jax.devices()[:1]),
+            values=fr.stack_values([RUNS[0].values(), broken.values()]),
+            run_names=["run a", "run b"],
+        )
+    assert "run a" not in str(e.value)

@@ -240,6 +240,10 @@ class CompiledRound:
         state = server.server_init(jax.tree.map(jnp.array, params), self.optimizer)
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
+    def replicate(self, state: server.ServerState) -> server.ServerState:
+        """A (restored, host) state on the devices, replicated over the mesh."""
+        return jax.device_put(state, NamedSharding(self.mesh, P()))
+
     def init_runs(self, params) -> server.ServerState:
         """The initial state of R runs from params [R, ...] (each leaf with a run axis)."""
         state = jax.vmap(lambda p: server.server_init(p, self.optimizer))(params)
