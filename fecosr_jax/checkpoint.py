@@ -231,9 +231,11 @@ class PhaseCheckpoints:
             force=True,
         )
 
-    def delete_all(self):
-        for step in self.steps():
-            self.manager.delete(step)
+    def delete_after(self, step: int):
+        """Deletes the checkpoints newer than `step` (-1: all of them)."""
+        for newer in self.steps():
+            if newer > step:
+                self.manager.delete(newer)
 
     def check_preemption(self, phase: str, step: int):
         """After a step's save: on SIGTERM, finish writing and raise Preempted."""
@@ -255,7 +257,7 @@ class NullPhase:
     def restore(self, target, *, at_most=None):
         return None
 
-    def delete_all(self):
+    def delete_after(self, step: int):
         pass
 
     def save(self, step, state, *, metrics=None, last=False):
@@ -275,10 +277,11 @@ def run_slice(tree, r: int):
     return jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[r], tree)
 
 
-def stack_runs(trees: list):
-    """The inverse of run_slice: the runs' states stacked on a leading axis; a scalar (the
-    shared step) is taken from the first run."""
-    return jax.tree.map(lambda *xs: xs[0] if np.ndim(xs[0]) == 0 else np.stack(xs), *trees)
+def stack_runs(trees: list, like):
+    """The inverse of run_slice for a grouped state shaped like `like`: the runs' states
+    stacked on a leading axis, except `like`'s scalars (the shared step), taken from the
+    first run."""
+    return jax.tree.map(lambda ref, *xs: xs[0] if np.ndim(ref) == 0 else np.stack(xs), like, *trees)
 
 
 class GroupPhase:
@@ -305,11 +308,14 @@ class GroupPhase:
                         "can restore; this phase starts again for the group",
                         stacklevel=2,
                     )
-                    p.delete_all()
+                    p.delete_after(-1)
                 return None
             steps = {step for step, _ in restored}
             if len(steps) == 1:
-                return steps.pop(), stack_runs([state for _, state in restored])
+                step = steps.pop()
+                for p in self.phases:  # a run ahead of the others goes back to this step
+                    p.delete_after(step)
+                return step, stack_runs([state for _, state in restored], target)
             bound = min(steps)
 
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):

@@ -311,12 +311,15 @@ def test_group_phase_restores_the_newest_step_every_run_has(tmp_path):
         return checkpoint.PhaseCheckpoints(tmp_path / name, keep=3, best=False, async_save=False)
 
     runs = [phase("run0"), phase("run1")]
-    state = lambda r, step: {"w": np.full(3, 10 * r + step, np.float32), "epoch": np.int32(step)}  # noqa: E731
+    state = lambda r, step: {
+        "w": np.full(3, 10 * r + step, np.float32),
+        "epoch": np.asarray(step, np.int32),
+    }  # noqa: E731
     for step in (1, 2, 3):  # run1 was killed before its save of step 3
         runs[0].save(step, state(0, step))
         if step < 3:
             runs[1].save(step, state(1, step))
-    target = {"w": np.zeros((2, 3), np.float32), "epoch": np.int32(0)}
+    target = {"w": np.zeros((2, 3), np.float32), "epoch": np.asarray(0, np.int32)}
     step, got = checkpoint.GroupPhase(runs).restore(target)
     assert step == 2 and int(got["epoch"]) == 2  # the shared scalar stays a scalar
     np.testing.assert_array_equal(got["w"], [[2, 2, 2], [12, 12, 12]])
