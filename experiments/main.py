@@ -48,10 +48,12 @@ def main(argv):
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
     if config.get("compilation_cache"):
         # JAX's persistent cache: a re-run, or another process with the same programs (a
-        # sweep), loads them instead of compiling. Programs compiled in < 1 s are not kept.
+        # sweep), loads them instead of compiling. Every program is kept, the hundreds of
+        # small eager ones too (by default JAX keeps only those that took >= 1 s).
         import jax
 
         jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache))
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if _DISTRIBUTED.value:
         from fecosr_jax import distributed
 

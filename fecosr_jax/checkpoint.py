@@ -327,10 +327,10 @@ class GroupPhase:
 
     def check_preemption(self, phase: str, step: int):
         if preemption_requested():
-            for p in self.phases:
+            for p in self.phases[1:]:
                 if isinstance(p, PhaseCheckpoints):
                     p.manager.wait_until_finished()
-            raise Preempted(f"SIGTERM: stopped after {phase} step {step}, checkpoint saved")
+            self.phases[0].check_preemption(phase, step)  # waits for its own, then raises
 
     def close(self):
         pass  # each run's phase is closed with its RunCheckpoints

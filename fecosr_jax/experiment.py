@@ -82,7 +82,7 @@ class Run:
     seed: int
     config: ml_collections.ConfigDict
     workdir: str
-    log: reporting.RunLog
+    log: reporting.RunLog | None  # opened once the data has loaded
     checkpoints: checkpoint.RunCheckpoints
 
 
@@ -356,6 +356,12 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
     """
     seeds = parse_seeds(config)
+    runs_per_step = config.get("runs_per_step", 0)
+    if not isinstance(runs_per_step, int) or runs_per_step < 0:
+        raise ValueError(
+            f"config.runs_per_step={runs_per_step!r}: expected 0 (every seed at once) or a "
+            "positive number of seeds trained together"
+        )
     if len(seeds) == 1:
         return _run_group(config, seeds, [workdir])[0][0]
     dirs = [os.path.join(workdir, f"seed_{seed}") for seed in seeds]
@@ -463,7 +469,7 @@ def _run_group(
                     for run in todo:
                         run.checkpoints.finished_method(method, skipped=reason)
                     continue
-                for group in _chunks(todo, int(config.get("runs_per_step", 0))):
+                for group in _chunks(todo, config.get("runs_per_step", 0)):
                     label = f" (seeds {', '.join(str(r.seed) for r in group)})" if several else ""
                     print(f"\n== {method}{label}", flush=True)
                     for run, metrics in zip(group, runner.run(method, group), strict=True):

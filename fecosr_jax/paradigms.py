@@ -222,15 +222,15 @@ def run_rounds(
     restored = checkpoints.restore(state)
     if restored is not None:
         state = compiled.replicate(restored[1]) if grouped else restored[1]
-    runs = run_names or [f"run{r}" for r in range(np.shape(values.seed)[0])] if grouped else None
-    start = int(np.max(state.round)) + 1
-    for r in range(start, num_rounds + 1):
+    if grouped and run_names is None:
+        run_names = [f"run{r}" for r in range(np.shape(values.seed)[0])]
+    for r in range(int(np.max(state.round)) + 1, num_rounds + 1):
         state, metrics = compiled.step(state, data, values)
         metrics = jax.device_get(metrics)
         if grouped:
             problems = [
                 f"{run}: {p}"
-                for i, run in enumerate(runs)
+                for i, run in enumerate(run_names)
                 if (p := fed_round.non_finite(jax.tree.map(lambda x, i=i: x[i], metrics), names))
             ]
             problem = "; ".join(problems) or None

@@ -239,3 +239,11 @@ def test_bad_seeds_name_the_field(seeds):
     config.seeds = seeds
     with pytest.raises(ValueError, match="config.seeds="):
         experiment.parse_seeds(config)
+
+
+def test_bad_runs_per_step_names_the_field_before_anything_is_written(tmp_path):
+    config = test_config.get_config()
+    config.runs_per_step = -1  # (a non-integer is refused by the ConfigDict's type)
+    with pytest.raises(ValueError, match="config.runs_per_step="):
+        experiment.train_and_evaluate(config, str(tmp_path / "w"))
+    assert not (tmp_path / "w").exists()

@@ -7,7 +7,8 @@ import jax
 import numpy as np
 import pytest
 
-from fecosr_jax import checkpoint, evaluation, finetune, paradigms
+from experiments.configs import test as test_config
+from fecosr_jax import checkpoint, evaluation, experiment, finetune, paradigms
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.config import FedConfig
@@ -176,3 +177,29 @@ def test_a_non_finite_run_of_a_group_is_named(stacked):
             run_names=["run a", "run b"],
         )
     assert "run a" not in str(e.value)
+
+
+def compiled_programs() -> tuple[int, int, int]:
+    """(rounds, fine-tuning epochs, evaluations) compiled so far in this process."""
+    return (
+        fr.round_program.cache_info().currsize,
+        finetune._epoch._cache_size(),
+        evaluation._evaluate_jit._cache_size(),
+    )
+
+
+def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
+    config = test_config.get_config()
+    config.data.max_len = max_len  # shapes no other test compiles: a clean count
+    config.num_rounds, config.finetune.max_epochs = 1, 1
+    config.seeds, config.methods = seeds, methods
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    before = compiled_programs()
+    experiment.train_and_evaluate(config, str(tmp_path / f"L{max_len}"))
+    return [after - b for after, b in zip(compiled_programs(), before, strict=True)]
+
+
+def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_path):
+    one = tiny_run(tmp_path, 7, "1", "fecosr")
+    grouped = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
+    assert one == grouped == [1, 1, 2]  # round, epoch, evaluation (validation and test)

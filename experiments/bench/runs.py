@@ -31,6 +31,9 @@ from absl import app, flags
 _REPO = flags.DEFINE_string("repo", ".", "The checkout to measure (its experiments.main).")
 _SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep.")
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
+_CACHE = flags.DEFINE_list(
+    "cache", ["on", "off"], "sweep: with the persistent compilation cache (on), without (off)."
+)
 
 _COMPILED = re.compile(r"Finished XLA compilation of (\S+) in ([0-9.]+) sec")
 NAMED = ("jit(step)", "jit(_epoch)", "jit(_evaluate_jit)")
@@ -86,7 +89,8 @@ def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
     cache = has_cache_field(repo)
     common = ["--config.methods=local,fecosr"]
     rows = []
-    variants = [("cache", True), ("no cache", False)] if cache else [("no cache", False)]
+    variants = [("cache", True)] if cache and "on" in _CACHE.value else []
+    variants += [("no cache", False)] if "off" in _CACHE.value or not cache else []
     for label, on in variants:
         folder = tmp / f"xla_{label.replace(' ', '_')}"
         flag = [f"--config.compilation_cache={folder if on else ''}"] if cache else []
