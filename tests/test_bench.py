@@ -57,7 +57,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-6].startswith("| backend | M | client-steps/s")  # the table comes last
+    assert lines[-6].startswith("| backend | M | R | client-steps/s")  # the table comes last
     assert lines[-1].startswith("| loop | 8 |")
     assert "No GPU on this machine" in done.stdout
     results = json.loads(out.read_text())
@@ -70,7 +70,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
     ]
     for r in results["runs"]:
         assert {"client_steps_per_s", "achieved_gflops", "compile_s"} <= set(r)
-        assert r["client_steps_per_s"] > 0
+        assert r["client_steps_per_s"] > 0 and r["runs"] == 1
         if r["backend"] == "vmap":
             assert r["traces"] == 1  # no retrace after round 1
 
