@@ -203,3 +203,20 @@ def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_
     one = tiny_run(tmp_path, 7, "1", "fecosr")
     grouped = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
     assert one == grouped == [1, 1, 2]  # round, epoch, evaluation (validation and test)
+
+
+def test_grouped_round_over_two_devices_equals_one_device():
+    splits = [leave_one_out(m, MODEL.max_len) for m in synthetic.synthetic_markets(GEN)]
+    padded = stack_markets(splits, num_markets_multiple=2)  # 3 markets + 1 zero-weight
+    params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
+    values = fr.stack_values([f.values() for f in RUNS])
+    out = []
+    for devices in (1, 2):
+        r = fr.build_round(MODEL, RUNS[0], 3, fr.make_mesh(jax.devices()[:devices]))
+        data = r.put(fr.round_data(padded, RUNS[0]))
+        state = r.init_runs(params)
+        for _ in range(2):
+            state, metrics = r.step(state, data, values)
+        out.append((jax.device_get(state.params), jax.device_get(metrics["participants"])))
+    assert max_diff(out[0][0], out[1][0]) < TOL
+    np.testing.assert_array_equal(out[0][1], out[1][1])
