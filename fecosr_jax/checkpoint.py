@@ -277,7 +277,7 @@ def run_slice(tree, r: int):
     return jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[r], tree)
 
 
-def stack_runs(trees: list, like):
+def stack_run_slices(trees: list, like):
     """The inverse of run_slice for a grouped state shaped like `like`: the runs' states
     stacked on a leading axis, except `like`'s scalars (the shared step), taken from the
     first run."""
@@ -315,7 +315,7 @@ class GroupPhase:
                 step = steps.pop()
                 for p in self.phases:  # a run ahead of the others goes back to this step
                     p.delete_after(step)
-                return step, stack_runs([state for _, state in restored], target)
+                return step, stack_run_slices([state for _, state in restored], target)
             bound = min(steps)
 
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):

@@ -86,11 +86,6 @@ class Run:
     checkpoints: checkpoint.RunCheckpoints
 
 
-def _stack(trees: list):
-    """Trees stacked on a leading run axis."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
-
-
 def _run_part(tree, i: int, grouped: bool):
     """Run i's part of a tree with a leading run axis (the tree itself for one run)."""
     return jax.tree.map(lambda x: x[i], tree) if grouped else tree
@@ -166,12 +161,12 @@ class Runner:
             stacked,
             names,
             num_rounds,
-            _stack(starts) if grouped else starts[0],
+            fed_round.stack_runs(starts) if grouped else starts[0],
             self.mesh,
             on_round,
             checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
             phase=phase,
-            values=fed_round.stack_values([f.values() for f in feds]) if grouped else None,
+            values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
             run_names=[f"seed {run.seed}" for run in runs],
         )
 
@@ -292,13 +287,13 @@ class Runner:
         result = finetune.finetune(
             model,
             fts[0],
-            _stack(starts) if grouped else starts[0],
+            fed_round.stack_runs(starts) if grouped else starts[0],
             data,
             on_epoch=on_epoch,
             checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
             names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
             phase=phase,
-            values=_stack([ft.values() for ft in fts]) if grouped else None,
+            values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
             run_names=[f"seed {s}" for s in seeds],
         )
         metrics = evaluation.evaluate(

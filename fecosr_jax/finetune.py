@@ -283,7 +283,7 @@ def finetune(
         optimiser states, best-so-far parameters, early-stopping counters) is saved after
         every epoch and restored from the newest good checkpoint.
       names: market names (error messages); default m0, m1, ...
-      values: the runs' values with a leading run axis R (`stack_values`), for R runs of
+      values: the runs' values with a leading run axis R (`fed_round.stack_runs`), for R runs of
         this program at once, each with its own early stopping per market; default ft's own
         values, one run.
       run_names: the runs' names in error messages (default run0, run1, ...).

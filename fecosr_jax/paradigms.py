@@ -209,7 +209,7 @@ def run_rounds(
     parameter raises NonFiniteError naming the round and the markets, before anything is
     saved; SIGTERM raises Preempted after the round's checkpoint.
 
-    Runs: with `values` of shape [R] (fed_round.stack_values) and params [R, ...], the R
+    Runs: with `values` of shape [R] (fed_round.stack_runs) and params [R, ...], the R
     runs train together in each compiled round (checkpoints: a checkpoint.GroupPhase);
     metrics and the returned params carry the run axis, and an error names the run
     (`run_names`).

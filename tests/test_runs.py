@@ -84,7 +84,7 @@ def test_grouped_round_equals_each_run_alone(stacked):
     data = r.put(fr.round_data(stacked, RUNS[0]))
     params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
     state = r.init_runs(params)
-    values = fr.stack_values([f.values() for f in RUNS])
+    values = fr.stack_runs([f.values() for f in RUNS])
     drawn = []
     for _ in range(3):
         state, metrics = r.step(state, data, values)
@@ -173,7 +173,7 @@ def test_a_non_finite_run_of_a_group_is_named(stacked):
             2,
             jax.tree.map(lambda *xs: np.stack(xs), start(0), start(1)),
             fr.make_mesh(jax.devices()[:1]),
-            values=fr.stack_values([RUNS[0].values(), broken.values()]),
+            values=fr.stack_runs([RUNS[0].values(), broken.values()]),
             run_names=["run a", "run b"],
         )
     assert "run a" not in str(e.value)
@@ -209,7 +209,7 @@ def test_grouped_round_over_two_devices_equals_one_device():
     splits = [leave_one_out(m, MODEL.max_len) for m in synthetic.synthetic_markets(GEN)]
     padded = stack_markets(splits, num_markets_multiple=2)  # 3 markets + 1 zero-weight
     params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
-    values = fr.stack_values([f.values() for f in RUNS])
+    values = fr.stack_runs([f.values() for f in RUNS])
     out = []
     for devices in (1, 2):
         r = fr.build_round(MODEL, RUNS[0], 3, fr.make_mesh(jax.devices()[:devices]))

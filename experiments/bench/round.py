@@ -71,7 +71,6 @@ def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1) -> dict:
     import dataclasses
 
     import jax
-    import numpy as np
 
     from fecosr_jax.federated import round as fed_round
     from fecosr_jax.model import init_params
@@ -89,8 +88,8 @@ def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1) -> dict:
         values = compiled.values
         if runs > 1:  # R runs of one program: seeds 0..R-1, stacked on a leading axis
             keys = [init_params(model, jax.random.key(r), c.semantic_dim) for r in range(runs)]
-            state = compiled.init_runs(jax.tree.map(lambda *xs: np.stack(xs), *keys))
-            values = fed_round.stack_values(
+            state = compiled.init_runs(fed_round.stack_runs(keys))
+            values = fed_round.stack_runs(
                 [dataclasses.replace(fed, seed=r).values() for r in range(runs)]
             )
         else:

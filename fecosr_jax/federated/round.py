@@ -128,7 +128,7 @@ class RoundProgram:
     `step(state, data, values) -> (state, metrics)`. `num_traces` counts how often it was
     traced (1 after any number of rounds and runs with the same shapes).
 
-    Runs: with values of shape [R] (`stack_values`) and a state from `init_runs`, one step
+    Runs: with values of shape [R] (`stack_runs`) and a state from `init_runs`, one step
     trains R runs x M markets (vmapped over runs outside the market vmap; the market data is
     shared by every run) and every metric gains a leading run axis.
     """
@@ -262,9 +262,10 @@ class CompiledRound:
         return jax.device_put(data, sharding)
 
 
-def stack_values(values: Sequence[FedValues]) -> FedValues:
-    """R runs' values as one FedValues of [R] arrays (runs that share a program)."""
-    return jax.tree.map(lambda *xs: np.stack(xs), *values)
+def stack_runs(trees: Sequence):
+    """R runs' trees of one structure (their FedValues, FinetuneValues or parameters) as one
+    tree of [R, ...] arrays: the run axis of runs that share a program."""
+    return jax.tree.map(lambda *xs: np.stack(xs), *trees)
 
 
 def build_round(
