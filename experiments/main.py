@@ -3,6 +3,13 @@ r"""Entry point: parse flags, hand the config to the library.
   python -m experiments.main --config=experiments/configs/default.py --workdir=DIR \
       [--config.field=value ...]
 
+Several runs that differ only in per-run values (seed, alpha, tau_s, learning rates, FedProx
+mu; fecosr_jax.groups) train together on the run axis of the same compiled programs, each in
+WORKDIR/NAME with the outputs of a run of its own:
+
+  python -m experiments.main --config=... --workdir=DIR \
+      --run=alpha0.2:federated.alpha=0.2 --run=alpha0.8:federated.alpha=0.8
+
 Re-running with the same workdir resumes from WORKDIR/checkpoints. Exit codes: 0 done,
 1 error (the message names the field, file, round or market), 75 stopped on SIGTERM after a
 checkpoint (re-run the same command to resume).
@@ -19,6 +26,14 @@ from fecosr_jax import experiment
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
 flags.mark_flags_as_required(["config", "workdir"])
+_RUNS = flags.DEFINE_multi_string(
+    "run",
+    [],
+    "NAME:FIELD=VALUE,...: one run of a group, in WORKDIR/NAME, with these per-run values "
+    "(fields: seed, federated.alpha, federated.temperature, federated.client_lr, "
+    "federated.server_lr, federated.fedprox_mu, finetune.lr, finetune.shared_lr_mult). "
+    "Repeat for each run; all train together.",
+)
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
     False,
@@ -62,16 +77,31 @@ def main(argv):
         raise app.UsageError(
             "--coordinator_address, --num_processes and --process_id need --distributed"
         )
-    from fecosr_jax import checkpoint
+    from fecosr_jax import checkpoint, groups
 
+    points = []
+    for text in _RUNS.value:
+        try:
+            name, values = groups.parse_run(text)
+            run_config = groups.run_config(config, values)
+        except groups.GroupError as e:
+            print(f"error: --run={text}: {e}", file=sys.stderr)
+            sys.exit(2)
+        points.append((run_config, os.path.join(_WORKDIR.value, name)))
     try:
-        experiment.train_and_evaluate(config, _WORKDIR.value)
+        if points:
+            experiment.train_and_evaluate_group(points)
+        else:
+            experiment.train_and_evaluate(config, _WORKDIR.value)
     except checkpoint.Preempted as e:
         print(f"{e}. Re-run the same command to resume (exit {checkpoint.EXIT_PREEMPTED}).")
         sys.exit(checkpoint.EXIT_PREEMPTED)
     except (checkpoint.NonFiniteError, checkpoint.IncompatibleCheckpoint) as e:
         print(f"error: {e}", file=sys.stderr)
         sys.exit(1)
+    except groups.GroupError as e:
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":

@@ -30,9 +30,11 @@ import warnings
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from fecosr_jax.files import is_remote, write_text_atomic
@@ -109,8 +111,11 @@ class PreemptionHandler:
 def fingerprint(tree) -> list[str]:
     """Per-leaf BLAKE2b digest of the exact bytes (and dtype, shape) of every array."""
     out = []
-    for x in jax.device_get(jax.tree.leaves(tree)):
-        x = np.ascontiguousarray(x)
+    for x in jax.tree.leaves(tree):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+            # markets sharded over every process's devices: every process hashes all of it
+            x = multihost_utils.process_allgather(x, tiled=True)
+        x = np.ascontiguousarray(jax.device_get(x))
         h = hashlib.blake2b(f"{x.dtype}{x.shape}".encode(), digest_size=16)
         h.update(x.tobytes())
         out.append(h.hexdigest())
@@ -118,10 +123,10 @@ def fingerprint(tree) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-process runs: arrays that live on one process's devices (fine-tuning state, computed
-# identically by every process) are saved as host numpy arrays, which orbax writes once; global
-# arrays (the federated server state, replicated over every process's devices) are saved as
-# they are.
+# Multi-process runs: arrays that live on one process's devices (computed identically by every
+# process) are saved as host numpy arrays, which orbax writes once; global arrays (the federated
+# server state, replicated over every process's devices; the fine-tuning state, its markets
+# sharded over them) are saved as they are, each process writing its own shards.
 
 
 def _host_local(x) -> bool:
@@ -281,7 +286,14 @@ def stack_run_slices(trees: list, like):
     """The inverse of run_slice for a grouped state shaped like `like`: the runs' states
     stacked on a leading axis, except `like`'s scalars (the shared step), taken from the
     first run."""
-    return jax.tree.map(lambda ref, *xs: xs[0] if np.ndim(ref) == 0 else np.stack(xs), like, *trees)
+
+    def stack(ref, *xs):
+        if np.ndim(ref) == 0:
+            return xs[0]
+        # device arrays stay on their devices (markets sharded over several hosts included)
+        return jnp.stack(xs) if isinstance(xs[0], jax.Array) else np.stack(xs)
+
+    return jax.tree.map(stack, like, *trees)
 
 
 class GroupPhase:

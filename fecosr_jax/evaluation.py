@@ -8,7 +8,8 @@ Protocols (config, not code):
 Seen items: with mask_seen=True, the items of the user's input sequence (its last L items)
 cannot outrank the target (default off, as in the RecBole comparison).
 HR@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2), MRR@K = [rank < K] / (rank + 1),
-returned as mergeable (sum, count) statistics per market.
+returned as mergeable (sum, count) statistics per market. Over a mesh of several devices
+(fecosr_jax.mesh) each device evaluates its own markets.
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from collections.abc import Sequence
 import jax
 import jax.numpy as jnp
 import numpy as np
+from jax.sharding import PartitionSpec as P
 
+from fecosr_jax import mesh as mesh_lib
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
 KS = (5, 10, 20)
@@ -133,6 +136,7 @@ def evaluate(
     seed: int = 0,
     per_market_params: bool = False,
     with_ranks: bool = False,
+    mesh=None,
 ) -> dict[str, np.ndarray]:
     """Per-market mean metrics [M] (and "count" [M]) for stacked markets.
 
@@ -144,12 +148,22 @@ def evaluate(
         there is no user): what the paired tests of fecosr_jax.significance need.
       seed: seeds the sampled protocol's negatives; an [R] array evaluates R runs at once
         (params with a leading run axis; every output gains it: [R, M]).
+      mesh: a device mesh (fecosr_jax.mesh) whose devices split the markets (M a multiple of
+        its size); default one device.
     """
     if protocol not in PROTOCOLS:
         raise ValueError(f"protocol={protocol!r}: expected one of {PROTOCOLS}")
     options = (tuple(ks), batch_size, protocol, bool(mask_seen), per_market_params, with_ranks)
     seed = np.asarray(seed, np.int32)  # an argument, not part of the program
-    sums = _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask, seed)
+    runs = bool(seed.ndim)
+    market_spec = mesh_lib.markets(False)
+    data = mesh_lib.put(
+        (inputs, targets, semantics, item_mask, np.arange(np.shape(inputs)[0])), mesh, market_spec
+    )
+    params = mesh_lib.put(params, mesh, mesh_lib.markets(runs) if per_market_params else P())
+    seed = mesh_lib.put(seed, mesh, P())
+    mesh = mesh if mesh_lib.is_sharded(mesh) else None
+    sums = _evaluate_jit(model_config, options, mesh, params, *data, seed)
     return means(jax.device_get(sums))
 
 
@@ -162,9 +176,13 @@ def means(sums: dict) -> dict[str, np.ndarray]:
     }
 
 
-@jax.jit(static_argnums=(0, 1))
-def _evaluate_jit(model_config, options, params, inputs, targets, semantics, item_mask, seed):
+@jax.jit(static_argnums=(0, 1, 2))
+def _evaluate_jit(model_config, options, mesh, params, inputs, targets, semantics, item_mask,
+                  markets, seed):  # fmt: skip
+    """Metric sums of every market (and run); over a mesh of several devices each device
+    evaluates its own markets and the sums are gathered."""
     ks, batch_size, protocol, mask_seen, per_market, with_ranks = options
+    runs = bool(seed.ndim)
 
     def one(p, inputs, targets, semantics, item_mask, market, seed):
         return market_metric_sums(
@@ -183,15 +201,26 @@ def _evaluate_jit(model_config, options, params, inputs, targets, semantics, ite
             with_ranks=with_ranks,
         )
 
-    def one_run(p, seed):
-        markets = jnp.arange(inputs.shape[0])
+    def one_run(p, inputs, targets, semantics, item_mask, markets, seed):
         return jax.vmap(one, in_axes=(0 if per_market else None, 0, 0, 0, 0, 0, None))(
             p, inputs, targets, semantics, item_mask, markets, seed
         )
 
-    if seed.ndim:  # a run axis R: params [R, ...] (or [R, M, ...]), seeds [R]
-        return jax.vmap(one_run)(params, seed)
-    return one_run(params, seed)
+    def evaluate_all(p, *data, seed):
+        if runs:  # a run axis R: params [R, ...] (or [R, M, ...]), seeds [R]
+            return jax.vmap(lambda p, s: one_run(p, *data, s))(p, seed)
+        return one_run(p, *data, seed)
+
+    data = (inputs, targets, semantics, item_mask, markets)
+    if mesh is None:
+        return evaluate_all(params, *data, seed=seed)
+    market_spec = mesh_lib.markets(False)
+    return jax.shard_map(
+        lambda p, *data: mesh_lib.gather(evaluate_all(p, *data[:-1], seed=data[-1]), int(runs)),
+        mesh=mesh,
+        in_specs=(mesh_lib.markets(runs) if per_market else P(), *[market_spec] * 5, P()),
+        out_specs=P(),
+    )(params, *data, seed)
 
 
 def popularity_metric_sums(

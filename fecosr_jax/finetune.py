@@ -12,7 +12,9 @@ parameters kept). Modes:
   "scratch": the adapt-mode architecture from a random init, all of it trained with lr: the
              `local` paradigm (each market alone).
 
-Per-market parameters are one pytree whose leaves carry the leading market axis M.
+Per-market parameters are one pytree whose leaves carry the leading market axis M. Over a
+mesh of several devices (fecosr_jax.mesh) the market axis is sharded: each device fine-tunes
+and validates its own markets, also across hosts.
 
 The run's seed, lr and shared lr reach the compiled epoch as arrays (`FinetuneValues`), so
 every config with the same `FinetuneConfig.program()` (mode, sizes) shares one program.
@@ -29,8 +31,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import checkpoint, evaluation
+from fecosr_jax import mesh as mesh_lib
 from fecosr_jax.federated.client import batch_loss
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
@@ -189,16 +193,36 @@ def _select(mask, new, old):
     )
 
 
-@jax.jit(static_argnums=(0, 1, 2), donate_argnums=(3, 4))
-def _epoch(model_config, ft, steps, params, opt_state, active, data, epoch, values):
+@jax.jit
+def _keep_improved(improved, params, best):
+    """The best parameters so far: `params` where a market improved, else `best`."""
+    return _select(improved, params, best)
+
+
+@jax.jit(static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5))
+def _epoch(model_config, ft, steps, mesh, params, opt_state, active, data, epoch, values):
     """`_run_epoch` compiled; with values of shape [R] it runs R runs at once (parameters,
-    optimiser states [R, M, ...], active [R, M]; the market data shared by every run)."""
+    optimiser states [R, M, ...], active [R, M]; the market data shared by every run). Over a
+    mesh of several devices each device trains its own markets (shard_map; nothing crosses
+    devices but the gathered validation NDCG and loss)."""
+    runs = bool(jnp.ndim(values.seed))
     one = functools.partial(_run_epoch, model_config, ft, steps)
-    if jnp.ndim(values.seed):
-        return jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))(
-            params, opt_state, active, data, epoch, values
-        )
-    return one(params, opt_state, active, data, epoch, values)
+    if runs:
+        one = jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))
+    if not mesh_lib.is_sharded(mesh):
+        return one(params, opt_state, active, data, epoch, values)
+
+    def local(params, opt_state, active, data, epoch, values):
+        params, opt_state, ndcg, loss = one(params, opt_state, active, data, epoch, values)
+        return params, opt_state, *mesh_lib.gather((ndcg, loss), axis=int(runs))
+
+    lead = mesh_lib.markets(runs)
+    return jax.shard_map(
+        local,
+        mesh=mesh,
+        in_specs=(lead, lead, lead, mesh_lib.markets(False), P(), P()),
+        out_specs=(lead, lead, P(), P()),
+    )(params, opt_state, active, data, epoch, values)
 
 
 def _run_epoch(
@@ -269,6 +293,7 @@ def finetune(
     phase: str = "finetune",
     values: FinetuneValues | None = None,
     run_names: list[str] | None = None,
+    mesh=None,
 ) -> FinetuneResult:
     """Fine-tunes every market from `params` [M, ...] with early stopping per market.
 
@@ -287,6 +312,8 @@ def finetune(
         this program at once, each with its own early stopping per market; default ft's own
         values, one run.
       run_names: the runs' names in error messages (default run0, run1, ...).
+      mesh: a device mesh (fecosr_jax.mesh) whose devices split the markets (M a multiple of
+        its size); default one device.
 
     Returns:
       The best parameters of each market and the validation history (the epochs this call
@@ -298,18 +325,21 @@ def finetune(
     names = names or [f"m{i}" for i in range(num_markets)]
     steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
     program = ft.program()
-    values = jax.device_put(ft.values() if values is None else values)
+    values = mesh_lib.put(ft.values() if values is None else values, mesh, P())
     lead = (*np.shape(values.seed), num_markets)  # (M,) or (R, M)
     if len(lead) == 2:
         run_names = run_names or [f"run{r}" for r in range(lead[0])]
         names = [f"{run} {n}" for run in run_names for n in names]
-    params = jax.tree.map(jnp.array, params)  # the epoch donates its inputs: keep `best`
+    spec = mesh_lib.markets(len(lead) == 2)
+    data = mesh_lib.put(data, mesh, mesh_lib.markets(False))
+    params = jax.tree.map(jnp.array, mesh_lib.put(params, mesh, spec))  # a copy: the epoch
+    # donates its inputs, and `best` starts as these parameters
     init = make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init
     for _ in lead:
         init = jax.vmap(init)
     state = {
         "params": params,
-        "opt_state": init(params),
+        "opt_state": mesh_lib.put(init(params), mesh, spec),  # every leaf leads with [M]
         "best": jax.tree.map(jnp.array, params),
         "best_valid": np.zeros(lead, np.float32),
         "best_epoch": np.zeros(lead, np.int32),
@@ -331,6 +361,7 @@ def finetune(
             batch_size=ft.eval_batch_size,
             per_market_params=True,
             seed=np.zeros(lead[:-1], np.int32),  # [R] marks a run axis
+            mesh=mesh,
         )
         state["best_valid"] = np.asarray(start["ndcg@10"], np.float32)
     best_valid, best_epoch, bad, active = (
@@ -345,9 +376,10 @@ def finetune(
             model_config,
             program,
             steps,
+            mesh if mesh_lib.is_sharded(mesh) else None,
             params,
             opt_state,
-            jnp.asarray(active),
+            mesh_lib.put(active, mesh, spec),
             data,
             epoch,
             values,
@@ -361,7 +393,7 @@ def finetune(
                 f"The run stopped; the checkpoint of epoch {epoch - 1} is intact"
             )
         improved = active & (ndcg > best_valid)
-        best = _select(jnp.asarray(improved), params, best)
+        best = _keep_improved(mesh_lib.put(improved, mesh, spec), params, best)
         best_valid = np.where(improved, ndcg, best_valid)
         best_epoch = np.where(improved, epoch, best_epoch).astype(np.int32)
         bad = np.where(improved, 0, bad + active).astype(np.int32)

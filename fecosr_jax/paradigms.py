@@ -35,7 +35,6 @@ import dataclasses
 from collections.abc import Callable
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
 from fecosr_jax import checkpoint
@@ -248,11 +247,11 @@ def run_rounds(
     return jax.device_get(state.params)
 
 
-def finetune_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, jnp.ndarray]:
-    """The [M, ...] arrays fine-tuning needs (round data plus validation)."""
-    data = {k: jnp.asarray(v) for k, v in fed_round.round_data(stacked, fed).items()}
-    data["valid_inputs"] = jnp.asarray(stacked.valid_inputs)
-    data["valid_targets"] = jnp.asarray(stacked.valid_targets)
+def finetune_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]:
+    """The [M, ...] arrays fine-tuning needs (round data plus validation; host numpy)."""
+    data = dict(fed_round.round_data(stacked, fed))
+    data["valid_inputs"] = stacked.valid_inputs
+    data["valid_targets"] = stacked.valid_targets
     return data
 
 

@@ -1,5 +1,5 @@
 r"""Sweeps over the number of markets (and heterogeneity, overlap, alpha, tau_s, participation,
-seeds): one run of experiments.main per grid point, then one table and one plot.
+seeds): one run per grid point, then one table and one plot.
 
   python launch/sweep.py --markets=1,2,4,8 --config=experiments/configs/test.py --workdir=DIR
   python launch/sweep.py --markets=8 --heterogeneity=0,0.5,1 --seeds=0,1,2 \
@@ -8,11 +8,16 @@ seeds): one run of experiments.main per grid point, then one table and one plot.
   python launch/sweep.py ... --print-only     # the commands, one per line (for a cluster)
   python launch/sweep.py ... --collect-only   # the table and plot from finished runs
 
-Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1), one after another, each in its
-own process; arguments of the form --config.FIELD=VALUE go to every run. A run that already
-finished only reports (experiments.main resumes from its workdir), so re-running the sweep
-after an interruption continues where it stopped. A failed run is reported and the others go
-on; the sweep then exits 1.
+Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1); arguments of the form
+--config.FIELD=VALUE go to every run. Grid points that differ only in per-run values (--seeds,
+--alpha, --temperature: fecosr_jax.groups) form a group: one process of experiments.main
+trains them together on the run axis of the same compiled programs (--run=NAME:..., one per
+point), --runs-per-process points at a time (0 = the whole group, 1 = a process per point).
+The other axes change the data or the program: a process each. Processes run one after
+another; a process's output goes to DIR/logs/<process>.log, linked from each of its runs as
+runs/<name>/sweep.log. A run that already finished only reports (experiments.main resumes
+from its workdir), so re-running the sweep after an interruption continues where it stopped.
+A failed process is reported and the others go on; the sweep then exits 1.
 
 DIR then holds sweep.json (one row per run: the grid values, per method the mean test
 NDCG@10 / HR@10 and the markets significantly better / worse than local, the time per
@@ -31,6 +36,7 @@ import argparse
 import importlib.util
 import itertools
 import json
+import os
 import pathlib
 import shlex
 import statistics
@@ -51,6 +57,7 @@ AXES = (
     ("seeds", "seed", "seed", int),
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
+VALUE_AXES = ("alpha", "temperature", "seeds")  # per-run values: points share a process
 METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-tuned methods)
 FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
 
@@ -76,6 +83,13 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
         help="method pairs A:B (comma-separated): the table and plot add the NDCG@10 gap A - B, "
         "per seed, then mean ± std (e.g. fecosr:fecosr_no_s2ce for S²CE against CE)",
     )
+    parser.add_argument(
+        "--runs-per-process",
+        type=int,
+        default=0,
+        help="grid points that differ only in --seeds/--alpha/--temperature train together in "
+        "one process, this many at a time (0 = all of them; 1 = one process per point)",
+    )
     parser.add_argument("--print-only", action="store_true", help="print the commands only")
     parser.add_argument(
         "--collect-only", action="store_true", help="only build the table and plot from DIR/runs"
@@ -84,6 +98,8 @@ def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
     bad = [a for a in rest if not a.startswith("--config.")]
     if bad:
         parser.error(f"unknown arguments {bad}: only --config.FIELD=VALUE is passed to the runs")
+    if args.runs_per_process < 0:
+        parser.error(f"--runs-per-process={args.runs_per_process}: expected 0 (all) or more")
     return args, rest
 
 
@@ -121,19 +137,50 @@ def run_name(point: dict) -> str:
     return "_".join(f"{short[f]}{v}" for f, v in point.items()) or "run"
 
 
+def processes(points: list[dict], runs_per_process: int) -> list[list[dict]]:
+    """The grid points in processes: points equal on every axis but VALUE_AXES together (in
+    grid order), at most `runs_per_process` per process (0 = no limit)."""
+    groups: dict[tuple, list[dict]] = {}
+    for point in points:
+        key = tuple((f, v) for f, v in point.items() if f not in VALUE_AXES)
+        groups.setdefault(key, []).append(point)
+    size = runs_per_process or len(points) or 1
+    return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
+
+
+def process_name(members: list[dict], part: int) -> str:
+    """A process's name (its log's): the run's name when alone, else the axes its points
+    share, with the index of the process."""
+    if len(members) == 1:
+        return run_name(members[0])
+    shared = {f: v for f, v in members[0].items() if f not in VALUE_AXES}
+    return f"{run_name(shared) if shared else 'group'}_p{part}"
+
+
 def command(
-    config: str, workdir: pathlib.Path, point: dict, overrides: list[str], python: str = "python"
+    config: str, root: pathlib.Path, members: list[dict], overrides: list[str], python="python"
 ) -> list[str]:
+    """experiments.main for the points of one process: a single point in ROOT/runs/<name>;
+    several as runs of one group (--run=NAME:FIELD=VALUE,..., each in ROOT/runs/NAME)."""
     fields = {flag: field for flag, field, _, _ in AXES}
-    return [
+    run_field = {**fields, "seeds": "seed"}  # the name of a value in --run
+    alone = len(members) == 1
+    shared = {f: v for f, v in members[0].items() if alone or f not in VALUE_AXES}
+    workdir = root / "runs" / run_name(members[0]) if alone else root / "runs"
+    out = [
         python,
         "-m",
         "experiments.main",
         f"--config={config}",
         f"--workdir={workdir}",
-        *(f"--config.{fields[f]}={v}" for f, v in point.items()),
+        *(f"--config.{fields[f]}={v}" for f, v in shared.items()),
         *overrides,
     ]
+    if not alone:
+        for point in members:
+            values = ",".join(f"{run_field[f]}={v}" for f, v in point.items() if f in VALUE_AXES)
+            out.append(f"--run={run_name(point)}:{values}")
+    return out
 
 
 def collect(run_dir: pathlib.Path, point: dict) -> dict:
@@ -372,22 +419,31 @@ def main(argv: list[str]) -> int:
         )
     root = pathlib.Path(args.workdir).absolute()
     runs = [(root / "runs" / run_name(p), p) for p in points]
+    batches = processes(points, args.runs_per_process)
     if args.print_only:
-        for run_dir, point in runs:
-            print(shlex.join(command(args.config, run_dir, point, overrides)))
+        for members in batches:
+            print(shlex.join(command(args.config, root, members, overrides)))
         return 0
     root.joinpath("runs").mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.collect_only:
-        for i, (run_dir, point) in enumerate(runs, 1):
-            cmd = command(args.config, run_dir, point, overrides, python=sys.executable)
-            print(f"[{i}/{len(runs)}] {shlex.join(cmd[1:])}", flush=True)
-            run_dir.mkdir(parents=True, exist_ok=True)
-            with open(run_dir / "sweep.log", "a") as log:
+        root.joinpath("logs").mkdir(exist_ok=True)
+        for i, members in enumerate(batches, 1):
+            cmd = command(args.config, root, members, overrides, python=sys.executable)
+            log_path = root / "logs" / f"{process_name(members, i)}.log"
+            print(f"[{i}/{len(batches)}] {shlex.join(cmd[1:])}", flush=True)
+            for point in members:
+                run_dir = root / "runs" / run_name(point)
+                run_dir.mkdir(parents=True, exist_ok=True)
+                link = run_dir / "sweep.log"
+                if link.is_symlink() or not link.exists():
+                    link.unlink(missing_ok=True)
+                    link.symlink_to(os.path.relpath(log_path, run_dir))
+            with open(log_path, "a") as log:
                 rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
             if rc != 0:
-                failed.append(run_dir.name)
-                print(f"  failed (exit {rc}); its output: {run_dir / 'sweep.log'}", flush=True)
+                failed.append(log_path.name)
+                print(f"  failed (exit {rc}); its output: {log_path}", flush=True)
     rows = [collect(run_dir, point) for run_dir, point in runs]
     summary = summarise(rows, axes, pairs)
     write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))

@@ -7,7 +7,7 @@ import pytest
 
 from experiments import compare
 from experiments.configs import test as test_config
-from fecosr_jax import experiment, paradigms, significance
+from fecosr_jax import experiment, groups, paradigms, significance
 
 FILES = (
     "config.json",
@@ -230,7 +230,7 @@ def test_seeds_are_a_count_or_a_list(seeds, expected):
     config = test_config.get_config()
     config.seed = 5
     config.seeds = seeds
-    assert experiment.parse_seeds(config) == expected
+    assert groups.parse_seeds(config) == expected
 
 
 @pytest.mark.parametrize("seeds", ["0", "x", "1,1", ","])
@@ -238,7 +238,7 @@ def test_bad_seeds_name_the_field(seeds):
     config = test_config.get_config()
     config.seeds = seeds
     with pytest.raises(ValueError, match="config.seeds="):
-        experiment.parse_seeds(config)
+        groups.parse_seeds(config)
 
 
 def test_bad_runs_per_step_names_the_field_before_anything_is_written(tmp_path):

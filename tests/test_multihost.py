@@ -106,7 +106,7 @@ def test_two_process_experiment_matches_one_process_and_resumes(tmp_path):
     assert [s for p, stage, s in steps if stage == "pretrain"] == [1, 2]
 
     # Resume: forget that fecosr finished. Both processes restore the pretraining (arrays
-    # spanning both processes) and the fine-tuning (each process's own arrays) checkpoints.
+    # spanning both processes) and the fine-tuning (markets sharded over both) checkpoints.
     progress_path = two / "checkpoints" / "progress.json"
     progress = json.loads(progress_path.read_text())
     progress["methods"].clear()

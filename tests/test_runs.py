@@ -199,10 +199,15 @@ def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
     return [after - b for after, b in zip(compiled_programs(), before, strict=True)]
 
 
-def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_path):
+def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_path, capsys):
     one = tiny_run(tmp_path, 7, "1", "fecosr")
     grouped = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
     assert one == grouped == [1, 1, 2]  # round, epoch, evaluation (validation and test)
+    # S²CE and CE (alpha = 0) pretrain in the same round: 3 seeds x 2 on one run axis.
+    assert (
+        "-- pretraining federated_s2ce + federated_ce: 6 runs in one round"
+        in capsys.readouterr().out
+    )
 
 
 def test_grouped_round_over_two_devices_equals_one_device():
@@ -220,3 +225,40 @@ def test_grouped_round_over_two_devices_equals_one_device():
         out.append((jax.device_get(state.params), jax.device_get(metrics["participants"])))
     assert max_diff(out[0][0], out[1][0]) < TOL
     np.testing.assert_array_equal(out[0][1], out[1][1])
+
+
+@pytest.mark.parametrize("runs", [False, True], ids=["one run", "three runs"])
+def test_finetuning_and_evaluation_split_over_devices_equal_one_device(runs):
+    """Over 4 forced CPU devices each device fine-tunes and evaluates its own markets: the
+    same epochs, early stopping, parameters and ranks as one device computing all of them."""
+    splits = [leave_one_out(m, MODEL.max_len) for m in synthetic.synthetic_markets(GEN)]
+    padded = stack_markets(splits, num_markets_multiple=4)  # 3 markets + 1 padding
+    ft, model, shared, data = finetune_setup(padded)
+    fts = [dataclasses.replace(ft, seed=s, lr=1e-3 * (s + 1)) for s in range(3 if runs else 1)]
+    starts = [
+        finetune.init_market_params(model, f, shared, padded.num_markets, GEN.semantic_dim)
+        for f in fts
+    ]
+    params = fr.stack_runs(starts) if runs else starts[0]
+    values = fr.stack_runs([f.values() for f in fts]) if runs else None
+    seed = np.arange(len(fts), dtype=np.int32) if runs else 0
+    test = (padded.test_inputs, padded.test_targets, padded.semantics, padded.item_mask)
+    out = []
+    for devices in (1, 4):
+        mesh = fr.make_mesh(jax.devices()[:devices])
+        result = finetune.finetune(model, ft, params, data, values=values, mesh=mesh)
+        metrics = evaluation.evaluate(
+            model, result.params, *test, per_market_params=True, protocol="sampled99",
+            with_ranks=True, seed=seed, mesh=mesh,
+        )  # fmt: skip
+        out.append((result, metrics))
+    (one, one_metrics), (four, four_metrics) = out
+    shard = jax.tree.leaves(four.params)[0].sharding
+    assert len(shard.device_set) == 4 and not shard.is_fully_replicated  # split, not copied
+    np.testing.assert_array_equal(four.best_epoch, one.best_epoch)
+    np.testing.assert_allclose(four.best_valid, one.best_valid, atol=1e-6)
+    # Adam: rounding in a near-zero gradient becomes a step of ~lr (as for grouped runs)
+    assert max_diff(four.params, one.params) < 1e-3 and off_fraction(four.params, one.params) < 0.01
+    np.testing.assert_array_equal(four_metrics["ranks"], one_metrics["ranks"])
+    np.testing.assert_allclose(four_metrics["ndcg@10"], one_metrics["ndcg@10"], atol=1e-6)
+    assert one.history[0]["valid_ndcg@10"].shape == ((3, 4) if runs else (4,))

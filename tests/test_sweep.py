@@ -3,6 +3,7 @@ over M whose table repeats each run's results.json."""
 
 import json
 import math
+import pathlib
 import subprocess
 import sys
 
@@ -29,16 +30,41 @@ def test_grid_names_and_commands():
         {"markets": 4, "seeds": 1},
     ]
     assert [sweep.run_name(p) for p in points] == ["M1_seed0", "M1_seed1", "M4_seed0", "M4_seed1"]
-    assert sweep.command("c.py", "w", points[3], overrides) == [
+    root = pathlib.Path("w")
+    assert sweep.command("c.py", root, [points[3]], overrides) == [
         "python",
         "-m",
         "experiments.main",
         "--config=c.py",
-        "--workdir=w",
+        "--workdir=w/runs/M4_seed1",
         "--config.synthetic.num_markets=4",
         "--config.seed=1",
         "--config.num_rounds=2",
     ]
+    # Seeds (and alpha, tau_s) are per-run values: the points of one M share a process.
+    assert sweep.processes(points, 0) == [points[:2], points[2:]]
+    assert sweep.processes(points, 1) == [[p] for p in points]
+    assert sweep.command("c.py", root, points[2:], overrides) == [
+        "python",
+        "-m",
+        "experiments.main",
+        "--config=c.py",
+        "--workdir=w/runs",
+        "--config.synthetic.num_markets=4",
+        "--config.num_rounds=2",
+        "--run=M4_seed0:seed=0",
+        "--run=M4_seed1:seed=1",
+    ]
+    args, _ = sweep.parse_args(["--config=c", "--workdir=d", "--alpha=0.1,0.2,0.3", "--seeds=0,1"])
+    points = sweep.grid(args)
+    assert [len(p) for p in sweep.processes(points, 4)] == [4, 2]
+    assert [sweep.process_name(m, i) for i, m in enumerate(sweep.processes(points, 4), 1)] == [
+        "group_p1",
+        "group_p2",
+    ]
+    assert sweep.command("c.py", root, points[:1] * 2, [])[-1] == (
+        "--run=alpha0.1_seed0:federated.alpha=0.1,seed=0"
+    )
 
 
 def test_bad_arguments_are_named():
@@ -104,11 +130,12 @@ def test_print_only_runs_nothing(tmp_path):
     assert not any(tmp_path.iterdir())
 
 
-def test_sweep_over_markets_collects_every_run(tmp_path):
+def test_sweep_over_markets_and_alpha_groups_the_alphas_and_collects_every_run(tmp_path):
     out = subprocess.run(
         [
             *SWEEP,
             "--markets=1,2",
+            "--alpha=0.2,0.8",
             f"--config={TEST_CONFIG}",
             f"--workdir={tmp_path}",
             "--config.methods=local,fecosr_no_finetune",  # a federated pretraining, cheaply
@@ -120,21 +147,43 @@ def test_sweep_over_markets_collects_every_run(tmp_path):
         text=True,
     )
     assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+    # One process per M, its two alphas as runs of one group.
+    assert out.stdout.count("--run=") == 4 and "[2/2]" in out.stdout
+    assert sorted(p.name for p in (tmp_path / "logs").iterdir()) == ["M1_p1.log", "M2_p2.log"]
     rows = json.loads((tmp_path / "sweep.json").read_text())["rows"]
-    assert [(r["markets"], r["status"], r["num_markets"]) for r in rows] == [
-        (1, "done", 1),
-        (2, "done", 2),
+    assert [(r["markets"], r["alpha"], r["status"], r["num_markets"]) for r in rows] == [
+        (1, 0.2, "done", 1),
+        (1, 0.8, "done", 1),
+        (2, 0.2, "done", 2),
+        (2, 0.8, "done", 2),
     ]
     for r in rows:
-        results = json.loads((tmp_path / "runs" / r["run"] / "results.json").read_text())
+        run = tmp_path / "runs" / r["run"]
+        results = json.loads((run / "results.json").read_text())
+        assert json.loads((run / "config.json").read_text())["federated"]["alpha"] == r["alpha"]
         for method in ("local", "fecosr_no_finetune"):
             assert r["methods"][method]["ndcg@10"] == results["methods"][method]["mean"]["ndcg@10"]
         assert r["round_s"]["federated_s2ce"] > 0
+        assert (run / "sweep.log").resolve() == (
+            tmp_path / "logs" / f"M{r['markets']}_p{r['markets']}.log"
+        )
+        lines = [json.loads(x) for x in (run / "metrics.jsonl").read_text().splitlines()]
+        assert {(x["paradigm"], x["stage"]) for x in lines} == {
+            ("local", "finetune"),
+            ("federated_s2ce", "pretrain"),
+        }
+    for a, b in (rows[:2], rows[2:]):
+        # local does not read alpha: trained once, given to both runs; S²CE does.
+        ra, rb = (
+            json.loads((tmp_path / "runs" / r["run"] / "results.json").read_text()) for r in (a, b)
+        )
+        assert ra["methods"]["local"] == rb["methods"]["local"]
+        assert ra["methods"]["fecosr_no_finetune"] != rb["methods"]["fecosr_no_finetune"]
     assert (tmp_path / "sweep.png").read_bytes()[:4] == b"\x89PNG"
-    assert "| markets | seeds |" in (tmp_path / "sweep.md").read_text()
+    assert "| markets | alpha | seeds |" in (tmp_path / "sweep.md").read_text()
     # M = 1 has one client: no pairwise cosine; M = 2 has one.
     assert "federated_s2ce" not in rows[0]["delta_cosine"]
-    assert -1 <= rows[1]["delta_cosine"]["federated_s2ce"] <= 1
+    assert -1 <= rows[2]["delta_cosine"]["federated_s2ce"] <= 1
 
 
 def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):

@@ -8,8 +8,9 @@ its load time), per named program (the round `step`, the fine-tuning `_epoch`,
 `_evaluate_jit`) and in all, next to the wall time:
   seeds: the test config (every method), 1 seed against 3 seeds, persistent cache off.
   sweep: launch/sweep.py over 3 seeds x 3 alpha of the test config (methods local,fecosr),
-    against one point of it alone; with the persistent compilation cache (a fresh folder)
-    and without it (every process compiles everything).
+    against one point of it alone; grouped (the 9 points as runs of one process) and with a
+    process per point; with the persistent compilation cache (a fresh folder) and without it
+    (every process compiles everything).
 `--repo` measures another checkout the same way (e.g. the commit before runs as data), so
 before and after come from the same script on the same machine. It prints a table last.
 """
@@ -85,6 +86,13 @@ def seeds_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
     return rows
 
 
+def sweep_logs(workdir: pathlib.Path) -> list[pathlib.Path]:
+    """The output (with the compile logs) of a sweep's processes: DIR/logs/*.log, or before
+    groups each run's runs/<name>/sweep.log (today these link to the logs)."""
+    own = [p for p in workdir.glob("runs/*/sweep.log") if not p.is_symlink()]
+    return sorted(workdir.glob("logs/*.log")) + own
+
+
 def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
     cache = has_cache_field(repo)
     common = ["--config.methods=local,fecosr"]
@@ -100,22 +108,25 @@ def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
             ["-m", "experiments.main", f"--config={TEST}", f"--workdir={one}", *common, *flag],
         )
         rows.append({"section": "sweep", "what": f"one point ({label})", **stats})
-        workdir = tmp / f"sweep_{label.replace(' ', '_')}"
-        args = [
-            "launch/sweep.py",
-            "--seeds=0,1,2",
-            "--alpha=0.2,0.5,0.8",
-            f"--config={TEST}",
-            f"--workdir={workdir}",
-            *common,
-            *flag,
-        ]
-        # the runs' own output (with their compile logs) goes to runs/<name>/sweep.log
-        stats = run(repo, args)
-        stats.update(
-            compile_stats("".join(p.read_text() for p in workdir.glob("runs/*/sweep.log")))
-        )
-        rows.append({"section": "sweep", "what": f"9 points, 3 seeds x 3 alpha ({label})", **stats})
+        modes = [("", [])]  # a checkout before groups: one process per point
+        if "--runs-per-process" in (repo / "launch/sweep.py").read_text():
+            modes = [("grouped, ", []), ("a process per point, ", ["--runs-per-process=1"])]
+        for mode, extra in modes:
+            workdir = tmp / f"sweep_{label.replace(' ', '_')}_{len(extra)}"
+            args = [
+                "launch/sweep.py",
+                "--seeds=0,1,2",
+                "--alpha=0.2,0.5,0.8",
+                f"--config={TEST}",
+                f"--workdir={workdir}",
+                *extra,
+                *common,
+                *flag,
+            ]
+            stats = run(repo, args)
+            stats.update(compile_stats("".join(p.read_text() for p in sweep_logs(workdir))))
+            what = f"9 points, 3 seeds x 3 alpha ({mode}{label})"
+            rows.append({"section": "sweep", "what": what, **stats})
     return rows
 
 

@@ -12,10 +12,10 @@ The run's seed, alpha, tau_s, learning rates and FedProx weight are array argume
 the programs are cached per (model, program, mesh, markets), and a 3-seed run, or S²CE and
 CE pretraining (alpha = 0), compile it once.
 
-The market axis is sharded over a device mesh axis "clients" with jax.shard_map; M is padded
-to a multiple of the device count with zero-weight markets (stack_markets(...,
-num_markets_multiple=devices)). One code path serves 1 CPU, 8 GPUs and a multi-host TPU pod:
-after jax.distributed.initialize() the mesh simply spans every process's devices.
+The market axis is sharded over the device mesh axis "clients" (fecosr_jax.mesh) with
+jax.shard_map; M is padded to a multiple of the device count with zero-weight markets
+(stack_markets(..., num_markets_multiple=devices)). One code path serves 1 CPU, 8 GPUs and a
+multi-host TPU pod: after jax.distributed.initialize() the mesh spans every process's devices.
 
 `LoopBackend` runs the same client functions one market at a time: the debugging baseline.
 """
@@ -36,9 +36,9 @@ from fecosr_jax.data.market import StackedMarkets
 from fecosr_jax.federated import server
 from fecosr_jax.federated.client import make_client
 from fecosr_jax.federated.config import FedConfig, FedValues
+from fecosr_jax.mesh import AXIS, make_mesh
 from fecosr_jax.model import ModelConfig
 
-AXIS = "clients"
 _PARTICIPATION_STREAM = 2  # RNG stream tag of client sampling
 
 
@@ -115,12 +115,6 @@ def non_finite(metrics: dict, names: Sequence[str]) -> str | None:
             f" (non-finite drift in market(s) {', '.join(bad)})" if bad else ""
         )
     return None
-
-
-def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """A 1-D mesh named "clients" over the given devices (default: all devices)."""
-    devices = list(jax.devices() if devices is None else devices)
-    return Mesh(np.asarray(devices), (AXIS,))
 
 
 class RoundProgram:
@@ -251,15 +245,13 @@ class CompiledRound:
 
     def put(self, data: dict[str, np.ndarray]) -> dict[str, jax.Array]:
         """Moves round data to the devices, market axis sharded over "clients"."""
-        sharding = NamedSharding(self.mesh, P(AXIS))
-        num_devices = self.mesh.devices.size
-        m = data["weight"].shape[0]
+        m, num_devices = data["weight"].shape[0], self.mesh.devices.size
         if m % num_devices:
             raise ValueError(
                 f"{m} markets do not divide over {num_devices} devices: stack them "
                 f"with num_markets_multiple={num_devices}"
             )
-        return jax.device_put(data, sharding)
+        return jax.device_put(data, NamedSharding(self.mesh, P(AXIS)))
 
 
 def stack_runs(trees: Sequence):

@@ -1,0 +1,148 @@
+"""Groups of runs: which runs train together on the run axis of one set of compiled programs.
+
+A run is one seed of one config, with its own workdir and outputs. Runs whose configs differ
+only in per-run values (`VALUE_FIELDS`: the seed, S²CE's alpha and tau_s, the learning
+rates, FedProx's mu) reach the compiled round, fine-tuning epoch and evaluation as array
+arguments (fecosr_jax.federated.config.FedValues, fecosr_jax.finetune.FinetuneValues), so
+they form a group: every method trains the group's runs together, `config.runs_per_step` at
+a time. Everything else (data, sizes, methods, optimiser kinds, FedProx on or off, a frozen
+or trained shared part) must be equal within a group; `check_group` names what is not.
+
+Groups come from `--config.seeds=N` (one run per seed) and from experiments.main's
+`--run=NAME:FIELD=VALUE,...` (one run per flag, in WORKDIR/NAME), which launch/sweep.py
+uses for the grid points that differ only in values.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+
+import ml_collections
+
+VALUE_FIELDS = (
+    "seed",
+    "federated.alpha",
+    "federated.temperature",
+    "federated.client_lr",
+    "federated.server_lr",
+    "federated.fedprox_mu",
+    "finetune.lr",
+    "finetune.shared_lr_mult",
+)
+# Values whose zero changes the program: FedProx off, the shared part frozen.
+_ZERO_IS_STRUCTURE = ("federated.fedprox_mu", "finetune.shared_lr_mult")
+# Fields of the group, not of one run.
+_GROUP_FIELDS = ("seeds", "runs_per_step")
+_NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
+
+
+class GroupError(ValueError):
+    """Runs that cannot form a group, or a --run flag that cannot be read (bad input)."""
+
+
+def parse_seeds(config: ml_collections.ConfigDict) -> list[int]:
+    """config.seeds: a count N (seeds config.seed ... config.seed + N - 1) or a comma-separated
+    list of seeds ("0,4,7"; one seed: "7,")."""
+    text = str(config.get("seeds", "1")).strip()
+    try:
+        if "," in text:
+            seeds = [int(x) for x in text.split(",") if x.strip()]
+        else:
+            seeds = list(range(config.seed, config.seed + int(text)))
+    except ValueError:
+        seeds = []
+    if not seeds or len(set(seeds)) != len(seeds):
+        raise ValueError(
+            f"config.seeds={text!r}: expected a count of seeds (--config.seeds=3) or a "
+            "comma-separated list of distinct seeds (--config.seeds=0,1,2)"
+        )
+    return seeds
+
+
+def with_seed(config: ml_collections.ConfigDict, seed: int) -> ml_collections.ConfigDict:
+    """The config of one seed's run."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    config.seed = seed
+    config.seeds = "1"
+    return config
+
+
+def parse_run(text: str) -> tuple[str, dict[str, str]]:
+    """`NAME:FIELD=VALUE,FIELD=VALUE` (a --run flag) -> (NAME, {FIELD: VALUE}); FIELD is one
+    of VALUE_FIELDS. GroupError says what is wrong (the caller names the flag)."""
+    name, colon, rest = text.partition(":")
+    if not colon or not _NAME.match(name):
+        raise GroupError(
+            "expected NAME:FIELD=VALUE,... with NAME of letters, digits and "
+            "._+- (e.g. --run=alpha0.5_seed1:federated.alpha=0.5,seed=1)"
+        )
+    values = {}
+    for item in filter(None, rest.split(",")):
+        field, eq, value = item.partition("=")
+        if not eq or field not in VALUE_FIELDS:
+            raise GroupError(
+                f"{item!r}: a run sets FIELD=VALUE for FIELD one of "
+                f"{', '.join(VALUE_FIELDS)} (other fields change the program: another process)"
+            )
+        values[field] = value
+    return name, values
+
+
+def run_config(
+    config: ml_collections.ConfigDict, values: dict[str, str]
+) -> ml_collections.ConfigDict:
+    """`config` with the per-run values set (parsed as the type of the field they replace)."""
+    config = ml_collections.ConfigDict(config.to_dict())
+    for field, text in values.items():
+        *parents, leaf = field.split(".")
+        node = config
+        for p in parents:
+            node = node[p]
+        kind = type(node[leaf])
+        try:
+            node[leaf] = kind(float(text)) if kind is not int else int(text)
+        except ValueError as e:
+            raise GroupError(f"{field}={text!r}: expected a {kind.__name__}") from e
+    return config
+
+
+def _program_fields(config: ml_collections.ConfigDict) -> dict[str, object]:
+    """The flattened config without its per-run values (a zero that is structure kept as
+    zero or not) and without the group's own fields."""
+    flat: dict[str, object] = {}
+
+    def walk(prefix, node):
+        for key, value in node.items():
+            field = f"{prefix}{key}"
+            if isinstance(value, dict):
+                walk(f"{field}.", value)
+            elif field in _ZERO_IS_STRUCTURE:
+                flat[field] = f"{'non' if value else ''}zero"
+            elif field not in VALUE_FIELDS and field not in _GROUP_FIELDS:
+                flat[field] = value
+
+    walk("", config.to_dict())
+    return flat
+
+
+def check_group(configs: list[ml_collections.ConfigDict], names: list[str]) -> None:
+    """Raises GroupError naming the first field (other than a per-run value) in which a
+    run's config differs from the first run's."""
+    first = _program_fields(configs[0])
+    for config, name in zip(configs[1:], names[1:], strict=True):
+        fields = _program_fields(config)
+        for field in sorted(set(first) | set(fields)):
+            a, b = first.get(field), fields.get(field)
+            if a != b:
+                raise GroupError(
+                    f"runs {names[0]} and {name} differ in config.{field} "
+                    f"({json.dumps(a)} vs {json.dumps(b)}): only {', '.join(VALUE_FIELDS)} "
+                    "may differ between the runs of one group (run the others separately)"
+                )
+
+
+def chunks(items: list, size: int) -> list[list]:
+    """items in consecutive groups of `size` (0 = one group)."""
+    size = size or len(items) or 1
+    return [items[i : i + size] for i in range(0, len(items), size)]

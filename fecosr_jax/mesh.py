@@ -1,0 +1,63 @@
+"""The device mesh: one axis, "clients", over which the market axis of every stacked array is
+sharded, in the federated round (fecosr_jax.federated.round), in fine-tuning
+(fecosr_jax.finetune) and in evaluation (fecosr_jax.evaluation). A device computes its own
+markets; only what a host reads (metrics, ranks) is gathered. After
+jax.distributed.initialize() the mesh spans every process's devices, so a multi-device or
+multi-host run splits the markets instead of repeating them.
+
+Markets are padded to a multiple of the device count (stack_markets(...,
+num_markets_multiple=devices)); the run axis R, when there is one, leads the market axis.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+AXIS = "clients"
+
+
+def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """A 1-D mesh named "clients" over the given devices (default: all devices)."""
+    devices = list(jax.devices() if devices is None else devices)
+    return Mesh(np.asarray(devices), (AXIS,))
+
+
+def is_sharded(mesh: Mesh | None) -> bool:
+    """Whether work is split over the mesh (more than one device)."""
+    return mesh is not None and mesh.devices.size > 1
+
+
+def markets(runs: bool) -> P:
+    """The spec of an array whose leading axis is the market axis M, or [R, M, ...]."""
+    return P(None, AXIS) if runs else P(AXIS)
+
+
+def put(tree, mesh: Mesh | None, spec: P):
+    """The arrays of `tree` on the mesh with `spec` (on the default device without a sharded
+    mesh). In a multi-process run every process passes the same host values."""
+    if not is_sharded(mesh):
+        return jax.tree.map(jnp.asarray, tree)
+    num_devices = mesh.devices.size
+    if spec and spec[-1] == AXIS:
+        axis = len(spec) - 1
+        for x in jax.tree.leaves(tree):
+            if np.shape(x)[axis] % num_devices:
+                raise ValueError(
+                    f"{np.shape(x)[axis]} markets do not divide over {num_devices} devices: "
+                    f"stack them with num_markets_multiple={num_devices}"
+                )
+    return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def gather(tree, axis: int):
+    """Inside shard_map: every device's markets (axis `axis`) of `tree`, concatenated, on
+    every device (a replicated result the host can read)."""
+    return jax.tree.map(
+        lambda x: jax.lax.all_gather(x, AXIS, axis=axis, tiled=True, to="invarying"), tree
+    )

@@ -1,0 +1,362 @@
+"""The runner: trains one method for a group of runs (fecosr_jax.groups) on one set of splits.
+
+`Runner.run(method, runs)` pretrains (fecosr_jax.paradigms.SPECS: federated, pooled or from
+one source market), fine-tunes and evaluates, and returns each run's per-market test metrics.
+The runs of a call train together on a leading run axis of the same compiled programs
+(fecosr_jax.federated.round, fecosr_jax.finetune, fecosr_jax.evaluation); each run logs and
+checkpoints into its own workdir.
+
+Runs that a method would train identically are trained once: `local` does not read S²CE's
+alpha, and CE pretraining (alpha = 0) does not either, so in a sweep over alpha each seed's
+`local` and CE pretraining are computed for one run and given to the others (their log lines
+and results too; the checkpoints are the trained run's). Pretrainings are kept per run, so
+methods that share one (fecosr, fecosr_no_adapt, fecosr_no_finetune) train it once.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+import jax
+import ml_collections
+import numpy as np
+
+from fecosr_jax import checkpoint, evaluation, finetune, paradigms, reporting
+from fecosr_jax.data import stack_markets
+from fecosr_jax.data.market import StackedMarkets
+from fecosr_jax.federated import round as fed_round
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig
+
+
+def model_config(config: ml_collections.ConfigDict) -> ModelConfig:
+    return ModelConfig(max_len=config.data.max_len, **config.model.to_dict())
+
+
+def fed_config(config: ml_collections.ConfigDict) -> FedConfig:
+    return FedConfig(seed=config.seed, **config.federated.to_dict())
+
+
+def finetune_config(config: ml_collections.ConfigDict, mode: str) -> finetune.FinetuneConfig:
+    return finetune.FinetuneConfig(
+        mode=mode,
+        seed=config.seed,
+        eval_batch_size=config.eval.batch_size,
+        **config.finetune.to_dict(),
+    )
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a group: a seed's config, workdir, log and checkpoints (its own outputs)."""
+
+    seed: int
+    config: ml_collections.ConfigDict
+    workdir: str
+    label: str  # prefix of its log lines ("" for a run alone; "seed 1", "alpha0.5_seed1")
+    log: reporting.RunLog | None  # opened once the data has loaded
+    checkpoints: checkpoint.RunCheckpoints
+    soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
+
+
+@dataclasses.dataclass
+class Pretraining:
+    """What a pretraining kind trains: the model, each run's federated settings
+    (`adjust(its own)`), the markets it trains on and for how many rounds, and the stacked
+    markets that fine-tuning and evaluation then use."""
+
+    key: str  # its name in the logs and checkpoints
+    model: ModelConfig
+    adjust: Callable[[FedConfig], FedConfig]
+    train: StackedMarkets
+    names: list[str]
+    num_rounds: int
+    stacked: StackedMarkets
+
+
+def _run_part(tree, i: int, grouped: bool):
+    """Run i's part of a tree with a leading run axis (the tree itself for one run)."""
+    return jax.tree.map(lambda x: x[i], tree) if grouped else tree
+
+
+def _stack(trees: list):
+    """One tree alone, or several on a leading run axis."""
+    return trees[0] if len(trees) == 1 else fed_round.stack_runs(trees)
+
+
+def _identity(values) -> tuple[float, ...]:
+    """A hashable form of a run's values (FedValues, FinetuneValues)."""
+    return tuple(float(np.asarray(x)) for x in jax.tree.leaves(values))
+
+
+def _classes(items: list, identity: Callable) -> list[list]:
+    """The items in classes of equal identity (in order of first appearance)."""
+    out: dict[tuple, list] = {}
+    for item in items:
+        out.setdefault(identity(item), []).append(item)
+    return list(out.values())
+
+
+# Pretrainings that one compiled round serves (the same model, markets, rounds and program:
+# CE is S²CE with alpha = 0). Whichever comes first trains the other too, on the run axis.
+SHARED_ROUND = {"federated_s2ce": ("federated_ce",), "federated_ce": ("federated_s2ce",)}
+
+
+class Runner:
+    """Runs the methods of one config on one set of splits, sharing pretrainings."""
+
+    def __init__(self, config, splits, stacked, names, methods: list[str] | None = None):
+        self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
+        self.methods = methods or []  # the group's methods: which pretrainings it will need
+        self.devices = jax.devices()
+        self.mesh = fed_round.make_mesh(self.devices)
+        self.model = model_config(config)
+        self.fed = fed_config(config)  # the group's program (its values are the first run's)
+        self.pretrainings: dict[tuple[str, str | None], Pretraining] = {}
+        self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
+        self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
+        if self.transfer_source not in names:
+            raise ValueError(
+                f"config.transfer_source={config.transfer_source!r} is not a market "
+                f"of this dataset ({', '.join(names)})"
+            )
+
+    def pretraining(self, kind: str, source: str | None) -> Pretraining:
+        """The pretraining of a kind (the one-to-one kinds, source_*, from `source`, default
+        config.transfer_source)."""
+        source = source or self.transfer_source
+        if (kind, source) in self.pretrainings:
+            return self.pretrainings[(kind, source)]
+        c, multiple, names = self.config, len(self.devices), self.names
+        key = kind
+        if kind.startswith("source_") and source != self.transfer_source:
+            key = f"{kind}@{source}"  # its own name in the logs and checkpoints
+
+        def s2ce(fed):
+            return dataclasses.replace(fed, loss="s2ce")
+
+        def ce(fed):  # CE is S²CE with alpha = 0: one compiled round serves both
+            return dataclasses.replace(fed, loss="s2ce", alpha=0.0)
+
+        def id_ce(fed):  # item-ID models have no text vectors for a soft label
+            return dataclasses.replace(fed, loss="ce")
+
+        def pooled(fed):
+            return paradigms.centralized_config(s2ce(fed))
+
+        if kind in ("federated_s2ce", "federated_ce"):
+            adjust = s2ce if kind == "federated_s2ce" else ce
+            p = (self.model, adjust, self.stacked, names, c.num_rounds, self.stacked)
+        elif kind == "central_s2ce":
+            rounds = c.num_rounds * self.fed.local_steps  # as many steps per market
+            p = (self.model, pooled, self.stacked, names, rounds, self.stacked)
+        elif kind == "source_s2ce":
+            alone = stack_markets([self.splits[names.index(source)]], num_markets_multiple=multiple)
+            p = (self.model, s2ce, alone, [source], c.num_rounds, self.stacked)
+        elif kind in ("federated_id_ce", "source_id_ce"):
+            stacked = paradigms.id_stacked(self.splits, multiple)
+            model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
+            if kind == "federated_id_ce":
+                p = (model, id_ce, stacked, names, c.num_rounds, stacked)
+            else:  # the source alone, over the same union vocabulary
+                alone = paradigms.id_stacked(self.splits, multiple, keep=[names.index(source)])
+                p = (model, id_ce, alone, [source], c.num_rounds, stacked)
+        else:
+            raise ValueError(f"unknown pretraining {kind!r}")
+        self.pretrainings[(kind, source)] = Pretraining(key, *p)
+        return self.pretrainings[(kind, source)]
+
+    def _fed_values(self, p: Pretraining, run: Run) -> tuple[float, ...]:
+        return _identity(p.adjust(fed_config(run.config)).values())
+
+    def _will_need(self, kind: str, run: Run) -> bool:
+        """Whether a method of the group that `run` has not finished pretrains `kind`."""
+        done = run.checkpoints.progress
+        return any(
+            paradigms.SPECS[paradigms.split_method(m)[0]].pretraining == kind
+            and m not in done["methods"]
+            and m not in done["skipped"]
+            for m in self.methods
+        )
+
+    def pretrain(self, kind: str, source: str | None, runs: list[Run]):
+        """(model config, shared params, stacked markets for fine-tuning) of a kind for a
+        group of runs (params [R, ...] for several). Each run's params are kept; runs with
+        equal values train once, and a pretraining of the same round (SHARED_ROUND) that the
+        runs will need trains with them."""
+        p = self.pretraining(kind, source)
+        members = [(p, run) for run in runs if (p.key, run.workdir) not in self.pretrained]
+        bound = self.config.get("runs_per_step", 0)  # runs trained at once (0 = no bound)
+        for partner in SHARED_ROUND.get(kind, ()) if members else ():
+            q = self.pretraining(partner, source)
+            partners = [
+                (q, run)
+                for run in runs
+                if (q.key, run.workdir) not in self.pretrained and self._will_need(partner, run)
+            ]
+            members += partners[: max(0, bound - len(members)) if bound else None]
+        if members:
+            classes = _classes(members, lambda m: self._fed_values(*m))
+            params = self._rounds(classes)
+            for i, members in enumerate(classes):
+                for q, run in members:
+                    self.pretrained[(q.key, run.workdir)] = _run_part(params, i, len(classes) > 1)
+        return p.model, _stack([self.pretrained[(p.key, run.workdir)] for run in runs]), p.stacked
+
+    def _rounds(self, classes: list[list[tuple[Pretraining, Run]]]):
+        """Trains the first (pretraining, run) of each class (params [R, ...] for several;
+        the pretrainings share one round), logged for every member of the class."""
+        reps = [members[0] for members in classes]
+        p = reps[0][0]  # what the pretrainings share: model, markets, rounds
+        every = max(1, p.num_rounds // 10)
+        grouped = len(reps) > 1
+        kinds = list(dict.fromkeys(q.key for q, _ in reps))
+
+        def on_round(r, metrics):
+            for i, members in enumerate(classes):
+                m = _run_part(metrics, i, grouped)
+                values = {
+                    "loss": reporting.clean(m["loss"]),
+                    "delta_cosine": reporting.clean(m["delta_cosine"]),
+                    "delta_agreement": reporting.clean(m["delta_agreement"]),
+                    "market_loss": {
+                        n: reporting.clean(m["market_loss"][j]) for j, n in enumerate(p.names)
+                    },
+                    "market_drift": {
+                        n: reporting.clean(m["market_drift"][j]) for j, n in enumerate(p.names)
+                    },
+                }
+                progress = r % every == 0 or r == p.num_rounds
+                for q, run in members:
+                    run.log.log(q.key, "pretrain", r, values, curve="loss", progress=progress)
+
+        if grouped:
+            print(f"-- pretraining {' + '.join(kinds)}: {len(reps)} runs in one round", flush=True)
+        semantic_dim = p.train.semantics.shape[-1]
+        starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
+        feds = [q.adjust(fed_config(run.config)) for q, run in reps]
+        assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
+        phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
+        return paradigms.run_rounds(
+            p.model,
+            feds[0],
+            p.train,
+            p.names,
+            p.num_rounds,
+            _stack(starts),
+            self.mesh,
+            on_round,
+            checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+            phase="pretrain_" + "+".join(kinds),
+            values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
+            run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
+        )
+
+    def _local_base(self):
+        """Architecture and data of `local`: the text model, or ID-only without semantics."""
+        if self.stacked.semantics is not None:
+            return self.model, self.stacked
+        n = self.stacked.item_mask.shape[1] - 1
+        zeros = np.zeros((*self.stacked.item_mask.shape, 1), np.float32)
+        return (
+            paradigms.id_model_config(self.model, n),
+            dataclasses.replace(self.stacked, semantics=zeros),
+        )
+
+    def run(self, method: str, runs: list[Run]) -> list[dict[str, np.ndarray]]:
+        """Per-market test metrics [M] of one method for each run of the group, with "ranks"
+        [M, U] (evaluation.evaluate). Runs the method would train identically (equal
+        pretraining and fine-tuning values) train once."""
+        base, source = paradigms.split_method(method)
+        spec = paradigms.SPECS[base]
+
+        def identity(run):
+            pre = ft = None
+            if spec.pretraining is not None:
+                pre = self._fed_values(self.pretraining(spec.pretraining, source), run)
+            if spec.finetune is not None:
+                ft = _identity(finetune_config(run.config, spec.finetune).values())
+            return (pre, ft, run.seed)
+
+        classes = _classes(runs, identity)
+        metrics = self._run_classes(method, spec, source, classes)
+        by_run = {
+            run.workdir: m for members, m in zip(classes, metrics, strict=True) for run in members
+        }
+        return [dict(by_run[run.workdir]) for run in runs]
+
+    def _run_classes(self, method, spec, source, classes: list[list[Run]]) -> list[dict]:
+        """The method for the first run of each class, logged for every run of the class;
+        each class's metrics."""
+        runs = [members[0] for members in classes]
+        grouped = len(runs) > 1
+        params = None
+        if spec.pretraining is not None:
+            model, params, stacked = self.pretrain(spec.pretraining, source, runs)
+        else:
+            model, stacked = self._local_base()
+        ev = self.config.eval
+        seeds = [run.seed for run in runs]
+        evaluate = dict(
+            batch_size=ev.batch_size,
+            protocol=ev.protocol,
+            mask_seen=ev.mask_seen,
+            seed=np.asarray(seeds, np.int32) if grouped else seeds[0],
+            with_ranks=True,
+            mesh=self.mesh,  # each device evaluates its own markets
+        )
+        test = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
+        if spec.finetune is None:
+            metrics = evaluation.evaluate(model, params, *test, **evaluate)
+            return [_run_part(metrics, i, grouped) for i in range(len(runs))]
+        fts = [finetune_config(run.config, spec.finetune) for run in runs]
+        model = finetune.model_config_for(model, fts[0], stacked.item_mask.shape[1] - 1)
+        starts = [
+            finetune.init_market_params(
+                model,
+                ft,
+                None if params is None else _run_part(params, i, grouped),
+                stacked.num_markets,
+                stacked.semantics.shape[-1],
+            )
+            for i, ft in enumerate(fts)
+        ]
+        real = len(self.names)
+
+        def on_epoch(epoch, ndcg, loss, active):
+            for i, members in enumerate(classes):
+                n, lo, a = (_run_part(x, i, grouped) for x in (ndcg, loss, active))
+                values = {
+                    "valid_ndcg@10": reporting.clean(np.mean(n[:real])),
+                    "loss": reporting.clean(np.mean(lo[:real])),
+                    "markets_active": int(a[:real].sum()),
+                    "market_valid_ndcg@10": {
+                        name: reporting.clean(n[j]) for j, name in enumerate(self.names)
+                    },
+                }
+                for run in members:
+                    run.log.log(
+                        method, "finetune", epoch, values, curve="valid_ndcg@10", progress=True
+                    )
+
+        data = paradigms.finetune_data(stacked, self.fed)
+        phase = f"finetune_{method}"
+        phases = [run.checkpoints.phase(phase, best=True) for run in runs]
+        result = finetune.finetune(
+            model,
+            fts[0],
+            _stack(starts),
+            data,
+            on_epoch=on_epoch,
+            checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+            names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
+            phase=phase,
+            values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
+            run_names=[run.label for run in runs],
+            mesh=self.mesh,  # each device fine-tunes its own markets
+        )
+        metrics = evaluation.evaluate(
+            model, result.params, *test, per_market_params=True, **evaluate
+        )
+        return [_run_part(metrics, i, grouped) for i in range(len(runs))]
