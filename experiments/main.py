@@ -10,9 +10,11 @@ WORKDIR/NAME with the outputs of a run of its own:
   python -m experiments.main --config=... --workdir=DIR \
       --run=alpha0.2:federated.alpha=0.2 --run=alpha0.8:federated.alpha=0.8
 
-Re-running with the same workdir resumes from WORKDIR/checkpoints. Exit codes: 0 done,
-1 error (the message names the field, file, round or market), 75 stopped on SIGTERM after a
-checkpoint (re-run the same command to resume).
+Re-running with the same workdir resumes from WORKDIR/checkpoints. Exit codes
+(fecosr_jax/errors.py): 0 done; 2 bad input (a config value, flag, data file or workdir: the
+one-line message names it, nothing was written); 1 a failure while running (the message names
+the round or market; the traceback with --verbosity=1 or FECOSR_TRACEBACK=1); 75 stopped on
+SIGTERM after a checkpoint (re-run the same command to resume).
 """
 
 import os
@@ -33,6 +35,12 @@ _RUNS = flags.DEFINE_multi_string(
     "(fields: seed, federated.alpha, federated.temperature, federated.client_lr, "
     "federated.server_lr, federated.fedprox_mu, finetune.lr, finetune.shared_lr_mult). "
     "Repeat for each run; all train together.",
+)
+_OVERWRITE = flags.DEFINE_bool(
+    "overwrite",
+    False,
+    "Move an existing WORKDIR aside (to WORKDIR.moved-<UTC time>; nothing is deleted) and "
+    "start a new run there, instead of resuming it or refusing a changed config or data.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -77,31 +85,37 @@ def main(argv):
         raise app.UsageError(
             "--coordinator_address, --num_processes and --process_id need --distributed"
         )
-    from fecosr_jax import checkpoint, groups
+    from fecosr_jax import errors, groups
 
-    points = []
-    for text in _RUNS.value:
-        try:
-            name, values = groups.parse_run(text)
-            run_config = groups.run_config(config, values)
-        except groups.GroupError as e:
-            print(f"error: --run={text}: {e}", file=sys.stderr)
-            sys.exit(2)
-        points.append((run_config, os.path.join(_WORKDIR.value, name)))
     try:
+        if _OVERWRITE.value:
+            from fecosr_jax import distributed, files
+
+            if distributed.is_primary():
+                moved = files.move_aside(_WORKDIR.value)
+                if moved:
+                    print(f"--overwrite: the previous run is now in {moved}", flush=True)
+            if _DISTRIBUTED.value:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("overwrite")
+        points = []
+        for text in _RUNS.value:
+            try:
+                name, values = groups.parse_run(text)
+                run_config = groups.run_config(config, values)
+            except groups.GroupError as e:
+                raise groups.GroupError(f"--run={text}: {e}") from e
+            points.append((run_config, os.path.join(_WORKDIR.value, name)))
         if points:
             experiment.train_and_evaluate_group(points)
         else:
             experiment.train_and_evaluate(config, _WORKDIR.value)
-    except checkpoint.Preempted as e:
-        print(f"{e}. Re-run the same command to resume (exit {checkpoint.EXIT_PREEMPTED}).")
-        sys.exit(checkpoint.EXIT_PREEMPTED)
-    except (checkpoint.NonFiniteError, checkpoint.IncompatibleCheckpoint) as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(1)
-    except groups.GroupError as e:
-        print(f"error: {e}", file=sys.stderr)
-        sys.exit(2)
+    except errors.Preempted as e:
+        print(f"{e}. Re-run the same command to resume (exit {errors.EXIT_PREEMPTED}).")
+        sys.exit(errors.EXIT_PREEMPTED)
+    except Exception as e:  # one line for a person; the traceback with --verbosity=1
+        sys.exit(errors.report(e, verbosity=flags.FLAGS.verbosity))
 
 
 if __name__ == "__main__":

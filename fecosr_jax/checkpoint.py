@@ -22,6 +22,7 @@ outputs go through etils.epath (which needs `pip install gcsfs` for gs://).
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -37,9 +38,9 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote, write_text_atomic
 
-EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
 # Config fields that may change between a run and its resume (they do not change results).
 RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "compilation_cache", "checkpoint")
 # Config fields added in later versions: absent from an older run's config means this value.
@@ -53,15 +54,7 @@ ADDED_FIELDS = {
 }
 
 
-class NonFiniteError(RuntimeError):
-    """A non-finite loss or parameter: the run stops and the last checkpoint stays good."""
-
-
-class Preempted(Exception):
-    """SIGTERM arrived: a checkpoint was written; re-running the same command resumes."""
-
-
-class IncompatibleCheckpoint(ValueError):
+class IncompatibleCheckpoint(BadInput):
     """The workdir holds a run whose config differs in fields that change results."""
 
 
@@ -373,10 +366,31 @@ def _json_ready(obj):
     return json.loads(json.dumps(obj))
 
 
+def data_fingerprints(splits) -> dict[str, str]:
+    """{market: a BLAKE2b digest of its split arrays and catalogue}: what a run trained on."""
+    out = {}
+    for split in splits:
+        h = hashlib.blake2b(digest_size=16)
+        for field in dataclasses.fields(split):
+            value = getattr(split, field.name)
+            if isinstance(value, np.ndarray):
+                value = np.ascontiguousarray(value)
+                h.update(f"{field.name}{value.dtype}{value.shape}".encode())
+                h.update(
+                    value.tobytes() if value.dtype != object else repr(value.tolist()).encode()
+                )
+            else:
+                h.update(f"{field.name}={value!r}".encode())
+        out[split.name] = h.hexdigest()
+    return out
+
+
 class RunCheckpoints:
     """WORKDIR/checkpoints: one PhaseCheckpoints per phase plus progress.json."""
 
-    def __init__(self, workdir, config_dict: dict, options: dict, *, writes: bool = True):
+    def __init__(
+        self, workdir, config_dict: dict, options: dict, *, writes: bool = True, start=True
+    ):
         self.root = epath.Path(workdir) / "checkpoints"
         self.options = options
         self.writes = writes  # False on processes other than 0 (they only read progress)
@@ -398,6 +412,27 @@ class RunCheckpoints:
         else:
             self.progress = {"config": config_dict, "methods": {}, "skipped": {}, "done": False}
         self.progress.setdefault("ranks", {})  # absent from runs of older versions
+        if start:
+            self.start()
+
+    def check_data(self, data: dict[str, str]):
+        """Records each market's fingerprint (`data_fingerprints`). A run resumed on other
+        data is refused, naming the markets, so results of old and new data never mix."""
+        saved = self.progress.get("data")  # absent from runs of older versions
+        changed = sorted(
+            m for m in {*(saved or {}), *data} if (saved or data).get(m) != data.get(m)
+        )
+        if changed:
+            raise IncompatibleCheckpoint(
+                f"{self.root}: this workdir holds a run on other data: market(s) "
+                f"{', '.join(changed)} changed since it started (their files, or the split "
+                "settings). Use a new --workdir, or --overwrite to move this run aside"
+            )
+        self.progress["data"] = data
+
+    def start(self):
+        """Writes progress.json: the workdir now holds this run (start=False in __init__
+        defers it until the run's input has been checked)."""
         if self.enabled:
             self._write_progress()
 

@@ -19,11 +19,20 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from fecosr_jax import checkpoint, distributed, evaluation, groups, paradigms, reporting
+from fecosr_jax import (
+    checkpoint,
+    distributed,
+    evaluation,
+    finetune,
+    groups,
+    paradigms,
+    reporting,
+    runner,
+)
 from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
 from fecosr_jax.data.market import Market, MarketSplit, StackedMarkets
 from fecosr_jax.data.sources import markets_from_config
-from fecosr_jax.runner import Run, Runner
+from fecosr_jax.errors import ConfigError
 
 
 def synthetic_config(config: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
@@ -45,6 +54,47 @@ def prepare_markets(
         for m in markets
     ]
     return markets, splits, stack_markets(splits, num_markets_multiple=num_markets_multiple)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Checks every field before anything is read or written; ConfigError names the first
+    bad one (the dataclasses check their own fields)."""
+    runner.model_config(config)
+    runner.fed_config(config)
+    for mode in finetune.MODES:
+        runner.finetune_config(config, mode)
+    if config.data.format == "synthetic":
+        synthetic_config(config)
+    paradigms.parse_methods(config.methods)
+    c, fed, ft = config, config.federated, config.finetune
+    checks = {
+        "num_rounds": (c.num_rounds, c.num_rounds >= 1, "at least 1 federated round"),
+        "federated.client_lr": (fed.client_lr, fed.client_lr > 0, "a positive learning rate"),
+        "federated.server_lr": (fed.server_lr, fed.server_lr > 0, "a positive learning rate"),
+        "finetune.lr": (ft.lr, ft.lr > 0, "a positive learning rate"),
+        "finetune.batch_size": (ft.batch_size, ft.batch_size >= 1, "at least 1 row per step"),
+        "finetune.steps_per_epoch": (ft.steps_per_epoch, ft.steps_per_epoch >= 0, "0 or more"),
+        "finetune.adapter_dim": (ft.adapter_dim, ft.adapter_dim >= 1, "at least 1"),
+        "eval.batch_size": (c.eval.batch_size, c.eval.batch_size >= 1, "at least 1 user"),
+        "eval.protocol": (
+            c.eval.protocol,
+            c.eval.protocol in evaluation.PROTOCOLS,
+            f"one of {', '.join(evaluation.PROTOCOLS)}",
+        ),
+        "data.max_len": (c.data.max_len, c.data.max_len >= 1, "at least 1 item"),
+        "data.min_interactions": (
+            c.data.min_interactions,
+            c.data.min_interactions >= 3,
+            "at least 3 (a training, a validation and a test item)",
+        ),
+    }
+    for field, (value, ok, expected) in checks.items():
+        if not ok:
+            raise ConfigError(f"config.{field}={value!r}: expected {expected}")
+    names = [m for m in str(c.data.markets).split(",") if m]
+    repeated = sorted({m for m in names if names.count(m) > 1})
+    if repeated:
+        raise ConfigError(f"config.data.markets={c.data.markets!r}: {', '.join(repeated)} twice")
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -98,15 +148,19 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     Returns:
       Each point's results dict, in order.
     """
+    for config, _ in points:
+        validate(config)
     runs_per_step = points[0][0].get("runs_per_step", 0)
     if not isinstance(runs_per_step, int) or runs_per_step < 0:
-        raise ValueError(
+        raise ConfigError(
             f"config.runs_per_step={runs_per_step!r}: expected 0 (every run at once) or a "
             "positive number of runs trained together"
         )
     workdirs = [str(w).rstrip("/") if "://" in str(w) else os.path.abspath(w) for _, w in points]
     if len(set(workdirs)) != len(workdirs):
         raise groups.GroupError(f"two runs of one group share a workdir: {sorted(workdirs)}")
+    for config, workdir in points:
+        _check_layout(workdir, groups.parse_seeds(config))
     several_points = len(points) > 1
     expanded = []  # (config of one seed, workdir, label), per point its seeds
     point_seeds = []
@@ -149,6 +203,30 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     return out
 
 
+def _check_layout(workdir: str, seeds: list[int]) -> None:
+    """Refuses a run whose results would overwrite another layout's in `workdir`: a
+    single-seed run where several seeds' combined results are, or the reverse, or combined
+    results of other seeds."""
+    root = epath.Path(workdir)
+    single = (root / "checkpoints" / "progress.json").exists()
+    results = root / "results.json"
+    saved = (
+        json.loads(results.read_text()).get("seeds") if results.exists() and not single else None
+    )
+    several = any(root.glob("seed_*")) if root.exists() else False
+    problem = None
+    if len(seeds) > 1 and single:
+        problem = "a single-seed run; the combined results of several seeds would replace its"
+    elif len(seeds) == 1 and not single and (saved or several):
+        problem = "a run of several seeds; a single-seed run would replace its combined results"
+    elif len(seeds) > 1 and saved and saved != seeds:
+        problem = f"the combined results of seeds {saved}, not of {seeds}"
+    if problem:
+        raise checkpoint.IncompatibleCheckpoint(
+            f"{workdir} holds {problem}. Use a new --workdir, or --overwrite to move it aside"
+        )
+
+
 def _run_group(
     configs: list[ml_collections.ConfigDict], workdirs: list[str], labels: list[str]
 ) -> list[tuple[dict, dict]]:
@@ -160,16 +238,15 @@ def _run_group(
     methods = paradigms.parse_methods(config.methods)
     primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
     finished: dict[str, tuple[dict, dict]] = {}
-    runs: list[Run] = []
+    runs: list[runner.Run] = []
     for run_config, workdir, label in zip(configs, workdirs, labels, strict=True):
         root = epath.Path(workdir)
-        if primary:
-            root.mkdir(parents=True, exist_ok=True)
-        checkpoints = checkpoint.RunCheckpoints(
+        checkpoints = checkpoint.RunCheckpoints(  # reads only: the run's input is not checked
             workdir,
             run_config.to_dict(),
             run_config.get("checkpoint", {"enabled": False}),
             writes=primary,
+            start=False,
         )
         results_path = root / "results.json"
         if checkpoints.progress["done"] and results_path.exists():
@@ -181,16 +258,32 @@ def _run_group(
             )
             checkpoints.close()
             continue
-        if checkpoints.resuming:
-            print(f"{workdir}: resuming from {checkpoints.root}", flush=True)
-        if primary:
-            reporting.write_json_atomic(root / "config.json", run_config.to_dict())
-        runs.append(Run(run_config.seed, run_config, workdir, label, None, checkpoints))
+        runs.append(runner.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
     if not runs:
         return [finished[w] for w in workdirs]
+    # The data, and what depends on it, is checked before any workdir is touched.
     markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
     methods = paradigms.expand_sources(methods, names)
+    clients = config.federated.clients_per_round
+    if clients > len(markets):
+        raise ConfigError(
+            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
+            "markets (0 = all of them every round)"
+        )
+    trainer = runner.Runner(config, splits, stacked, names, methods)
+    data = checkpoint.data_fingerprints(splits)
+    for run in runs:
+        run.checkpoints.check_data(data)
+    for run in runs:
+        if run.checkpoints.resuming:
+            print(f"{run.workdir}: resuming from {run.checkpoints.root}", flush=True)
+        if primary:
+            epath.Path(run.workdir).mkdir(parents=True, exist_ok=True)
+            reporting.write_json_atomic(
+                epath.Path(run.workdir) / "config.json", run.config.to_dict()
+            )
+        run.checkpoints.start()
     print(summary.format_tables(markets), flush=True)
     profiles: dict[float, dict] = {}  # soft-label profiles per tau_s
     for run in runs:
@@ -208,7 +301,7 @@ def _run_group(
         )
     try:
         with checkpoint.PreemptionHandler():
-            runner = Runner(config, splits, stacked, names, methods)
+            batches: dict[tuple, list[tuple[str, runner.Run]]] = {}  # program -> (method, run)
             for method in methods:
                 todo = []
                 for run in runs:
@@ -226,14 +319,22 @@ def _run_group(
                     for run in todo:
                         run.checkpoints.finished_method(method, skipped=reason)
                     continue
-                for group in groups.chunks(todo, config.get("runs_per_step", 0)):
-                    label = ", ".join(r.label for r in group if r.label)
-                    print(f"\n== {method}{f' ({label})' if label else ''}", flush=True)
-                    for run, metrics in zip(group, runner.run(method, group), strict=True):
-                        ranks = _ranks_by_market(names, metrics.pop("ranks"))
-                        table = reporting.per_market_table(names, metrics)
+                key = trainer.program_key(method)
+                batches.setdefault(key, []).extend((method, run) for run in todo)
+            # Methods that fine-tune with one program train together, config.runs_per_step
+            # (method, run) pairs at a time.
+            for items in batches.values():
+                for chunk in groups.chunks(items, config.get("runs_per_step", 0)):
+                    names_ = ", ".join(dict.fromkeys(m for m, _ in chunk))
+                    label = ", ".join(dict.fromkeys(r.label for _, r in chunk if r.label))
+                    print(f"\n== {names_}{f' ({label})' if label else ''}", flush=True)
+                    metrics = trainer.run(chunk)
+                    for method, run in chunk:
+                        result = metrics[(method, run.workdir)]
+                        ranks = _ranks_by_market(names, result.pop("ranks"))
+                        table = reporting.per_market_table(names, result)
                         run.checkpoints.finished_method(method, table, ranks=ranks)
-                checkpoint.raise_if_preempted(f"after {method}")
+                    checkpoint.raise_if_preempted(f"after {names_}")
     finally:
         for run in runs:
             if run.log is not None:
@@ -246,13 +347,13 @@ def _run_group(
     pop_table = reporting.per_market_table(names, pop)
     for run in runs:
         finished[run.workdir] = _finish_run(
-            run, methods, names, pop_table, pop_ranks, runner.transfer_source
+            run, methods, names, pop_table, pop_ranks, trainer.transfer_source
         )
     return [finished[w] for w in workdirs]
 
 
 def _finish_run(
-    run: Run,
+    run: runner.Run,
     methods: list[str],
     names: list[str],
     pop_table: dict,

@@ -6,7 +6,11 @@ object store writes each object atomically (gs:// needs `pip install gcsfs`).
 
 from __future__ import annotations
 
+import datetime
+
 from etils import epath
+
+from fecosr_jax.errors import BadInput
 
 REMOTE_PREFIXES = ("gs://", "s3://")
 
@@ -27,3 +31,17 @@ def write_bytes_atomic(path, data: bytes) -> None:
 
 def write_text_atomic(path, text: str) -> None:
     write_bytes_atomic(path, text.encode())
+
+
+def move_aside(path) -> str | None:
+    """Renames a local folder to PATH.moved-<UTC time> (never deletes it); the new name, or
+    None if there was nothing there."""
+    path = epath.Path(path)
+    if is_remote(path):
+        raise BadInput(f"--overwrite: {path} is on an object store; move it aside yourself")
+    if not path.exists() or not any(path.iterdir()):
+        return None
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    target = path.parent / f"{path.name}.moved-{stamp}"
+    path.rename(target)
+    return str(target)

@@ -35,6 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import checkpoint, evaluation
 from fecosr_jax import mesh as mesh_lib
+from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated.client import batch_loss
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
@@ -90,9 +91,9 @@ class FinetuneConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"fine-tuning mode={self.mode!r}: expected one of {MODES}")
+            raise ConfigError(f"config.finetune: mode={self.mode!r}: expected one of {MODES}")
         if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
-            raise ValueError(f"fine-tuning config out of range: {self}")
+            raise ConfigError(f"config.finetune: out of range: {self}")
 
     def values(self) -> FinetuneValues:
         """This config's per-run values (host arrays)."""

@@ -20,6 +20,8 @@ import re
 
 import ml_collections
 
+from fecosr_jax.errors import BadInput, ConfigError
+
 VALUE_FIELDS = (
     "seed",
     "federated.alpha",
@@ -37,7 +39,7 @@ _GROUP_FIELDS = ("seeds", "runs_per_step")
 _NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
 
 
-class GroupError(ValueError):
+class GroupError(BadInput):
     """Runs that cannot form a group, or a --run flag that cannot be read (bad input)."""
 
 
@@ -53,7 +55,7 @@ def parse_seeds(config: ml_collections.ConfigDict) -> list[int]:
     except ValueError:
         seeds = []
     if not seeds or len(set(seeds)) != len(seeds):
-        raise ValueError(
+        raise ConfigError(
             f"config.seeds={text!r}: expected a count of seeds (--config.seeds=3) or a "
             "comma-separated list of distinct seeds (--config.seeds=0,1,2)"
         )

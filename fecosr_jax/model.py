@@ -18,6 +18,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from fecosr_jax.errors import ConfigError
+
 Array = jax.Array
 
 
@@ -66,15 +68,17 @@ class ModelConfig:
 
     def __post_init__(self):
         if not self.use_text and not self.num_item_ids:
-            raise ValueError("an ID-only model (use_text=False) needs num_item_ids > 0")
+            raise ConfigError("an ID-only model (use_text=False) needs num_item_ids > 0")
         if self.item_id_init not in ("zeros", "normal"):
-            raise ValueError(f"item_id_init={self.item_id_init!r}: expected zeros or normal")
+            raise ConfigError(
+                f"config.model.item_id_init={self.item_id_init!r}: expected zeros or normal"
+            )
         if self.norm not in ("pre", "post"):
-            raise ValueError(f"norm={self.norm!r}: expected pre or post")
+            raise ConfigError(f"config.model.norm={self.norm!r}: expected pre or post")
         if self.item_id_std < 0:
-            raise ValueError(f"item_id_std={self.item_id_std}: expected >= 0")
+            raise ConfigError(f"config.model.item_id_std={self.item_id_std}: expected >= 0")
         if self.dtype not in ("float32", "bfloat16"):
-            raise ValueError(f"dtype={self.dtype!r}: expected float32 or bfloat16")
+            raise ConfigError(f"config.model.dtype={self.dtype!r}: expected float32 or bfloat16")
 
 
 class ItemAdaptor(nn.Module):

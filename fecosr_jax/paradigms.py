@@ -39,6 +39,7 @@ import numpy as np
 
 from fecosr_jax import checkpoint
 from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
+from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig, init_params
@@ -105,14 +106,14 @@ def parse_methods(text: str) -> list[str]:
         if source is not None and (base not in SOURCE_METHODS or not source)
     ]
     if bad:
-        raise ValueError(
+        raise ConfigError(
             f"config.methods: {', '.join(bad)}: only {' and '.join(SOURCE_METHODS)} take a "
             "source market (METHOD@MARKET or METHOD@each)"
         )
     if unknown:
-        raise ValueError(f"config.methods: unknown methods {unknown}; known: {', '.join(METHODS)}")
+        raise ConfigError(f"config.methods: unknown methods {unknown}; known: {', '.join(METHODS)}")
     if not names:
-        raise ValueError("config.methods is empty")
+        raise ConfigError("config.methods is empty")
     return names
 
 
@@ -126,7 +127,7 @@ def expand_sources(methods: list[str], markets: list[str]) -> list[str]:
             out += [f"{base}@{m}" for m in markets]
             continue
         if source is not None and source not in markets:
-            raise ValueError(
+            raise ConfigError(
                 f"config.methods: {method}: {source!r} is not a market of this dataset "
                 f"({', '.join(markets)})"
             )

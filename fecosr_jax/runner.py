@@ -1,16 +1,20 @@
-"""The runner: trains one method for a group of runs (fecosr_jax.groups) on one set of splits.
+"""The runner: trains methods for a group of runs (fecosr_jax.groups) on one set of splits.
 
-`Runner.run(method, runs)` pretrains (fecosr_jax.paradigms.SPECS: federated, pooled or from
-one source market), fine-tunes and evaluates, and returns each run's per-market test metrics.
-The runs of a call train together on a leading run axis of the same compiled programs
-(fecosr_jax.federated.round, fecosr_jax.finetune, fecosr_jax.evaluation); each run logs and
-checkpoints into its own workdir.
+`Runner.run(items)` takes (method, run) pairs whose methods fine-tune with one compiled
+program (`Runner.program_key`: the same fine-tuning mode, architecture and markets): it
+pretrains what they need (fecosr_jax.paradigms.SPECS: federated, pooled or from one source
+market), then fine-tunes and evaluates every pair together on a leading run axis of the same
+compiled programs (fecosr_jax.federated.round, fecosr_jax.finetune, fecosr_jax.evaluation),
+and returns each pair's per-market test metrics. Each run logs and checkpoints into its own
+workdir, each method under its own name.
 
-Runs that a method would train identically are trained once: `local` does not read S²CE's
-alpha, and CE pretraining (alpha = 0) does not either, so in a sweep over alpha each seed's
-`local` and CE pretraining are computed for one run and given to the others (their log lines
-and results too; the checkpoints are the trained run's). Pretrainings are kept per run, so
-methods that share one (fecosr, fecosr_no_adapt, fecosr_no_finetune) train it once.
+What would be computed twice is computed once. Pairs that a method would train identically
+share one training: `local` does not read S²CE's alpha, and CE pretraining (alpha = 0) does
+not either, so in a sweep over alpha each seed's `local` and CE pretraining are trained for
+one run and given to the others (their log lines and results too; the checkpoints are the
+trained run's). Pretrainings are kept per run, so methods that share one (fecosr,
+fecosr_no_adapt, fecosr_no_finetune) train it once, and S²CE and CE pretraining, one round's
+program, train together (SHARED_ROUND).
 """
 
 from __future__ import annotations
@@ -25,6 +29,7 @@ import numpy as np
 from fecosr_jax import checkpoint, evaluation, finetune, paradigms, reporting
 from fecosr_jax.data import stack_markets
 from fecosr_jax.data.market import StackedMarkets
+from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig
@@ -115,9 +120,10 @@ class Runner:
         self.fed = fed_config(config)  # the group's program (its values are the first run's)
         self.pretrainings: dict[tuple[str, str | None], Pretraining] = {}
         self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
+        self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
         self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
         if self.transfer_source not in names:
-            raise ValueError(
+            raise ConfigError(
                 f"config.transfer_source={config.transfer_source!r} is not a market "
                 f"of this dataset ({', '.join(names)})"
             )
@@ -155,7 +161,9 @@ class Runner:
             alone = stack_markets([self.splits[names.index(source)]], num_markets_multiple=multiple)
             p = (self.model, s2ce, alone, [source], c.num_rounds, self.stacked)
         elif kind in ("federated_id_ce", "source_id_ce"):
-            stacked = paradigms.id_stacked(self.splits, multiple)
+            if self.id_stacked is None:  # one object: the ID methods fine-tune together
+                self.id_stacked = paradigms.id_stacked(self.splits, multiple)
+            stacked = self.id_stacked
             model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
             if kind == "federated_id_ce":
                 p = (model, id_ce, stacked, names, c.num_rounds, stacked)
@@ -264,38 +272,83 @@ class Runner:
             dataclasses.replace(self.stacked, semantics=zeros),
         )
 
-    def run(self, method: str, runs: list[Run]) -> list[dict[str, np.ndarray]]:
-        """Per-market test metrics [M] of one method for each run of the group, with "ranks"
-        [M, U] (evaluation.evaluate). Runs the method would train identically (equal
-        pretraining and fine-tuning values) train once."""
+    def _base(self, method: str) -> tuple[ModelConfig, StackedMarkets]:
+        """The architecture a method starts from and the stacked markets it fine-tunes and
+        is evaluated on."""
         base, source = paradigms.split_method(method)
-        spec = paradigms.SPECS[base]
+        kind = paradigms.SPECS[base].pretraining
+        if kind is None:
+            return self._local_base()
+        p = self.pretraining(kind, source)
+        return p.model, p.stacked
 
-        def identity(run):
+    def program_key(self, method: str) -> tuple:
+        """Methods with equal keys fine-tune (or evaluate) with one compiled program on the
+        same markets, so `run` can train them together."""
+        model, stacked = self._base(method)
+        mode = paradigms.SPECS[paradigms.split_method(method)[0]].finetune
+        if mode is not None:
+            ft = finetune_config(self.config, mode)
+            model = finetune.model_config_for(model, ft, stacked.item_mask.shape[1] - 1)
+        return (mode, model, id(stacked))
+
+    def run(self, items: list[tuple[str, Run]]) -> dict[tuple[str, str], dict]:
+        """Per-market test metrics [M] of each (method, run), with "ranks" [M, U]
+        (evaluation.evaluate), keyed by (method, run workdir). The methods share a
+        `program_key`: every pair fine-tunes and evaluates on one run axis. Pairs that would
+        train identically (the same pretraining, equal values) train once."""
+        assert len({self.program_key(m) for m, _ in items}) == 1, "one program per call"
+
+        def identity(item):
+            method, run = item
+            base, source = paradigms.split_method(method)
+            spec = paradigms.SPECS[base]
             pre = ft = None
             if spec.pretraining is not None:
-                pre = self._fed_values(self.pretraining(spec.pretraining, source), run)
+                p = self.pretraining(spec.pretraining, source)
+                pre = (p.key, self._fed_values(p, run))
             if spec.finetune is not None:
                 ft = _identity(finetune_config(run.config, spec.finetune).values())
             return (pre, ft, run.seed)
 
-        classes = _classes(runs, identity)
-        metrics = self._run_classes(method, spec, source, classes)
-        by_run = {
-            run.workdir: m for members, m in zip(classes, metrics, strict=True) for run in members
+        classes = _classes(items, identity)
+        metrics = self._run_classes(classes)
+        return {
+            (method, run.workdir): dict(m)
+            for members, m in zip(classes, metrics, strict=True)
+            for method, run in members
         }
-        return [dict(by_run[run.workdir]) for run in runs]
 
-    def _run_classes(self, method, spec, source, classes: list[list[Run]]) -> list[dict]:
-        """The method for the first run of each class, logged for every run of the class;
-        each class's metrics."""
-        runs = [members[0] for members in classes]
-        grouped = len(runs) > 1
-        params = None
-        if spec.pretraining is not None:
-            model, params, stacked = self.pretrain(spec.pretraining, source, runs)
-        else:
-            model, stacked = self._local_base()
+    def _params(self, items: list[tuple[str, Run]]):
+        """The pretrained shared params of each (method, run) ([R, ...]; None without a
+        pretraining), the methods' pretrainings trained first."""
+        needed: dict[tuple, list[Run]] = {}
+        for method, run in items:
+            base, source = paradigms.split_method(method)
+            kind = paradigms.SPECS[base].pretraining
+            if kind is not None:
+                needed.setdefault((kind, source), []).append(run)
+        if not needed:
+            return None
+        for (kind, source), runs in needed.items():
+            self.pretrain(kind, source, runs)
+        parts = []
+        for method, run in items:
+            base, source = paradigms.split_method(method)
+            p = self.pretraining(paradigms.SPECS[base].pretraining, source)
+            parts.append(self.pretrained[(p.key, run.workdir)])
+        return _stack(parts)
+
+    def _run_classes(self, classes: list[list[tuple[str, Run]]]) -> list[dict]:
+        """The first (method, run) of each class, logged for every member; each class's
+        metrics."""
+        items = [members[0] for members in classes]
+        runs = [run for _, run in items]
+        grouped = len(items) > 1
+        method = items[0][0]
+        model, stacked = self._base(method)
+        mode = paradigms.SPECS[paradigms.split_method(method)[0]].finetune
+        params = self._params(items)
         ev = self.config.eval
         seeds = [run.seed for run in runs]
         evaluate = dict(
@@ -307,10 +360,10 @@ class Runner:
             mesh=self.mesh,  # each device evaluates its own markets
         )
         test = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
-        if spec.finetune is None:
+        if mode is None:
             metrics = evaluation.evaluate(model, params, *test, **evaluate)
-            return [_run_part(metrics, i, grouped) for i in range(len(runs))]
-        fts = [finetune_config(run.config, spec.finetune) for run in runs]
+            return [_run_part(metrics, i, grouped) for i in range(len(items))]
+        fts = [finetune_config(run.config, mode) for run in runs]
         model = finetune.model_config_for(model, fts[0], stacked.item_mask.shape[1] - 1)
         starts = [
             finetune.init_market_params(
@@ -335,14 +388,13 @@ class Runner:
                         name: reporting.clean(n[j]) for j, name in enumerate(self.names)
                     },
                 }
-                for run in members:
-                    run.log.log(
-                        method, "finetune", epoch, values, curve="valid_ndcg@10", progress=True
-                    )
+                for m, run in members:
+                    run.log.log(m, "finetune", epoch, values, curve="valid_ndcg@10", progress=True)
 
         data = paradigms.finetune_data(stacked, self.fed)
-        phase = f"finetune_{method}"
-        phases = [run.checkpoints.phase(phase, best=True) for run in runs]
+        methods = list(dict.fromkeys(m for m, _ in items))
+        phases = [run.checkpoints.phase(f"finetune_{m}", best=True) for m, run in items]
+        several = len(methods) > 1
         result = finetune.finetune(
             model,
             fts[0],
@@ -351,12 +403,12 @@ class Runner:
             on_epoch=on_epoch,
             checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
             names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
-            phase=phase,
+            phase="finetune_" + "+".join(methods),
             values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
-            run_names=[run.label for run in runs],
+            run_names=[f"{run.label} {m}".strip() if several else run.label for m, run in items],
             mesh=self.mesh,  # each device fine-tunes its own markets
         )
         metrics = evaluation.evaluate(
             model, result.params, *test, per_market_params=True, **evaluate
         )
-        return [_run_part(metrics, i, grouped) for i in range(len(runs))]
+        return [_run_part(metrics, i, grouped) for i in range(len(items))]

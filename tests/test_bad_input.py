@@ -135,3 +135,146 @@ def test_text_cache_writes_nothing_partial(tmp_path):
     with pytest.raises(RuntimeError):
         sem.encode_texts(["a", "b"], model="m", cache_dir=tmp_path, encode_fn=broken)
     assert os.listdir(tmp_path) == []
+
+
+# --- Config values: refused before anything is read or written, naming the field. ---------
+
+
+def _config(**fields):
+    from experiments.configs import test as test_config
+
+    config = test_config.get_config()
+    for dotted, value in fields.items():
+        *parents, leaf = dotted.split("__")
+        node = config
+        for p in parents:
+            node = node[p]
+        node[leaf] = value
+    return config
+
+
+@pytest.mark.parametrize(
+    "fields, named",
+    [
+        ({"federated__client_lr": -0.1}, "config.federated.client_lr=-0.1: expected a positive"),
+        ({"federated__server_lr": 0.0}, "config.federated.server_lr=0.0"),
+        ({"finetune__lr": -1e-3}, "config.finetune.lr=-0.001"),
+        ({"num_rounds": 0}, "config.num_rounds=0: expected at least 1"),
+        ({"finetune__batch_size": 0}, "config.finetune.batch_size=0"),
+        ({"eval__protocol": "sampled100"}, "config.eval.protocol='sampled100': expected one of"),
+        ({"eval__batch_size": 0}, "config.eval.batch_size=0"),
+        ({"data__markets": "m0000,m0000,m0001"}, "m0000 twice"),
+        ({"data__min_interactions": 2}, "config.data.min_interactions=2"),
+        ({"federated__alpha": 1.5}, "config.federated.alpha=1.5 is out of range"),
+        ({"federated__loss": "mse"}, "config.federated.loss='mse': expected one of"),
+        ({"model__norm": "mid"}, "config.model.norm='mid': expected pre or post"),
+        ({"methods": "fecosr,nope"}, "config.methods: unknown methods ['nope']"),
+        ({"federated__clients_per_round": 4}, "clients_per_round=4: this data has 3 markets"),
+        ({"transfer_source": "zz"}, "config.transfer_source='zz' is not a market"),
+        ({"runs_per_step": -1}, "config.runs_per_step=-1"),
+    ],
+    ids=lambda x: next(iter(x)) if isinstance(x, dict) else None,
+)
+def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, fields, named):
+    from fecosr_jax import errors, experiment
+
+    workdir = tmp_path / "w"
+    with pytest.raises(errors.ConfigError) as e:
+        experiment.train_and_evaluate(_config(**fields), str(workdir))
+    assert named in str(e.value)
+    assert errors.exit_code(e.value) == errors.EXIT_BAD_INPUT
+    assert not workdir.exists()
+
+
+def test_the_command_line_says_one_line_and_exits_2(tmp_path):
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    workdir = tmp_path / "w"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/test.py",
+        f"--workdir={workdir}",
+        "--config.finetune.lr=-0.001",
+    ]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr.strip() == (
+        "error: config.finetune.lr=-0.001: expected a positive learning rate"
+    )
+    assert not workdir.exists()
+    # The traceback only when asked for.
+    out = subprocess.run([*command, "--verbosity=1"], cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and "Traceback" in out.stderr
+
+
+# --- A workdir's results are never mixed or replaced. ----------------------------------------
+
+
+def test_a_run_on_changed_data_is_refused_naming_the_market(tmp_path):
+    from fecosr_jax import checkpoint
+
+    config = {"seed": 0}
+    first = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    first.check_data({"ca": "aa", "de": "bb"})
+    first.start()
+    again = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    again.check_data({"ca": "aa", "de": "bb"})  # the same data resumes
+    changed = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"market\(s\) de changed"):
+        changed.check_data({"ca": "aa", "de": "cc"})
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"market\(s\) fr changed"):
+        changed.check_data({"ca": "aa", "de": "bb", "fr": "dd"})
+
+
+def test_data_fingerprints_see_one_changed_item():
+    from fecosr_jax import checkpoint
+
+    interactions = Interactions(
+        np.array(["u1"] * 4 + ["u2"] * 4), np.array(list("abcdabce")), np.arange(8.0)
+    )
+    split = leave_one_out(market_from_interactions("m", interactions), 4)
+    other = Interactions(interactions.users, np.array(list("abcdabcf")), interactions.times)
+    changed = leave_one_out(market_from_interactions("m", other), 4)
+    assert checkpoint.data_fingerprints([split]) == checkpoint.data_fingerprints([split])
+    assert checkpoint.data_fingerprints([split]) != checkpoint.data_fingerprints([changed])
+
+
+@pytest.mark.parametrize(
+    "layout, seeds, named",
+    [
+        ("single", "2", "holds a single-seed run"),
+        ("seeds", "1", "holds a run of several seeds"),
+        ("seeds", "0,1", "holds the combined results of seeds [0, 1, 2], not of [0, 1]"),
+    ],
+)
+def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, named):
+    from fecosr_jax import checkpoint, experiment
+
+    workdir = tmp_path / "w"
+    if layout == "single":
+        (workdir / "checkpoints").mkdir(parents=True)
+        (workdir / "checkpoints" / "progress.json").write_text("{}")
+    else:
+        (workdir / "seed_0").mkdir(parents=True)
+        (workdir / "results.json").write_text('{"seeds": [0, 1, 2]}')
+    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
+    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=named.replace("[", r"\[")):
+        experiment.train_and_evaluate(_config(seeds=seeds), str(workdir))
+    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
+
+
+def test_overwrite_moves_a_run_aside_and_deletes_nothing(tmp_path):
+    from fecosr_jax import files
+
+    run = tmp_path / "w"
+    (run / "checkpoints").mkdir(parents=True)
+    (run / "results.json").write_text("old")
+    moved = files.move_aside(run)
+    assert moved.startswith(str(run) + ".moved-") and not run.exists()
+    assert (tmp_path / moved.rsplit("/", 1)[1] / "results.json").read_text() == "old"
+    assert files.move_aside(run) is None  # nothing there: nothing to move

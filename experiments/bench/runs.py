@@ -11,6 +11,8 @@ its load time), per named program (the round `step`, the fine-tuning `_epoch`,
     against one point of it alone; grouped (the 9 points as runs of one process) and with a
     process per point; with the persistent compilation cache (a fresh folder) and without it
     (every process compiles everything).
+  synthetic: the same sweep of experiments/configs/synthetic_sweep.py (larger markets: the
+    2 CPU cores' compute bounds it), with the mean seconds per S²CE round of its runs.
 `--repo` measures another checkout the same way (e.g. the commit before runs as data), so
 before and after come from the same script on the same machine. It prints a table last.
 """
@@ -30,7 +32,7 @@ import time
 from absl import app, flags
 
 _REPO = flags.DEFINE_string("repo", ".", "The checkout to measure (its experiments.main).")
-_SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep.")
+_SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep, synthetic.")
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
 _CACHE = flags.DEFINE_list(
     "cache", ["on", "off"], "sweep: with the persistent compilation cache (on), without (off)."
@@ -39,6 +41,7 @@ _CACHE = flags.DEFINE_list(
 _COMPILED = re.compile(r"Finished XLA compilation of (\S+) in ([0-9.]+) sec")
 NAMED = ("jit(step)", "jit(_epoch)", "jit(_evaluate_jit)")
 TEST = "experiments/configs/test.py"
+SYNTHETIC = "experiments/configs/synthetic_sweep.py"
 
 
 def compile_stats(text: str) -> dict:
@@ -93,31 +96,40 @@ def sweep_logs(workdir: pathlib.Path) -> list[pathlib.Path]:
     return sorted(workdir.glob("logs/*.log")) + own
 
 
-def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+def round_seconds(workdir: pathlib.Path) -> float | None:
+    """The mean over a sweep's runs of its seconds per S²CE federated round (sweep.json)."""
+    rows = json.loads((workdir / "sweep.json").read_text())["rows"]
+    values = [r["round_s"]["federated_s2ce"] for r in rows if "federated_s2ce" in r["round_s"]]
+    return round(sum(values) / len(values), 3) if values else None
+
+
+def sweep_rows(repo: pathlib.Path, tmp: pathlib.Path, config: str, section: str) -> list[dict]:
+    """One point of `config` alone, then the 3 seeds x 3 alpha sweep of it, grouped and with
+    a process per point, per cache variant of --cache."""
     cache = has_cache_field(repo)
     common = ["--config.methods=local,fecosr"]
     rows = []
     variants = [("cache", True)] if cache and "on" in _CACHE.value else []
     variants += [("no cache", False)] if "off" in _CACHE.value or not cache else []
     for label, on in variants:
-        folder = tmp / f"xla_{label.replace(' ', '_')}"
-        flag = [f"--config.compilation_cache={folder if on else ''}"] if cache else []
-        one = tmp / f"one_{label.replace(' ', '_')}"
+        tag = f"{section}_{label.replace(' ', '_')}"
+        flag = [f"--config.compilation_cache={tmp / f'xla_{tag}' if on else ''}"] if cache else []
+        one = tmp / f"one_{tag}"
         stats = run(
             repo,
-            ["-m", "experiments.main", f"--config={TEST}", f"--workdir={one}", *common, *flag],
+            ["-m", "experiments.main", f"--config={config}", f"--workdir={one}", *common, *flag],
         )
-        rows.append({"section": "sweep", "what": f"one point ({label})", **stats})
+        rows.append({"section": section, "what": f"one point ({label})", **stats})
         modes = [("", [])]  # a checkout before groups: one process per point
         if "--runs-per-process" in (repo / "launch/sweep.py").read_text():
             modes = [("grouped, ", []), ("a process per point, ", ["--runs-per-process=1"])]
         for mode, extra in modes:
-            workdir = tmp / f"sweep_{label.replace(' ', '_')}_{len(extra)}"
+            workdir = tmp / f"sweep_{tag}_{len(extra)}"
             args = [
                 "launch/sweep.py",
                 "--seeds=0,1,2",
                 "--alpha=0.2,0.5,0.8",
-                f"--config={TEST}",
+                f"--config={config}",
                 f"--workdir={workdir}",
                 *extra,
                 *common,
@@ -125,15 +137,25 @@ def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
             ]
             stats = run(repo, args)
             stats.update(compile_stats("".join(p.read_text() for p in sweep_logs(workdir))))
+            stats["round_s"] = round_seconds(workdir)
             what = f"9 points, 3 seeds x 3 alpha ({mode}{label})"
-            rows.append({"section": "sweep", "what": what, **stats})
+            rows.append({"section": section, "what": what, **stats})
     return rows
 
 
+def sweep_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+    return sweep_rows(repo, tmp, TEST, "sweep")
+
+
+def synthetic_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+    return sweep_rows(repo, tmp, SYNTHETIC, "synthetic")
+
+
 def table(rows: list[dict]) -> str:
-    cols = ["what", "wall_s", "compile_s", "compiles", "cache_hits"] + [f"{n} x" for n in NAMED]
+    cols = ["section", "what", "wall_s", "compile_s", "compiles", "cache_hits"]
+    cols += [f"{n} x" for n in NAMED] + ["round_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
-    lines += ["| " + " | ".join(str(r[c]) for c in cols) + " |" for r in rows]
+    lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
     return "\n".join(lines)
 
 
@@ -143,7 +165,8 @@ def main(argv):
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         for section in _SECTIONS.value:
-            fn = {"seeds": seeds_section, "sweep": sweep_section}[section]
+            sections = {"seeds": seeds_section, "sweep": sweep_section}
+            fn = {**sections, "synthetic": synthetic_section}[section]
             rows += fn(repo, pathlib.Path(tmp))
             if _JSON.value:
                 pathlib.Path(_JSON.value).write_text(

@@ -93,8 +93,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Seeds: a count N (runs seed ... seed + N - 1, each in WORKDIR/seed_<s>/, and reports mean
     # ± std and paired tests against `local`) or a comma-separated list ("0,4,7").
     config.seeds = "1"
-    # Seeds train together on a leading run axis of the same compiled programs, this many at
-    # a time (0 = all; 1 = one after another, each exactly as a single-seed run). More at once
-    # fill an accelerator; the cost is memory (parameters and activations per run).
+    # Runs (each seed of each method that shares a compiled program) train together on a
+    # leading run axis, this many at a time (0 = all; 1 = one after another, each exactly as
+    # alone). More at once fill an accelerator; the cost is memory (parameters and
+    # activations per run).
     config.runs_per_step = 0
     return config

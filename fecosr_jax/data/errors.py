@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import os
 
+from fecosr_jax.errors import BadInput
 
-class DataError(ValueError):
+
+class DataError(BadInput):
     """Bad input data. The message says where (file, line, field) and what is wrong."""
 
     def __init__(

@@ -33,6 +33,7 @@ import dataclasses
 import numpy as np
 
 from fecosr_jax.data.market import Interactions, Market, market_from_interactions
+from fecosr_jax.errors import ConfigError
 
 # Stream tags for np.random.default_rng([seed, tag, ...]): one independent stream per purpose.
 _SHARED, _MARKET = 0, 1
@@ -71,7 +72,7 @@ class SyntheticConfig:
         }
         bad = [k for k, ok in checks.items() if not ok]
         if bad:
-            raise ValueError(f"SyntheticConfig: invalid {bad} in {self}")
+            raise ConfigError(f"config.synthetic: invalid {bad} in {self}")
 
 
 @dataclasses.dataclass(frozen=True)

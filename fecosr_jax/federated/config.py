@@ -16,6 +16,8 @@ import flax.struct
 import jax
 import numpy as np
 
+from fecosr_jax.errors import ConfigError
+
 LOSSES = ("s2ce", "ce")
 LOSS_IMPLS = ("dense", "blockwise")
 CLIENT_OPTIMIZERS = ("adam", "sgd")
@@ -100,7 +102,7 @@ class FedConfig:
         }
         for name, (value, allowed) in choices.items():
             if value not in allowed:
-                raise ValueError(f"config.federated.{name}={value!r}: expected one of {allowed}")
+                raise ConfigError(f"config.federated.{name}={value!r}: expected one of {allowed}")
         ranges = {
             "local_steps": self.local_steps >= 1,
             "batch_size": self.batch_size >= 1,
@@ -113,7 +115,9 @@ class FedConfig:
         }
         for name, ok in ranges.items():
             if not ok:
-                raise ValueError(f"config.federated.{name}={getattr(self, name)!r} is out of range")
+                raise ConfigError(
+                    f"config.federated.{name}={getattr(self, name)!r} is out of range"
+                )
 
     def values(self) -> FedValues:
         """This config's per-run values (host arrays). With loss "ce" alpha is 0."""

@@ -1,0 +1,67 @@
+"""What can stop a run, and the exit code an entry point gives it.
+
+  bad input (exit 2): a config value, a flag, a data file or a workdir to fix. `BadInput` and
+    its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.groups.GroupError,
+    fecosr_jax.checkpoint.IncompatibleCheckpoint); raised before the run writes anything.
+  failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
+    bug): fecosr_jax.checkpoint.NonFiniteError or any other exception.
+  preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.checkpoint.Preempted).
+
+`report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
+--verbosity=1 or higher, or FECOSR_TRACEBACK=1).
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import traceback
+
+EXIT_FAILURE = 1
+EXIT_BAD_INPUT = 2
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
+
+
+class BadInput(ValueError):
+    """Input to fix (config, flag, data, workdir). The message names what and where."""
+
+
+class ConfigError(BadInput):
+    """A config field out of range or of a wrong kind; the message names the field."""
+
+
+class NonFiniteError(RuntimeError):
+    """A non-finite loss or parameter: the run stops and the last checkpoint stays good."""
+
+
+class Preempted(Exception):
+    """SIGTERM arrived: a checkpoint was written; re-running the same command resumes."""
+
+
+def exit_code(error: BaseException) -> int:
+    if isinstance(error, Preempted):
+        return EXIT_PREEMPTED
+    return EXIT_BAD_INPUT if isinstance(error, BadInput) else EXIT_FAILURE
+
+
+def wants_traceback(verbosity: int = 0) -> bool:
+    return verbosity >= 1 or os.environ.get("FECOSR_TRACEBACK", "") not in ("", "0")
+
+
+def report(error: BaseException, *, verbosity: int = 0, prog: str = "") -> int:
+    """Prints `error` for a person (stderr; one line unless a traceback is wanted) and
+    returns the exit code."""
+    if wants_traceback(verbosity):
+        traceback.print_exception(error, file=sys.stderr)
+    code = exit_code(error)
+    text = str(error) or type(error).__name__
+    if code == EXIT_FAILURE and not isinstance(error, RuntimeError | OSError):
+        text = f"{type(error).__name__}: {text}"  # an unexpected error: say which
+    prefix = f"{prog}: " if prog else ""
+    hint = (
+        ""
+        if wants_traceback(verbosity) or code != EXIT_FAILURE
+        else (" (the traceback: --verbosity=1 or FECOSR_TRACEBACK=1)")
+    )
+    print(f"{prefix}error: {text}{hint}", file=sys.stderr, flush=True)
+    return code
