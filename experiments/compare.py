@@ -5,9 +5,9 @@ r"""Paired tests between any two methods of a finished run (not only against `lo
 For each pair A:B and each market: the NDCG@10 difference A - B and a paired t-test over the
 market's test users (per-user NDCG@10 averaged over the run's seeds), as results.json does for
 every method against `local`. Reads DIR/results.json and the per-user test ranks that the run
-kept in its checkpoints (DIR/checkpoints/progress.json, or DIR/seed_<s>/checkpoints/... for a
-run with several seeds; a run with --config.checkpoint.enabled=False keeps none). Prints the
-table and writes DIR/pairs.md and DIR/pairs.json (each write atomic). Nothing is run again.
+wrote beside it (DIR/ranks.npz, or DIR/seed_<s>/ranks.npz for a run with several seeds; runs
+of older versions kept them in their checkpoints' progress.json). Prints the table and writes
+DIR/pairs.md and DIR/pairs.json (each write atomic). Nothing is run again.
 """
 
 import json
@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from etils import epath
 
-from fecosr_jax import reporting
+from fecosr_jax import errors, reporting
 from fecosr_jax.files import write_text_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir (experiments.main).")
@@ -24,18 +24,30 @@ _PAIRS = flags.DEFINE_string("pairs", None, "Comma-separated METHOD_A:METHOD_B p
 flags.mark_flags_as_required(["workdir", "pairs"])
 
 
+def _read_json(path: epath.Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise errors.BadInput(
+            f"{path}: not readable JSON ({e}); is the run's file complete?"
+        ) from e
+
+
 def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
-    """{method: {market: [S, U] ranks}} from the progress file of each seed's checkpoints."""
+    """{method: {market: [S, U] ranks}} from each seed's ranks.npz (beside its results.json),
+    or, for runs of older versions, from its checkpoints' progress file."""
     dirs = [workdir / f"seed_{s}" for s in seeds] if seeds else [workdir]
     per_seed = []
     for d in dirs:
+        if (d / "ranks.npz").exists():
+            per_seed.append(reporting.read_ranks(d / "ranks.npz"))
+            continue
         progress = d / "checkpoints" / "progress.json"
         if not progress.exists():
-            raise ValueError(
-                f"{progress}: missing. The per-user ranks are kept with the checkpoints; a run "
-                "with --config.checkpoint.enabled=False has none"
+            raise errors.BadInput(
+                f"{d / 'ranks.npz'}: missing (and no {progress}): is {d} a finished run?"
             )
-        per_seed.append(json.loads(progress.read_text()).get("ranks", {}))
+        per_seed.append(_read_json(progress).get("ranks", {}))
     # Only methods with ranks from every seed are compared.
     return {
         m: by
@@ -49,17 +61,17 @@ def compare(workdir: str, pairs_text: str) -> str:
     workdir = epath.Path(workdir)
     results_path = workdir / "results.json"
     if not results_path.exists():
-        raise ValueError(f"{results_path}: missing; is {workdir} a finished run's workdir?")
+        raise errors.BadInput(f"{results_path}: missing; is {workdir} a finished run's workdir?")
     try:
         pairs = reporting.parse_pairs(pairs_text)
     except ValueError as e:
-        raise ValueError(f"--pairs: {e}") from e
-    results = json.loads(results_path.read_text())
+        raise errors.BadInput(f"--pairs: {e}") from e
+    results = _read_json(results_path)
     seeds = results.get("seeds")
     try:
         table = reporting.pair_comparison(results, load_ranks(workdir, seeds), pairs)
     except ValueError as e:
-        raise ValueError(f"--pairs={pairs_text}: {e}") from e
+        raise errors.BadInput(f"--pairs={pairs_text}: {e}") from e
     text = f"# {results['dataset']}: paired comparisons\n\n" + reporting.pairs_markdown(
         table, results["markets"], seeds
     )
@@ -72,8 +84,8 @@ def main(argv):
     del argv
     try:
         print(compare(_WORKDIR.value, _PAIRS.value))
-    except ValueError as e:
-        sys.exit(f"experiments.compare: {e}")
+    except Exception as e:  # one line (exit 2: a flag or file to fix); --verbosity=1: traceback
+        sys.exit(errors.report(e, verbosity=flags.FLAGS.verbosity, prog="experiments.compare"))
 
 
 if __name__ == "__main__":

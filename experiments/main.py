@@ -18,12 +18,13 @@ SIGTERM after a checkpoint (re-run the same command to resume).
 """
 
 import os
+import signal
 import sys
 
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fecosr_jax import experiment
+from fecosr_jax import errors, experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
@@ -60,9 +61,16 @@ _PROCESS_ID = flags.DEFINE_integer(
 )
 
 
+def _stopped(signum, frame):
+    # SIGTERM outside a training loop (start-up, writing results): every file written so far
+    # is whole, so the same command simply starts or finishes again.
+    raise errors.Preempted("stopped by SIGTERM outside a training step")
+
+
 def main(argv):
     if len(argv) > 1:
         raise app.UsageError(f"unexpected arguments: {argv[1:]}")
+    signal.signal(signal.SIGTERM, _stopped)  # the training loops install their own handler
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
@@ -85,7 +93,7 @@ def main(argv):
         raise app.UsageError(
             "--coordinator_address, --num_processes and --process_id need --distributed"
         )
-    from fecosr_jax import errors, groups
+    from fecosr_jax import groups
 
     try:
         if _OVERWRITE.value:

@@ -1,4 +1,4 @@
-"""Ranking metrics over each market's catalogue, vmapped over markets (DESIGN.md §5).
+"""Ranking metrics over each market's catalogue, vmapped over markets (docs/design.md §5).
 
 Protocols (config, not code):
   "full": the target's rank is the number of catalogue items scored strictly higher than it
@@ -7,8 +7,8 @@ Protocols (config, not code):
     market's catalogue, seeded by (seed, market, user), as in the FOREC / CAT-SR tables.
 Seen items: with mask_seen=True, the items of the user's input sequence (its last L items)
 cannot outrank the target (default off, as in the RecBole comparison).
-HR@K = [rank < K], NDCG@K = [rank < K] / log2(rank + 2), MRR@K = [rank < K] / (rank + 1),
-returned as mergeable (sum, count) statistics per market. Over a mesh of several devices
+HR@K, NDCG@K and MRR@K (fecosr_jax.metrics), returned as mergeable (sum, count) statistics
+per market. Over a mesh of several devices
 (fecosr_jax.mesh) each device evaluates its own markets.
 """
 
@@ -21,6 +21,7 @@ import jax.numpy as jnp
 import numpy as np
 from jax.sharding import PartitionSpec as P
 
+from fecosr_jax import keys, metrics
 from fecosr_jax import mesh as mesh_lib
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
@@ -35,14 +36,13 @@ def target_ranks(item_scores: jax.Array, targets: jax.Array, item_mask: jax.Arra
 
 
 def rank_metrics(ranks: jax.Array, valid: jax.Array, ks: Sequence[int] = KS) -> dict:
-    """Sums over users of HR/NDCG/MRR@k (name "hr@10" ...) and the user count ("count")."""
-    r = ranks.astype(jnp.float32)
+    """Sums over users of HR/NDCG/MRR@k (name "hr@10" ...; fecosr_jax.metrics) and the user
+    count ("count")."""
     out = {"count": jnp.sum(valid.astype(jnp.float32))}
     for k in ks:
-        hit = (ranks < k) & valid
-        out[f"hr@{k}"] = jnp.sum(hit.astype(jnp.float32))
-        out[f"ndcg@{k}"] = jnp.sum(jnp.where(hit, 1.0 / jnp.log2(r + 2.0), 0.0))
-        out[f"mrr@{k}"] = jnp.sum(jnp.where(hit, 1.0 / (r + 1.0), 0.0))
+        for name in ("hr", "ndcg", "mrr"):
+            value = metrics.at_k(name, ranks, k, xp=jnp, dtype=jnp.float32)
+            out[f"{name}@{k}"] = jnp.sum(jnp.where(valid, value, 0.0))
     return out
 
 
@@ -95,7 +95,7 @@ def market_metric_sums(
     `with_ranks`, "ranks" [U] holds each user's target rank (-1 where there is no user)."""
     model = SequenceModel(model_config)
     items = model.apply({"params": params}, semantics, method=SequenceModel.item_embeddings)
-    market_key = jax.random.fold_in(jax.random.key(seed), market_index)
+    market_key = keys.derive(seed, market_index)
 
     def chunk(args):
         x, t, users = args

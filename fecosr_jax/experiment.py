@@ -25,7 +25,9 @@ from fecosr_jax import (
     evaluation,
     finetune,
     groups,
+    metrics_log,
     paradigms,
+    progress,
     reporting,
     runner,
 )
@@ -261,8 +263,10 @@ def _run_group(
         runs.append(runner.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
     if not runs:
         return [finished[w] for w in workdirs]
+    times = progress.PhaseTimes()
     # The data, and what depends on it, is checked before any workdir is touched.
-    markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
+    with times.phase("loading"):
+        markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
     names = [m.name for m in markets]
     methods = paradigms.expand_sources(methods, names)
     clients = config.federated.clients_per_round
@@ -271,7 +275,7 @@ def _run_group(
             f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
             "markets (0 = all of them every round)"
         )
-    trainer = runner.Runner(config, splits, stacked, names, methods)
+    trainer = runner.Runner(config, splits, stacked, names, methods, times)
     data = checkpoint.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)
@@ -296,7 +300,7 @@ def _run_group(
                         "\n" + summary.soft_labels_markdown(profiles[fed.temperature]), flush=True
                     )
             run.soft_labels = profiles[fed.temperature]
-        run.log = reporting.RunLog(
+        run.log = metrics_log.RunLog(
             run.workdir, tensorboard=config.tensorboard, writes=primary, label=run.label
         )
     try:
@@ -323,18 +327,24 @@ def _run_group(
                 batches.setdefault(key, []).extend((method, run) for run in todo)
             # Methods that fine-tune with one program train together, config.runs_per_step
             # (method, run) pairs at a time.
-            for items in batches.values():
-                for chunk in groups.chunks(items, config.get("runs_per_step", 0)):
-                    names_ = ", ".join(dict.fromkeys(m for m, _ in chunk))
-                    label = ", ".join(dict.fromkeys(r.label for _, r in chunk if r.label))
-                    print(f"\n== {names_}{f' ({label})' if label else ''}", flush=True)
-                    metrics = trainer.run(chunk)
-                    for method, run in chunk:
-                        result = metrics[(method, run.workdir)]
-                        ranks = _ranks_by_market(names, result.pop("ranks"))
-                        table = reporting.per_market_table(names, result)
-                        run.checkpoints.finished_method(method, table, ranks=ranks)
-                    checkpoint.raise_if_preempted(f"after {names_}")
+            steps = [
+                chunk
+                for items in batches.values()
+                for chunk in groups.chunks(items, config.get("runs_per_step", 0))
+            ]
+            for i, chunk in enumerate(steps, 1):
+                names_ = ", ".join(dict.fromkeys(m for m, _ in chunk))
+                label = ", ".join(dict.fromkeys(r.label for _, r in chunk if r.label))
+                print(
+                    f"\n== [{i}/{len(steps)}] {names_}{f' ({label})' if label else ''}", flush=True
+                )
+                metrics = trainer.run(chunk)
+                for method, run in chunk:
+                    result = metrics[(method, run.workdir)]
+                    ranks = _ranks_by_market(names, result.pop("ranks"))
+                    table = reporting.per_market_table(names, result)
+                    run.checkpoints.finished_method(method, table, ranks=ranks)
+                checkpoint.raise_if_preempted(f"after {names_}")
     finally:
         for run in runs:
             if run.log is not None:
@@ -349,6 +359,7 @@ def _run_group(
         finished[run.workdir] = _finish_run(
             run, methods, names, pop_table, pop_ranks, trainer.transfer_source
         )
+    print(times.summary(), flush=True)
     return [finished[w] for w in workdirs]
 
 
@@ -382,6 +393,7 @@ def _finish_run(
         "soft_labels": run.soft_labels,
     }
     if distributed.is_primary():
+        reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         table = reporting.write_results(
             run.workdir, results, run.log.curves, plots=run.config.plots
         )

@@ -6,7 +6,10 @@ object store writes each object atomically (gs:// needs `pip install gcsfs`).
 
 from __future__ import annotations
 
+import contextlib
 import datetime
+import os
+import tempfile
 
 from etils import epath
 
@@ -19,14 +22,30 @@ def is_remote(path) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def write_bytes_atomic(path, data: bytes) -> None:
+    """Writes `data` to `path` whole or not at all: a local file goes to a temporary file of
+    its own in the same folder (two processes writing one path do not clash), then is
+    renamed over `path`."""
     path = epath.Path(path)
     if is_remote(path):
         path.write_bytes(data)
         return
-    tmp = path.parent / f"{path.name}.tmp"
-    tmp.write_bytes(data)
-    tmp.replace(path)
+    fd, tmp = tempfile.mkstemp(dir=os.fspath(path.parent), prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes it private; a result file is not
+        os.replace(tmp, os.fspath(path))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def write_text_atomic(path, text: str) -> None:

@@ -1,4 +1,4 @@
-"""Stage 2: local fine-tuning of every market at once (DESIGN.md §2, §3).
+"""Stage 2: local fine-tuning of every market at once (docs/design.md §2, §3).
 
 Each market trains its own copy of the model on its own data with CE, all markets vmapped in
 one compiled epoch function, each with its own early stopping on validation NDCG@10 (its best
@@ -33,7 +33,7 @@ import numpy as np
 import optax
 from jax.sharding import PartitionSpec as P
 
-from fecosr_jax import checkpoint, evaluation
+from fecosr_jax import checkpoint, evaluation, keys
 from fecosr_jax import mesh as mesh_lib
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated.client import batch_loss
@@ -42,7 +42,6 @@ from fecosr_jax.model import ModelConfig, init_params
 
 MODES = ("adapt", "plain", "scratch")
 LOCAL_MODULES = ("item_ids", "adapter_down", "adapter_up")  # the market-specific parameters
-_FINETUNE_STREAM = 3  # RNG stream tag of fine-tuning batches and dropout
 
 
 @flax.struct.dataclass
@@ -243,12 +242,7 @@ def _run_epoch(
     optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params), values)
 
     def market_epoch(p, o, market):
-        key = jax.random.fold_in(
-            jax.random.fold_in(
-                jax.random.fold_in(jax.random.key(values.seed), _FINETUNE_STREAM), epoch
-            ),
-            market["market_index"],
-        )
+        key = keys.derive(values.seed, keys.FINETUNE, epoch, market["market_index"])
 
         def step(carry, k):
             p, o = carry
@@ -304,7 +298,8 @@ def finetune(
       data: [M, ...] arrays: train, num_rows, semantics, item_mask, valid_inputs,
         valid_targets, market_index (shared by every run).
       on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]) ([R, M] with
-        runs).
+        runs); a market that has stopped (active False) shows its kept best validation
+        NDCG@10, not a measurement of parameters it will not keep.
       checkpoints: optional checkpoint.PhaseCheckpoints: the whole state (parameters,
         optimiser states, best-so-far parameters, early-stopping counters) is saved after
         every epoch and restored from the newest good checkpoint.
@@ -401,8 +396,8 @@ def finetune(
         history.append(
             {"epoch": epoch, "valid_ndcg@10": ndcg, "loss": loss, "active": active.copy()}
         )
-        if on_epoch is not None:
-            on_epoch(epoch, ndcg, loss, active.copy())
+        if on_epoch is not None:  # a stopped market shows what it keeps, not a discarded value
+            on_epoch(epoch, np.where(active, ndcg, best_valid), loss, active.copy())
         active = active & (bad < ft.patience)
         state = {
             "params": params,

@@ -1,4 +1,4 @@
-"""CE and the Semantic Soft Cross-Entropy (S²CE), as pure functions (DESIGN.md §2).
+"""CE and the Semantic Soft Cross-Entropy (S²CE), as pure functions (docs/design.md §2).
 
 For one position with target t, logits z over the market's catalogue I_m and p = softmax(z):
 

@@ -1,4 +1,4 @@
-"""The shared sequence model (DESIGN.md §2): item adaptor + SASRec-style causal Transformer.
+"""The shared sequence model (docs/design.md §2): item adaptor + SASRec-style causal Transformer.
 
 Item representation e_i = A(s_i) (+ an optional item-ID embedding): A is a UniSRec-style
 mixture of parametric-whitening experts, x -> sum_e g_e(x) W_e (x - b_e), with a softmax gate

@@ -1,6 +1,8 @@
-"""The paradigms compared on the same data and splits (DESIGN.md §5).
+"""The paradigms compared on the same data and splits (docs/design.md §5).
 
-Every method = a pretraining (or none) followed by a fine-tuning mode (or none):
+Every method = a pretraining (or none) followed by a fine-tuning mode (or none): a row of
+SPECS, whose pretraining is data too (`Pretraining`: its loss and scope, in PRETRAININGS). The
+runner (fecosr_jax.runner) reads nothing else, so a new method is one new row.
 
   method               pretraining                              fine-tuning
   local                none (each market alone)                 scratch: text + ID + adapters
@@ -59,6 +61,56 @@ METHODS = (
 
 
 @dataclasses.dataclass(frozen=True)
+class Pretraining:
+    """What a pretraining is, as data.
+
+    Attributes:
+      loss: "s2ce" (config.federated's alpha and tau_s), "ce" (S²CE's program with alpha 0)
+        or "id_ce" (plain CE of an item-ID model over the union vocabulary, no text vectors).
+      scope: "federated" (every market a client), "pooled" (every market's data in one
+        Adam step, through the round with K = 1: centralized_config) or "source" (one source
+        market alone).
+    """
+
+    loss: str
+    scope: str
+
+    @property
+    def items(self) -> str:
+        """How items are represented: "id" (union vocabulary) or "text" (A(s_i))."""
+        return "id" if self.loss == "id_ce" else "text"
+
+
+# The pretrainings, by the name their logs and checkpoints carry.
+PRETRAININGS = {
+    "federated_s2ce": Pretraining("s2ce", "federated"),
+    "federated_ce": Pretraining("ce", "federated"),
+    "central_s2ce": Pretraining("s2ce", "pooled"),
+    "source_s2ce": Pretraining("s2ce", "source"),
+    "federated_id_ce": Pretraining("id_ce", "federated"),
+    "source_id_ce": Pretraining("id_ce", "source"),
+}
+
+
+def adjust(pretraining: Pretraining, fed: FedConfig) -> FedConfig:
+    """A run's federated settings for this pretraining."""
+    if pretraining.loss == "id_ce":
+        fed = dataclasses.replace(fed, loss="ce")
+    else:  # CE is S²CE with alpha = 0: one compiled round serves both
+        alpha = fed.alpha if pretraining.loss == "s2ce" else 0.0
+        fed = dataclasses.replace(fed, loss="s2ce", alpha=alpha)
+    return centralized_config(fed) if pretraining.scope == "pooled" else fed
+
+
+def share_a_round(a: str, b: str) -> bool:
+    """Whether two pretrainings run as runs of one compiled round on the same markets (S²CE
+    and CE over the same scope and items), so they can train together."""
+    pa, pb = PRETRAININGS[a], PRETRAININGS[b]
+    text_losses = {pa.loss, pb.loss} <= {"s2ce", "ce"}
+    return text_losses and pa.scope == pb.scope != "source"
+
+
+@dataclasses.dataclass(frozen=True)
 class MethodSpec:
     pretraining: str | None  # key of PRETRAININGS, or None
     finetune: str | None  # fine-tuning mode, or None
@@ -90,8 +142,9 @@ def split_method(method: str) -> tuple[str, str | None]:
 
 
 def uses_s2ce(method: str) -> bool:
-    """Whether a method's pretraining uses the S²CE loss (its kind ends in "s2ce")."""
-    return (SPECS[split_method(method)[0]].pretraining or "").endswith("s2ce")
+    """Whether a method's pretraining uses the S²CE loss."""
+    kind = SPECS[split_method(method)[0]].pretraining
+    return kind is not None and PRETRAININGS[kind].loss == "s2ce"
 
 
 def parse_methods(text: str) -> list[str]:

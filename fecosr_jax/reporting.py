@@ -7,17 +7,37 @@ curves go to metrics.jsonl and TensorBoard.
 from __future__ import annotations
 
 import json
-import time
 
 import numpy as np
 from etils import epath
 
 from fecosr_jax import significance
 from fecosr_jax.data import summary
-from fecosr_jax.files import is_remote, write_bytes_atomic, write_text_atomic
+from fecosr_jax.files import write_bytes_atomic, write_text_atomic
 
 REPORTED = ("hr@10", "ndcg@10", "mrr@10")
 GAIN_METRIC = "ndcg@10"
+
+
+def write_ranks(path, ranks: dict[str, dict[str, list[int]]]) -> None:
+    """Per-user test ranks {method: {market: [U]}} as RANKS.npz, one int32 array per
+    "method/market" (what the paired tests and experiments.compare read)."""
+    import io
+
+    buffer = io.BytesIO()
+    arrays = {f"{m}/{n}": np.asarray(r, np.int32) for m, by in ranks.items() for n, r in by.items()}
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_ranks(path) -> dict[str, dict[str, list[int]]]:
+    """The inverse of write_ranks."""
+    out: dict[str, dict[str, list[int]]] = {}
+    with np.load(epath.Path(path).open("rb")) as data:
+        for key in data.files:
+            method, _, market = key.partition("/")
+            out.setdefault(method, {})[market] = data[key].tolist()
+    return out
 
 
 def write_json_atomic(path: str, obj) -> None:
@@ -316,122 +336,6 @@ def results_markdown(results: dict) -> str:
     return "\n".join(lines) + "\n"
 
 
-class RunLog:
-    """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines.
-
-    An existing metrics.jsonl is continued. A resumed phase repeats the steps after its
-    checkpoint: logging step s of a (paradigm, stage) drops that phase's old lines from s on,
-    so the file holds each round and epoch once. On an object store (gs://) the file is
-    rewritten at most every 30 s and at close (objects cannot be appended to)."""
-
-    def __init__(
-        self, workdir: str, *, tensorboard: bool = True, writes: bool = True, label: str = ""
-    ):
-        self.label = label  # printed before each progress line (e.g. "seed 1")
-        self.path = epath.Path(workdir) / "metrics.jsonl"
-        self.remote = is_remote(self.path)
-        self.writes = writes  # False: keep the lines in memory only (processes other than 0)
-        self.lines: list[dict] = []
-        if self.path.exists():
-            self.lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
-        last = self.lines[-1]["seconds"] if self.lines else 0.0
-        self.start = time.perf_counter() - last
-        self.synced = time.perf_counter()
-        self.writer = None
-        if tensorboard and writes:
-            try:
-                from tensorboardX import SummaryWriter
-            except ImportError:  # optional: the JSONL log is the source of truth
-                SummaryWriter = None
-            if SummaryWriter is not None:
-                self.writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
-
-    @property
-    def curves(self) -> dict[str, list[tuple[int, float]]]:
-        """{"paradigm stage metric": [(step, value)]} of the logged curves."""
-        out: dict[str, list[tuple[int, float]]] = {}
-        for line in self.lines:
-            curve = line.get("curve")
-            if curve is not None and line.get(curve) is not None:
-                key = f"{line['paradigm']} {line['stage']} {curve}"
-                out.setdefault(key, []).append((line["step"], line[curve]))
-        return out
-
-    def _rewrite(self):
-        if not self.writes:
-            return
-        write_text_atomic(self.path, "".join(json.dumps(x) + "\n" for x in self.lines))
-        self.synced = time.perf_counter()
-
-    def log(
-        self,
-        paradigm: str,
-        stage: str,
-        step: int,
-        values: dict,
-        *,
-        curve: str | None = None,
-        progress: bool = False,
-    ):
-        line = {
-            "paradigm": paradigm,
-            "stage": stage,
-            "step": step,
-            **values,
-            "seconds": round(time.perf_counter() - self.start, 3),
-        }
-        if curve is not None:
-            line["curve"] = curve
-        if any(
-            x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step
-            for x in self.lines
-        ):
-            # A resumed phase repeats the steps after its checkpoint: drop their old lines.
-            self.lines = [
-                x
-                for x in self.lines
-                if not (x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step)
-            ]
-            self._rewrite()
-        self.lines.append(line)
-        if not self.writes:
-            pass
-        elif not self.remote:
-            with self.path.open("a") as f:
-                f.write(json.dumps(line) + "\n")
-        elif time.perf_counter() - self.synced > 30:
-            self._rewrite()
-        if self.writer is not None:
-            for k, v in values.items():
-                if isinstance(v, (int, float)) and v is not None:
-                    tag = f"{paradigm}/{stage}/{k}".replace("@", "_at_")
-                    self.writer.add_scalar(tag, v, step)
-        if progress:
-            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
-            label = f"{self.label} " if self.label else ""
-            print(
-                f"[{line['seconds']:7.1f}s] {label}{paradigm} {stage} {step}: {shown}", flush=True
-            )
-
-    def close(self):
-        if self.remote:
-            self._rewrite()
-        if self.writer is not None:
-            self.writer.close()
-
-
-def save_png(fig, path) -> None:
-    """Saves a figure as PNG, atomically."""
-    import io
-
-    import matplotlib.pyplot as plt
-
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=120)
-    plt.close(fig)
-    write_bytes_atomic(path, buffer.getvalue())
-
-
 def write_results(workdir: str, results: dict, curves: dict, *, plots: bool) -> str:
     """Writes results.json, results.md and (with `plots`) the plots; returns the Markdown."""
     root = epath.Path(workdir)
@@ -439,51 +343,7 @@ def write_results(workdir: str, results: dict, curves: dict, *, plots: bool) -> 
     write_json_atomic(root / "results.json", results)
     write_text_atomic(root / "results.md", table)
     if plots:
-        plot(results, curves, workdir)
+        from fecosr_jax import plots as plots_lib  # matplotlib: only when plotting
+
+        plots_lib.plot(results, curves, workdir)
     return table
-
-
-def plot(results: dict, curves: dict, workdir: str) -> list[str]:
-    """PNG plots: per-market NDCG@10 bars by method, and training curves."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    paths = []
-    names, methods = results["markets"], list(results["methods"])
-    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(methods) / 3 + 3), 4))
-    width = 0.8 / len(methods)
-    x = np.arange(len(names))
-    std = results.get("std")
-    for i, m in enumerate(methods):
-        vals = [results["methods"][m][n][GAIN_METRIC] or 0.0 for n in names]
-        err = [std[m][n][GAIN_METRIC] or 0.0 for n in names] if std else None
-        ax.bar(x + i * width, vals, width, yerr=err, capsize=2, label=m)
-    ax.set_xticks(x + 0.4 - width / 2, names, rotation=45 if len(names) > 8 else 0)
-    ax.set_ylabel(f"test {GAIN_METRIC}")
-    ax.set_title(results["dataset"])
-    ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    paths.append(str(epath.Path(workdir) / "markets_ndcg10.png"))
-    save_png(fig, paths[-1])
-
-    if curves:
-        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
-        for name, points in curves.items():
-            steps, values = zip(*points, strict=True)
-            ax = axes[0] if "pretrain" in name else axes[1]
-            ax.plot(steps, values, label=name)
-        axes[0].set_xlabel("round")
-        axes[0].set_ylabel("training loss")
-        axes[0].set_title("federated / pooled pretraining")
-        axes[1].set_xlabel("epoch")
-        axes[1].set_ylabel("validation NDCG@10 (market mean)")
-        axes[1].set_title("fine-tuning")
-        for ax in axes:
-            if ax.lines:
-                ax.legend(fontsize=7)
-        fig.tight_layout()
-        paths.append(str(epath.Path(workdir) / "curves.png"))
-        save_png(fig, paths[-1])
-    return paths

@@ -14,19 +14,28 @@ not either, so in a sweep over alpha each seed's `local` and CE pretraining are 
 one run and given to the others (their log lines and results too; the checkpoints are the
 trained run's). Pretrainings are kept per run, so methods that share one (fecosr,
 fecosr_no_adapt, fecosr_no_finetune) train it once, and S²CE and CE pretraining, one round's
-program, train together (SHARED_ROUND).
+program, train together (paradigms.share_a_round).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 
 import jax
 import ml_collections
 import numpy as np
 
-from fecosr_jax import checkpoint, evaluation, finetune, paradigms, reporting
+from fecosr_jax import (
+    checkpoint,
+    evaluation,
+    finetune,
+    metrics_log,
+    paradigms,
+    progress,
+    reporting,
+)
 from fecosr_jax.data import stack_markets
 from fecosr_jax.data.market import StackedMarkets
 from fecosr_jax.errors import ConfigError
@@ -60,7 +69,7 @@ class Run:
     config: ml_collections.ConfigDict
     workdir: str
     label: str  # prefix of its log lines ("" for a run alone; "seed 1", "alpha0.5_seed1")
-    log: reporting.RunLog | None  # opened once the data has loaded
+    log: metrics_log.RunLog | None  # opened once the data has loaded
     checkpoints: checkpoint.RunCheckpoints
     soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
 
@@ -103,16 +112,14 @@ def _classes(items: list, identity: Callable) -> list[list]:
     return list(out.values())
 
 
-# Pretrainings that one compiled round serves (the same model, markets, rounds and program:
-# CE is S²CE with alpha = 0). Whichever comes first trains the other too, on the run axis.
-SHARED_ROUND = {"federated_s2ce": ("federated_ce",), "federated_ce": ("federated_s2ce",)}
-
-
 class Runner:
     """Runs the methods of one config on one set of splits, sharing pretrainings."""
 
-    def __init__(self, config, splits, stacked, names, methods: list[str] | None = None):
+    def __init__(
+        self, config, splits, stacked, names, methods: list[str] | None = None, times=None
+    ):
         self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
+        self.times = times or progress.PhaseTimes()  # seconds per phase, for the run's end
         self.methods = methods or []  # the group's methods: which pretrainings it will need
         self.devices = jax.devices()
         self.mesh = fed_round.make_mesh(self.devices)
@@ -129,50 +136,37 @@ class Runner:
             )
 
     def pretraining(self, kind: str, source: str | None) -> Pretraining:
-        """The pretraining of a kind (the one-to-one kinds, source_*, from `source`, default
-        config.transfer_source)."""
+        """What pretraining `kind` (paradigms.PRETRAININGS) trains: a source kind on `source`
+        (default config.transfer_source), item-ID kinds on the union vocabulary."""
         source = source or self.transfer_source
         if (kind, source) in self.pretrainings:
             return self.pretrainings[(kind, source)]
-        c, multiple, names = self.config, len(self.devices), self.names
+        spec, multiple, names = paradigms.PRETRAININGS[kind], len(self.devices), self.names
         key = kind
-        if kind.startswith("source_") and source != self.transfer_source:
+        if spec.scope == "source" and source != self.transfer_source:
             key = f"{kind}@{source}"  # its own name in the logs and checkpoints
-
-        def s2ce(fed):
-            return dataclasses.replace(fed, loss="s2ce")
-
-        def ce(fed):  # CE is S²CE with alpha = 0: one compiled round serves both
-            return dataclasses.replace(fed, loss="s2ce", alpha=0.0)
-
-        def id_ce(fed):  # item-ID models have no text vectors for a soft label
-            return dataclasses.replace(fed, loss="ce")
-
-        def pooled(fed):
-            return paradigms.centralized_config(s2ce(fed))
-
-        if kind in ("federated_s2ce", "federated_ce"):
-            adjust = s2ce if kind == "federated_s2ce" else ce
-            p = (self.model, adjust, self.stacked, names, c.num_rounds, self.stacked)
-        elif kind == "central_s2ce":
-            rounds = c.num_rounds * self.fed.local_steps  # as many steps per market
-            p = (self.model, pooled, self.stacked, names, rounds, self.stacked)
-        elif kind == "source_s2ce":
-            alone = stack_markets([self.splits[names.index(source)]], num_markets_multiple=multiple)
-            p = (self.model, s2ce, alone, [source], c.num_rounds, self.stacked)
-        elif kind in ("federated_id_ce", "source_id_ce"):
+        if spec.items == "id":
             if self.id_stacked is None:  # one object: the ID methods fine-tune together
                 self.id_stacked = paradigms.id_stacked(self.splits, multiple)
             stacked = self.id_stacked
             model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
-            if kind == "federated_id_ce":
-                p = (model, id_ce, stacked, names, c.num_rounds, stacked)
-            else:  # the source alone, over the same union vocabulary
-                alone = paradigms.id_stacked(self.splits, multiple, keep=[names.index(source)])
-                p = (model, id_ce, alone, [source], c.num_rounds, stacked)
         else:
-            raise ValueError(f"unknown pretraining {kind!r}")
-        self.pretrainings[(kind, source)] = Pretraining(key, *p)
+            stacked, model = self.stacked, self.model
+        train, trained_on = stacked, names
+        if spec.scope == "source":
+            trained_on, keep = [source], names.index(source)
+            train = (
+                paradigms.id_stacked(self.splits, multiple, keep=[keep])
+                if spec.items == "id"
+                else stack_markets([self.splits[keep]], num_markets_multiple=multiple)
+            )
+        rounds = self.config.num_rounds
+        if spec.scope == "pooled":
+            rounds *= self.fed.local_steps  # as many gradient steps per market
+        adjust = functools.partial(paradigms.adjust, spec)
+        self.pretrainings[(kind, source)] = Pretraining(
+            key, model, adjust, train, trained_on, rounds, stacked
+        )
         return self.pretrainings[(kind, source)]
 
     def _fed_values(self, p: Pretraining, run: Run) -> tuple[float, ...]:
@@ -191,24 +185,27 @@ class Runner:
     def pretrain(self, kind: str, source: str | None, runs: list[Run]):
         """(model config, shared params, stacked markets for fine-tuning) of a kind for a
         group of runs (params [R, ...] for several). Each run's params are kept; runs with
-        equal values train once, and a pretraining of the same round (SHARED_ROUND) that the
-        runs will need trains with them."""
+        equal values train once, and a pretraining of the same round (paradigms.share_a_round)
+        that the runs will need trains with them."""
         p = self.pretraining(kind, source)
         members = [(p, run) for run in runs if (p.key, run.workdir) not in self.pretrained]
         bound = self.config.get("runs_per_step", 0)  # runs trained at once (0 = no bound)
-        for partner in SHARED_ROUND.get(kind, ()) if members else ():
+        partners = [
+            k for k in paradigms.PRETRAININGS if k != kind and paradigms.share_a_round(k, kind)
+        ]
+        for partner in partners if members else ():
             q = self.pretraining(partner, source)
-            partners = [
+            wanted = [
                 (q, run)
                 for run in runs
                 if (q.key, run.workdir) not in self.pretrained and self._will_need(partner, run)
             ]
-            members += partners[: max(0, bound - len(members)) if bound else None]
+            members += wanted[: max(0, bound - len(members)) if bound else None]
         if members:
             classes = _classes(members, lambda m: self._fed_values(*m))
             params = self._rounds(classes)
-            for i, members in enumerate(classes):
-                for q, run in members:
+            for i, same in enumerate(classes):
+                for q, run in same:
                     self.pretrained[(q.key, run.workdir)] = _run_part(params, i, len(classes) > 1)
         return p.model, _stack([self.pretrained[(p.key, run.workdir)] for run in runs]), p.stacked
 
@@ -235,9 +232,12 @@ class Runner:
                         n: reporting.clean(m["market_drift"][j]) for j, n in enumerate(p.names)
                     },
                 }
-                progress = r % every == 0 or r == p.num_rounds
+                show = r % every == 0 or r == p.num_rounds
                 for q, run in members:
-                    run.log.log(q.key, "pretrain", r, values, curve="loss", progress=progress)
+                    run.log.log(
+                        q.key, "pretrain", r, values, curve="loss", progress=show,
+                        total=p.num_rounds,
+                    )  # fmt: skip
 
         if grouped:
             print(f"-- pretraining {' + '.join(kinds)}: {len(reps)} runs in one round", flush=True)
@@ -246,20 +246,21 @@ class Runner:
         feds = [q.adjust(fed_config(run.config)) for q, run in reps]
         assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
         phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
-        return paradigms.run_rounds(
-            p.model,
-            feds[0],
-            p.train,
-            p.names,
-            p.num_rounds,
-            _stack(starts),
-            self.mesh,
-            on_round,
-            checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
-            phase="pretrain_" + "+".join(kinds),
-            values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
-            run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
-        )
+        with self.times.phase("pretraining"):
+            return paradigms.run_rounds(
+                p.model,
+                feds[0],
+                p.train,
+                p.names,
+                p.num_rounds,
+                _stack(starts),
+                self.mesh,
+                on_round,
+                checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+                phase="pretrain_" + "+".join(kinds),
+                values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
+                run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
+            )
 
     def _local_base(self):
         """Architecture and data of `local`: the text model, or ID-only without semantics."""
@@ -361,7 +362,8 @@ class Runner:
         )
         test = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
         if mode is None:
-            metrics = evaluation.evaluate(model, params, *test, **evaluate)
+            with self.times.phase("evaluating"):
+                metrics = evaluation.evaluate(model, params, *test, **evaluate)
             return [_run_part(metrics, i, grouped) for i in range(len(items))]
         fts = [finetune_config(run.config, mode) for run in runs]
         model = finetune.model_config_for(model, fts[0], stacked.item_mask.shape[1] - 1)
@@ -382,33 +384,43 @@ class Runner:
                 n, lo, a = (_run_part(x, i, grouped) for x in (ndcg, loss, active))
                 values = {
                     "valid_ndcg@10": reporting.clean(np.mean(n[:real])),
-                    "loss": reporting.clean(np.mean(lo[:real])),
+                    "loss": (  # of the markets that trained this epoch
+                        reporting.clean(np.mean(lo[:real][a[:real]])) if a[:real].any() else None
+                    ),
                     "markets_active": int(a[:real].sum()),
+                    "markets_stopped": [name for j, name in enumerate(self.names) if not a[j]],
                     "market_valid_ndcg@10": {
                         name: reporting.clean(n[j]) for j, name in enumerate(self.names)
                     },
                 }
                 for m, run in members:
-                    run.log.log(m, "finetune", epoch, values, curve="valid_ndcg@10", progress=True)
+                    run.log.log(
+                        m, "finetune", epoch, values, curve="valid_ndcg@10", progress=True,
+                        total=fts[0].max_epochs,  # at most: early stopping may end it sooner
+                    )  # fmt: skip
 
         data = paradigms.finetune_data(stacked, self.fed)
         methods = list(dict.fromkeys(m for m, _ in items))
         phases = [run.checkpoints.phase(f"finetune_{m}", best=True) for m, run in items]
         several = len(methods) > 1
-        result = finetune.finetune(
-            model,
-            fts[0],
-            _stack(starts),
-            data,
-            on_epoch=on_epoch,
-            checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
-            names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
-            phase="finetune_" + "+".join(methods),
-            values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
-            run_names=[f"{run.label} {m}".strip() if several else run.label for m, run in items],
-            mesh=self.mesh,  # each device fine-tunes its own markets
-        )
-        metrics = evaluation.evaluate(
-            model, result.params, *test, per_market_params=True, **evaluate
-        )
+        with self.times.phase("fine-tuning"):
+            result = finetune.finetune(
+                model,
+                fts[0],
+                _stack(starts),
+                data,
+                on_epoch=on_epoch,
+                checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+                names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
+                phase="finetune_" + "+".join(methods),
+                values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
+                run_names=[
+                    f"{run.label} {m}".strip() if several else run.label for m, run in items
+                ],
+                mesh=self.mesh,  # each device fine-tunes its own markets
+            )
+        with self.times.phase("evaluating"):
+            metrics = evaluation.evaluate(
+                model, result.params, *test, per_market_params=True, **evaluate
+            )
         return [_run_part(metrics, i, grouped) for i in range(len(items))]

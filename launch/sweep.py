@@ -43,7 +43,7 @@ import statistics
 import subprocess
 import sys
 
-from fecosr_jax import reporting
+from fecosr_jax import plots, reporting
 from fecosr_jax.files import write_text_atomic
 
 # Sweep axis: (command-line flag, config field, short name in run names, type).
@@ -397,7 +397,7 @@ def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()
-    reporting.save_png(fig, path)
+    plots.save_png(fig, path)
     return True
 
 
@@ -424,6 +424,10 @@ def main(argv: list[str]) -> int:
         for members in batches:
             print(shlex.join(command(args.config, root, members, overrides)))
         return 0
+    if args.collect_only and not any((run_dir / "results.json").exists() for run_dir, _ in runs):
+        print(f"error: --collect-only: no finished run of this grid under {root / 'runs'}",
+              file=sys.stderr)  # fmt: skip
+        return 2  # nothing written
     root.joinpath("runs").mkdir(parents=True, exist_ok=True)
     failed = []
     if not args.collect_only:

@@ -278,3 +278,38 @@ def test_overwrite_moves_a_run_aside_and_deletes_nothing(tmp_path):
     assert moved.startswith(str(run) + ".moved-") and not run.exists()
     assert (tmp_path / moved.rsplit("/", 1)[1] / "results.json").read_text() == "old"
     assert files.move_aside(run) is None  # nothing there: nothing to move
+
+
+# --- Files that are not what their name says. ---------------------------------------------
+
+
+def test_a_byte_order_mark_is_dropped(tmp_path):
+    p = tmp_path / "a.txt"
+    p.write_bytes("\ufeffuserId itemId rate date\nu1 i1 5.0 2020-01-01\n".encode())
+    log = xmrec.load_ratings(p)  # the BOM would make the header a phantom user
+    assert log.users.tolist() == ["u1"]
+    write(tmp_path / "d.inter", "\ufeffuser_id:token\titem_id:token\n1\t2\n")
+    (market,) = recbole.load_markets(tmp_path, "d")
+    assert market.user_ids.tolist() == ["1"]
+
+
+@pytest.mark.parametrize(
+    "name, content, named",
+    [
+        ("a.txt", b"u1 i1 5.0 2020-01-01\n\x00\x01\x02\n", r"a\.txt:2: a NUL byte"),
+        ("a.txt", b"u1 i1 5.0 2020-01-01\nu2 \xff\xfe 5.0 2020-01-01\n", r"a\.txt:2: not UTF-8"),
+        ("a.txt.gz", b"u1 i1 5.0 2020-01-01\n", r"a\.txt\.gz: named \.gz but not a gzip file"),
+    ],
+)
+def test_binary_undecodable_or_fake_gzip_files_are_named(tmp_path, name, content, named):
+    p = tmp_path / name
+    p.write_bytes(content)
+    with pytest.raises(DataError, match=named):
+        xmrec.load_ratings(p)
+
+
+def test_ml100k_regions_need_the_zip_code_field(tmp_path):
+    write(tmp_path / "ml-100k.inter", "user_id:token\titem_id:token\n1\t2\n")
+    write(tmp_path / "ml-100k.user", "user_id:token\tage:float\n1\t30\n")
+    with pytest.raises(DataError, match=r"ml-100k\.user: field 'zip_code': missing field"):
+        recbole.load_ml100k_regions(tmp_path)

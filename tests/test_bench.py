@@ -68,11 +68,22 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         ("vmap", 8),
         ("loop", 8),
     ]
+    c = common.CONFIGS["small"]
+    assert results["step_gflop"] == pytest.approx(common.step_flops(c) / 1e9)
     for r in results["runs"]:
         assert {"client_steps_per_s", "achieved_gflops", "compile_s"} <= set(r)
         assert r["client_steps_per_s"] > 0 and r["runs"] == 1
+        # the derived figures follow from the timed round: M x K client steps per round
+        steps = r["markets"] * c.local_steps / r["round_s"]
+        assert r["client_steps_per_s"] == pytest.approx(steps)
+        assert r["sequences_per_s"] == pytest.approx(steps * c.batch_size)
+        assert r["achieved_gflops"] == pytest.approx(steps * results["step_gflop"])
+        assert r["compile_s"] == pytest.approx(max(0.0, r["first_round_s"] - r["round_s"]))
         if r["backend"] == "vmap":
             assert r["traces"] == 1  # no retrace after round 1
+    # the printed table shows the JSON's numbers
+    loop8 = results["runs"][-1]
+    assert f"| loop | 8 | 1 | {loop8['client_steps_per_s']:.1f} |" in lines[-1]
 
 
 def test_s2ce_benchmark_measures_both_and_skips_what_does_not_fit(tmp_path):

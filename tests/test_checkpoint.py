@@ -5,6 +5,7 @@ The reference is one uninterrupted in-process run of `fecosr` on the tiny config
 interrupted run must end with the same results.json bytes and bitwise-equal final states."""
 
 import json
+import os
 import pathlib
 import random
 import signal
@@ -19,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, experiment, reporting
+from fecosr_jax import checkpoint, experiment, metrics_log
 from fecosr_jax.federated import round as fed_round
 from tests.conftest import ROOT
 
@@ -101,6 +102,15 @@ def assert_same_run(workdir, reference):
             assert a.dtype == b.dtype and np.array_equal(a, b), phase  # bitwise on CPU
 
 
+def kill_round() -> int:
+    """A random round to kill at, from a seed that is printed (pytest shows it with a
+    failure) and can be set again: FECOSR_KILL_SEED=... reruns the same kill."""
+    seed = int(os.environ.get("FECOSR_KILL_SEED", time.time_ns() % 1_000_000))
+    kill_after = random.Random(seed).randint(2, ROUNDS - 2)
+    print(f"FECOSR_KILL_SEED={seed}: kill after round {kill_after}")
+    return kill_after
+
+
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     workdir = tmp_path_factory.mktemp("reference")
@@ -108,7 +118,7 @@ def reference(tmp_path_factory):
 
 
 def test_sigkill_at_a_random_round_then_resume_is_exact(reference, tmp_path):
-    kill_after = random.randint(2, ROUNDS - 2)
+    kill_after = kill_round()
     proc = start(tmp_path)
     wait_for(tmp_path / "checkpoints" / PRETRAIN / str(kill_after), proc)
     proc.send_signal(signal.SIGKILL)
@@ -271,12 +281,12 @@ def test_keeps_the_latest_and_the_best(tmp_path):
 
 
 def test_log_drops_the_steps_a_resumed_phase_repeats(tmp_path):
-    log = reporting.RunLog(str(tmp_path), tensorboard=False)
+    log = metrics_log.RunLog(str(tmp_path), tensorboard=False)
     for step in range(1, 6):
         log.log("p", "pretrain", step, {"loss": 1.0 / step}, curve="loss")
     log.log("p", "finetune", 1, {"loss": 0.5})
     log.close()
-    log = reporting.RunLog(str(tmp_path), tensorboard=False)  # a resume from step 2
+    log = metrics_log.RunLog(str(tmp_path), tensorboard=False)  # a resume from step 2
     log.log("p", "pretrain", 3, {"loss": 0.25}, curve="loss")
     log.close()
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
@@ -343,7 +353,7 @@ def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory):
     config.seeds = "2"
     experiment.train_and_evaluate(config, str(ref_dir))
     workdir = tmp_path_factory.mktemp("group_killed")
-    kill_after = random.randint(2, ROUNDS - 2)
+    kill_after = kill_round()
     log = open(f"{workdir}.log", "w")
     proc = subprocess.Popen(
         command(workdir) + GROUP, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT

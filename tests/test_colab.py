@@ -2,6 +2,7 @@
 the CPU with the tiny config: the install cell finds the package installed, the run cell runs
 experiments.main, and the results cell shows the table that the run wrote."""
 
+import base64
 import json
 
 import nbformat
@@ -44,5 +45,10 @@ def test_notebook_is_valid_and_runs_with_the_tiny_config(tmp_path):
     last = outputs[max(outputs)]
     assert "methods: fecosr, local, popularity" in last  # results.json sorts its keys
     assert "text/markdown" in last and "image/png" in last
-    # The table shown is the one the run wrote.
-    assert (workdir / "results.md").read_text().splitlines()[0] in last
+    # What the notebook shows is what the run wrote: the whole table, and both plots.
+    shown = [o.get("data", {}) for o in nb.cells[max(outputs)].get("outputs", [])]
+    (markdown,) = [d["text/markdown"] for d in shown if "text/markdown" in d]
+    assert markdown == (workdir / "results.md").read_text()
+    images = [base64.b64decode(d["image/png"]) for d in shown if "image/png" in d]
+    plots = [(workdir / n).read_bytes() for n in ("markets_ndcg10.png", "curves.png")]
+    assert images == plots

@@ -34,8 +34,22 @@ def test_every_file_and_every_method(full_run):
     names = results["markets"]
     for table in results["methods"].values():
         assert set(table) == {*names, "mean", "market_mean"}
-        for k in (5, 10, 20):
-            assert {f"hr@{k}", f"ndcg@{k}", f"mrr@{k}"} <= set(table["mean"])
+        for row in table.values():
+            # the metrics' orderings: HR grows with K; MRR <= NDCG <= HR at every K
+            assert 0 <= row["hr@5"] <= row["hr@10"] <= row["hr@20"] <= 1
+            for k in (5, 10, 20):
+                assert row[f"mrr@{k}"] <= row[f"ndcg@{k}"] + 1e-6 <= row[f"hr@{k}"] + 2e-6
+    # popularity by hand: a target's rank lies between the items counted strictly more often
+    # in training and those plus the ties (broken at random)
+    _, _, stacked = experiment.prepare_markets(test_config.get_config())
+    for m, name in enumerate(names):
+        counts = np.bincount(stacked.train[m].ravel(), minlength=stacked.item_mask.shape[1])
+        counts = np.where(stacked.item_mask[m], counts, -1)
+        targets = stacked.test_targets[m][stacked.test_targets[m] > 0]
+        greater = np.array([(counts > counts[t]).sum() for t in targets])
+        ties = np.array([(counts == counts[t]).sum() - 1 for t in targets])
+        hr = results["methods"]["popularity"][name]["hr@10"]
+        assert np.mean(greater + ties < 10) - 1e-6 <= hr <= np.mean(greater < 10) + 1e-6
     assert results["protocol"] == "full"
     comp = results["vs_local"]["fecosr"]
     assert comp["markets_better"] + comp["markets_worse"] <= len(names)
@@ -187,8 +201,13 @@ def test_compare_any_two_methods_equals_the_test_against_local(full_run, tmp_pat
         with pytest.raises(ValueError, match="--pairs: expected"):
             compare.compare(str(workdir), bad)
     (tmp_path / "results.json").write_text((workdir / "results.json").read_text())
-    with pytest.raises(ValueError, match="progress.json: missing"):
+    with pytest.raises(ValueError, match=r"ranks\.npz: missing \(and no .*progress\.json\)"):
         compare.compare(str(tmp_path), "fecosr:local")
+    # The ranks live beside results.json: compare needs no checkpoints.
+    (tmp_path / "ranks.npz").write_bytes((workdir / "ranks.npz").read_bytes())
+    assert compare.compare(str(tmp_path), "fecosr:local") == compare.compare(
+        str(workdir), "fecosr:local"
+    )
 
 
 def test_several_seeds_report_mean_std_and_resume(tmp_path):
@@ -247,3 +266,22 @@ def test_bad_runs_per_step_names_the_field_before_anything_is_written(tmp_path):
     with pytest.raises(ValueError, match="config.runs_per_step="):
         experiment.train_and_evaluate(config, str(tmp_path / "w"))
     assert not (tmp_path / "w").exists()
+
+
+def test_a_new_method_is_one_row_of_the_table(tmp_path, monkeypatch):
+    """Methods are data: a pooled S²CE pretraining with plain fine-tuning, added to SPECS
+    alone, runs end to end and is reported like any other."""
+    monkeypatch.setitem(
+        paradigms.SPECS, "pooled_plain", paradigms.MethodSpec("central_s2ce", "plain", True)
+    )
+    config = test_config.get_config()
+    config.methods = "local,pooled_plain"
+    config.num_rounds, config.finetune.max_epochs = 1, 1
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    results = experiment.train_and_evaluate(config, str(tmp_path))
+    table = results["methods"]["pooled_plain"]
+    assert set(table) == {*results["markets"], "mean"}
+    assert 0 < table["mean"]["ndcg@10"] <= table["mean"]["hr@10"] <= 1
+    assert "pooled_plain" in results["vs_local"]
+    lines = (tmp_path / "metrics.jsonl").read_text()
+    assert '"paradigm": "central_s2ce"' in lines and '"paradigm": "pooled_plain"' in lines

@@ -6,8 +6,9 @@ import subprocess
 import sys
 
 import numpy as np
+import pytest
 
-from fecosr_jax.data import recbole, xmrec
+from fecosr_jax.data import DataError, recbole, xmrec
 
 # ../shared/data/README.md
 XMREC_COUNTS = {
@@ -96,12 +97,13 @@ def test_xmrec_metadata_literal_and_json(tmp_path):
 def test_metadata_is_never_evaluated(tmp_path):
     marker = tmp_path / "pwned"
     meta = tmp_path / "m.json"
-    meta.write_text(f"__import__('pathlib').Path({str(marker)!r}).touch()\n")
-    try:
+    meta.write_text(
+        "{'asin': 'i0', 'title': 'ok'}\n" + f"__import__('pathlib').Path({str(marker)!r}).touch()\n"
+    )
+    with pytest.raises(DataError, match=r"m\.json:2: .*not a") as e:
         xmrec.load_metadata(meta)
-    except ValueError:
-        pass
     assert not marker.exists()
+    assert "Traceback" not in str(e.value)
 
 
 def test_stats_cli_json(xmrec_dir):

@@ -1,4 +1,4 @@
-"""CE and S²CE: the formulas of DESIGN.md §2, and blockwise == dense."""
+"""CE and S²CE: the formulas of docs/design.md §2, and blockwise == dense."""
 
 import jax
 import jax.numpy as jnp

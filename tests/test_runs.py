@@ -207,7 +207,7 @@ def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_
     # S²CE and CE (alpha = 0) pretrain in the same round: 3 seeds x 2 on one run axis; both
     # fine-tune in adapt mode on the same markets: one fine-tuning of 6 runs.
     assert "-- pretraining federated_s2ce + federated_ce: 6 runs in one round" in out
-    assert "\n== fecosr, fecosr_no_s2ce (seed 0, seed 1, seed 2)\n" in out
+    assert "\n== [1/1] fecosr, fecosr_no_s2ce (seed 0, seed 1, seed 2)\n" in out
 
 
 def test_grouped_round_over_two_devices_equals_one_device():

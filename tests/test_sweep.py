@@ -228,3 +228,13 @@ def test_collect_by_hand(tmp_path):
     assert row["round_s"]["federated_s2ce"] == 0.75  # median of the gaps 0.5 and 1.0
     assert row["delta_cosine"]["federated_s2ce"] == pytest.approx(0.3)
     assert row["run_s"] == 15.0
+
+
+def test_collect_only_without_finished_runs_writes_nothing(tmp_path):
+    out = subprocess.run(
+        [*SWEEP, "--markets=1,2", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 's'}",
+         "--collect-only"],
+        cwd=ROOT, capture_output=True, text=True,
+    )  # fmt: skip
+    assert out.returncode == 2 and "--collect-only: no finished run" in out.stderr
+    assert not (tmp_path / "s").exists()

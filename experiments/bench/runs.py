@@ -66,7 +66,9 @@ def has_cache_field(repo: pathlib.Path) -> bool:
 def run(repo: pathlib.Path, args: list[str], logs: list[pathlib.Path] | None = None) -> dict:
     """Runs `python ARGS` in repo with the compile log on; the stats of its output (and of
     the `logs` files it writes, for a sweep's runs) and the wall time."""
-    env = {**os.environ, "JAX_LOG_COMPILES": "1"}
+    # PYTHONPATH: the checkout's own fecosr_jax also for launch/sweep.py, which runs as a
+    # script (an editable install of another checkout would otherwise answer the import)
+    env = {**os.environ, "JAX_LOG_COMPILES": "1", "PYTHONPATH": str(repo)}
     start = time.perf_counter()
     proc = subprocess.run(
         [sys.executable, *args], cwd=repo, env=env, capture_output=True, text=True, check=False
@@ -85,7 +87,7 @@ def seeds_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
         workdir = tmp / f"seeds{seeds}"
         args = ["-m", "experiments.main", f"--config={TEST}", f"--workdir={workdir}"]
         stats = run(repo, [*args, f"--config.seeds={seeds}", *off])
-        rows.append({"section": "seeds", "what": f"test config, {seeds} seed(s)", **stats})
+        rows.append(record({"section": "seeds", "what": f"test config, {seeds} seed(s)", **stats}))
     return rows
 
 
@@ -119,7 +121,7 @@ def sweep_rows(repo: pathlib.Path, tmp: pathlib.Path, config: str, section: str)
             repo,
             ["-m", "experiments.main", f"--config={config}", f"--workdir={one}", *common, *flag],
         )
-        rows.append({"section": section, "what": f"one point ({label})", **stats})
+        rows.append(record({"section": section, "what": f"one point ({label})", **stats}))
         modes = [("", [])]  # a checkout before groups: one process per point
         if "--runs-per-process" in (repo / "launch/sweep.py").read_text():
             modes = [("grouped, ", []), ("a process per point, ", ["--runs-per-process=1"])]
@@ -139,7 +141,7 @@ def sweep_rows(repo: pathlib.Path, tmp: pathlib.Path, config: str, section: str)
             stats.update(compile_stats("".join(p.read_text() for p in sweep_logs(workdir))))
             stats["round_s"] = round_seconds(workdir)
             what = f"9 points, 3 seeds x 3 alpha ({mode}{label})"
-            rows.append({"section": section, "what": what, **stats})
+            rows.append(record({"section": section, "what": what, **stats}))
     return rows
 
 
@@ -159,20 +161,29 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+_RECORDED: list[dict] = []
+
+
+def record(row: dict) -> dict:
+    """Keeps a measured row and rewrites --json at once: a run cut short keeps its rows."""
+    _RECORDED.append(row)
+    if _JSON.value:
+        pathlib.Path(_JSON.value).write_text(
+            json.dumps(
+                {"repo": str(pathlib.Path(_REPO.value).resolve()), "rows": _RECORDED}, indent=1
+            )
+        )
+    return row
+
+
 def main(argv):
     del argv
     repo = pathlib.Path(_REPO.value).resolve()
-    rows = []
+    sections = {"seeds": seeds_section, "sweep": sweep_section, "synthetic": synthetic_section}
     with tempfile.TemporaryDirectory() as tmp:
         for section in _SECTIONS.value:
-            sections = {"seeds": seeds_section, "sweep": sweep_section}
-            fn = {**sections, "synthetic": synthetic_section}[section]
-            rows += fn(repo, pathlib.Path(tmp))
-            if _JSON.value:
-                pathlib.Path(_JSON.value).write_text(
-                    json.dumps({"repo": str(repo), "rows": rows}, indent=1)
-                )
-    print(f"repo: {repo}\n\n{table(rows)}")
+            sections[section](repo, pathlib.Path(tmp))
+    print(f"repo: {repo}\n\n{table(_RECORDED)}")
 
 
 if __name__ == "__main__":

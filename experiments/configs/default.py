@@ -13,6 +13,7 @@ import ml_collections
 from fecosr_jax.data.synthetic import SyntheticConfig
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.finetune import FinetuneConfig
+from fecosr_jax.model import ModelConfig
 
 
 def data_config() -> ml_collections.ConfigDict:
@@ -43,21 +44,12 @@ def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
     config.data = data_config()
     config.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
-    # The shared model (fecosr_jax.model.ModelConfig; max_len comes from data.max_len).
-    config.model = ml_collections.ConfigDict(
-        {
-            "hidden": 64,
-            "num_layers": 2,
-            "num_heads": 2,
-            "ffn_dim": 256,
-            "dropout": 0.2,
-            "num_experts": 8,
-            "num_item_ids": 0,
-            "score_temperature": 1.0,
-            "norm": "pre",  # pre | post (LayerNorm placement in each block)
-            "item_id_std": 0.0,  # std of a from-scratch item-ID init; 0 = hidden ** -0.5
-        }
-    )
+    # The shared model (fecosr_jax.model.ModelConfig, its defaults; max_len comes from
+    # data.max_len, and the fields each method sets itself are left out).
+    model = dataclasses.asdict(ModelConfig())
+    for field in ("max_len", "item_id_init", "adapter_dim", "use_text", "dtype"):
+        del model[field]
+    config.model = ml_collections.ConfigDict(model)
     # Federated pretraining (fecosr_jax.federated.config.FedConfig; its seed is config.seed).
     fed = dataclasses.asdict(FedConfig())
     del fed["seed"]

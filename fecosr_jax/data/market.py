@@ -1,4 +1,4 @@
-"""The market data model (DESIGN.md §3, §4).
+"""The market data model (docs/design.md §3, §4).
 
 Three forms, each built from the previous one, all plain numpy:
 
@@ -317,7 +317,7 @@ def leave_one_out(
 
 @dataclasses.dataclass(frozen=True)
 class StackedMarkets:
-    """All markets on one leading axis M, padded to common sizes (DESIGN.md §3).
+    """All markets on one leading axis M, padded to common sizes (docs/design.md §3).
 
     Padding markets (added to reach a multiple of the device count) are copies of market 0's
     arrays with `market_mask` False: every array stays finite and every market costs the same,

@@ -155,6 +155,8 @@ def load_markets(
     else:
         user_table = read_atomic(_atomic_path(data_dir, dataset, "user"))
         ids = user_table.column("user_id")
+        for field in getattr(market_of_user, "fields", ()):
+            user_table.column(field)  # a DataError naming the file and field if absent
         rows = [
             dict(zip(user_table.names, vals, strict=True))
             for vals in zip(*(user_table.columns[n] for n in user_table.names), strict=True)
@@ -186,8 +188,11 @@ def load_markets(
 
 def ml100k_region(user_row: dict[str, str]) -> str:
     """The ml-100k region market of a user: first zip_code character if a digit, else 'x'."""
-    zip_code = user_row.get("zip_code", "")
+    zip_code = user_row["zip_code"]
     return zip_code[0] if zip_code[:1].isdigit() else "x"
+
+
+ml100k_region.fields = ("zip_code",)  # the .user fields it reads (load_markets checks them)
 
 
 def load_ml100k_regions(

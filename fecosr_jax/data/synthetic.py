@@ -1,4 +1,4 @@
-"""Synthetic cross-market data with a known structure (DESIGN.md §4).
+"""Synthetic cross-market data with a known structure (docs/design.md §4).
 
 Users move between K latent semantic clusters by a first-order Markov chain; each step emits
 an item of the current cluster from the market's catalogue, by the market's popularity. All

@@ -49,13 +49,29 @@ _EPOCH = datetime.date(1970, 1, 1)
 
 
 def open_text(path: str | os.PathLike) -> Iterator[str]:
-    """Lines of a text file, gunzipped when the name ends in .gz; clear error if missing."""
+    """Lines of a UTF-8 text file (a leading byte-order mark dropped), gunzipped when the
+    name ends in .gz. A missing, binary or undecodable file, or a .gz that is not gzip, is a
+    DataError naming the file (and line)."""
     path = os.fspath(path)
     if not os.path.isfile(path):
         raise DataError("file not found", path=path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rt", encoding="utf-8") as f:
-        yield from f
+    try:
+        with opener(path, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError:
+                    raise DataError(
+                        "not UTF-8 text (a binary file, or another encoding)",
+                        path=path,
+                        line=lineno,
+                    ) from None
+                if "\x00" in line:
+                    raise DataError("a NUL byte: a binary file, not text", path=path, line=lineno)
+                yield line
+    except gzip.BadGzipFile:
+        raise DataError("named .gz but not a gzip file", path=path) from None
 
 
 def load_ratings(path: str | os.PathLike) -> Interactions:

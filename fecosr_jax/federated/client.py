@@ -18,14 +18,13 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from fecosr_jax import losses
+from fecosr_jax import keys, losses
 from fecosr_jax.data.market import train_pairs
 from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
 Params = Any  # a pytree of arrays (the shared model's parameters)
 MarketData = dict[str, jax.Array]  # one market's arrays, see the module docstring
-_CLIENT_STREAM = 1  # RNG stream tag of the clients' batches and dropout
 
 
 @flax.struct.dataclass
@@ -46,8 +45,7 @@ class Client(NamedTuple):
 def client_key(seed, round_: jax.Array, market_index: jax.Array) -> jax.Array:
     """The key of one market in one round, from (seed, round, market); seed an int or an
     int32 array."""
-    key = jax.random.fold_in(jax.random.key(seed), _CLIENT_STREAM)
-    return jax.random.fold_in(jax.random.fold_in(key, round_), market_index)
+    return keys.derive(seed, keys.CLIENT, round_, market_index)
 
 
 def make_optimizer(name: str, lr) -> optax.GradientTransformation:

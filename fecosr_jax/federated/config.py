@@ -47,7 +47,7 @@ class FedValues:
 
 @dataclasses.dataclass(frozen=True)
 class FedConfig:
-    """One federated round's settings (DESIGN.md §2, Federated optimisation).
+    """One federated round's settings (docs/design.md §2, Federated optimisation).
 
     Attributes:
       local_steps: K optimiser steps per client per round.

@@ -1,4 +1,4 @@
-"""One federated round as one compiled function (DESIGN.md §3).
+"""One federated round as one compiled function (docs/design.md §3).
 
     broadcast w_global -> vmap(client.update) over the stacked market axis (K local steps under
     lax.scan, batches sampled on the device from (seed, round, market, step)) -> weighted sums
@@ -32,14 +32,13 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fecosr_jax import keys
 from fecosr_jax.data.market import StackedMarkets
 from fecosr_jax.federated import server
 from fecosr_jax.federated.client import make_client
 from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.mesh import AXIS, make_mesh
 from fecosr_jax.model import ModelConfig
-
-_PARTICIPATION_STREAM = 2  # RNG stream tag of client sampling
 
 
 def market_weights(stacked: StackedMarkets, weighting: str) -> np.ndarray:
@@ -75,9 +74,7 @@ def participants(fed: FedConfig, round_: jax.Array, num_real: int, seed=None) ->
     if full_participation(fed, num_real):
         return jnp.arange(num_real)
     seed = fed.seed if seed is None else seed
-    key = jax.random.fold_in(
-        jax.random.fold_in(jax.random.key(seed), _PARTICIPATION_STREAM), round_
-    )
+    key = keys.derive(seed, keys.PARTICIPATION, round_)
     return jnp.sort(jax.random.choice(key, num_real, (fed.clients_per_round,), replace=False))
 
 

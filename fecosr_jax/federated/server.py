@@ -1,5 +1,5 @@
 """Server side: optimisers over the mean client delta, aggregation and heterogeneity
-diagnostics (DESIGN.md §2).
+diagnostics (docs/design.md §2).
 
 The server treats -mean_delta as a gradient: FedAvg is SGD on it (lr 1 = plain averaging),
 FedAdam and FedYogi are optax's adam and yogi (Reddi et al. 2021).

@@ -1,0 +1,129 @@
+"""The run's log: metrics.jsonl (one line per pretraining round and fine-tuning epoch),
+TensorBoard scalars, and the progress lines a person reads (step of total, rate, ETA)."""
+
+from __future__ import annotations
+
+import json
+import time
+
+from etils import epath
+
+from fecosr_jax import progress as progress_lib
+from fecosr_jax.files import is_remote, write_text_atomic
+
+
+class RunLog:
+    """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines.
+
+    An existing metrics.jsonl is continued. A resumed phase repeats the steps after its
+    checkpoint: logging step s of a (paradigm, stage) drops that phase's old lines from s on,
+    so the file holds each round and epoch once. On an object store (gs://) the file is
+    rewritten at most every 30 s and at close (objects cannot be appended to)."""
+
+    def __init__(
+        self, workdir: str, *, tensorboard: bool = True, writes: bool = True, label: str = ""
+    ):
+        self.label = label  # printed before each progress line (e.g. "seed 1")
+        self.path = epath.Path(workdir) / "metrics.jsonl"
+        self.remote = is_remote(self.path)
+        self.writes = writes  # False: keep the lines in memory only (processes other than 0)
+        self.lines: list[dict] = []
+        if self.path.exists():
+            self.lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        last = self.lines[-1]["seconds"] if self.lines else 0.0
+        self.start = time.perf_counter() - last
+        self.synced = time.perf_counter()
+        self.started: dict[tuple[str, str], tuple[float, int]] = {}  # phase -> (time, step)
+        self.writer = None
+        if tensorboard and writes:
+            try:
+                from tensorboardX import SummaryWriter
+            except ImportError:  # optional: the JSONL log is the source of truth
+                SummaryWriter = None
+            if SummaryWriter is not None:
+                self.writer = SummaryWriter(str(epath.Path(workdir) / "tensorboard"))
+
+    @property
+    def curves(self) -> dict[str, list[tuple[int, float]]]:
+        """{"paradigm stage metric": [(step, value)]} of the logged curves."""
+        out: dict[str, list[tuple[int, float]]] = {}
+        for line in self.lines:
+            curve = line.get("curve")
+            if curve is not None and line.get(curve) is not None:
+                key = f"{line['paradigm']} {line['stage']} {curve}"
+                out.setdefault(key, []).append((line["step"], line[curve]))
+        return out
+
+    def _rewrite(self):
+        if not self.writes:
+            return
+        write_text_atomic(self.path, "".join(json.dumps(x) + "\n" for x in self.lines))
+        self.synced = time.perf_counter()
+
+    def log(
+        self,
+        paradigm: str,
+        stage: str,
+        step: int,
+        values: dict,
+        *,
+        curve: str | None = None,
+        progress: bool = False,
+        total: int | None = None,
+    ):
+        """Logs one step; with `progress` also prints it, with the rate since this process
+        first logged the phase and, given the phase's `total` steps, an ETA."""
+        line = {
+            "paradigm": paradigm,
+            "stage": stage,
+            "step": step,
+            **values,
+            "seconds": round(time.perf_counter() - self.start, 3),
+        }
+        if curve is not None:
+            line["curve"] = curve
+        if any(
+            x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step
+            for x in self.lines
+        ):
+            # A resumed phase repeats the steps after its checkpoint: drop their old lines.
+            self.lines = [
+                x
+                for x in self.lines
+                if not (x["paradigm"] == paradigm and x["stage"] == stage and x["step"] >= step)
+            ]
+            self._rewrite()
+        self.lines.append(line)
+        if not self.writes:
+            pass
+        elif not self.remote:
+            with self.path.open("a") as f:
+                f.write(json.dumps(line) + "\n")
+        elif time.perf_counter() - self.synced > 30:
+            self._rewrite()
+        if self.writer is not None:
+            for k, v in values.items():
+                if isinstance(v, (int, float)) and v is not None:
+                    tag = f"{paradigm}/{stage}/{k}".replace("@", "_at_")
+                    self.writer.add_scalar(tag, v, step)
+        now = time.perf_counter()
+        first_time, first_step = self.started.setdefault((paradigm, stage), (now, step))
+        if progress:
+            shown = ", ".join(f"{k} {v:.4f}" for k, v in values.items() if isinstance(v, float))
+            label = f"{self.label} " if self.label else ""
+            of = f"/{total}" if total else ""
+            unit = "rounds" if stage == "pretrain" else "epochs"
+            pace = progress_lib.rate_and_eta(
+                step - first_step, now - first_time, (total or step) - step, unit
+            )
+            print(
+                f"[{line['seconds']:7.1f}s] {label}{paradigm} {stage} {step}{of}: {shown}"
+                + (f" ({pace})" if pace else ""),
+                flush=True,
+            )
+
+    def close(self):
+        if self.remote:
+            self._rewrite()
+        if self.writer is not None:
+            self.writer.close()

@@ -1,0 +1,90 @@
+"""The run's plots: per-market NDCG@10 bars by method and the training curves, every series
+distinguishable (colour, and a hatch or line style and marker once the colours repeat)."""
+
+from __future__ import annotations
+
+import numpy as np
+from etils import epath
+
+from fecosr_jax.files import write_bytes_atomic
+from fecosr_jax.reporting import GAIN_METRIC
+
+
+def save_png(fig, path) -> None:
+    """Saves a figure as PNG, atomically."""
+    import io
+
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=120)
+    plt.close(fig)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+_COLORS = [f"C{i}" for i in range(10)]  # matplotlib's 10-colour cycle
+_HATCHES = ("", "//", "..", "xx")
+_LINESTYLES = ("-", "--", ":", "-.")
+_MARKERS = ("o", "s", "^", "D")
+
+
+def series_style(i: int) -> tuple[str, str, str, str]:
+    """(colour, bar hatch, line style, marker) of series i: the colour cycles every 10
+    series and the pattern changes with each cycle, so no two of 40 series look alike."""
+    cycle = i // len(_COLORS)
+    return (
+        _COLORS[i % len(_COLORS)],
+        _HATCHES[cycle % len(_HATCHES)],
+        _LINESTYLES[cycle % len(_LINESTYLES)],
+        _MARKERS[cycle % len(_MARKERS)],
+    )
+
+
+def plot(results: dict, curves: dict, workdir: str) -> list[str]:
+    """PNG plots: per-market NDCG@10 bars by method, and training curves."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    paths = []
+    names, methods = results["markets"], list(results["methods"])
+    fig, ax = plt.subplots(figsize=(max(6, 0.6 * len(names) * len(methods) / 3 + 3), 4))
+    width = 0.8 / len(methods)
+    x = np.arange(len(names))
+    std = results.get("std")
+    for i, m in enumerate(methods):
+        vals = [results["methods"][m][n][GAIN_METRIC] or 0.0 for n in names]
+        err = [std[m][n][GAIN_METRIC] or 0.0 for n in names] if std else None
+        color, hatch, _, _ = series_style(i)
+        ax.bar(x + i * width, vals, width, yerr=err, capsize=2, label=m, color=color,
+               hatch=hatch, edgecolor="white", linewidth=0)  # fmt: skip
+    ax.set_xticks(x + 0.4 - width / 2, names, rotation=45 if len(names) > 8 else 0)
+    ax.set_ylabel(f"test {GAIN_METRIC}")
+    ax.set_title(results["dataset"])
+    ax.legend(fontsize=7, ncol=2)
+    fig.tight_layout()
+    paths.append(str(epath.Path(workdir) / "markets_ndcg10.png"))
+    save_png(fig, paths[-1])
+
+    if curves:
+        fig, axes = plt.subplots(1, 2, figsize=(11, 4))
+        for i, (name, points) in enumerate(curves.items()):
+            steps, values = zip(*points, strict=True)
+            ax = axes[0] if "pretrain" in name else axes[1]
+            color, _, linestyle, marker = series_style(i)
+            ax.plot(steps, values, label=name, color=color, linestyle=linestyle, marker=marker,
+                    markersize=3)  # fmt: skip
+        axes[0].set_xlabel("round")
+        axes[0].set_ylabel("training loss")
+        axes[0].set_title("federated / pooled pretraining")
+        axes[1].set_xlabel("epoch")
+        axes[1].set_ylabel("validation NDCG@10 (market mean)")
+        axes[1].set_title("fine-tuning")
+        for ax in axes:
+            if ax.lines:
+                ax.legend(fontsize=7)
+        fig.tight_layout()
+        paths.append(str(epath.Path(workdir) / "curves.png"))
+        save_png(fig, paths[-1])
+    return paths
