@@ -280,7 +280,7 @@ def test_a_new_method_is_one_row_of_the_table(tmp_path, monkeypatch):
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
     results = experiment.train_and_evaluate(config, str(tmp_path))
     table = results["methods"]["pooled_plain"]
-    assert set(table) == {*results["markets"], "mean"}
+    assert set(table) == {*results["markets"], "mean", "market_mean"}
     assert 0 < table["mean"]["ndcg@10"] <= table["mean"]["hr@10"] <= 1
     assert "pooled_plain" in results["vs_local"]
     lines = (tmp_path / "metrics.jsonl").read_text()
