@@ -164,7 +164,7 @@ def evaluate(
     seed = mesh_lib.put(seed, mesh, P())
     mesh = mesh if mesh_lib.is_sharded(mesh) else None
     sums = _evaluate_jit(model_config, options, mesh, params, *data, seed)
-    return means(jax.device_get(sums))
+    return means(mesh_lib.to_host(sums))
 
 
 def means(sums: dict) -> dict[str, np.ndarray]:
@@ -180,7 +180,7 @@ def means(sums: dict) -> dict[str, np.ndarray]:
 def _evaluate_jit(model_config, options, mesh, params, inputs, targets, semantics, item_mask,
                   markets, seed):  # fmt: skip
     """Metric sums of every market (and run); over a mesh of several devices each device
-    evaluates its own markets and the sums are gathered."""
+    evaluates its own markets (the sums stay sharded; `evaluate` gathers them)."""
     ks, batch_size, protocol, mask_seen, per_market, with_ranks = options
     runs = bool(seed.ndim)
 
@@ -216,10 +216,10 @@ def _evaluate_jit(model_config, options, mesh, params, inputs, targets, semantic
         return evaluate_all(params, *data, seed=seed)
     market_spec = mesh_lib.markets(False)
     return jax.shard_map(
-        lambda p, *data: mesh_lib.gather(evaluate_all(p, *data[:-1], seed=data[-1]), int(runs)),
+        lambda p, *data: evaluate_all(p, *data[:-1], seed=data[-1]),
         mesh=mesh,
         in_specs=(mesh_lib.markets(runs) if per_market else P(), *[market_spec] * 5, P()),
-        out_specs=P(),
+        out_specs=mesh_lib.markets(runs),
     )(params, *data, seed)
 
 

@@ -204,24 +204,19 @@ def _epoch(model_config, ft, steps, mesh, params, opt_state, active, data, epoch
     """`_run_epoch` compiled; with values of shape [R] it runs R runs at once (parameters,
     optimiser states [R, M, ...], active [R, M]; the market data shared by every run). Over a
     mesh of several devices each device trains its own markets (shard_map; nothing crosses
-    devices but the gathered validation NDCG and loss)."""
+    devices: the host gathers the validation NDCG and loss)."""
     runs = bool(jnp.ndim(values.seed))
     one = functools.partial(_run_epoch, model_config, ft, steps)
     if runs:
         one = jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))
     if not mesh_lib.is_sharded(mesh):
         return one(params, opt_state, active, data, epoch, values)
-
-    def local(params, opt_state, active, data, epoch, values):
-        params, opt_state, ndcg, loss = one(params, opt_state, active, data, epoch, values)
-        return params, opt_state, *mesh_lib.gather((ndcg, loss), axis=int(runs))
-
     lead = mesh_lib.markets(runs)
     return jax.shard_map(
-        local,
+        one,
         mesh=mesh,
         in_specs=(lead, lead, lead, mesh_lib.markets(False), P(), P()),
-        out_specs=(lead, lead, P(), P()),
+        out_specs=(lead, lead, lead, lead),
     )(params, opt_state, active, data, epoch, values)
 
 
@@ -380,7 +375,8 @@ def finetune(
             epoch,
             values,
         )
-        ndcg, loss = np.asarray(ndcg, np.float32), np.asarray(loss)
+        ndcg, loss = mesh_lib.to_host((ndcg, loss))
+        ndcg = ndcg.astype(np.float32)
         non_finite = (active & ~np.isfinite(loss)).reshape(-1)
         bad_markets = [n for i, n in enumerate(names) if non_finite[i]]
         if bad_markets:

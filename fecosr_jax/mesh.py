@@ -1,7 +1,7 @@
 """The device mesh: one axis, "clients", over which the market axis of every stacked array is
 sharded, in the federated round (fecosr_jax.federated.round), in fine-tuning
 (fecosr_jax.finetune) and in evaluation (fecosr_jax.evaluation). A device computes its own
-markets; only what a host reads (metrics, ranks) is gathered. After
+markets; only what a host reads (metrics, ranks) is gathered to it (`to_host`). After
 jax.distributed.initialize() the mesh spans every process's devices, so a multi-device or
 multi-host run splits the markets instead of repeating them.
 
@@ -55,9 +55,14 @@ def put(tree, mesh: Mesh | None, spec: P):
     return jax.device_put(tree, NamedSharding(mesh, spec))
 
 
-def gather(tree, axis: int):
-    """Inside shard_map: every device's markets (axis `axis`) of `tree`, concatenated, on
-    every device (a replicated result the host can read)."""
-    return jax.tree.map(
-        lambda x: jax.lax.all_gather(x, AXIS, axis=axis, tiled=True, to="invarying"), tree
-    )
+def to_host(tree):
+    """Host numpy copies of `tree`'s arrays, whole: arrays whose markets span several
+    processes' devices are gathered from every process first."""
+    from jax.experimental import multihost_utils
+
+    def one(x):
+        if isinstance(x, jax.Array) and not x.is_fully_addressable:
+            return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+        return np.asarray(x)
+
+    return jax.tree.map(one, tree)
