@@ -144,12 +144,7 @@ def _config(**fields):
     from experiments.configs import test as test_config
 
     config = test_config.get_config()
-    for dotted, value in fields.items():
-        *parents, leaf = dotted.split("__")
-        node = config
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict({k.replace("__", "."): v for k, v in fields.items()})
     return config
 
 

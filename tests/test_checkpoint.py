@@ -40,12 +40,7 @@ OVERRIDES = {
 
 def make_config():
     config = test_config.get_config()
-    for key, value in OVERRIDES.items():
-        node = config
-        *parents, leaf = key.split(".")
-        for p in parents:
-            node = node[p]
-        node[leaf] = value
+    config.update_from_flattened_dict(OVERRIDES)
     return config
 
 
