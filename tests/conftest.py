@@ -15,8 +15,12 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # tests. On CPU this changes nothing.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
 
+import gc  # noqa: E402
 import pathlib  # noqa: E402
+import shutil  # noqa: E402
+import tempfile  # noqa: E402
 
+import jax  # noqa: E402
 import pytest  # noqa: E402
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
@@ -30,6 +34,30 @@ def require(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path} (expected ../shared/data beside the repo)")
     return path
+
+
+# One persistent compilation cache for this session's in-process tests (the subprocess runs
+# use the config's own): a program another test compiled loads instead of compiling again,
+# also after the in-memory caches are cleared below. Every program is kept (JAX's default
+# keeps those that took >= 1 s, and at these sizes almost none do).
+_CACHE = tempfile.mkdtemp(prefix="fecosr_test_xla_")
+jax.config.update("jax_compilation_cache_dir", _CACHE)
+jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+
+
+def pytest_sessionfinish(session, exitstatus):
+    shutil.rmtree(_CACHE, ignore_errors=True)
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _release_compiled_programs():
+    """Drops every compiled program after each test module. An XLA CPU executable holds about
+    25 memory mappings; the whole suite compiles thousands of programs in one process, and
+    past the kernel's vm.max_map_count (65530) XLA crashed while compiling (SIGSEGV/SIGABRT
+    in CI). Programs a later module needs again load from the cache above."""
+    yield
+    jax.clear_caches()
+    gc.collect()
 
 
 @pytest.fixture
