@@ -77,13 +77,15 @@ def main(argv):
     if config.get("xla_flags"):
         # Read when JAX starts its backend, which has not happened yet at this point.
         os.environ["XLA_FLAGS"] = f"{os.environ.get('XLA_FLAGS', '')} {config.xla_flags}".strip()
-    if config.get("compilation_cache"):
-        # JAX's persistent cache: a re-run, or another process with the same programs (a
-        # sweep), loads them instead of compiling. Every program is kept, the hundreds of
-        # small eager ones too (by default JAX keeps only those that took >= 1 s).
+    # JAX's persistent cache: a re-run, or another process with the same programs (a sweep),
+    # loads them instead of compiling. JAX's own JAX_COMPILATION_CACHE_DIR, when set, wins
+    # over config.compilation_cache. Every program is kept, the hundreds of small eager ones
+    # too (by default JAX keeps only those that took >= 1 s).
+    cache = os.environ.get("JAX_COMPILATION_CACHE_DIR") or config.get("compilation_cache")
+    if cache:
         import jax
 
-        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(config.compilation_cache))
+        jax.config.update("jax_compilation_cache_dir", os.path.expanduser(cache))
         jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
     if _DISTRIBUTED.value:
         from fecosr_jax import distributed

@@ -1,6 +1,7 @@
 """Shared test setup: 8 forced CPU devices (before JAX starts) and the ../shared/data paths."""
 
 import os
+import tempfile
 
 # 8 CPU devices for the multi-device tests; the tests' models are tiny, so compile time
 # dominates: compile at optimisation level 0 (same numbers, slower kernels).
@@ -14,11 +15,18 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # per-market loop on an H200 (docs/benchmarks.md). Full fp32 takes that rounding out of the
 # tests. On CPU this changes nothing.
 os.environ.setdefault("JAX_DEFAULT_MATMUL_PRECISION", "highest")
+# One persistent compilation cache for this test process and the runs it starts (JAX's own
+# variable, which experiments.main honours too): a program another test compiled loads
+# instead of compiling again, also after the in-memory caches are cleared below. One folder
+# per process (pytest-xdist workers too): JAX does not write its cache files atomically.
+# Every program is kept (JAX keeps those that took >= 1 s, and at these sizes few do).
+_CACHE = tempfile.mkdtemp(prefix="fecosr_test_xla_")
+os.environ["JAX_COMPILATION_CACHE_DIR"] = _CACHE
+os.environ["JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS"] = "0"
 
 import gc  # noqa: E402
 import pathlib  # noqa: E402
 import shutil  # noqa: E402
-import tempfile  # noqa: E402
 
 import jax  # noqa: E402
 import pytest  # noqa: E402
@@ -34,15 +42,6 @@ def require(path: pathlib.Path) -> pathlib.Path:
     if not path.exists():
         pytest.skip(f"shared data not found at {path} (expected ../shared/data beside the repo)")
     return path
-
-
-# One persistent compilation cache for this session's in-process tests (the subprocess runs
-# use the config's own): a program another test compiled loads instead of compiling again,
-# also after the in-memory caches are cleared below. Every program is kept (JAX's default
-# keeps those that took >= 1 s, and at these sizes almost none do).
-_CACHE = tempfile.mkdtemp(prefix="fecosr_test_xla_")
-jax.config.update("jax_compilation_cache_dir", _CACHE)
-jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
 
 
 def pytest_sessionfinish(session, exitstatus):
