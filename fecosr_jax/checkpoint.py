@@ -51,6 +51,14 @@ ADDED_FIELDS = {
     "model.item_id_std": 0.0,
     "runs_per_step": 0,
     "compilation_cache": "",
+    "federated.dp": {  # privacy.DPConfig() (off)
+        "enabled": False,
+        "clip_norm": 1.0,
+        "noise_multiplier": 1.0,
+        "target_epsilon": 0.0,
+        "delta": 0.0,
+        "expected_batch_size": 0,
+    },
 }
 
 

@@ -276,6 +276,7 @@ def _run_group(
             "markets (0 = all of them every round)"
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
+    trainer.check_privacy()
     data = checkpoint.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)
@@ -392,6 +393,8 @@ def _finish_run(
         ),
         "soft_labels": run.soft_labels,
     }
+    if run.privacy:
+        results["privacy"] = run.privacy
     if distributed.is_primary():
         reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         table = reporting.write_results(

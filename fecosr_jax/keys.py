@@ -3,7 +3,8 @@ then the step's integers (round or epoch, market, step, user). A key depends on 
 these integers, so a resumed run draws exactly what the uninterrupted run drew.
 
 Streams: CLIENT (federated clients' batches and dropout: round, market, step), PARTICIPATION
-(which markets train: round), FINETUNE (fine-tuning batches and dropout: epoch, market, step).
+(which markets train: round), FINETUNE (fine-tuning batches and dropout: epoch, market, step),
+DP_NOISE (the Gaussian noise of a market's private steps: round, market).
 Evaluation's sampled negatives fold (market, user) into key(seed) with no stream tag.
 """
 
@@ -14,6 +15,7 @@ import jax
 CLIENT = 1
 PARTICIPATION = 2
 FINETUNE = 3
+DP_NOISE = 4
 
 
 def derive(seed, *path) -> jax.Array:

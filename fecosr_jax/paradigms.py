@@ -44,6 +44,7 @@ from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, t
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig, FedValues
+from fecosr_jax.federated.privacy import DPConfig, Plan
 from fecosr_jax.model import ModelConfig, init_params
 
 METHODS = (
@@ -238,6 +239,7 @@ def centralized_config(fed: FedConfig) -> FedConfig:
         fedprox_mu=0.0,
         clients_per_round=0,
         weighting="examples",
+        dp=DPConfig(),  # pooled raw data has left the markets: nothing to protect here
     )
 
 
@@ -254,6 +256,7 @@ def run_rounds(
     phase: str = "pretrain",
     values: FedValues | None = None,
     run_names: list[str] | None = None,
+    privacy: Plan | None = None,
 ):
     """Runs compiled rounds from `params` up to `num_rounds`; returns the final shared params.
 
@@ -266,10 +269,18 @@ def run_rounds(
     runs train together in each compiled round (checkpoints: a checkpoint.GroupPhase);
     metrics and the returned params carry the run axis, and an error names the run
     (`run_names`).
+
+    With fed.dp on, `privacy` (federated/privacy.py `plan`) gives each market's sampling
+    rate and noise multiplier.
     """
     checkpoints = checkpoints or checkpoint.NullPhase()
     compiled = fed_round.build_round(model_config, fed, len(names), mesh)
-    data = compiled.put(fed_round.round_data(stacked, fed))
+    data = fed_round.round_data(stacked, fed)
+    if fed.dp.enabled:
+        if privacy is None:
+            raise ValueError("federated.dp is on: run_rounds needs the privacy plan")
+        data.update(privacy.arrays(stacked.num_markets))
+    data = compiled.put(data)
     grouped = values is not None
     state = compiled.init_runs(params) if grouped else compiled.init(params)
     restored = checkpoints.restore(state)

@@ -136,7 +136,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     skipped = {}
     for r in per_seed:
         skipped.update(r.get("skipped", {}))
-    return {
+    combined = {
         "dataset": first["dataset"],
         "protocol": first["protocol"],
         "markets": names,
@@ -148,6 +148,35 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         "transfer_source": first.get("transfer_source"),
         "soft_labels": first.get("soft_labels", {}),
     }
+    if any("privacy" in r for r in per_seed):
+        combined["privacy"] = worst_privacy([r.get("privacy", {}) for r in per_seed])
+    return combined
+
+
+def worst_privacy(reports: list[dict]) -> dict:
+    """Per pretraining and market, the seed's entry with the largest epsilon (with partial
+    participation each seed's markets train in different rounds)."""
+    out: dict[str, dict] = {}
+    for report in reports:
+        for kind, markets in report.items():
+            for name, entry in markets.items():
+                kept = out.setdefault(kind, {}).get(name)
+                if kept is None or entry["epsilon"] > kept["epsilon"]:
+                    out[kind][name] = entry
+    return out
+
+
+def privacy_markdown(report: dict) -> list[str]:
+    """results.md's lines on user-level DP: one per pretraining and market."""
+    lines = ["", "User-level differential privacy of what left each market (pretraining):"]
+    for kind, markets in report.items():
+        for name, e in markets.items():
+            lines.append(
+                f"- `{kind}` {name}: epsilon {e['epsilon']:.3g} at delta {e['delta']:.2g} "
+                f"(sigma {e['noise_multiplier']:.3g}, C {e['clip_norm']:g}, "
+                f"q {e['sampling_rate']:.3g}, {e['steps']} steps)"
+            )
+    return lines
 
 
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
@@ -325,6 +354,8 @@ def results_markdown(results: dict) -> str:
         lines += ["", f"Skipped `{method}`: {reason}"]
     if results.get("soft_labels"):
         lines += ["", summary.soft_labels_markdown(results["soft_labels"])]
+    if results.get("privacy"):
+        lines += privacy_markdown(results["privacy"])
     lines += [
         "",
         "HR@10 / MRR@10 (user-weighted mean): "

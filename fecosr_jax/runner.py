@@ -39,6 +39,7 @@ from fecosr_jax import (
 from fecosr_jax.data import stack_markets
 from fecosr_jax.data.market import StackedMarkets
 from fecosr_jax.errors import ConfigError
+from fecosr_jax.federated import privacy
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig
@@ -72,6 +73,7 @@ class Run:
     log: metrics_log.RunLog | None  # opened once the data has loaded
     checkpoints: checkpoint.RunCheckpoints
     soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
+    privacy: dict = dataclasses.field(default_factory=dict)  # pretraining -> market -> epsilon...
 
 
 @dataclasses.dataclass
@@ -169,6 +171,30 @@ class Runner:
         )
         return self.pretrainings[(kind, source)]
 
+    def privacy_plan(self, p: Pretraining, fed: FedConfig) -> privacy.Plan | None:
+        """The privacy plan of pretraining `p` with settings `fed` (None with DP off)."""
+        if not fed.dp.enabled:
+            return None
+        return privacy.plan(
+            fed.dp,
+            p.names,
+            p.train.num_train_rows[: len(p.names)],
+            batch_size=fed.batch_size,
+            local_steps=fed.local_steps,
+            num_rounds=p.num_rounds,
+            train_windows=self.config.data.train_windows,
+        )
+
+    def check_privacy(self):
+        """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
+        is written: every pretraining the methods need is planned once."""
+        for method in self.methods:
+            base, source = paradigms.split_method(method)
+            kind = paradigms.SPECS[base].pretraining
+            if kind is not None:
+                p = self.pretraining(kind, source)
+                self.privacy_plan(p, p.adjust(self.fed))
+
     def _fed_values(self, p: Pretraining, run: Run) -> tuple[float, ...]:
         return _identity(p.adjust(fed_config(run.config)).values())
 
@@ -218,6 +244,17 @@ class Runner:
         grouped = len(reps) > 1
         kinds = list(dict.fromkeys(q.key for q, _ in reps))
 
+        semantic_dim = p.train.semantics.shape[-1]
+        starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
+        feds = [q.adjust(fed_config(run.config)) for q, run in reps]
+        assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
+        plan = self.privacy_plan(p, feds[0])  # the same for every run: DP is the program's
+
+        def spent(i: int, r: int) -> dict[str, float]:
+            """Each market's epsilon after round r (the rounds it trained in count)."""
+            trained = fed_round.rounds_trained(feds[i], len(p.names), r)
+            return {n: plan.epsilon(j, int(trained[j])) for j, n in enumerate(p.names)}
+
         def on_round(r, metrics):
             for i, members in enumerate(classes):
                 m = _run_part(metrics, i, grouped)
@@ -233,6 +270,10 @@ class Runner:
                     },
                 }
                 show = r % every == 0 or r == p.num_rounds
+                if plan is not None and show:
+                    epsilon = spent(i, r)
+                    values["epsilon"] = max(epsilon.values())
+                    values["market_epsilon"] = epsilon
                 for q, run in members:
                     run.log.log(
                         q.key, "pretrain", r, values, curve="loss", progress=show,
@@ -241,11 +282,12 @@ class Runner:
 
         if grouped:
             print(f"-- pretraining {' + '.join(kinds)}: {len(reps)} runs in one round", flush=True)
-        semantic_dim = p.train.semantics.shape[-1]
-        starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
-        feds = [q.adjust(fed_config(run.config)) for q, run in reps]
-        assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
         phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
+        if plan is not None:
+            for i, members in enumerate(classes):
+                trained = fed_round.rounds_trained(feds[i], len(p.names), p.num_rounds)
+                for q, run in members:
+                    run.privacy[q.key] = plan.report(trained)
         with self.times.phase("pretraining"):
             return paradigms.run_rounds(
                 p.model,
@@ -260,6 +302,7 @@ class Runner:
                 phase="pretrain_" + "+".join(kinds),
                 values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
                 run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
+                privacy=plan,
             )
 
     def _local_base(self):

@@ -167,6 +167,19 @@ def _config(**fields):
         ({"federated__clients_per_round": 4}, "clients_per_round=4: this data has 3 markets"),
         ({"transfer_source": "zz"}, "config.transfer_source='zz' is not a market"),
         ({"runs_per_step": -1}, "config.runs_per_step=-1"),
+        ({"federated__dp__clip_norm": -1.0}, "config.federated.dp.clip_norm=-1.0 is out of"),
+        (  # the data decides (the transfer source m0002, 40000 steps): refused before the workdir
+            {
+                "federated__dp__enabled": True,
+                "federated__dp__target_epsilon": 1.0,
+                "num_rounds": 20000,
+            },
+            "config.federated.dp.target_epsilon=1.0 cannot be met in market m0002: with 55 users",
+        ),
+        (
+            {"federated__dp__enabled": True, "federated__dp__expected_batch_size": 12},
+            "expected_batch_size=12 is above config.federated.batch_size=8",
+        ),
     ],
     ids=lambda x: next(iter(x)) if isinstance(x, dict) else None,
 )

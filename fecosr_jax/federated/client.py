@@ -6,7 +6,9 @@ A market's data is a dict of its arrays (no market axis):
   train [R, L + 1] int32, num_rows [] int32, semantics [N + 1, d_s] float32,
   item_mask [N + 1] bool, market_index [] int32 (its position in the stack: seeds its RNG).
 The functions close over the program (`FedConfig.program()`); the run's seed, alpha, tau_s,
-learning rate and FedProx weight come in as `FedValues` arrays.
+learning rate and FedProx weight come in as `FedValues` arrays. With federated.dp on, each
+local step is DP-SGD over the market's users (federated/privacy.py); the market's data then
+also holds dp_rate [] float32 (Poisson rate q) and dp_noise [] float32 (sigma).
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ class ClientState:
     opt_state: optax.OptState
     key: jax.Array  # this market's key for this round
     global_params: Params  # w_global, for FedProx and the final delta
+    noise: Any = None  # with DP: the Gaussian privatizer's state (its key)
 
 
 class Client(NamedTuple):
@@ -102,6 +105,20 @@ def batch_loss(
     return jnp.sum(per_position) / jnp.maximum(count, 1), count
 
 
+def poisson_users(key, num_users, rate, size: int, total: int):
+    """Poisson sampling of users (each of the first num_users of `total` rows independently
+    with probability `rate`), truncated to `size`: (rows [size] int32, padding [size] bool).
+    One uniform u per row; a user is sampled when u < rate. Sampled users sort first and, given
+    who was sampled, their u are exchangeable: the `size` smallest are a uniformly random
+    subset of them (the truncation jax_privacy's accountant assumes)."""
+    u = jax.random.uniform(key, (total,))
+    u = jnp.where(jnp.arange(total) < num_users, u, 2.0)  # padding rows: never sampled
+    rows = jnp.argsort(u)[:size].astype(jnp.int32)
+    padding = u[rows] >= rate
+    short = size - rows.shape[0]  # fewer rows than the batch: the rest is padding
+    return jnp.pad(rows, (0, short)), jnp.pad(padding, (0, short), constant_values=True)
+
+
 def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
     """The client functions of this model and program (fed: any config with this program;
     only `fed.program()` is used, the per-run values come as arguments)."""
@@ -109,6 +126,28 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
 
     def optimizer(values: FedValues):
         return make_optimizer(fed.client_optimizer, values.client_lr)
+
+    if fed.dp.enabled:
+        from jax_privacy import clipping, noise_addition
+
+        expected_users = fed.dp.expected_batch(fed.batch_size)
+
+        def privatizer(stddev, key):  # the key seeds init; update reads it from the state
+            return noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key)
+
+        def user_loss(params, row, dropout_key, market, values):
+            """One user's mean loss over their training targets (their one window)."""
+            return batch_loss(model_config, fed, params, row[None], market, dropout_key, values)[0]
+
+        # Per-user gradients, each clipped to C, summed (padding users contribute zero).
+        user_grad = clipping.clipped_grad(
+            user_loss,
+            l2_clip_norm=fed.dp.clip_norm,
+            batch_argnums=1,
+            keep_batch_dim=False,
+            prng_argnum=2,
+            return_values=True,
+        )
 
     def objective(params, global_params, rows, market, key, values):
         loss, count = batch_loss(model_config, fed, params, rows, market, key, values)
@@ -128,9 +167,14 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
             opt_state=optimizer(values).init(global_params),
             key=client_key(values.seed, round_, market_index),
             global_params=global_params,
+            noise=privatizer(
+                0.0, keys.derive(values.seed, keys.DP_NOISE, round_, market_index)
+            ).init(global_params)
+            if fed.dp.enabled
+            else None,
         )
 
-    def step(state: ClientState, market: MarketData, step_index, values: FedValues):
+    def sgd_step(state: ClientState, market: MarketData, step_index, values: FedValues):
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
         users = jax.random.randint(
             batch_key, (fed.batch_size,), 0, jnp.maximum(market["num_rows"], 1)
@@ -142,6 +186,38 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
         updates, opt_state = optimizer(values).update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         return state.replace(params=params, opt_state=opt_state), loss
+
+    def dp_step(state: ClientState, market: MarketData, step_index, values: FedValues):
+        batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
+        users, padding = poisson_users(
+            batch_key,
+            market["num_rows"],
+            market["dp_rate"],
+            fed.batch_size,
+            market["train"].shape[0],
+        )
+        clipped_sum, aux = user_grad(
+            state.params, market["train"][users], dropout_key, market, values,
+            is_padding_example=padding,
+        )  # fmt: skip
+        noisy, noise = privatizer(market["dp_noise"] * fed.dp.clip_norm, None).update(
+            clipped_sum, state.noise
+        )
+        grads = jax.tree.map(lambda g: g / expected_users, noisy)
+        if fed.fedprox_mu:  # the proximal term reads no user data: added after the noise
+            grads = jax.tree.map(
+                lambda g, w, w0: g + values.fedprox_mu * (w - w0),
+                grads,
+                state.params,
+                state.global_params,
+            )
+        updates, opt_state = optimizer(values).update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        real = ~padding
+        loss = jnp.sum(jnp.where(real, aux.values, 0.0)) / jnp.maximum(jnp.sum(real), 1)
+        return state.replace(params=params, opt_state=opt_state, noise=noise), loss
+
+    step = dp_step if fed.dp.enabled else sgd_step
 
     def final(state: ClientState):
         return jax.tree.map(jnp.subtract, state.params, state.global_params)

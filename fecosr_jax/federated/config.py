@@ -17,6 +17,7 @@ import jax
 import numpy as np
 
 from fecosr_jax.errors import ConfigError
+from fecosr_jax.federated.privacy import DPConfig
 
 LOSSES = ("s2ce", "ce")
 LOSS_IMPLS = ("dense", "blockwise")
@@ -67,6 +68,7 @@ class FedConfig:
         batched product of many small matrices is slower than a sequence of them.
       seed: seeds participation, batches and dropout: keys come from (seed, round, market,
         step), so a resumed run repeats them exactly.
+      dp: user-level differential privacy of every local step (federated/privacy.py).
 
     seed, alpha, temperature, client_lr, server_lr and fedprox_mu reach the compiled round as
     `values()`, not as constants; `program()` is the rest.
@@ -91,8 +93,11 @@ class FedConfig:
     block_size: int = 4096
     markets_per_step: int = 0
     seed: int = 0
+    dp: DPConfig = DPConfig()
 
     def __post_init__(self):
+        if isinstance(self.dp, dict):  # from config.federated.to_dict()
+            object.__setattr__(self, "dp", DPConfig(**self.dp))
         choices = {
             "loss": (self.loss, LOSSES),
             "loss_impl": (self.loss_impl, LOSS_IMPLS),

@@ -78,6 +78,17 @@ def participants(fed: FedConfig, round_: jax.Array, num_real: int, seed=None) ->
     return jnp.sort(jax.random.choice(key, num_real, (fed.clients_per_round,), replace=False))
 
 
+def rounds_trained(fed: FedConfig, num_real: int, upto: int) -> np.ndarray:
+    """[num_real] int: in how many of rounds 1..upto each market trained (host; participation
+    depends on nothing but (seed, round), so a resumed run counts the same)."""
+    count = np.zeros(num_real, np.int64)
+    if full_participation(fed, num_real):
+        return count + upto
+    for r in range(upto):  # round r + 1 draws from the server state's round counter, r
+        count[np.asarray(participants(fed, jnp.int32(r), num_real))] += 1
+    return count
+
+
 def round_metrics(diagnostics: dict, loss, drift, weight, mask, idx, num_markets: int) -> dict:
     """The round's metrics: diagnostics, weighted mean loss, and per-market values [M] (NaN for
     markets that did not train). loss, drift, weight, mask and idx [C] are per trained slot;

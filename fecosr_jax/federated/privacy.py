@@ -1,0 +1,250 @@
+"""User-level differential privacy for what leaves a market (docs/design.md §8).
+
+What leaves a market in federated pretraining is its model delta after K local steps. With
+`federated.dp.enabled`, every local step is DP-SGD over the market's users:
+
+  users sampled by Poisson sampling with rate q = E / U (E the expected batch size, U the
+  market's users), truncated to T = federated.batch_size (the compiled batch shape: a random
+  T of them when more are drawn) -> one gradient per user, clipped to L2 norm C
+  (jax_privacy.clipped_grad) -> summed -> Gaussian noise of std sigma * C
+  (jax_privacy.noise_addition.gaussian_privatizer) -> divided by E -> the client optimiser.
+
+All of it runs on the device inside the compiled round. One training window per user
+(data.train_windows = 1), so a row is a user. The accountant is jax_privacy's DP-SGD
+accountant over dp_accounting's privacy-loss distributions, with the truncated Poisson
+subsampled Gaussian event: epsilon of market m after s of its steps, for (q_m, sigma_m, T, s,
+delta_m). Only the steps of rounds a market trained in count.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import math
+from collections.abc import Sequence
+
+import numpy as np
+
+from fecosr_jax.errors import ConfigError
+
+# Beyond this noise multiplier a model learns nothing: a target epsilon that needs more is
+# refused before training.
+MAX_NOISE_MULTIPLIER = 100.0
+# The privacy-loss distribution's discretisation: 0.01 is a pessimistic bound within ~1-2% of
+# the default 1e-4 and computes in 0.1 s instead of ~10 s (docs/benchmarks.md).
+PLD_INTERVAL = 1e-2
+ACCOUNTANT = (
+    f"PLD (dp_accounting via jax_privacy, discretisation {PLD_INTERVAL:g}), "
+    "truncated Poisson subsampled Gaussian"
+)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPConfig:
+    """config.federated.dp: DP-SGD in every market's local steps.
+
+    Attributes:
+      enabled: on or off (off: the round is exactly the non-private one).
+      clip_norm: C, the L2 bound of each user's gradient.
+      noise_multiplier: sigma (noise std = sigma * C), used when target_epsilon is 0.
+      target_epsilon: > 0: sigma calibrated per market so that every market ends the run at
+        this epsilon (all rounds counted, so partial participation ends below it).
+      delta: the delta of (epsilon, delta); 0 = 1 / (10 * the market's users).
+      expected_batch_size: E, the expected users per step (q = E / users); 0 = half of
+        federated.batch_size (the truncation bound T).
+    """
+
+    enabled: bool = False
+    clip_norm: float = 1.0
+    noise_multiplier: float = 1.0
+    target_epsilon: float = 0.0
+    delta: float = 0.0
+    expected_batch_size: int = 0
+
+    def __post_init__(self):
+        ranges = {
+            "clip_norm": self.clip_norm > 0,
+            "noise_multiplier": self.noise_multiplier >= 0,
+            "target_epsilon": self.target_epsilon >= 0,
+            "delta": 0 <= self.delta < 1,
+            "expected_batch_size": self.expected_batch_size >= 0,
+        }
+        for name, ok in ranges.items():
+            if not ok:
+                raise ConfigError(
+                    f"config.federated.dp.{name}={getattr(self, name)!r} is out of range"
+                )
+
+    def expected_batch(self, batch_size: int) -> int:
+        return self.expected_batch_size or max(1, batch_size // 2)
+
+
+@dataclasses.dataclass(frozen=True)
+class Plan:
+    """The privacy settings of every market of one run (host numbers, [M] arrays over the
+    real markets), and its accountant."""
+
+    names: tuple[str, ...]
+    users: np.ndarray  # [M] int, U
+    sampling_rate: np.ndarray  # [M] float, q = E / U
+    noise_multiplier: np.ndarray  # [M] float, sigma
+    delta: np.ndarray  # [M] float
+    clip_norm: float
+    expected_batch: int  # E
+    truncated_batch: int  # T
+    local_steps: int  # K: steps per round trained
+
+    def epsilon(self, market: int, rounds_trained: int) -> float:
+        """Market `market`'s epsilon after `rounds_trained` rounds (K steps each)."""
+        return _epsilon(
+            float(self.noise_multiplier[market]),
+            int(self.users[market]),
+            self.expected_batch,
+            self.truncated_batch,
+            float(self.delta[market]),
+            rounds_trained * self.local_steps,
+        )
+
+    def report(self, rounds_trained: Sequence[int]) -> dict[str, dict]:
+        """results.json's "privacy": per market epsilon, delta and the settings behind it."""
+        return {
+            name: {
+                "epsilon": self.epsilon(m, int(rounds_trained[m])),
+                "delta": float(self.delta[m]),
+                "noise_multiplier": float(self.noise_multiplier[m]),
+                "clip_norm": self.clip_norm,
+                "sampling_rate": float(self.sampling_rate[m]),
+                "expected_batch_size": self.expected_batch,
+                "truncated_batch_size": self.truncated_batch,
+                "steps": int(rounds_trained[m]) * self.local_steps,
+                "accountant": ACCOUNTANT,
+            }
+            for m, name in enumerate(self.names)
+        }
+
+    def arrays(self, num_markets: int) -> dict[str, np.ndarray]:
+        """The round's per-market inputs [M] (padding markets: rate 0, noise 0)."""
+        pad = num_markets - len(self.names)
+        rate = np.concatenate([self.sampling_rate, np.zeros(pad)]).astype(np.float32)
+        sigma = np.concatenate([self.noise_multiplier, np.zeros(pad)]).astype(np.float32)
+        return {"dp_rate": rate, "dp_noise": sigma}
+
+
+def _accountant():
+    from jax_privacy import accounting
+
+    return accounting.DpsgdTrainingAccountant(
+        accounting.PldAccountantConfig(value_discretization_interval=PLD_INTERVAL)
+    )
+
+
+def _params(sigma, users, expected, truncated, delta):
+    from jax_privacy import accounting
+
+    return accounting.DpParams(
+        noise_multipliers=sigma,
+        num_samples=users,
+        delta=delta,
+        batch_size=expected,
+        truncated_batch_size=truncated,
+        sampling_method=accounting.SamplingMethod.POISSON,
+    )
+
+
+@functools.lru_cache(maxsize=4096)
+def _epsilon(sigma, users, expected, truncated, delta, steps) -> float:
+    if steps == 0:
+        return 0.0
+    if sigma == 0:
+        return math.inf
+    params = _params(sigma, users, expected, truncated, delta)
+    return float(_accountant().compute_epsilon(steps, params))
+
+
+def default_delta(users: int) -> float:
+    return 1.0 / (10.0 * users)
+
+
+def plan(
+    dp: DPConfig,
+    names: Sequence[str],
+    users: Sequence[int],
+    *,
+    batch_size: int,
+    local_steps: int,
+    num_rounds: int,
+    train_windows: int,
+) -> Plan:
+    """Each market's sampling rate, delta and noise multiplier (calibrated to
+    dp.target_epsilon over all num_rounds * local_steps steps when it is set). Settings that
+    cannot hold are refused (ConfigError) before anything trains."""
+    try:
+        import jax_privacy  # noqa: F401
+    except ImportError:
+        raise ConfigError(
+            "config.federated.dp.enabled=True needs jax-privacy: pip install 'fecosr_jax[privacy]'"
+        ) from None
+    if train_windows != 1:
+        raise ConfigError(
+            f"config.data.train_windows={train_windows}: federated.dp protects users and "
+            "needs one training window per user (train_windows=1)"
+        )
+    expected = dp.expected_batch(batch_size)
+    if expected > batch_size:
+        raise ConfigError(
+            f"config.federated.dp.expected_batch_size={expected} is above "
+            f"config.federated.batch_size={batch_size}, the most users one step takes"
+        )
+    users = np.asarray(users, np.int64)
+    for name, u in zip(names, users, strict=True):
+        if expected >= u:
+            raise ConfigError(
+                f"config.federated.dp.expected_batch_size={expected}: market {name} has only "
+                f"{u} users; Poisson sampling needs a rate E / users below 1"
+            )
+    delta = np.asarray([dp.delta or default_delta(int(u)) for u in users])
+    steps = num_rounds * local_steps
+    if dp.target_epsilon:
+        sigma = np.asarray(
+            [
+                _calibrate(dp.target_epsilon, int(u), expected, batch_size, float(d), steps, name)
+                for name, u, d in zip(names, users, delta, strict=True)
+            ]
+        )
+    else:
+        sigma = np.full(len(users), dp.noise_multiplier)
+    return Plan(
+        names=tuple(names),
+        users=users,
+        sampling_rate=expected / users,
+        noise_multiplier=sigma,
+        delta=delta,
+        clip_norm=dp.clip_norm,
+        expected_batch=expected,
+        truncated_batch=batch_size,
+        local_steps=local_steps,
+    )
+
+
+def _calibrate(target, users, expected, truncated, delta, steps, name) -> float:
+    from jax_privacy import accounting
+
+    best = _epsilon(MAX_NOISE_MULTIPLIER, users, expected, truncated, delta, steps)
+    if best > target:
+        raise ConfigError(
+            f"config.federated.dp.target_epsilon={target} cannot be met in market {name}: "
+            f"with {users} users, expected batch {expected} (q={expected / users:.4g}), "
+            f"{steps} steps and delta={delta:.3g}, even sigma={MAX_NOISE_MULTIPLIER:g} gives "
+            f"epsilon {best:.3g}"
+        )
+    return float(
+        accounting.calibrate_noise_multiplier(
+            target_epsilon=target,
+            accountant=_accountant(),
+            batch_sizes=expected,
+            num_updates=steps,
+            num_samples=users,
+            target_delta=delta,
+            truncated_batch_size=truncated,
+        )
+    )

@@ -1,0 +1,176 @@
+"""User-level DP in the compiled round: Poisson sampling, each user's gradient clipped to C
+(worked out by hand), the noise's std, determinism, and the accountant against
+dp_accounting's plain Poisson subsampled Gaussian."""
+
+import dataclasses
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from fecosr_jax.data import leave_one_out, stack_markets, synthetic
+from fecosr_jax.errors import ConfigError
+from fecosr_jax.federated import privacy
+from fecosr_jax.federated import round as fr
+from fecosr_jax.federated.client import batch_loss, make_client, poisson_users
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig, init_params
+
+pytest.importorskip("jax_privacy")
+
+MODEL = ModelConfig(
+    hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.0
+)
+GEN = synthetic.SyntheticConfig(
+    num_markets=3, users_per_market=30, items_per_market=40, num_clusters=5, semantic_dim=8, seed=7
+)
+DP = privacy.DPConfig(enabled=True, clip_norm=0.05, noise_multiplier=0.0, expected_batch_size=4)
+FED = FedConfig(local_steps=1, batch_size=8, client_optimizer="sgd", client_lr=1.0, dp=DP)
+
+
+@pytest.fixture(scope="module")
+def stacked():
+    splits = [leave_one_out(m, MODEL.max_len) for m in synthetic.synthetic_markets(GEN)]
+    return stack_markets(splits)
+
+
+def market_data(stacked, plan, m=0):
+    data = fr.round_data(stacked, FED) | plan.arrays(stacked.num_markets)
+    return {k: jnp.asarray(v[m]) for k, v in data.items()}
+
+
+def make_plan(stacked, dp=DP, fed=FED):
+    users = stacked.num_train_rows[: len(stacked.names)]
+    return privacy.plan(
+        dp, stacked.names, users, batch_size=fed.batch_size, local_steps=fed.local_steps,
+        num_rounds=3, train_windows=1,
+    )  # fmt: skip
+
+
+def flat(tree):
+    return np.concatenate([np.ravel(x) for x in jax.tree.leaves(jax.device_get(tree))])
+
+
+def test_poisson_sampling_rate_truncation_and_padding():
+    draw = jax.jit(jax.vmap(lambda k: poisson_users(k, jnp.int32(30), 0.2, 8, 40)))
+    rows, padding = draw(jax.random.split(jax.random.key(0), 4000))
+    rows, real = np.asarray(rows), ~np.asarray(padding)
+    counts = real.sum(1)
+    # Binomial(30, 0.2) truncated at 8: mean 6 less the tail above 8
+    assert abs(counts.mean() - 5.83) < 0.1 and counts.max() == 8
+    picked = np.zeros(40)
+    for r, k in zip(rows, real, strict=True):
+        assert len(set(r[k])) == k.sum()  # no user twice in a step
+        picked[r[k]] += 1
+    assert picked[30:].sum() == 0  # padding rows are never users
+    rate = picked[:30] / 4000
+    assert np.all(np.abs(rate - rate.mean()) < 0.03)  # every user equally likely
+
+
+def test_each_users_gradient_is_clipped_to_c_by_hand(stacked):
+    """One SGD step (lr 1, sigma 0) moves the parameters by the sum over the sampled users of
+    each user's gradient scaled to norm <= C, divided by E: computed here user by user."""
+    plan = make_plan(stacked)
+    market = market_data(stacked, plan)
+    client = make_client(MODEL, FED)
+    params = init_params(MODEL, jax.random.key(0), GEN.semantic_dim)
+    values = FED.values()
+    state = client.init(params, jnp.int32(1), market["market_index"], values)
+    new, _ = jax.jit(client.step)(state, market, jnp.int32(0), values)
+
+    batch_key, _ = jax.random.split(jax.random.fold_in(state.key, 0))
+    rows, padding = poisson_users(
+        batch_key, market["num_rows"], market["dp_rate"], 8, market["train"].shape[0]
+    )
+    total, norms = 0.0, []
+    for u in np.asarray(rows)[~np.asarray(padding)]:
+        g = jax.grad(
+            lambda p, u=u: batch_loss(
+                MODEL, FED, p, market["train"][u][None], market, jax.random.key(0)
+            )[0]
+        )(params)
+        norm = float(np.linalg.norm(flat(g)))
+        norms.append(norm)
+        total = total + flat(g) * min(1.0, DP.clip_norm / norm)
+    assert len(norms) >= 2 and min(norms) > DP.clip_norm  # every user was clipped
+    moved = flat(params) - flat(new.params)
+    np.testing.assert_allclose(moved, total / DP.expected_batch_size, atol=1e-6)
+    assert np.linalg.norm(moved) <= len(norms) * DP.clip_norm / DP.expected_batch_size + 1e-6
+
+
+def test_noise_std_is_sigma_c_over_e(stacked):
+    """Same users (the batch key is the step's), noise from its own stream: the difference of
+    a sigma = 2 step and a sigma = 0 step is Gaussian with std sigma * C / E (lr 1)."""
+    plan = make_plan(stacked)
+    client = make_client(MODEL, FED)
+    params = init_params(MODEL, jax.random.key(0), GEN.semantic_dim)
+    values = FED.values()
+    steps = []
+    for sigma in (0.0, 2.0):
+        market = market_data(stacked, plan) | {"dp_noise": jnp.float32(sigma)}
+        state = client.init(params, jnp.int32(1), market["market_index"], values)
+        steps.append(flat(jax.jit(client.step)(state, market, jnp.int32(0), values)[0].params))
+    noise = steps[1] - steps[0]
+    expected = 2.0 * DP.clip_norm / DP.expected_batch_size
+    n = noise.size  # 2704 parameters: the sample std is within 1.4% (one sd) of the true one
+    assert n > 2000
+    assert abs(noise.std() / expected - 1) < 0.05 and abs(noise.mean()) < 4 * expected / n**0.5
+
+
+def test_private_round_is_deterministic_and_seeded(stacked):
+    fed = dataclasses.replace(FED, local_steps=2, dp=dataclasses.replace(DP, noise_multiplier=1.0))
+    plan = make_plan(stacked, fed.dp, fed)
+    out = []
+    for seed in (0, 0, 1):
+        mesh = fr.make_mesh(jax.devices()[:1])
+        r = fr.build_round(MODEL, dataclasses.replace(fed, seed=seed), 3, mesh)
+        data = r.put(fr.round_data(stacked, fed) | plan.arrays(stacked.num_markets))
+        state = r.init(init_params(MODEL, jax.random.key(0), GEN.semantic_dim))
+        for _ in range(2):
+            state, metrics = r.step(state, data)
+        assert np.all(np.isfinite(np.asarray(metrics["market_loss"])))
+        out.append(flat(state.params))
+    np.testing.assert_array_equal(out[0], out[1])
+    assert np.abs(out[0] - out[2]).max() > 1e-4
+
+
+def test_epsilon_without_truncation_equals_dp_accountings_poisson_gaussian():
+    """With T >= the users no batch can be truncated: the plan's epsilon (truncated event) is
+    dp_accounting's PLD of the plain Poisson subsampled Gaussian, composed step by step (at
+    dp_accounting's default, finer discretisation)."""
+    import dp_accounting
+    from dp_accounting.pld import pld_privacy_accountant
+
+    dp = privacy.DPConfig(enabled=True, noise_multiplier=1.1, expected_batch_size=10)
+    plan = privacy.plan(
+        dp, ["a"], [200], batch_size=200, local_steps=5, num_rounds=20, train_windows=1
+    )
+    accountant = pld_privacy_accountant.PLDAccountant()
+    event = dp_accounting.PoissonSampledDpEvent(10 / 200, dp_accounting.GaussianDpEvent(1.1))
+    accountant.compose(event, 100)
+    expected = accountant.get_epsilon(1 / 2000)
+    assert plan.delta[0] == 1 / 2000  # default delta: 1 / (10 users)
+    # the plan's coarser discretisation (privacy.PLD_INTERVAL) bounds it from above, closely
+    assert expected <= plan.epsilon(0, 20) <= 1.03 * expected
+    assert plan.epsilon(0, 10) < plan.epsilon(0, 20)  # only rounds trained count
+    report = plan.report([20])["a"]
+    assert report["steps"] == 100 and report["sampling_rate"] == 0.05
+
+
+def test_target_epsilon_is_calibrated_per_market_or_refused():
+    dp = privacy.DPConfig(enabled=True, target_epsilon=2.0, expected_batch_size=8)
+    kw = dict(batch_size=16, local_steps=2, num_rounds=10, train_windows=1)
+    plan = privacy.plan(dp, ["small", "large"], [100, 1000], **kw)
+    sigma = plan.noise_multiplier
+    assert sigma[0] > sigma[1] > 0  # fewer users: a larger rate needs more noise
+    for m in range(2):
+        assert 1.9 < plan.epsilon(m, 10) <= 2.0
+    with pytest.raises(ConfigError, match=r"target_epsilon=1e-06 cannot be met in market a"):
+        privacy.plan(dataclasses.replace(dp, target_epsilon=1e-6), ["a"], [100], **kw)
+    with pytest.raises(ConfigError, match="market a has only 8 users"):
+        privacy.plan(dp, ["a"], [8], **kw)
+    with pytest.raises(ConfigError, match=r"config.data.train_windows=2"):
+        privacy.plan(dp, ["a"], [100], **{**kw, "train_windows": 2})
+    with pytest.raises(ConfigError, match=r"config.federated.dp.clip_norm=0"):
+        privacy.DPConfig(clip_norm=0)
