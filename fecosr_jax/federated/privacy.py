@@ -1,4 +1,4 @@
-"""User-level differential privacy for what leaves a market (docs/design.md §8).
+"""User-level differential privacy for what leaves a market (docs/design.md §7).
 
 What leaves a market in federated pretraining is its model delta after K local steps. With
 `federated.dp.enabled`, every local step is DP-SGD over the market's users:
