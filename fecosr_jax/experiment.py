@@ -358,7 +358,7 @@ def _run_group(
     pop_table = reporting.per_market_table(names, pop)
     for run in runs:
         finished[run.workdir] = _finish_run(
-            run, methods, names, pop_table, pop_ranks, trainer.transfer_source
+            run, methods, names, pop_table, pop_ranks, trainer.transfer_source, trainer
         )
     print(times.summary(), flush=True)
     return [finished[w] for w in workdirs]
@@ -371,6 +371,7 @@ def _finish_run(
     pop_table: dict,
     pop_ranks: dict,
     transfer_source: str,
+    trainer: runner.Runner,
 ) -> tuple[dict, dict]:
     """One run's results.json / results.md / plots from its finished methods."""
     done = run.checkpoints.progress
@@ -393,8 +394,9 @@ def _finish_run(
         ),
         "soft_labels": run.soft_labels,
     }
-    if run.privacy:
-        results["privacy"] = run.privacy
+    private = trainer.privacy_report(run, [m for m in tables if m != "popularity"])
+    if private:
+        results["privacy"] = private
     if distributed.is_primary():
         reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         table = reporting.write_results(

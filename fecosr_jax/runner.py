@@ -73,7 +73,6 @@ class Run:
     log: metrics_log.RunLog | None  # opened once the data has loaded
     checkpoints: checkpoint.RunCheckpoints
     soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
-    privacy: dict = dataclasses.field(default_factory=dict)  # pretraining -> market -> epsilon...
 
 
 @dataclasses.dataclass
@@ -129,6 +128,7 @@ class Runner:
         self.fed = fed_config(config)  # the group's program (its values are the first run's)
         self.pretrainings: dict[tuple[str, str | None], Pretraining] = {}
         self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
+        self.plans: dict[str, privacy.Plan] = {}  # pretraining key -> its DP plan
         self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
         self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
         if self.transfer_source not in names:
@@ -172,28 +172,56 @@ class Runner:
         return self.pretrainings[(kind, source)]
 
     def privacy_plan(self, p: Pretraining, fed: FedConfig) -> privacy.Plan | None:
-        """The privacy plan of pretraining `p` with settings `fed` (None with DP off)."""
+        """The privacy plan of pretraining `p` with settings `fed` (None with DP off). It
+        depends on the program only (DP settings, batch, K), the same for every run of the
+        group: planned once per pretraining."""
         if not fed.dp.enabled:
             return None
-        return privacy.plan(
-            fed.dp,
-            p.names,
-            p.train.num_train_rows[: len(p.names)],
-            batch_size=fed.batch_size,
-            local_steps=fed.local_steps,
-            num_rounds=p.num_rounds,
-            train_windows=self.config.data.train_windows,
+        if p.key not in self.plans:
+            self.plans[p.key] = privacy.plan(
+                fed.dp,
+                p.names,
+                p.train.num_train_rows[: len(p.names)],
+                batch_size=fed.batch_size,
+                local_steps=fed.local_steps,
+                num_rounds=p.num_rounds,
+                train_windows=self.config.data.train_windows,
+            )
+        return self.plans[p.key]
+
+    def _dp_pretrainings(self, methods: list[str]) -> list[Pretraining]:
+        kinds = [paradigms.SPECS[b].pretraining for b, _ in map(paradigms.split_method, methods)]
+        sources = [paradigms.split_method(m)[1] for m in methods]
+        return list(
+            {
+                p.key: p
+                for kind, source in zip(kinds, sources, strict=True)
+                if kind is not None and (p := self.pretraining(kind, source))
+            }.values()
         )
 
     def check_privacy(self):
         """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
-        is written: every pretraining the methods need is planned once."""
-        for method in self.methods:
-            base, source = paradigms.split_method(method)
-            kind = paradigms.SPECS[base].pretraining
-            if kind is not None:
-                p = self.pretraining(kind, source)
-                self.privacy_plan(p, p.adjust(self.fed))
+        is written: every pretraining the methods need is planned."""
+        if not self.fed.dp.enabled:  # the program's: the same for every run of the group
+            return
+        for p in self._dp_pretrainings(self.methods):
+            self.privacy_plan(p, p.adjust(self.fed))
+
+    def privacy_report(self, run: Run, methods: list[str]) -> dict[str, dict]:
+        """results.json's "privacy" of `run`: per private pretraining of `methods`, each
+        market's epsilon over the rounds it trained in (a function of the config, so a
+        resumed run reports what the uninterrupted one would)."""
+        out = {}
+        if not self.fed.dp.enabled:
+            return out
+        for p in self._dp_pretrainings(methods):
+            fed = p.adjust(fed_config(run.config))
+            plan = self.privacy_plan(p, fed)
+            if plan is not None:
+                trained = fed_round.rounds_trained(fed, len(p.names), p.num_rounds)
+                out[p.key] = plan.report(trained)
+        return out
 
     def _fed_values(self, p: Pretraining, run: Run) -> tuple[float, ...]:
         return _identity(p.adjust(fed_config(run.config)).values())
@@ -283,11 +311,6 @@ class Runner:
         if grouped:
             print(f"-- pretraining {' + '.join(kinds)}: {len(reps)} runs in one round", flush=True)
         phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
-        if plan is not None:
-            for i, members in enumerate(classes):
-                trained = fed_round.rounds_trained(feds[i], len(p.names), p.num_rounds)
-                for q, run in members:
-                    run.privacy[q.key] = plan.report(trained)
         with self.times.phase("pretraining"):
             return paradigms.run_rounds(
                 p.model,

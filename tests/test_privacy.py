@@ -174,3 +174,35 @@ def test_target_epsilon_is_calibrated_per_market_or_refused():
         privacy.plan(dp, ["a"], [100], **{**kw, "train_windows": 2})
     with pytest.raises(ConfigError, match=r"config.federated.dp.clip_norm=0"):
         privacy.DPConfig(clip_norm=0)
+
+
+def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
+    """experiments.main's path with DP on: the log's running epsilon, and results.json /
+    results.md hold each market's epsilon of the rounds it trained in (2 of 3 markets a
+    round), the plan's own numbers."""
+    import json
+
+    from experiments.configs import test as test_config
+    from fecosr_jax import experiment
+
+    config = test_config.get_config()
+    config.methods, config.num_rounds, config.federated.clients_per_round = "fecosr", 4, 2
+    config.federated.dp.update(enabled=True, noise_multiplier=0.8, expected_batch_size=4)
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    experiment.train_and_evaluate(config, str(tmp_path))
+    results = json.loads((tmp_path / "results.json").read_text())
+    report = results["privacy"]["federated_s2ce"]
+    fed = dataclasses.replace(FED, clients_per_round=2, local_steps=2, seed=0)
+    trained = fr.rounds_trained(fed, 3, 4)
+    assert sorted(trained) != [4, 4, 4] and trained.sum() == 2 * 4  # two markets a round
+    for m, name in enumerate(results["markets"]):
+        e = report[name]
+        assert e["steps"] == 2 * trained[m] and e["noise_multiplier"] == 0.8
+        users = round(4 / e["sampling_rate"])
+        assert e["delta"] == pytest.approx(1 / (10 * users))
+        assert e["epsilon"] == privacy._epsilon(0.8, users, 4, 8, e["delta"], e["steps"])
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("- `federated_s2ce` m000") == 3
+    out = capsys.readouterr().out
+    last = max(e["epsilon"] for e in report.values())
+    assert "federated_s2ce pretrain 4/4: " in out and f"epsilon {last:.4f}" in out
