@@ -30,6 +30,14 @@ class ConfigError(BadInput):
     """A config field out of range or of a wrong kind; the message names the field."""
 
 
+def check_ranges(prefix: str, config, ranges: dict[str, bool]):
+    """Raises ConfigError naming the first field of `config` whose range check is False, as
+    `{prefix}.{field}={value!r} is out of range`."""
+    for name, ok in ranges.items():
+        if not ok:
+            raise ConfigError(f"{prefix}.{name}={getattr(config, name)!r} is out of range")
+
+
 class NonFiniteError(RuntimeError):
     """A non-finite loss or parameter: the run stops and the last checkpoint stays good."""
 

@@ -190,15 +190,15 @@ class Runner:
         return self.plans[p.key]
 
     def _dp_pretrainings(self, methods: list[str]) -> list[Pretraining]:
-        kinds = [paradigms.SPECS[b].pretraining for b, _ in map(paradigms.split_method, methods)]
-        sources = [paradigms.split_method(m)[1] for m in methods]
-        return list(
-            {
-                p.key: p
-                for kind, source in zip(kinds, sources, strict=True)
-                if kind is not None and (p := self.pretraining(kind, source))
-            }.values()
-        )
+        """The pretrainings `methods` need, each once."""
+        out: dict[str, Pretraining] = {}
+        for method in methods:
+            base, source = paradigms.split_method(method)
+            kind = paradigms.SPECS[base].pretraining
+            if kind is not None:
+                p = self.pretraining(kind, source)
+                out[p.key] = p
+        return list(out.values())
 
     def check_privacy(self):
         """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
@@ -220,7 +220,7 @@ class Runner:
             plan = self.privacy_plan(p, fed)
             if plan is not None:
                 trained = fed_round.rounds_trained(fed, len(p.names), p.num_rounds)
-                out[p.key] = plan.report(trained)
+                out[p.key] = plan.report(trained[-1])
         return out
 
     def _fed_values(self, p: Pretraining, run: Run) -> tuple[float, ...]:
@@ -278,10 +278,12 @@ class Runner:
         assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
         plan = self.privacy_plan(p, feds[0])  # the same for every run: DP is the program's
 
+        if plan is not None:  # [rounds, M] rounds trained so far, per class of runs
+            trained = [fed_round.rounds_trained(f, len(p.names), p.num_rounds) for f in feds]
+
         def spent(i: int, r: int) -> dict[str, float]:
             """Each market's epsilon after round r (the rounds it trained in count)."""
-            trained = fed_round.rounds_trained(feds[i], len(p.names), r)
-            return {n: plan.epsilon(j, int(trained[j])) for j, n in enumerate(p.names)}
+            return {n: plan.epsilon(j, int(trained[i][r - 1, j])) for j, n in enumerate(p.names)}
 
         def on_round(r, metrics):
             for i, members in enumerate(classes):

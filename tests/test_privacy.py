@@ -194,6 +194,8 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     report = results["privacy"]["federated_s2ce"]
     fed = dataclasses.replace(FED, clients_per_round=2, local_steps=2, seed=0)
     trained = fr.rounds_trained(fed, 3, 4)
+    assert np.all(np.diff(trained, axis=0) >= 0) and np.all(trained[0] <= 1)  # cumulative
+    trained = trained[-1]
     assert sorted(trained) != [4, 4, 4] and trained.sum() == 2 * 4  # two markets a round
     for m, name in enumerate(results["markets"]):
         e = report[name]

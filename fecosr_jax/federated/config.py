@@ -16,7 +16,7 @@ import flax.struct
 import jax
 import numpy as np
 
-from fecosr_jax.errors import ConfigError
+from fecosr_jax.errors import ConfigError, check_ranges
 from fecosr_jax.federated.privacy import DPConfig
 
 LOSSES = ("s2ce", "ce")
@@ -118,11 +118,7 @@ class FedConfig:
             "block_size": self.block_size >= 1,
             "markets_per_step": self.markets_per_step >= 0,
         }
-        for name, ok in ranges.items():
-            if not ok:
-                raise ConfigError(
-                    f"config.federated.{name}={getattr(self, name)!r} is out of range"
-                )
+        check_ranges("config.federated", self, ranges)
 
     def values(self) -> FedValues:
         """This config's per-run values (host arrays). With loss "ce" alpha is 0."""

@@ -25,7 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
-from fecosr_jax.errors import ConfigError
+from fecosr_jax.errors import ConfigError, check_ranges
 
 # Beyond this noise multiplier a model learns nothing: a target epsilon that needs more is
 # refused before training.
@@ -69,11 +69,7 @@ class DPConfig:
             "delta": 0 <= self.delta < 1,
             "expected_batch_size": self.expected_batch_size >= 0,
         }
-        for name, ok in ranges.items():
-            if not ok:
-                raise ConfigError(
-                    f"config.federated.dp.{name}={getattr(self, name)!r} is out of range"
-                )
+        check_ranges("config.federated.dp", self, ranges)
 
     def expected_batch(self, batch_size: int) -> int:
         return self.expected_batch_size or max(1, batch_size // 2)

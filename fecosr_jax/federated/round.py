@@ -79,14 +79,15 @@ def participants(fed: FedConfig, round_: jax.Array, num_real: int, seed=None) ->
 
 
 def rounds_trained(fed: FedConfig, num_real: int, upto: int) -> np.ndarray:
-    """[num_real] int: in how many of rounds 1..upto each market trained (host; participation
-    depends on nothing but (seed, round), so a resumed run counts the same)."""
-    count = np.zeros(num_real, np.int64)
+    """[upto, num_real] int: in how many of rounds 1..r each market trained, row r - 1 for
+    round r (host; participation depends on nothing but (seed, round), so a resumed run
+    counts the same)."""
     if full_participation(fed, num_real):
-        return count + upto
+        return np.repeat(np.arange(1, upto + 1)[:, None], num_real, axis=1)
+    trained = np.zeros((upto, num_real), np.int64)
     for r in range(upto):  # round r + 1 draws from the server state's round counter, r
-        count[np.asarray(participants(fed, jnp.int32(r), num_real))] += 1
-    return count
+        trained[r, np.asarray(participants(fed, jnp.int32(r), num_real))] = 1
+    return np.cumsum(trained, axis=0)
 
 
 def round_metrics(diagnostics: dict, loss, drift, weight, mask, idx, num_markets: int) -> dict:
