@@ -41,8 +41,16 @@ from orbax.checkpoint import checkpoint_managers
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote, write_text_atomic
 
-# Config fields that may change between a run and its resume (they do not change results).
-RESUMABLE_FIELDS = ("plots", "tensorboard", "xla_flags", "compilation_cache", "checkpoint")
+# Config fields that may change between a run and its resume: they do not change results
+# (num_devices only the rounding of sums over markets, as a resume on another machine would).
+RESUMABLE_FIELDS = (
+    "plots",
+    "tensorboard",
+    "xla_flags",
+    "compilation_cache",
+    "checkpoint",
+    "num_devices",
+)
 # Config fields added in later versions: absent from an older run's config means this value.
 # Dotted names ("model.norm") for nested fields.
 ADDED_FIELDS = {
@@ -51,6 +59,7 @@ ADDED_FIELDS = {
     "model.item_id_std": 0.0,
     "runs_per_step": 0,
     "compilation_cache": "",
+    "num_devices": 0,
     "federated.dp": {  # privacy.DPConfig() (off)
         "enabled": False,
         "clip_norm": 1.0,

@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import os
 
-import jax
 import ml_collections
 import numpy as np
 from etils import epath
@@ -25,6 +24,7 @@ from fecosr_jax import (
     evaluation,
     finetune,
     groups,
+    mesh,
     metrics_log,
     paradigms,
     progress,
@@ -97,6 +97,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     repeated = sorted({m for m in names if names.count(m) > 1})
     if repeated:
         raise ConfigError(f"config.data.markets={c.data.markets!r}: {', '.join(repeated)} twice")
+    mesh.run_devices(c.get("num_devices", 0))  # refuses a device count this machine lacks
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -266,7 +267,9 @@ def _run_group(
     times = progress.PhaseTimes()
     # The data, and what depends on it, is checked before any workdir is touched.
     with times.phase("loading"):
-        markets, splits, stacked = prepare_markets(config, num_markets_multiple=len(jax.devices()))
+        markets, splits, stacked = prepare_markets(
+            config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
+        )
     names = [m.name for m in markets]
     methods = paradigms.expand_sources(methods, names)
     clients = config.federated.clients_per_round

@@ -19,6 +19,8 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from fecosr_jax.errors import ConfigError
+
 AXIS = "clients"
 
 
@@ -26,6 +28,30 @@ def make_mesh(devices: Sequence[jax.Device] | None = None) -> Mesh:
     """A 1-D mesh named "clients" over the given devices (default: all devices)."""
     devices = list(jax.devices() if devices is None else devices)
     return Mesh(np.asarray(devices), (AXIS,))
+
+
+def run_devices(num_devices: int = 0) -> list[jax.Device]:
+    """The devices a run computes on: the first `num_devices` of jax.devices(), 0 = all.
+    A multi-process run uses every device (each process computes its own markets).
+
+    Raises:
+      ConfigError: `num_devices` is negative, above the device count, or not all of them in
+        a multi-process run.
+    """
+    devices = jax.devices()
+    if num_devices == 0 or num_devices == len(devices):
+        return devices
+    if not isinstance(num_devices, int) or not 0 < num_devices < len(devices):
+        raise ConfigError(
+            f"config.num_devices={num_devices!r}: expected 0 (every device) or 1 to "
+            f"{len(devices)} (the devices JAX sees)"
+        )
+    if jax.process_count() > 1:
+        raise ConfigError(
+            f"config.num_devices={num_devices}: a run over {jax.process_count()} processes "
+            f"uses every device (0 or {len(devices)})"
+        )
+    return devices[:num_devices]
 
 
 def is_sharded(mesh: Mesh | None) -> bool:

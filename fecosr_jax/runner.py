@@ -31,6 +31,7 @@ from fecosr_jax import (
     checkpoint,
     evaluation,
     finetune,
+    mesh,
     metrics_log,
     paradigms,
     progress,
@@ -122,7 +123,7 @@ class Runner:
         self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
         self.times = times or progress.PhaseTimes()  # seconds per phase, for the run's end
         self.methods = methods or []  # the group's methods: which pretrainings it will need
-        self.devices = jax.devices()
+        self.devices = mesh.run_devices(config.get("num_devices", 0))
         self.mesh = fed_round.make_mesh(self.devices)
         self.model = model_config(config)
         self.fed = fed_config(config)  # the group's program (its values are the first run's)

@@ -167,6 +167,7 @@ def _config(**fields):
         ({"federated__clients_per_round": 4}, "clients_per_round=4: this data has 3 markets"),
         ({"transfer_source": "zz"}, "config.transfer_source='zz' is not a market"),
         ({"runs_per_step": -1}, "config.runs_per_step=-1"),
+        ({"num_devices": 9}, "config.num_devices=9: expected 0 (every device) or 1 to 8"),
         ({"federated__dp__clip_norm": -1.0}, "config.federated.dp.clip_norm=-1.0 is out of"),
         (  # the data decides (the transfer source m0002, 40000 steps): refused before the workdir
             {

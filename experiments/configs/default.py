@@ -90,4 +90,7 @@ def get_config() -> ml_collections.ConfigDict:
     # alone). More at once fill an accelerator; the cost is memory (parameters and
     # activations per run).
     config.runs_per_step = 0
+    # Devices the markets are split over: the first N of jax.devices() (0 = all; a run over
+    # several processes uses all). Markets are padded to a multiple of N.
+    config.num_devices = 0
     return config
