@@ -2,6 +2,7 @@
 one, and the round and S²CE benchmarks end to end on tiny settings (JSON, memory budget)."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -49,24 +50,28 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         "-m",
         "experiments.bench.round",
         "--config=small",
-        "--markets=1,8",
+        "--markets=1,2",
         "--backends=vmap,loop",
+        "--dp=off,on",
         "--seconds=0",
         f"--json={out}",
     ]
-    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # one CPU device
+    done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-6].startswith("| backend | M | R | client-steps/s")  # the table comes last
-    assert lines[-1].startswith("| loop | 8 |")
+    assert lines[-8].startswith("| backend | M | R | DP | client-steps/s")  # the table comes last
+    assert lines[-1].startswith("| loop | 2 | 1 | off |")
     assert "No GPU on this machine" in done.stdout
     results = json.loads(out.read_text())
     assert results["matmul_gflops"] > 0
-    assert [(r["backend"], r["markets"]) for r in results["runs"]] == [
-        ("vmap", 1),
-        ("loop", 1),
-        ("vmap", 8),
-        ("loop", 8),
+    assert [(r["backend"], r["markets"], r["dp"]) for r in results["runs"]] == [
+        ("vmap", 1, False),
+        ("vmap", 1, True),
+        ("loop", 1, False),
+        ("vmap", 2, False),
+        ("vmap", 2, True),
+        ("loop", 2, False),
     ]
     c = common.CONFIGS["small"]
     assert results["step_gflop"] == pytest.approx(common.step_flops(c) / 1e9)
@@ -81,9 +86,11 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         assert r["compile_s"] == pytest.approx(max(0.0, r["first_round_s"] - r["round_s"]))
         if r["backend"] == "vmap":
             assert r["traces"] == 1  # no retrace after round 1
-    # the printed table shows the JSON's numbers
-    loop8 = results["runs"][-1]
-    assert f"| loop | 8 | 1 | {loop8['client_steps_per_s']:.1f} |" in lines[-1]
+    # the printed table shows the JSON's numbers, and DP's cost against the same round without
+    plain, private, loop2 = results["runs"][3:]
+    assert f"| loop | 2 | 1 | off | {loop2['client_steps_per_s']:.1f} |" in lines[-1]
+    ratio = private["client_steps_per_s"] / plain["client_steps_per_s"]
+    assert lines[-2].startswith("| vmap | 2 | 1 | on |") and lines[-2].endswith(f"| {ratio:.2f}x |")
 
 
 def test_s2ce_benchmark_measures_both_and_skips_what_does_not_fit(tmp_path):

@@ -84,8 +84,7 @@ def final_state(workdir, phase: str) -> tuple[int, list[np.ndarray]]:
     return step, [np.asarray(x) for x in jax.tree.leaves(state["state"])]
 
 
-def assert_same_run(workdir, reference):
-    ref_dir, _ = reference
+def assert_same_run(workdir, ref_dir):
     got = (pathlib.Path(workdir) / "results.json").read_bytes()
     assert got == (ref_dir / "results.json").read_bytes()
     for phase in (PRETRAIN, FINETUNE):
@@ -112,24 +111,6 @@ def reference(tmp_path_factory):
     return workdir, experiment.train_and_evaluate(make_config(), str(workdir))
 
 
-def test_sigkill_at_a_random_round_then_resume_is_exact(reference, tmp_path):
-    kill_after = kill_round()
-    proc = start(tmp_path)
-    wait_for(tmp_path / "checkpoints" / PRETRAIN / str(kill_after), proc)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
-    assert not (tmp_path / "results.json").exists()
-    assert "resuming from" not in output(tmp_path)  # a fresh workdir is not a resume
-    resumed = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
-    assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert "resuming from" in resumed.stdout
-    assert_same_run(tmp_path, reference)
-    # metrics.jsonl holds every round and epoch exactly once.
-    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
-    rounds = [x["step"] for x in lines if x["stage"] == "pretrain"]
-    assert rounds == list(range(1, ROUNDS + 1)), f"killed after round {kill_after}"
-
-
 def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     proc = start(tmp_path)
     wait_for(tmp_path / "checkpoints" / FINETUNE / "1", proc)
@@ -144,7 +125,7 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     assert not progress["done"] and "fecosr" not in progress["methods"]
     resumed = subprocess.run(command(tmp_path), cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, resumed.stdout + resumed.stderr
-    assert_same_run(tmp_path, reference)
+    assert_same_run(tmp_path, reference[0])
 
 
 def poison_market(monkeypatch, market: int, from_round: int):
@@ -178,7 +159,7 @@ def test_nan_stops_naming_round_and_market_and_the_checkpoint_resumes(
     assert step == 4
     results = experiment.train_and_evaluate(make_config(), str(tmp_path))
     assert results == reference[1]
-    assert_same_run(tmp_path, reference)
+    assert_same_run(tmp_path, reference[0])
 
 
 @pytest.mark.parametrize("damage", ["flip", "truncate"])
@@ -200,7 +181,7 @@ def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
             path.write_bytes(bytes(b ^ 0x5A for b in data))
     with pytest.warns(UserWarning, match=r"5: checkpoint unreadable or corrupt"):
         experiment.train_and_evaluate(make_config(), str(tmp_path))
-    assert_same_run(tmp_path, reference)
+    assert_same_run(tmp_path, reference[0])
 
 
 def test_finished_run_only_reports(reference, tmp_path):
@@ -337,28 +318,40 @@ def test_group_phase_restores_the_newest_step_every_run_has(tmp_path):
         p.close()
 
 
-GROUP = ["--config.seeds=2"]
+# Two seeds on one run axis, with user-level DP on (its noise state is part of the round's).
+GROUP = {"seeds": "2", "federated.dp.enabled": True, "federated.dp.noise_multiplier": 1.0}
 
 
 def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory):
-    """Two seeds train together (one run axis): killed at a random round, the same command
-    ends with the results.json bytes of the uninterrupted group, for each seed and combined."""
+    """Two seeds train together (one run axis) with DP on: killed at a random round, the
+    same command ends with the results.json bytes of the uninterrupted group, for each seed
+    and combined, and bitwise-equal final states; metrics.jsonl holds every round once."""
     ref_dir = tmp_path_factory.mktemp("group_reference")
     config = make_config()
-    config.seeds = "2"
+    config.update_from_flattened_dict(GROUP)
     experiment.train_and_evaluate(config, str(ref_dir))
     workdir = tmp_path_factory.mktemp("group_killed")
+    flags = [f"--config.{k}={v}" for k, v in GROUP.items()]
     kill_after = kill_round()
     log = open(f"{workdir}.log", "w")
     proc = subprocess.Popen(
-        command(workdir) + GROUP, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        command(workdir) + flags, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
     )
     # seed 0 saves before seed 1: killing here may leave seed 1 one round behind.
     wait_for(workdir / "seed_0" / "checkpoints" / PRETRAIN / str(kill_after), proc)
     proc.send_signal(signal.SIGKILL)
     assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
-    resumed = subprocess.run(command(workdir) + GROUP, cwd=ROOT, capture_output=True, text=True)
+    assert not (workdir / "results.json").exists()
+    assert "resuming from" not in output(workdir)  # a fresh workdir is not a resume
+    resumed = subprocess.run(command(workdir) + flags, cwd=ROOT, capture_output=True, text=True)
     assert resumed.returncode == 0, f"killed after round {kill_after}: " + resumed.stderr
-    for name in ("seed_0/results.json", "seed_1/results.json", "results.json"):
-        got, want = (workdir / name).read_bytes(), (ref_dir / name).read_bytes()
-        assert got == want, f"{name}, killed after round {kill_after}"
+    assert "resuming from" in resumed.stdout
+    got, want = (workdir / "results.json").read_bytes(), (ref_dir / "results.json").read_bytes()
+    assert got == want, f"combined results.json, killed after round {kill_after}"
+    for seed in ("seed_0", "seed_1"):
+        assert_same_run(workdir / seed, ref_dir / seed)
+        results = json.loads((workdir / seed / "results.json").read_text())
+        assert results["privacy"]["federated_s2ce"]["m0000"]["noise_multiplier"] == 1.0
+        lines = (workdir / seed / "metrics.jsonl").read_text().splitlines()
+        rounds = [x["step"] for x in map(json.loads, lines) if x["stage"] == "pretrain"]
+        assert rounds == list(range(1, ROUNDS + 1)), f"{seed}, killed after round {kill_after}"

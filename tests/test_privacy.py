@@ -68,14 +68,18 @@ def test_poisson_sampling_rate_truncation_and_padding():
     assert np.all(np.abs(rate - rate.mean()) < 0.03)  # every user equally likely
 
 
-def test_each_users_gradient_is_clipped_to_c_by_hand(stacked):
+@pytest.mark.parametrize("clip_norm", [0.05, 1e6], ids=["every user clipped", "none clipped"])
+def test_each_users_gradient_is_clipped_to_c_by_hand(stacked, clip_norm):
     """One SGD step (lr 1, sigma 0) moves the parameters by the sum over the sampled users of
-    each user's gradient scaled to norm <= C, divided by E: computed here user by user."""
-    plan = make_plan(stacked)
+    each user's gradient scaled to norm <= C, divided by E: computed here user by user. With
+    C above every norm it is the plain sum of the users' gradients over E: each user's mean
+    loss weighs the same (the non-private step weighs each training target the same)."""
+    fed = dataclasses.replace(FED, dp=dataclasses.replace(DP, clip_norm=clip_norm))
+    plan = make_plan(stacked, fed.dp, fed)
     market = market_data(stacked, plan)
-    client = make_client(MODEL, FED)
+    client = make_client(MODEL, fed)
     params = init_params(MODEL, jax.random.key(0), GEN.semantic_dim)
-    values = FED.values()
+    values = fed.values()
     state = client.init(params, jnp.int32(1), market["market_index"], values)
     new, _ = jax.jit(client.step)(state, market, jnp.int32(0), values)
 
@@ -83,20 +87,22 @@ def test_each_users_gradient_is_clipped_to_c_by_hand(stacked):
     rows, padding = poisson_users(
         batch_key, market["num_rows"], market["dp_rate"], 8, market["train"].shape[0]
     )
-    total, norms = 0.0, []
-    for u in np.asarray(rows)[~np.asarray(padding)]:
-        g = jax.grad(
-            lambda p, u=u: batch_loss(
-                MODEL, FED, p, market["train"][u][None], market, jax.random.key(0)
-            )[0]
-        )(params)
-        norm = float(np.linalg.norm(flat(g)))
-        norms.append(norm)
-        total = total + flat(g) * min(1.0, DP.clip_norm / norm)
-    assert len(norms) >= 2 and min(norms) > DP.clip_norm  # every user was clipped
+    user_grad = jax.jit(
+        jax.grad(lambda p, row: batch_loss(MODEL, fed, p, row[None], market, batch_key)[0])
+    )
+    grads = [
+        flat(user_grad(params, market["train"][u])) for u in np.asarray(rows)[~np.asarray(padding)]
+    ]
+    norms = np.array([np.linalg.norm(g) for g in grads])
+    total = sum(g * min(1.0, clip_norm / n) for g, n in zip(grads, norms, strict=True))
+    assert len(norms) >= 2
+    if clip_norm < 1:
+        assert norms.min() > clip_norm  # every user was clipped
+    else:
+        assert norms.max() < clip_norm  # none was: the sum of the users' own gradients
     moved = flat(params) - flat(new.params)
     np.testing.assert_allclose(moved, total / DP.expected_batch_size, atol=1e-6)
-    assert np.linalg.norm(moved) <= len(norms) * DP.clip_norm / DP.expected_batch_size + 1e-6
+    assert np.linalg.norm(moved) <= len(norms) * clip_norm / DP.expected_batch_size + 1e-6
 
 
 def test_noise_std_is_sigma_c_over_e(stacked):

@@ -7,14 +7,16 @@ r"""Benchmark: one federated round, vmapped one-jit vs the Python loop vs PyTorc
 
 Backends: `vmap` (the one-jit round, markets vmapped; --markets_per_step=b vmaps b at a
 time), `scan` (the one-jit round with the markets in sequence inside it: markets_per_step=1),
-`loop` (a Python loop over jitted client updates) and `torch`. Measures, side by side in one
-run: client-steps/s and sequences/s of each backend and number of markets M, compile time
-(first round minus a steady round), model FLOPs per round (analytic: 3 x forward of the
-fecosr_jax model with its item adaptor) and the achieved GFLOP/s against the machine's fp32
-matmul ceiling measured in the same run. `--memory` adds the compiled round's peak memory
-(XLA's buffer assignment: arguments + outputs + temporaries) and an ahead-of-time compile
-time. It prints a table last. The torch backend needs the [bench]
-extra (`pip install torch==2.13.0`); it runs on CUDA when PyTorch sees a GPU.
+`loop` (a Python loop over jitted client updates) and `torch`. `--dp=off,on` also measures the
+one-jit backends with user-level DP-SGD in every local step (federated/privacy.py: each row a
+user, Poisson-sampled; per-user clipped gradients; Gaussian noise; sigma = 1, C = 1, expected
+batch half the batch). Measures, side by side in one run: client-steps/s and sequences/s of
+each backend and number of markets M, compile time (first round minus a steady round), model
+FLOPs per round (analytic: 3 x forward of the fecosr_jax model with its item adaptor) and the
+achieved GFLOP/s against the machine's fp32 matmul ceiling measured in the same run.
+`--memory` adds the compiled round's peak memory (XLA's buffer assignment: arguments + outputs
++ temporaries) and an ahead-of-time compile time. It prints a table last. The torch backend
+needs the [bench] extra (`pip install torch==2.13.0`); it runs on CUDA when PyTorch sees a GPU.
 `experiments/bench/gpu.sh` runs every benchmark on a GPU machine in one go.
 """
 
@@ -23,6 +25,7 @@ from __future__ import annotations
 import json
 import time
 
+import numpy as np
 from absl import app, flags
 
 from experiments.bench import common
@@ -47,6 +50,12 @@ _PER_STEP = flags.DEFINE_integer(
     "markets_per_step", 0, "vmap backend: markets vmapped together (lax.map over chunks); 0 = all."
 )
 _DTYPE = flags.DEFINE_enum("dtype", "float32", ["float32", "bfloat16"], "Compute dtype.")
+_DP = flags.DEFINE_list(
+    "dp",
+    ["off"],
+    "vmap/scan backends: off (plain local steps) and/or on (DP-SGD: per-user clipping and "
+    "noise in every local step).",
+)
 _RUNS = flags.DEFINE_list(
     "runs",
     ["1"],
@@ -55,8 +64,9 @@ _RUNS = flags.DEFINE_list(
 )
 
 
-def fed_config(c: common.BenchConfig, backend: str):
+def fed_config(c: common.BenchConfig, backend: str, dp: bool = False):
     from fecosr_jax.federated.config import FedConfig
+    from fecosr_jax.federated.privacy import DPConfig
 
     return FedConfig(
         local_steps=c.local_steps,
@@ -64,10 +74,18 @@ def fed_config(c: common.BenchConfig, backend: str):
         loss="ce",
         clients_per_round=_CLIENTS.value,
         markets_per_step=1 if backend == "scan" else _PER_STEP.value,
+        dp=DPConfig(enabled=dp, clip_norm=1.0, noise_multiplier=1.0),
     )
 
 
-def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1) -> dict:
+def dp_arrays(c: common.BenchConfig, m: int) -> dict:
+    """The DP round's per-market inputs [M]: each row a user, sampled at rate E / U with E
+    half the batch (privacy.DPConfig's default), noise multiplier 1."""
+    rate = (c.batch_size // 2) / c.users_per_market
+    return {"dp_rate": np.full(m, rate, np.float32), "dp_noise": np.ones(m, np.float32)}
+
+
+def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1, dp: bool = False) -> dict:
     import dataclasses
 
     import jax
@@ -76,8 +94,10 @@ def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1) -> dict:
     from fecosr_jax.model import init_params
 
     model = c.model_config(dtype=_DTYPE.value)
-    fed = fed_config(c, backend)
+    fed = fed_config(c, backend, dp)
     data = common.market_arrays(c, m)
+    if dp:
+        data.update(dp_arrays(c, m))
     params = init_params(model, jax.random.key(0), c.semantic_dim)
     extra = {}
     if backend in ("vmap", "scan"):
@@ -154,28 +174,33 @@ def check_same_model(c: common.BenchConfig):
 
 def table(results: dict) -> str:
     rows = [
-        "| backend | M | R | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
-        "% of matmul | peak MiB | vs torch | vs loop |",
-        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+        "| backend | M | R | DP | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
+        "% of matmul | peak MiB | vs torch | vs loop | vs no DP |",
+        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
+        "| ---: |",
     ]
-    by = {(r["backend"], r["markets"]): r for r in results["runs"] if r.get("runs", 1) == 1}
+    plain = [r for r in results["runs"] if not r.get("dp", False)]
+    by = {(r["backend"], r["markets"]): r for r in plain if r.get("runs", 1) == 1}
+    same = {(r["backend"], r["markets"], r.get("runs", 1)): r for r in plain}
+
+    def versus(r, o) -> str:
+        return f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x" if o else "-"
+
     for r in results["runs"]:
-        ratio = {}
-        for other in ("torch", "loop"):
-            o = by.get((other, r["markets"]))
-            ratio[other] = (
-                f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x"
-                if o and r["backend"] != other
-                else "-"
-            )
+        dp = r.get("dp", False)
+        ratio = {
+            other: versus(r, by.get((other, r["markets"]))) if r["backend"] != other else "-"
+            for other in ("torch", "loop")
+        }
+        ratio["dp"] = versus(r, same.get((r["backend"], r["markets"], r.get("runs", 1))))
         peak = f"{r['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in r else "-"
         share = 100 * r["achieved_gflops"] / results["matmul_gflops"]
         rows.append(
-            f"| {r['backend']} | {r['markets']} | {r.get('runs', 1)} | "
+            f"| {r['backend']} | {r['markets']} | {r.get('runs', 1)} | {'on' if dp else 'off'} | "
             f"{r['client_steps_per_s']:.1f} | "
             f"{r['sequences_per_s']:.0f} | {r['round_s']:.3f} | {r['compile_s']:.1f} | "
             f"{r['achieved_gflops']:.1f} | {share:.0f}% "
-            f"| {peak} | {ratio['torch']} | {ratio['loop']} |"
+            f"| {peak} | {ratio['torch']} | {ratio['loop']} | {ratio['dp'] if dp else '-'} |"
         )
     return "\n".join(rows)
 
@@ -186,7 +211,11 @@ def plot(results: dict, path: str):
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    runs = [r for r in results["runs"] if r["backend"] == "vmap" and r.get("runs", 1) == 1]
+    runs = [
+        r
+        for r in results["runs"]
+        if r["backend"] == "vmap" and r.get("runs", 1) == 1 and not r.get("dp", False)
+    ]
     ms = [r["markets"] for r in runs]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
     axes[0].plot(ms, [r["round_s"] for r in runs], "o-")
@@ -244,20 +273,26 @@ def main(argv):
         "gpu": "measured" if common.on_gpu() else common.NO_GPU_NOTICE,
         "runs": [],
     }
+    unknown = set(_DP.value) - {"off", "on"}
+    if unknown:
+        raise app.UsageError(f"--dp: unknown {sorted(unknown)}; known: off, on")
+    one_jit = ("vmap", "scan")
     settings = [
-        (m, backend, runs)
+        (m, backend, runs, dp == "on")
         for m in [int(x) for x in _MARKETS.value]
         for backend in backends
-        for runs in ([int(r) for r in _RUNS.value] if backend in ("vmap", "scan") else [1])
+        for runs in ([int(r) for r in _RUNS.value] if backend in one_jit else [1])
+        for dp in (_DP.value if backend in one_jit else ["off"])
     ]
-    for m, backend, runs in settings:
-        r = run_torch(c, m) if backend == "torch" else run_jax(backend, c, m, runs)
+    for m, backend, runs, dp in settings:
+        r = run_torch(c, m) if backend == "torch" else run_jax(backend, c, m, runs, dp)
         trained = runs * (min(m, _CLIENTS.value) if _CLIENTS.value else m)
         steps = trained * c.local_steps / r["round_s"]
         run = {
             "backend": backend,
             "markets": m,
             "runs": runs,
+            "dp": dp,
             "client_steps_per_s": steps,
             "sequences_per_s": steps * c.batch_size,
             "achieved_gflops": steps * flops / 1e9,
@@ -268,7 +303,8 @@ def main(argv):
         if _JSON.value:  # after every run, so a run cut short keeps what it measured
             files.write_text_atomic(_JSON.value, json.dumps(results, indent=1))
         print(
-            f"{backend:5s} M={m:5d} R={runs:3d}: {steps:8.1f} client-steps/s, "
+            f"{backend:5s} M={m:5d} R={runs:3d}{' DP' if dp else ''}: {steps:8.1f} "
+            "client-steps/s, "
             f"round {r['round_s']:.3f} s, compile {run['compile_s']:.1f} s",
             flush=True,
         )
