@@ -4,10 +4,12 @@ import os
 import tempfile
 
 # 8 CPU devices for the multi-device tests; the tests' models are tiny, so compile time
-# dominates: compile at optimisation level 0 (same numbers, slower kernels).
+# dominates: compile with the test config's flags (experiments/configs/test.py FAST_COMPILE:
+# same numbers, slower kernels; not imported here, as this runs before anything imports JAX).
 os.environ.setdefault(
     "XLA_FLAGS",
-    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0",
+    "--xla_force_host_platform_device_count=8 --xla_backend_optimization_level=0 "
+    "--xla_cpu_use_fusion_emitters=false",
 )
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # The equality tests compare two float32 code paths. On a GPU, XLA's default precision runs

@@ -46,7 +46,8 @@ def run_rounds(mesh) -> dict[str, np.ndarray]:
 if __name__ == "__main__":
     process_id, num_processes, port, path = sys.argv[1:5]
     # Read when JAX starts its backend (at the first JAX call below), not at import.
-    os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=2"
+    fast = "--xla_backend_optimization_level=0 --xla_cpu_use_fusion_emitters=false"  # conftest's
+    os.environ["XLA_FLAGS"] = f"--xla_force_host_platform_device_count=2 {fast}"
     os.environ["JAX_PLATFORMS"] = "cpu"
     distributed.initialize(f"127.0.0.1:{port}", int(num_processes), int(process_id))
     assert jax.process_count() == int(num_processes)

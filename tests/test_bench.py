@@ -11,6 +11,7 @@ import jax.numpy as jnp
 import pytest
 
 from experiments.bench import common
+from experiments.configs import test as test_config
 from fecosr_jax.model import SequenceModel, init_params, scores
 from tests.conftest import ROOT
 
@@ -56,7 +57,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         "--seconds=0",
         f"--json={out}",
     ]
-    env = {**os.environ, "XLA_FLAGS": "--xla_backend_optimization_level=0"}  # one CPU device
+    env = {**os.environ, "XLA_FLAGS": test_config.FAST_COMPILE}  # one CPU device
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
