@@ -5,19 +5,19 @@
 #   bash experiments/bench/gpu.sh OUTDIR [SECTION ...]
 #
 # Sections, in this order by default: env tests small reference_bf16 runs_bf16
-# reference_torch small_torch s2ce. Each writes OUTDIR/SECTION.txt (and .json / .png where the benchmark
+# reference_torch small_torch s2ce dp. Each writes OUTDIR/SECTION.txt (and .json / .png where the benchmark
 # writes them) and has its own time limit, so one that fails or overruns does not stop the
 # rest. PYTHON picks the interpreter (default python3).
 #
 # Budget: on an H200 each JAX program takes 17-35 s to compile (2026-11-27, JAX 0.11.2), so
 # the sections are sized to about 2-3 min each and the whole script to about 15 min. With a
 # 15-minute device lease, run it as two calls: `env tests small reference_bf16 runs_bf16`,
-# then `reference_torch small_torch s2ce`.
+# then `reference_torch small_torch s2ce dp`.
 set -uo pipefail
 
 out=${1:?usage: bash experiments/bench/gpu.sh OUTDIR [SECTION ...]}
 shift
-known=(env tests small reference_bf16 runs_bf16 reference_torch small_torch s2ce)
+known=(env tests small reference_bf16 runs_bf16 reference_torch small_torch s2ce dp)
 sections=("$@")
 if [ ${#sections[@]} -eq 0 ]; then
   sections=("${known[@]}")
@@ -81,6 +81,11 @@ print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \
     s2ce)
       bench s2ce 150 experiments.bench.s2ce --items=10000,1000000 --positions=6400 \
         --budget_gib=100 --seconds=0.5 --plot="$out/s2ce.png" ;;
+    dp)
+      # The cost of user-level DP-SGD: the same round with and without (per-user gradients,
+      # clipping, noise), side by side.
+      bench dp 150 experiments.bench.round --config=reference --markets=8,64 --backends=vmap \
+        --dp=off,on --seconds=1 ;;
     *)
       echo "unknown section: $s (known: ${known[*]})" >&2
       exit 2 ;;
