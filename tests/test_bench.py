@@ -51,7 +51,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         "-m",
         "experiments.bench.round",
         "--config=small",
-        "--markets=1,2",
+        "--markets=2",
         "--backends=vmap,loop",
         "--dp=off,on",
         "--seconds=0",
@@ -61,15 +61,12 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
     done = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600, env=env)
     assert done.returncode == 0, done.stdout + done.stderr
     lines = done.stdout.splitlines()
-    assert lines[-8].startswith("| backend | M | R | DP | client-steps/s")  # the table comes last
+    assert lines[-5].startswith("| backend | M | R | DP | client-steps/s")  # the table comes last
     assert lines[-1].startswith("| loop | 2 | 1 | off |")
     assert "No GPU on this machine" in done.stdout
     results = json.loads(out.read_text())
     assert results["matmul_gflops"] > 0
     assert [(r["backend"], r["markets"], r["dp"]) for r in results["runs"]] == [
-        ("vmap", 1, False),
-        ("vmap", 1, True),
-        ("loop", 1, False),
         ("vmap", 2, False),
         ("vmap", 2, True),
         ("loop", 2, False),
@@ -88,7 +85,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         if r["backend"] == "vmap":
             assert r["traces"] == 1  # no retrace after round 1
     # the printed table shows the JSON's numbers, and DP's cost against the same round without
-    plain, private, loop2 = results["runs"][3:]
+    plain, private, loop2 = results["runs"]
     assert f"| loop | 2 | 1 | off | {loop2['client_steps_per_s']:.1f} |" in lines[-1]
     ratio = private["client_steps_per_s"] / plain["client_steps_per_s"]
     assert lines[-2].startswith("| vmap | 2 | 1 | on |") and lines[-2].endswith(f"| {ratio:.2f}x |")
