@@ -27,6 +27,7 @@ from fecosr_jax import (
     mesh,
     metrics_log,
     paradigms,
+    pretraining,
     progress,
     reporting,
     runner,
@@ -61,8 +62,8 @@ def prepare_markets(
 def validate(config: ml_collections.ConfigDict) -> None:
     """Checks every field before anything is read or written; ConfigError names the first
     bad one (the dataclasses check their own fields)."""
-    runner.model_config(config)
-    runner.fed_config(config)
+    pretraining.model_config(config)
+    pretraining.fed_config(config)
     for mode in finetune.MODES:
         runner.finetune_config(config, mode)
     if config.data.format == "synthetic":
@@ -241,7 +242,7 @@ def _run_group(
     methods = paradigms.parse_methods(config.methods)
     primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
     finished: dict[str, tuple[dict, dict]] = {}
-    runs: list[runner.Run] = []
+    runs: list[groups.Run] = []
     for run_config, workdir, label in zip(configs, workdirs, labels, strict=True):
         root = epath.Path(workdir)
         checkpoints = checkpoint.RunCheckpoints(  # reads only: the run's input is not checked
@@ -261,7 +262,7 @@ def _run_group(
             )
             checkpoints.close()
             continue
-        runs.append(runner.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
+        runs.append(groups.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
     if not runs:
         return [finished[w] for w in workdirs]
     times = progress.PhaseTimes()
@@ -279,7 +280,7 @@ def _run_group(
             "markets (0 = all of them every round)"
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
-    trainer.check_privacy()
+    trainer.pretrainer.check_privacy()
     data = checkpoint.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)
@@ -309,7 +310,7 @@ def _run_group(
         )
     try:
         with checkpoint.PreemptionHandler():
-            batches: dict[tuple, list[tuple[str, runner.Run]]] = {}  # program -> (method, run)
+            batches: dict[tuple, list[tuple[str, groups.Run]]] = {}  # program -> (method, run)
             for method in methods:
                 todo = []
                 for run in runs:
@@ -368,7 +369,7 @@ def _run_group(
 
 
 def _finish_run(
-    run: runner.Run,
+    run: groups.Run,
     methods: list[str],
     names: list[str],
     pop_table: dict,
@@ -397,7 +398,7 @@ def _finish_run(
         ),
         "soft_labels": run.soft_labels,
     }
-    private = trainer.privacy_report(run, [m for m in tables if m != "popularity"])
+    private = trainer.pretrainer.privacy_report(run, [m for m in tables if m != "popularity"])
     if private:
         results["privacy"] = private
     if distributed.is_primary():

@@ -11,16 +11,28 @@ or trained shared part) must be equal within a group; `check_group` names what i
 Groups come from `--config.seeds=N` (one run per seed) and from experiments.main's
 `--run=NAME:FIELD=VALUE,...` (one run per flag, in WORKDIR/NAME), which launch/sweep.py
 uses for the grid points that differ only in values.
+
+`Run` is one run of a group as the runner and the pretrainer see it; `stack`, `run_part` and
+`classes` put runs on the run axis, take one off it, and find runs that would train the same.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import re
+from collections.abc import Callable
+from typing import TYPE_CHECKING
 
+import jax
 import ml_collections
+import numpy as np
 
 from fecosr_jax.errors import BadInput, ConfigError
+from fecosr_jax.federated import round as round_lib
+
+if TYPE_CHECKING:
+    from fecosr_jax import checkpoint, metrics_log
 
 VALUE_FIELDS = (
     "seed",
@@ -148,3 +160,39 @@ def chunks(items: list, size: int) -> list[list]:
     """items in consecutive groups of `size` (0 = one group)."""
     size = size or len(items) or 1
     return [items[i : i + size] for i in range(0, len(items), size)]
+
+
+@dataclasses.dataclass
+class Run:
+    """One run of a group: a seed's config, workdir, log and checkpoints (its own outputs)."""
+
+    seed: int
+    config: ml_collections.ConfigDict
+    workdir: str
+    label: str  # prefix of its log lines ("" for a run alone; "seed 1", "alpha0.5_seed1")
+    log: metrics_log.RunLog | None  # opened once the data has loaded
+    checkpoints: checkpoint.RunCheckpoints
+    soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
+
+
+def run_part(tree, i: int, grouped: bool):
+    """Run i's part of a tree with a leading run axis (the tree itself for one run)."""
+    return jax.tree.map(lambda x: x[i], tree) if grouped else tree
+
+
+def stack(trees: list):
+    """One tree alone, or several on a leading run axis."""
+    return trees[0] if len(trees) == 1 else round_lib.stack_runs(trees)
+
+
+def identity(values) -> tuple[float, ...]:
+    """A hashable form of a run's values (FedValues, FinetuneValues)."""
+    return tuple(float(np.asarray(x)) for x in jax.tree.leaves(values))
+
+
+def classes(items: list, identity: Callable) -> list[list]:
+    """The items in classes of equal identity (in order of first appearance)."""
+    out: dict[tuple, list] = {}
+    for item in items:
+        out.setdefault(identity(item), []).append(item)
+    return list(out.values())
