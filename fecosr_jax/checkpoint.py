@@ -39,6 +39,7 @@ from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, NonFiniteError, Preempted  # noqa: F401
+from fecosr_jax.federated.privacy import DPConfig
 from fecosr_jax.files import is_remote, write_text_atomic
 
 # Config fields that may change between a run and its resume: they do not change results
@@ -60,14 +61,7 @@ ADDED_FIELDS = {
     "runs_per_step": 0,
     "compilation_cache": "",
     "num_devices": 0,
-    "federated.dp": {  # privacy.DPConfig() (off)
-        "enabled": False,
-        "clip_norm": 1.0,
-        "noise_multiplier": 1.0,
-        "target_epsilon": 0.0,
-        "delta": 0.0,
-        "expected_batch_size": 0,
-    },
+    "federated.dp": dataclasses.asdict(DPConfig()),  # off: runs before DP had none
 }
 
 

@@ -361,9 +361,7 @@ def _run_group(
     pop_ranks = _ranks_by_market(names, pop.pop("ranks"))
     pop_table = reporting.per_market_table(names, pop)
     for run in runs:
-        finished[run.workdir] = _finish_run(
-            run, methods, names, pop_table, pop_ranks, trainer.transfer_source, trainer
-        )
+        finished[run.workdir] = _finish_run(run, methods, names, pop_table, pop_ranks, trainer)
     print(times.summary(), flush=True)
     return [finished[w] for w in workdirs]
 
@@ -374,7 +372,6 @@ def _finish_run(
     names: list[str],
     pop_table: dict,
     pop_ranks: dict,
-    transfer_source: str,
     trainer: runner.Runner,
 ) -> tuple[dict, dict]:
     """One run's results.json / results.md / plots from its finished methods."""
@@ -392,7 +389,7 @@ def _finish_run(
         "vs_local": reporting.comparison(tables, names, ranks=_as_arrays(ranks)),
         "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
         "transfer_source": (
-            transfer_source
+            trainer.pretrainer.transfer_source
             if any(paradigms.split_method(m)[0] in paradigms.SOURCE_METHODS for m in tables)
             else None
         ),

@@ -56,27 +56,23 @@ class Runner:
     def __init__(
         self, config, splits, stacked, names, methods: list[str] | None = None, times=None
     ):
-        self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
+        self.config, self.stacked, self.names = config, stacked, names
         self.times = times or progress.PhaseTimes()  # seconds per phase, for the run's end
         self.methods = methods or []  # the group's methods: which pretrainings it will need
-        self.devices = mesh.run_devices(config.get("num_devices", 0))
-        self.mesh = fed_round.make_mesh(self.devices)
-        self.model = pretraining.model_config(config)
-        # the group's program (its values are the first run's)
-        self.fed = pretraining.fed_config(config)
+        self.mesh = fed_round.make_mesh(mesh.run_devices(config.get("num_devices", 0)))
+        # It also holds the group's model and program (its values are the first run's).
         self.pretrainer = pretraining.Pretrainer(
             config, splits, stacked, names, self.methods, self.mesh, self.times
         )
-        self.transfer_source = self.pretrainer.transfer_source
 
     def _local_base(self):
         """Architecture and data of `local`: the text model, or ID-only without semantics."""
         if self.stacked.semantics is not None:
-            return self.model, self.stacked
+            return self.pretrainer.model, self.stacked
         n = self.stacked.item_mask.shape[1] - 1
         zeros = np.zeros((*self.stacked.item_mask.shape, 1), np.float32)
         return (
-            paradigms.id_model_config(self.model, n),
+            paradigms.id_model_config(self.pretrainer.model, n),
             dataclasses.replace(self.stacked, semantics=zeros),
         )
 
@@ -206,7 +202,7 @@ class Runner:
                         total=fts[0].max_epochs,  # at most: early stopping may end it sooner
                     )  # fmt: skip
 
-        data = paradigms.finetune_data(stacked, self.fed)
+        data = paradigms.finetune_data(stacked, self.pretrainer.fed)
         methods = list(dict.fromkeys(m for m, _ in items))
         phases = [run.checkpoints.phase(f"finetune_{m}", best=True) for m, run in items]
         several = len(methods) > 1
