@@ -282,8 +282,19 @@ class NullPhase:
 
 def run_slice(tree, r: int):
     """Run r's part of a grouped state: leaves with a leading run axis are indexed, scalars
-    (a step shared by every run of the group) are kept."""
-    return jax.tree.map(lambda x: x if np.ndim(x) == 0 else x[r], tree)
+    (a step shared by every run of the group) are kept. The device arrays are indexed in one
+    program (r is data), not one small program per leaf shape."""
+    leaves, treedef = jax.tree.flatten(tree)
+    on_device = [i for i, x in enumerate(leaves) if isinstance(x, jax.Array) and x.ndim]
+    sliced = dict(zip(on_device, _index_leaves([leaves[i] for i in on_device], r), strict=True))
+    return treedef.unflatten(
+        [sliced[i] if i in sliced else x if np.ndim(x) == 0 else x[r] for i, x in enumerate(leaves)]
+    )
+
+
+@jax.jit
+def _index_leaves(leaves: list, r):
+    return [x[r] for x in leaves]
 
 
 def stack_run_slices(trees: list, like):

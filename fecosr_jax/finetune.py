@@ -151,12 +151,19 @@ def init_market_params(
 ):
     """[M, ...] starting parameters: the pretrained shared part broadcast to every market plus
     a fresh adaptation module each (adapt), the pretrained model (plain), or a fresh model
-    (scratch)."""
-    keys = jax.random.split(jax.random.key(ft.seed), num_markets)
-    if ft.mode == "plain":
+    (scratch). One compiled program per architecture and mode (the seed is data)."""
+    return _init_market_params(
+        model_config, ft.mode, num_markets, semantic_dim, jax.random.key(ft.seed), shared_params
+    )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
+def _init_market_params(model_config, mode, num_markets, semantic_dim, key, shared_params):
+    if mode == "plain":
         return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_markets, *x.shape)), shared_params)
+    keys = jax.random.split(key, num_markets)
     fresh = jax.vmap(lambda k: init_params(model_config, k, semantic_dim))(keys)
-    if ft.mode == "scratch":
+    if mode == "scratch":
         return fresh
     flat_shared = dict(jax.tree_util.tree_flatten_with_path(shared_params)[0])
 
@@ -191,6 +198,17 @@ def _select(mask, new, old):
         new,
         old,
     )
+
+
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _start(ft: FinetuneConfig, num_lead: int, params):
+    """The epoch loop's starting parameters, optimiser states and best-so-far parameters from
+    params [M, ...] (num_lead 1) or [R, M, ...] (2), in one program. The parameters are
+    copies: the epoch donates them, and the caller's `params` stay valid."""
+    init = make_optimizer(ft, jax.tree.map(lambda x: x[(0,) * num_lead], params)).init
+    for _ in range(num_lead):
+        init = jax.vmap(init)
+    return jax.tree.map(jnp.copy, params), init(params), jax.tree.map(jnp.copy, params)
 
 
 @jax.jit
@@ -323,15 +341,11 @@ def finetune(
         names = [f"{run} {n}" for run in run_names for n in names]
     spec = mesh_lib.markets(len(lead) == 2)
     data = mesh_lib.put(data, mesh, mesh_lib.markets(False))
-    params = jax.tree.map(jnp.array, mesh_lib.put(params, mesh, spec))  # a copy: the epoch
-    # donates its inputs, and `best` starts as these parameters
-    init = make_optimizer(ft, jax.tree.map(lambda x: x[0], params)).init
-    for _ in lead:
-        init = jax.vmap(init)
+    params, opt_state, best = _start(program, len(lead), mesh_lib.put(params, mesh, spec))
     state = {
         "params": params,
-        "opt_state": mesh_lib.put(init(params), mesh, spec),  # every leaf leads with [M]
-        "best": jax.tree.map(jnp.array, params),
+        "opt_state": mesh_lib.put(opt_state, mesh, spec),  # every leaf leads with [M]
+        "best": best,
         "best_valid": np.zeros(lead, np.float32),
         "best_epoch": np.zeros(lead, np.int32),
         "bad": np.zeros(lead, np.int32),

@@ -68,7 +68,7 @@ def put(tree, mesh: Mesh | None, spec: P):
     """The arrays of `tree` on the mesh with `spec` (on the default device without a sharded
     mesh). In a multi-process run every process passes the same host values."""
     if not is_sharded(mesh):
-        return jax.tree.map(jnp.asarray, tree)
+        return jax.tree.map(_on_device, tree)
     num_devices = mesh.devices.size
     if spec and spec[-1] == AXIS:
         axis = len(spec) - 1
@@ -79,6 +79,14 @@ def put(tree, mesh: Mesh | None, spec: P):
                     f"stack them with num_markets_multiple={num_devices}"
                 )
     return jax.device_put(tree, NamedSharding(mesh, spec))
+
+
+def _on_device(x):
+    """x as a device array: numpy arrays are transferred (jnp.asarray would compile a copy
+    program for every shape), device arrays stay as they are."""
+    if isinstance(x, jax.Array):
+        return x
+    return jax.device_put(x) if isinstance(x, np.ndarray) else jnp.asarray(x)
 
 
 def to_host(tree):

@@ -13,6 +13,7 @@ stacked market axis wants.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import flax.linen as nn
 import jax
@@ -210,8 +211,10 @@ def scores(config: ModelConfig, hidden: Array, items: Array, item_mask: Array) -
     return jnp.where(item_mask, z, -jnp.inf)
 
 
+@functools.partial(jax.jit, static_argnames=("config", "semantic_dim"))
 def init_params(config: ModelConfig, key: Array, semantic_dim: int):
-    """Initial shared parameters (a plain pytree)."""
+    """Initial shared parameters (a plain pytree). One compiled program per config: run
+    eagerly, Flax's init would compile every layer's initialisers and ops on their own."""
     model = SequenceModel(config)
     inputs = jnp.ones((1, config.max_len), jnp.int32)
     semantics = jnp.zeros((2, semantic_dim), jnp.float32)

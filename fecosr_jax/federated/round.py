@@ -212,6 +212,18 @@ def round_program(
     return RoundProgram(model_config, fed.program(), mesh, num_real)
 
 
+@functools.partial(jax.jit, static_argnums=(0, 1))
+def _server_init(program: FedConfig, runs: bool, params) -> server.ServerState:
+    """The initial server state from params, or of R runs from params [R, ...], in one program.
+    It holds a copy: the round donates its state, and the caller's `params` stay valid."""
+    optimizer = server.make_server_optimizer(program)
+
+    def init(p):
+        return server.server_init(jax.tree.map(jnp.copy, p), optimizer)
+
+    return jax.vmap(init)(params) if runs else init(params)
+
+
 @dataclasses.dataclass
 class CompiledRound:
     """One run's round: the shared `RoundProgram` of `fed.program()` with this run's values.
@@ -240,7 +252,7 @@ class CompiledRound:
     def init(self, params) -> server.ServerState:
         """The initial server state, replicated over the mesh. It is a copy: the round
         donates its state, and the caller's `params` must stay valid."""
-        state = server.server_init(jax.tree.map(jnp.array, params), self.optimizer)
+        state = _server_init(self.fed.program(), False, params)
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
     def replicate(self, state: server.ServerState) -> server.ServerState:
@@ -249,7 +261,7 @@ class CompiledRound:
 
     def init_runs(self, params) -> server.ServerState:
         """The initial state of R runs from params [R, ...] (each leaf with a run axis)."""
-        state = jax.vmap(lambda p: server.server_init(p, self.optimizer))(params)
+        state = _server_init(self.fed.program(), True, params)
         return jax.device_put(state, NamedSharding(self.mesh, P()))
 
     def put(self, data: dict[str, np.ndarray]) -> dict[str, jax.Array]:
