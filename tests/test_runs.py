@@ -189,20 +189,37 @@ def compiled_programs() -> tuple[int, int, int]:
 
 
 def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
+    """The programs a tiny run compiles: (rounds, epochs, evaluations) and every program in
+    all (each lowering to XLA, whether or not the persistent cache then holds it)."""
     config = test_config.get_config()
     config.data.max_len = max_len  # shapes no other test compiles: a clean count
     config.num_rounds, config.finetune.max_epochs = 1, 1
     config.seeds, config.methods = seeds, methods
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
     before = compiled_programs()
-    experiment.train_and_evaluate(config, str(tmp_path / f"L{max_len}"))
-    return [after - b for after, b in zip(compiled_programs(), before, strict=True)]
+    lowered = []
+
+    def listener(event, duration, **kwargs):
+        if event == "/jax/core/compile/jaxpr_to_mlir_module_duration":
+            lowered.append(event)
+
+    jax.monitoring.register_event_duration_secs_listener(listener)
+    try:
+        experiment.train_and_evaluate(config, str(tmp_path / f"L{max_len}"))
+    finally:
+        jax.monitoring.unregister_event_duration_listener(listener)
+    counts = [after - b for after, b in zip(compiled_programs(), before, strict=True)]
+    return counts, len(lowered)
 
 
 def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_path, capsys):
-    one = tiny_run(tmp_path, 7, "1", "fecosr")
-    grouped = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
+    one, one_total = tiny_run(tmp_path, 7, "1", "fecosr")
+    grouped, grouped_total = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
     assert one == grouped == [1, 1, 2]  # round, epoch, evaluation (validation and test)
+    # Everything else is compiled once too (model initialisation, the start states, ...), not
+    # once per seed, and not one small program per parameter shape: 13 in all here, where
+    # eager initialisation and per-leaf copies had made it hundreds.
+    assert one_total == grouped_total <= 15, (one_total, grouped_total)
     out = capsys.readouterr().out
     # S²CE and CE (alpha = 0) pretrain in the same round: 3 seeds x 2 on one run axis; both
     # fine-tune in adapt mode on the same markets: one fine-tuning of 6 runs.
