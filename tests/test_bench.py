@@ -16,7 +16,8 @@ from fecosr_jax.model import SequenceModel, init_params, scores
 from tests.conftest import ROOT
 
 
-@pytest.mark.parametrize("name", list(common.CONFIGS))
+# The configs of docs/benchmarks.md's figures (in "tiny", elementwise work is a third of it).
+@pytest.mark.parametrize("name", ["reference", "small"])
 def test_analytic_forward_flops_match_xla_cost_analysis(name):
     c = common.CONFIGS[name]
     model = c.model_config()
@@ -50,7 +51,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         sys.executable,
         "-m",
         "experiments.bench.round",
-        "--config=small",
+        "--config=tiny",  # compiles fastest; its figures mean nothing
         "--markets=2",
         "--backends=vmap,loop",
         "--dp=off,on",
@@ -71,7 +72,7 @@ def test_round_benchmark_writes_the_documented_json(tmp_path):
         ("vmap", 2, True),
         ("loop", 2, False),
     ]
-    c = common.CONFIGS["small"]
+    c = common.CONFIGS["tiny"]
     assert results["step_gflop"] == pytest.approx(common.step_flops(c) / 1e9)
     for r in results["runs"]:
         assert {"client_steps_per_s", "achieved_gflops", "compile_s"} <= set(r)

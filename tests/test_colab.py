@@ -25,7 +25,9 @@ def test_notebook_is_valid_and_runs_with_the_tiny_config(tmp_path):
             'REPO_URL = ""',
             'CONFIG = "experiments/configs/test.py"',
             f"WORKDIR = {str(workdir)!r}",
-            'EXTRA_FLAGS = ["--config.methods=local,fecosr", "--config.checkpoint.enabled=False"]',
+            # The notebook's plumbing, not the training, is under test: one method, one epoch.
+            'EXTRA_FLAGS = ["--config.methods=local", "--config.finetune.max_epochs=1", '
+            '"--config.checkpoint.enabled=False"]',
         ]
     )
     client = nbclient.NotebookClient(
@@ -41,9 +43,9 @@ def test_notebook_is_valid_and_runs_with_the_tiny_config(tmp_path):
     assert "fecosr_jax is installed" in text
     assert "cpu" in text and "No GPU" in text
     results = json.loads((workdir / "results.json").read_text())
-    assert sorted(results["methods"]) == ["fecosr", "local", "popularity"]
+    assert sorted(results["methods"]) == ["local", "popularity"]
     last = outputs[max(outputs)]
-    assert "methods: fecosr, local, popularity" in last  # results.json sorts its keys
+    assert "methods: local, popularity" in last  # results.json sorts its keys
     assert "text/markdown" in last and "image/png" in last
     # What the notebook shows is what the run wrote: the whole table, and both plots.
     shown = [o.get("data", {}) for o in nb.cells[max(outputs)].get("outputs", [])]

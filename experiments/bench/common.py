@@ -57,6 +57,19 @@ CONFIGS = {
     "small": BenchConfig(
         "small", hidden=32, max_len=20, num_items=500, batch_size=16, local_steps=10
     ),
+    # The test suite's check of the scripts (compiles in seconds; its figures mean nothing).
+    "tiny": BenchConfig(
+        "tiny",
+        hidden=16,
+        max_len=8,
+        num_items=50,
+        batch_size=4,
+        local_steps=2,
+        num_layers=1,
+        semantic_dim=8,
+        num_experts=2,
+        users_per_market=16,
+    ),
 }
 
 
