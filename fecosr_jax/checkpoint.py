@@ -311,6 +311,14 @@ def stack_run_slices(trees: list, like):
     return jax.tree.map(stack, like, *trees)
 
 
+def group_phase(phases: list):
+    """The checkpoints of a phase's runs: a run alone saves in its own phase, a group in a
+    GroupPhase; runs without checkpoints need no per-run slices of the state."""
+    if len(phases) == 1 or all(isinstance(p, NullPhase) for p in phases):
+        return phases[0]
+    return GroupPhase(phases)
+
+
 class GroupPhase:
     """One phase's checkpoints for R runs trained together (a run axis). Run r's slice of the
     grouped state is saved in that run's own PhaseCheckpoints, exactly as the run alone saves

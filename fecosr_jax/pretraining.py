@@ -271,7 +271,7 @@ class Pretrainer:
                 groups.stack(starts),
                 self.mesh,
                 on_round,
-                checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+                checkpoints=checkpoint.group_phase(phases),
                 phase="pretrain_" + "+".join(kinds),
                 values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
                 run_names=[f"{run.label} {q.key}".strip() for q, run in reps],

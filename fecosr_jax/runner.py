@@ -213,7 +213,7 @@ class Runner:
                 groups.stack(starts),
                 data,
                 on_epoch=on_epoch,
-                checkpoints=checkpoint.GroupPhase(phases) if grouped else phases[0],
+                checkpoints=checkpoint.group_phase(phases),
                 names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
                 phase="finetune_" + "+".join(methods),
                 values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
