@@ -12,6 +12,8 @@ import sys
 import jax
 import numpy as np
 
+from experiments.configs import test as test_config
+from fecosr_jax import experiment
 from fecosr_jax.federated import round as fed_round
 from tests import multihost_worker
 from tests.conftest import ROOT
@@ -68,7 +70,7 @@ def test_two_process_round_equals_single_process_round(tmp_path):
     assert np.all(np.isfinite(reference["market_loss"]))
 
 
-def experiment(workdir, *extra) -> list[str]:
+def command(workdir, *extra) -> list[str]:
     return [
         sys.executable,
         "-m",
@@ -85,14 +87,17 @@ def experiment(workdir, *extra) -> list[str]:
 
 def test_two_process_experiment_matches_one_process_and_resumes(tmp_path):
     one, two = tmp_path / "one", tmp_path / "two"
-    single = {"XLA_FLAGS": "--xla_force_host_platform_device_count=4"}
-    run_processes([experiment(one)], env=single)
+    # The same run in this process on 4 of its devices: the same mesh shape as 2 processes x 2.
+    config = test_config.get_config()
+    config.methods, config.num_rounds, config.finetune.max_epochs = "fecosr", 2, 1
+    config.num_devices = 4
+    experiment.train_and_evaluate(config, str(one))
 
     def two_processes():
         port = free_port()
         flags = ["--distributed", f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2"]
         return run_processes(
-            [experiment(two, *flags, f"--process_id={i}") for i in range(2)],
+            [command(two, *flags, f"--process_id={i}") for i in range(2)],
             env={"XLA_FLAGS": "--xla_force_host_platform_device_count=2"},
         )
 
