@@ -2,7 +2,7 @@
 
   bad input (exit 2): a config value, a flag, a data file or a workdir to fix. `BadInput` and
     its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.groups.GroupError,
-    fecosr_jax.checkpoint.IncompatibleCheckpoint); raised before the run writes anything.
+    fecosr_jax.resume.IncompatibleCheckpoint); raised before the run writes anything.
   failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
     bug): fecosr_jax.checkpoint.NonFiniteError or any other exception.
   preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.checkpoint.Preempted).

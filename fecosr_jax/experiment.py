@@ -30,6 +30,7 @@ from fecosr_jax import (
     pretraining,
     progress,
     reporting,
+    resume,
     runner,
 )
 from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
@@ -136,7 +137,7 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
       The results dict written to workdir/results.json.
 
     Raises:
-      checkpoint.IncompatibleCheckpoint: the workdir holds a run with a different config.
+      resume.IncompatibleCheckpoint: the workdir holds a run with a different config.
       checkpoint.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
       checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
     """
@@ -226,7 +227,7 @@ def _check_layout(workdir: str, seeds: list[int]) -> None:
     elif len(seeds) > 1 and saved and saved != seeds:
         problem = f"the combined results of seeds {saved}, not of {seeds}"
     if problem:
-        raise checkpoint.IncompatibleCheckpoint(
+        raise resume.IncompatibleCheckpoint(
             f"{workdir} holds {problem}. Use a new --workdir, or --overwrite to move it aside"
         )
 
@@ -245,7 +246,7 @@ def _run_group(
     runs: list[groups.Run] = []
     for run_config, workdir, label in zip(configs, workdirs, labels, strict=True):
         root = epath.Path(workdir)
-        checkpoints = checkpoint.RunCheckpoints(  # reads only: the run's input is not checked
+        checkpoints = resume.RunCheckpoints(  # reads only: the run's input is not checked
             workdir,
             run_config.to_dict(),
             run_config.get("checkpoint", {"enabled": False}),
@@ -281,7 +282,7 @@ def _run_group(
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
     trainer.pretrainer.check_privacy()
-    data = checkpoint.data_fingerprints(splits)
+    data = resume.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)
     for run in runs:

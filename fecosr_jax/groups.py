@@ -32,7 +32,7 @@ from fecosr_jax.errors import BadInput, ConfigError
 from fecosr_jax.federated import round as round_lib
 
 if TYPE_CHECKING:
-    from fecosr_jax import checkpoint, metrics_log
+    from fecosr_jax import metrics_log, resume
 
 VALUE_FIELDS = (
     "seed",
@@ -171,7 +171,7 @@ class Run:
     workdir: str
     label: str  # prefix of its log lines ("" for a run alone; "seed 1", "alpha0.5_seed1")
     log: metrics_log.RunLog | None  # opened once the data has loaded
-    checkpoints: checkpoint.RunCheckpoints
+    checkpoints: resume.RunCheckpoints
     soft_labels: dict = dataclasses.field(default_factory=dict)  # for results.json
 
 

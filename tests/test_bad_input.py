@@ -225,23 +225,23 @@ def test_the_command_line_says_one_line_and_exits_2(tmp_path):
 
 
 def test_a_run_on_changed_data_is_refused_naming_the_market(tmp_path):
-    from fecosr_jax import checkpoint
+    from fecosr_jax import resume
 
     config = {"seed": 0}
-    first = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    first = resume.RunCheckpoints(str(tmp_path), config, {}, start=False)
     first.check_data({"ca": "aa", "de": "bb"})
     first.start()
-    again = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    again = resume.RunCheckpoints(str(tmp_path), config, {}, start=False)
     again.check_data({"ca": "aa", "de": "bb"})  # the same data resumes
-    changed = checkpoint.RunCheckpoints(str(tmp_path), config, {}, start=False)
-    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"market\(s\) de changed"):
+    changed = resume.RunCheckpoints(str(tmp_path), config, {}, start=False)
+    with pytest.raises(resume.IncompatibleCheckpoint, match=r"market\(s\) de changed"):
         changed.check_data({"ca": "aa", "de": "cc"})
-    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=r"market\(s\) fr changed"):
+    with pytest.raises(resume.IncompatibleCheckpoint, match=r"market\(s\) fr changed"):
         changed.check_data({"ca": "aa", "de": "bb", "fr": "dd"})
 
 
 def test_data_fingerprints_see_one_changed_item():
-    from fecosr_jax import checkpoint
+    from fecosr_jax import resume
 
     interactions = Interactions(
         np.array(["u1"] * 4 + ["u2"] * 4), np.array(list("abcdabce")), np.arange(8.0)
@@ -249,8 +249,8 @@ def test_data_fingerprints_see_one_changed_item():
     split = leave_one_out(market_from_interactions("m", interactions), 4)
     other = Interactions(interactions.users, np.array(list("abcdabcf")), interactions.times)
     changed = leave_one_out(market_from_interactions("m", other), 4)
-    assert checkpoint.data_fingerprints([split]) == checkpoint.data_fingerprints([split])
-    assert checkpoint.data_fingerprints([split]) != checkpoint.data_fingerprints([changed])
+    assert resume.data_fingerprints([split]) == resume.data_fingerprints([split])
+    assert resume.data_fingerprints([split]) != resume.data_fingerprints([changed])
 
 
 @pytest.mark.parametrize(
@@ -262,7 +262,7 @@ def test_data_fingerprints_see_one_changed_item():
     ],
 )
 def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, named):
-    from fecosr_jax import checkpoint, experiment
+    from fecosr_jax import experiment, resume
 
     workdir = tmp_path / "w"
     if layout == "single":
@@ -272,7 +272,7 @@ def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, n
         (workdir / "seed_0").mkdir(parents=True)
         (workdir / "results.json").write_text('{"seeds": [0, 1, 2]}')
     before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
-    with pytest.raises(checkpoint.IncompatibleCheckpoint, match=named.replace("[", r"\[")):
+    with pytest.raises(resume.IncompatibleCheckpoint, match=named.replace("[", r"\[")):
         experiment.train_and_evaluate(_config(seeds=seeds), str(workdir))
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
 

@@ -20,7 +20,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, experiment, metrics_log
+from fecosr_jax import checkpoint, experiment, metrics_log, resume
 from fecosr_jax.federated import round as fed_round
 from tests.conftest import ROOT
 
@@ -196,7 +196,7 @@ def test_incompatible_config_names_the_fields(reference):
     config = make_config()
     config.federated.alpha = 0.5
     config.num_rounds = ROUNDS + 1
-    with pytest.raises(checkpoint.IncompatibleCheckpoint) as e:
+    with pytest.raises(resume.IncompatibleCheckpoint) as e:
         experiment.train_and_evaluate(config, str(ref_dir))
     assert "federated.alpha (checkpoint 0.2, now 0.5)" in str(e.value)
     assert f"num_rounds (checkpoint {ROUNDS}, now {ROUNDS + 1})" in str(e.value)
@@ -204,7 +204,7 @@ def test_incompatible_config_names_the_fields(reference):
     config = make_config()
     config.plots = True
     config.checkpoint.keep = 5
-    checkpoint.RunCheckpoints(str(ref_dir), config.to_dict(), config.checkpoint.to_dict())
+    resume.RunCheckpoints(str(ref_dir), config.to_dict(), config.checkpoint.to_dict())
 
 
 def test_checkpoints_hold_no_pickles(reference):
@@ -277,17 +277,17 @@ def test_log_drops_the_steps_a_resumed_phase_repeats(tmp_path):
 
 def test_config_fields_added_later_match_their_default_when_absent():
     old = {"seed": 0, "federated": {"alpha": 0.2}}  # a run made before config.seeds existed
-    assert checkpoint.config_differences(old, {**old, "seeds": "1"}) == []
-    assert checkpoint.config_differences(old, {**old, "seeds": "3"}) == [
+    assert resume.config_differences(old, {**old, "seeds": "1"}) == []
+    assert resume.config_differences(old, {**old, "seeds": "3"}) == [
         "seeds (checkpoint '1', now '3')"
     ]
-    assert checkpoint.config_differences(old, {**old, "extra": 1}) == [
+    assert resume.config_differences(old, {**old, "extra": 1}) == [
         "extra (checkpoint '<absent>', now 1)"
     ]
     # Nested fields added later (model.norm) count as their default too.
     saved = {"model": {"hidden": 64}}
-    assert checkpoint.config_differences(saved, {"model": {"hidden": 64, "norm": "pre"}}) == []
-    assert checkpoint.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
+    assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "pre"}}) == []
+    assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
         "model.norm (checkpoint 'pre', now 'post')"
     ]
 
