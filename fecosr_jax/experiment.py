@@ -34,8 +34,9 @@ from fecosr_jax import (
     runner,
 )
 from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
-from fecosr_jax.data.market import Market, MarketSplit, StackedMarkets
+from fecosr_jax.data.market import Market
 from fecosr_jax.data.sources import markets_from_config
+from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.errors import ConfigError
 
 

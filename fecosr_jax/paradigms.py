@@ -40,7 +40,7 @@ import jax
 import numpy as np
 
 from fecosr_jax import checkpoint
-from fecosr_jax.data.market import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
+from fecosr_jax.data.split import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig, FedValues

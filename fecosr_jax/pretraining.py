@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 
 from fecosr_jax import checkpoint, groups, paradigms, progress, reporting
 from fecosr_jax.data import stack_markets
-from fecosr_jax.data.market import MarketSplit, StackedMarkets
+from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import privacy
 from fecosr_jax.federated import round as fed_round

@@ -36,7 +36,7 @@ from fecosr_jax import (
     progress,
     reporting,
 )
-from fecosr_jax.data.market import StackedMarkets
+from fecosr_jax.data.split import StackedMarkets
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.model import ModelConfig
 

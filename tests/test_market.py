@@ -126,7 +126,7 @@ def test_training_windows_cover_every_target_once():
 
 
 def test_union_vocabulary_matches_items_by_id():
-    from fecosr_jax.data.market import to_union_vocabulary
+    from fecosr_jax.data.split import to_union_vocabulary
 
     a = market_from_interactions("a", log([("u", "x", 1), ("u", "y", 2), ("u", "z", 3)]))
     b = market_from_interactions("b", log([("v", "z", 1), ("v", "w", 2), ("v", "x", 3)]))

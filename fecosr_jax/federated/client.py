@@ -21,7 +21,7 @@ import jax.numpy as jnp
 import optax
 
 from fecosr_jax import keys, losses
-from fecosr_jax.data.market import train_pairs
+from fecosr_jax.data.split import train_pairs
 from fecosr_jax.federated.config import FedConfig, FedValues
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 

@@ -33,7 +33,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import keys
-from fecosr_jax.data.market import StackedMarkets
+from fecosr_jax.data.split import StackedMarkets
 from fecosr_jax.federated import server
 from fecosr_jax.federated.client import make_client
 from fecosr_jax.federated.config import FedConfig, FedValues
