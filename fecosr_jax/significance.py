@@ -15,7 +15,6 @@ with n - 1 degrees of freedom (scipy.stats.ttest_rel). p < ALPHA marks the marke
 from __future__ import annotations
 
 import numpy as np
-from scipy import stats
 
 from fecosr_jax import metrics
 
@@ -51,6 +50,8 @@ def paired_test(method: np.ndarray, reference: np.ndarray) -> dict:
     if sd == 0.0:  # every user moved by the same amount: no spread to test against
         p = 1.0 if mean == 0.0 else 0.0
     else:
+        from scipy import stats  # here: importing scipy.stats takes ~1 s of every start-up
+
         p = float(stats.ttest_rel(method[keep], reference[keep]).pvalue)
     verdict = "same" if p >= ALPHA or mean == 0.0 else ("better" if mean > 0 else "worse")
     return {"diff": mean, "p_value": p, "users": n, "verdict": verdict}
