@@ -88,11 +88,14 @@ def test_best_parameters_and_independent_early_stopping(stacked):
         per_market_params=True,
     )
     np.testing.assert_allclose(got["ndcg@10"], result.best_valid, atol=1e-6)
-    # With patience 1 each market stops one epoch after its last improvement, independently.
+    # With patience 1 a market trains until its first epoch without improvement: its last
+    # epoch is exactly its best epoch + 1 (or the last epoch), each market on its own.
+    last = []
     for m in range(stacked.num_markets):
         active = [h["active"][m] for h in result.history]
-        last_active = max(i for i, a in enumerate(active) if a) + 1  # epochs are 1-based
-        assert last_active <= result.best_epoch[m] + ft.patience or last_active == len(active)
+        last.append(max(i for i, a in enumerate(active) if a) + 1)  # epochs are 1-based
+        assert last[m] == min(result.best_epoch[m] + 1, ft.max_epochs), (m, result.best_epoch)
+    assert len(set(last)) > 1 and min(last) < ft.max_epochs, last  # they stopped apart
     assert result.best_valid.min() >= 0
 
 
