@@ -96,6 +96,22 @@ def test_embedding_wrong_dimension(tmp_path):
         sem.load_vector_table(v, i, dim=8)
 
 
+def test_embedding_npz_archive_or_garbage(tmp_path):
+    v, i = vector_files(tmp_path, np.zeros((2, 4)), ["a", "b"])
+    np.savez(tmp_path / "v.npz", vectors=np.zeros((2, 4)))
+    with pytest.raises(DataError, match=r"v\.npz: an \.npz archive, not an \.npy array"):
+        sem.load_vector_table(tmp_path / "v.npz", i)
+    (tmp_path / "g.npy").write_bytes(b"\x00\xff garbage")
+    with pytest.raises(DataError, match=r"g\.npy: not a numeric \.npy array"):
+        sem.load_vector_table(tmp_path / "g.npy", i)
+
+
+def test_embedding_zero_width(tmp_path):
+    v, i = vector_files(tmp_path, np.zeros((2, 0)), ["a", "b"])
+    with pytest.raises(DataError, match=r"v\.npy: vectors of width 0 \(shape \(2, 0\)\)"):
+        sem.load_vector_table(v, i)
+
+
 def test_embedding_nan_or_inf(tmp_path):
     vectors = np.zeros((3, 2))
     vectors[2, 1] = np.inf

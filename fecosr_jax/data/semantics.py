@@ -58,22 +58,31 @@ def load_vector_table(
       dim: expected d_s, or None to accept any.
 
     Raises:
-      DataError: missing file, not 2-D, row count != id count, wrong dimension, NaN/Inf in a
-        row, duplicate ids. The message names the file and the row or line.
+      DataError: missing file, not an .npy array (an .npz archive, garbage), not 2-D, width
+        0, row count != id count, wrong dimension, NaN/Inf in a row, duplicate ids. The
+        message names the file and the row or line.
     """
     vectors_path = os.fspath(vectors_path)
     if not os.path.isfile(vectors_path):
         raise DataError("vector file not found", path=vectors_path)
     try:
         vectors = np.load(vectors_path, allow_pickle=False)
-    except ValueError as e:
+    except (ValueError, OSError, EOFError) as e:
         raise DataError(f"not a numeric .npy array ({e})", path=vectors_path) from None
+    if not isinstance(vectors, np.ndarray):  # np.load opens an .npz archive as a mapping
+        vectors.close()
+        raise DataError(
+            "an .npz archive, not an .npy array: save the [items, dim] array with np.save",
+            path=vectors_path,
+        )
     if vectors.ndim != 2 or not np.issubdtype(vectors.dtype, np.number):
         raise DataError(
             f"expected a 2-D numeric array [items, dim], found shape {vectors.shape} "
             f"dtype {vectors.dtype}",
             path=vectors_path,
         )
+    if vectors.shape[1] == 0:
+        raise DataError(f"vectors of width 0 (shape {vectors.shape})", path=vectors_path)
     ids = read_ids(ids_path)
     if len(ids) != vectors.shape[0]:
         raise DataError(
