@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import shutil
 import signal
 import warnings
 from typing import Any
@@ -36,7 +37,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
-from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, NonFiniteError, Preempted  # noqa: F401
+from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, DiskFull, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote
 
 # ---------------------------------------------------------------------------------------------
@@ -200,6 +201,7 @@ class PhaseCheckpoints:
         """Saves `state` as `step` (every `every` steps, at the last one, and on SIGTERM)."""
         if not (last or step % self.every == 0 or preemption_requested()):
             return
+        self._check_space(step, state)
         meta = {"step": step, "fingerprint": fingerprint(state)}
         self.manager.save(
             step,
@@ -209,6 +211,28 @@ class PhaseCheckpoints:
             metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
             force=True,
         )
+
+    def _check_space(self, step: int, state):
+        """Raises DiskFull when the disk cannot hold the step's arrays (their raw size, an
+        upper bound of what orbax writes, plus 1 MiB): a full disk mid-save leaves orbax's
+        threads failing in dozens of tracebacks. Remote paths are not checked."""
+        if is_remote(self.directory):
+            return
+        need = sum(
+            np.asarray(x).nbytes if np.isscalar(x) else x.nbytes for x in jax.tree.leaves(state)
+        )
+        need += 2**20
+        free = shutil.disk_usage(self.directory).free
+        if free < 2 * need:  # a save still in flight may be using the space: let it finish
+            self.manager.wait_until_finished()
+            free = shutil.disk_usage(self.directory).free
+        if free < need:
+            raise DiskFull(
+                f"{self.directory}: no space left for checkpoint step {step} (needs up to "
+                f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on the disk; ENOSPC). "
+                "The checkpoints saved before it are intact: free space, then re-run the same "
+                "command to resume"
+            )
 
     def delete_after(self, step: int):
         """Deletes the checkpoints newer than `step` (-1: all of them)."""

@@ -4,7 +4,7 @@
     its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.groups.GroupError,
     fecosr_jax.resume.IncompatibleCheckpoint); raised before the run writes anything.
   failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
-    bug): fecosr_jax.checkpoint.NonFiniteError or any other exception.
+    bug): fecosr_jax.checkpoint.NonFiniteError, DiskFull or any other exception.
   preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.checkpoint.Preempted).
 
 `report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
@@ -40,6 +40,11 @@ def check_ranges(prefix: str, config, ranges: dict[str, bool]):
 
 class NonFiniteError(RuntimeError):
     """A non-finite loss or parameter: the run stops and the last checkpoint stays good."""
+
+
+class DiskFull(RuntimeError):
+    """Too little space for the next checkpoint: the run stops before orbax starts writing it,
+    and the checkpoints saved before stay intact (free space, then re-run to resume)."""
 
 
 class Preempted(Exception):

@@ -8,6 +8,7 @@ import json
 import os
 import pathlib
 import random
+import shutil
 import signal
 import subprocess
 import sys
@@ -245,6 +246,30 @@ def test_relative_directory_saves_and_restores(tmp_path, monkeypatch):
     ).restore(state)
     assert step == 1 and np.array_equal(restored["w"], state["w"])
     assert (tmp_path / "workdir" / "checkpoints" / "p" / "1").is_dir()
+
+
+def test_a_full_disk_stops_before_the_save_and_keeps_the_last_checkpoint(tmp_path, monkeypatch):
+    state = {"w": np.arange(2**18, dtype=np.float32)}  # 1 MiB, + 1 MiB of margin
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=True)
+    phase.save(1, state)
+    usage = shutil.disk_usage(tmp_path)
+    free = 2 * 2**20 - 1  # one byte short
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=free))
+    with pytest.raises(checkpoint.DiskFull) as e:
+        phase.save(2, {"w": state["w"] + 1})
+    assert str(e.value).startswith(
+        f"{tmp_path}: no space left for checkpoint step 2 (needs up to 2.0 MiB, 2.0 MiB free"
+    )
+    assert "ENOSPC" in str(e.value) and "re-run the same command to resume" in str(e.value)
+    phase.close()
+    step, restored = checkpoint.PhaseCheckpoints(
+        tmp_path, keep=2, best=False, async_save=False
+    ).restore(state)
+    assert step == 1 and np.array_equal(restored["w"], state["w"])  # step 1, whole
+    # with room for it, the same save goes through
+    monkeypatch.setattr(checkpoint.shutil, "disk_usage", lambda path: usage._replace(free=free + 1))
+    checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False).save(2, state)
+    assert (tmp_path / "2").is_dir()
 
 
 def test_keeps_the_latest_and_the_best(tmp_path):
