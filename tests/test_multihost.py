@@ -81,6 +81,8 @@ def command(workdir, *extra) -> list[str]:
         "--config.num_rounds=2",
         "--config.finetune.max_epochs=1",
         "--config.num_devices=0",  # every device (the test config computes on one)
+        "--config.plots=False",
+        "--config.tensorboard=False",
         *extra,
     ]
 
@@ -91,6 +93,7 @@ def test_two_process_experiment_matches_one_process_and_resumes(tmp_path):
     config = test_config.get_config()
     config.methods, config.num_rounds, config.finetune.max_epochs = "fecosr", 2, 1
     config.num_devices = 4
+    config.plots, config.tensorboard = False, False
     experiment.train_and_evaluate(config, str(one))
 
     def two_processes():

@@ -141,6 +141,8 @@ def test_sweep_over_markets_and_alpha_groups_the_alphas_and_collects_every_run(t
             "--config.methods=local,fecosr_no_finetune",  # a federated pretraining, cheaply
             "--config.checkpoint.enabled=False",
             "--config.finetune.max_epochs=1",
+            "--config.plots=False",  # each run's own plots; the sweep's plot is checked
+            "--config.tensorboard=False",
         ],
         cwd=ROOT,
         capture_output=True,
