@@ -34,7 +34,8 @@ _RUNS = flags.DEFINE_multi_string(
     [],
     "NAME:FIELD=VALUE,...: one run of a group, in WORKDIR/NAME, with these per-run values "
     "(fields: seed, federated.alpha, federated.temperature, federated.client_lr, "
-    "federated.server_lr, federated.fedprox_mu, finetune.lr, finetune.shared_lr_mult). "
+    "federated.server_lr, federated.fedprox_mu, finetune.lr, finetune.shared_lr_mult, "
+    "model.dropout). "
     "Repeat for each run; all train together.",
 )
 _OVERWRITE = flags.DEFINE_bool(

@@ -52,11 +52,14 @@ class FinetuneValues:
       seed: int32, seeds batches and dropout.
       lr: float32, the learning rate of the market-specific parts (all of plain / scratch).
       shared_lr: float32, adapt mode: the shared part's learning rate (lr * shared_lr_mult).
+      dropout_keep: float32 keep probability of the model's dropout, for runs whose rates
+        differ (fecosr_jax.groups.dropout); None = the model config's rate, a constant.
     """
 
     seed: jax.Array
     lr: jax.Array
     shared_lr: jax.Array
+    dropout_keep: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -252,6 +255,7 @@ def _run_epoch(
     """One epoch of every market (vmapped): `steps` CE steps, then validation NDCG@10.
     ft is a program (`FinetuneConfig.program()`); the run's seed and rates are `values`."""
     loss_config = FedConfig(loss="ce", loss_impl=ft.loss_impl, block_size=ft.block_size)
+    loss_values = loss_config.values().replace(dropout_keep=values.dropout_keep)
     optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params), values)
 
     def market_epoch(p, o, market):
@@ -266,7 +270,9 @@ def _run_epoch(
                 )
             ]
             (loss, _), grads = jax.value_and_grad(
-                lambda q: batch_loss(model_config, loss_config, q, rows, market, dropout_key),
+                lambda q: batch_loss(
+                    model_config, loss_config, q, rows, market, dropout_key, loss_values
+                ),
                 has_aux=True,
             )(p)
             updates, o = optimizer.update(grads, o, p)

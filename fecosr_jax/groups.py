@@ -2,11 +2,12 @@
 
 A run is one seed of one config, with its own workdir and outputs. Runs whose configs differ
 only in per-run values (`VALUE_FIELDS`: the seed, S²CE's alpha and tau_s, the learning
-rates, FedProx's mu) reach the compiled round, fine-tuning epoch and evaluation as array
-arguments (fecosr_jax.federated.config.FedValues, fecosr_jax.finetune.FinetuneValues), so
-they form a group: every method trains the group's runs together, `config.runs_per_step` at
-a time. Everything else (data, sizes, methods, optimiser kinds, FedProx on or off, a frozen
-or trained shared part) must be equal within a group; `check_group` names what is not.
+rates, FedProx's mu, the dropout rate) reach the compiled round, fine-tuning epoch and
+evaluation as array arguments (fecosr_jax.federated.config.FedValues,
+fecosr_jax.finetune.FinetuneValues), so they form a group: every method trains the group's
+runs together, `config.runs_per_step` at a time. Everything else (data, sizes, methods,
+optimiser kinds, FedProx on or off, a frozen or trained shared part, dropout on or off) must
+be equal within a group; `check_group` names what is not.
 
 Groups come from `--config.seeds=N` (one run per seed) and from experiments.main's
 `--run=NAME:FIELD=VALUE,...` (one run per flag, in WORKDIR/NAME), which launch/sweep.py
@@ -30,6 +31,7 @@ import numpy as np
 
 from fecosr_jax.errors import BadInput, ConfigError
 from fecosr_jax.federated import round as round_lib
+from fecosr_jax.model import ModelConfig, keep_probability
 
 if TYPE_CHECKING:
     from fecosr_jax import metrics_log, resume
@@ -43,9 +45,10 @@ VALUE_FIELDS = (
     "federated.fedprox_mu",
     "finetune.lr",
     "finetune.shared_lr_mult",
+    "model.dropout",
 )
-# Values whose zero changes the program: FedProx off, the shared part frozen.
-_ZERO_IS_STRUCTURE = ("federated.fedprox_mu", "finetune.shared_lr_mult")
+# Values whose zero changes the program: FedProx off, the shared part frozen, no dropout.
+_ZERO_IS_STRUCTURE = ("federated.fedprox_mu", "finetune.shared_lr_mult", "model.dropout")
 # Fields of the group, not of one run.
 _GROUP_FIELDS = ("seeds", "runs_per_step")
 _NAME = re.compile(r"^[A-Za-z0-9._+-]+$")
@@ -188,6 +191,17 @@ def stack(trees: list):
 def identity(values) -> tuple[float, ...]:
     """A hashable form of a run's values (FedValues, FinetuneValues)."""
     return tuple(float(np.asarray(x)) for x in jax.tree.leaves(values))
+
+
+def dropout(model: ModelConfig, rates: list[float]) -> tuple[ModelConfig, np.ndarray | None]:
+    """The model config and the dropout keep probabilities (values' `dropout_keep`) that train
+    runs with dropout rates `rates` together. One rate stays a constant of the program, so
+    such runs compute bit for bit what they compute alone; several reach it as data, [R]
+    float32 (XLA folds a constant rate into the products, so the rate as data moves results
+    by rounding, ~1e-5 in a gradient)."""
+    if len(set(rates)) == 1:
+        return dataclasses.replace(model, dropout=rates[0]), None
+    return model, np.stack([keep_probability(r) for r in rates])
 
 
 def classes(items: list, identity: Callable) -> list[list]:

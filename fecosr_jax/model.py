@@ -18,6 +18,7 @@ import functools
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from fecosr_jax.errors import ConfigError
 
@@ -32,7 +33,9 @@ class ModelConfig:
       hidden: d, the model width.
       num_layers, num_heads: Transformer blocks and attention heads.
       ffn_dim: inner width of each block's feed-forward layer.
-      dropout: dropout rate (embeddings, attention, feed-forward).
+      dropout: dropout rate (embeddings, attention, feed-forward), in [0, 1). Zero or not
+        is the program's; the rate itself can also come as data (`keep_probability`), so runs
+        that differ only in it share compiled programs.
       max_len: L, the longest input sequence (learned positions).
       num_experts: experts in the item adaptor's mixture.
       num_item_ids: size of an item-ID embedding table added to A(s_i) (N + 1 for a catalogue
@@ -76,10 +79,52 @@ class ModelConfig:
             )
         if self.norm not in ("pre", "post"):
             raise ConfigError(f"config.model.norm={self.norm!r}: expected pre or post")
+        if not 0.0 <= self.dropout < 1.0:
+            raise ConfigError(f"config.model.dropout={self.dropout}: expected 0 <= dropout < 1")
         if self.item_id_std < 0:
             raise ConfigError(f"config.model.item_id_std={self.item_id_std}: expected >= 0")
         if self.dtype not in ("float32", "bfloat16"):
             raise ConfigError(f"config.model.dtype={self.dtype!r}: expected float32 or bfloat16")
+
+
+def keep_probability(rate: float) -> np.float32:
+    """The keep probability of dropout rate `rate` as data: 1 - rate in double precision, then
+    float32, the constant nn.Dropout's arithmetic uses, so a run with its rate as data computes
+    bit for bit what the rate as a constant computes."""
+    return np.float32(1.0 - float(rate))
+
+
+class Dropout(nn.Module):
+    """nn.Dropout with the keep probability an argument (a Python float, or a traced float32
+    per-run value): the same random bits, from the same RNG stream (Flax derives it from the
+    module's path, and this module is auto-named Dropout_i as nn.Dropout is), and the same
+    arithmetic. `keep` None: no dropout (rate 0, a structure of the program)."""
+
+    @nn.compact
+    def __call__(self, x: Array, keep, *, train: bool) -> Array:
+        if keep is None or not train:
+            return x
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=x.shape)
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
+
+
+def _attention(
+    query, key, value, mask=None, dropout_rng=None, broadcast_dropout=True,
+    deterministic=False, dtype=None, precision=None, *, keep,
+):  # fmt: skip
+    """nn.dot_product_attention with the keep probability of its dropout given apart (for
+    `keep` traced): Flax's attention weights, then Flax's dropout of them (one mask over
+    batch and heads), bits and arithmetic unchanged."""
+    weights = nn.dot_product_attention_weights(
+        query, key, mask=mask, deterministic=True, dtype=dtype, precision=precision
+    )
+    if not deterministic and keep is not None:
+        shape = weights.shape
+        if broadcast_dropout:
+            shape = (1,) * (key.ndim - 2) + shape[-2:]
+        kept = jax.random.bernoulli(dropout_rng, keep, shape)
+        weights = weights * (kept.astype(weights.dtype) / jnp.asarray(keep, weights.dtype))
+    return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
 class ItemAdaptor(nn.Module):
@@ -87,13 +132,12 @@ class ItemAdaptor(nn.Module):
 
     hidden: int
     num_experts: int
-    dropout: float
     dtype: str = "float32"
 
     @nn.compact
-    def __call__(self, x: Array, *, train: bool) -> Array:
+    def __call__(self, x: Array, keep, *, train: bool) -> Array:
         d_s = x.shape[-1]
-        x = nn.Dropout(self.dropout, deterministic=not train)(x.astype(self.dtype))
+        x = Dropout()(x.astype(self.dtype), keep, train=train)
         bias = self.param("bias", nn.initializers.zeros, (self.num_experts, d_s))
         weight = self.param(
             "weight", nn.initializers.lecun_normal(), (self.num_experts, d_s, self.hidden)
@@ -115,7 +159,7 @@ class Block(nn.Module):
     config: ModelConfig
 
     @nn.compact
-    def __call__(self, x: Array, mask: Array, *, train: bool) -> Array:
+    def __call__(self, x: Array, mask: Array, keep, *, train: bool) -> Array:
         c = self.config
         pre = c.norm == "pre"
         ln_attn = nn.LayerNorm(dtype=c.dtype, name="ln_attn")
@@ -123,19 +167,20 @@ class Block(nn.Module):
         y = ln_attn(x) if pre else x
         y = nn.MultiHeadDotProductAttention(
             num_heads=c.num_heads,
-            dropout_rate=c.dropout,
+            dropout_rate=c.dropout,  # > 0: Flax draws the attention's dropout key
             deterministic=not train,
             dtype=c.dtype,
+            attention_fn=functools.partial(_attention, keep=keep),
             name="attn",
         )(y, y, mask=mask)
-        x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        x = x + Dropout()(y, keep, train=train)
         if not pre:
             x = ln_attn(x)
         y = ln_ffn(x) if pre else x
         y = nn.Dense(c.ffn_dim, dtype=c.dtype, name="ffn_in")(y)
-        y = nn.Dropout(c.dropout, deterministic=not train)(nn.gelu(y))
+        y = Dropout()(nn.gelu(y), keep, train=train)
         y = nn.Dense(c.hidden, dtype=c.dtype, name="ffn_out")(y)
-        x = x + nn.Dropout(c.dropout, deterministic=not train)(y)
+        x = x + Dropout()(y, keep, train=train)
         if not pre:
             x = ln_ffn(x)
         if c.adapter_dim:  # market-specific bottleneck adapter; starts as the identity
@@ -151,7 +196,8 @@ class SequenceModel(nn.Module):
     """Item adaptor + causal Transformer.
 
     `__call__(inputs, semantics)` returns (hidden [B, L, d], items [N + 1, d]); scores are
-    `scores(hidden, items, item_mask)`.
+    `scores(hidden, items, item_mask)`. In training, `dropout_keep` (float32, the run's
+    `keep_probability`) replaces the config's rate as data; None = the config's rate.
     """
 
     config: ModelConfig
@@ -159,7 +205,7 @@ class SequenceModel(nn.Module):
     def setup(self):
         c = self.config
         if c.use_text:
-            self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dropout, c.dtype)
+            self.adaptor = ItemAdaptor(c.hidden, c.num_experts, c.dtype)
         if c.num_item_ids:
             init = (
                 nn.initializers.zeros
@@ -169,27 +215,36 @@ class SequenceModel(nn.Module):
             self.item_ids = nn.Embed(c.num_item_ids, c.hidden, embedding_init=init, dtype=c.dtype)
         self.positions = nn.Embed(c.max_len, c.hidden, dtype=c.dtype)
         self.embed_norm = nn.LayerNorm(dtype=c.dtype)
-        self.embed_dropout = nn.Dropout(c.dropout)
+        self.embed_dropout = Dropout()
         self.blocks = [Block(c, name=f"block_{i}") for i in range(c.num_layers)]
         self.final_norm = nn.LayerNorm(dtype=c.dtype)
 
-    def item_embeddings(self, semantics: Array, *, train: bool = False) -> Array:
+    def _keep(self, dropout_keep):
+        """The keep probability of every dropout (None: no dropout in the program)."""
+        if not self.config.dropout:
+            return None
+        return 1.0 - self.config.dropout if dropout_keep is None else dropout_keep
+
+    def item_embeddings(self, semantics: Array, *, train: bool = False, dropout_keep=None) -> Array:
         """[N + 1, d] item representations from semantic vectors [N + 1, d_s] (for an ID-only
         model only their count N + 1 is used)."""
         ids = jnp.arange(semantics.shape[0])
         if not self.config.use_text:
             return self.item_ids(ids)
-        items = self.adaptor(semantics, train=train)
+        items = self.adaptor(semantics, self._keep(dropout_keep), train=train)
         if self.config.num_item_ids:
             items = items + self.item_ids(ids)
         return items
 
-    def encode(self, inputs: Array, items: Array, *, train: bool = False) -> Array:
+    def encode(
+        self, inputs: Array, items: Array, *, train: bool = False, dropout_keep=None
+    ) -> Array:
         """Hidden states [B, L, d] of left-padded item sequences inputs [B, L] (0 = padding)."""
+        keep = self._keep(dropout_keep)
         length = inputs.shape[-1]
         valid = inputs > 0
         x = items[inputs] + self.positions(jnp.arange(length))
-        x = self.embed_dropout(self.embed_norm(x), deterministic=not train)
+        x = self.embed_dropout(self.embed_norm(x), keep, train=train)
         x = x * valid[..., None]
         mask = nn.make_causal_mask(inputs, dtype=bool) & nn.make_attention_mask(
             valid, valid, dtype=bool
@@ -197,12 +252,12 @@ class SequenceModel(nn.Module):
         # A padding query attends to nothing; let it see itself so softmax stays finite.
         mask = mask | jnp.eye(length, dtype=bool)
         for block in self.blocks:
-            x = block(x, mask, train=train) * valid[..., None]
+            x = block(x, mask, keep, train=train) * valid[..., None]
         return self.final_norm(x) if self.config.norm == "pre" else x
 
-    def __call__(self, inputs: Array, semantics: Array, *, train: bool = False):
-        items = self.item_embeddings(semantics, train=train)
-        return self.encode(inputs, items, train=train), items
+    def __call__(self, inputs: Array, semantics: Array, *, train: bool = False, dropout_keep=None):
+        items = self.item_embeddings(semantics, train=train, dropout_keep=dropout_keep)
+        return self.encode(inputs, items, train=train, dropout_keep=dropout_keep), items
 
 
 def scores(config: ModelConfig, hidden: Array, items: Array, item_mask: Array) -> Array:

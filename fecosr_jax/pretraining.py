@@ -166,7 +166,9 @@ class Pretrainer:
         return out
 
     def fed_values(self, p: Pretraining, run: groups.Run) -> tuple[float, ...]:
-        return groups.identity(p.adjust(fed_config(run.config)).values())
+        """What decides how `run` pretrains `p`: its federated values and dropout rate."""
+        values = p.adjust(fed_config(run.config)).values()
+        return (*groups.identity(values), float(run.config.model.dropout))
 
     def _will_need(self, kind: str, run: groups.Run) -> bool:
         """Whether a method of the group that `run` has not finished pretrains `kind`."""
@@ -224,6 +226,10 @@ class Pretrainer:
         starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
         feds = [q.adjust(fed_config(run.config)) for q, run in reps]
         assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
+        model, keep = groups.dropout(p.model, [run.config.model.dropout for _, run in reps])
+        values = None
+        if grouped:
+            values = fed_round.stack_runs([f.values() for f in feds]).replace(dropout_keep=keep)
         plan = self.privacy_plan(p, feds[0])  # the same for every run: DP is the program's
 
         if plan is not None:  # [rounds, M] rounds trained so far, per class of runs
@@ -263,7 +269,7 @@ class Pretrainer:
         phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
         with self.times.phase("pretraining"):
             return paradigms.run_rounds(
-                p.model,
+                model,
                 feds[0],
                 p.train,
                 p.names,
@@ -273,7 +279,7 @@ class Pretrainer:
                 on_round,
                 checkpoints=checkpoint.group_phase(phases),
                 phase="pretrain_" + "+".join(kinds),
-                values=fed_round.stack_runs([f.values() for f in feds]) if grouped else None,
+                values=values,
                 run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
                 privacy=plan,
             )

@@ -113,7 +113,7 @@ class Runner:
                 pre = (p.key, self.pretrainer.fed_values(p, run))
             if spec.finetune is not None:
                 ft = groups.identity(finetune_config(run.config, spec.finetune).values())
-            return (pre, ft, run.seed)
+            return (pre, ft, run.seed, float(run.config.model.dropout))
 
         classes = groups.classes(items, same_training)
         metrics = self._run_classes(classes)
@@ -169,6 +169,7 @@ class Runner:
                 metrics = evaluation.evaluate(model, params, *test, **evaluate)
             return [groups.run_part(metrics, i, grouped) for i in range(len(items))]
         fts = [finetune_config(run.config, mode) for run in runs]
+        model, keep = groups.dropout(model, [run.config.model.dropout for run in runs])
         model = finetune.model_config_for(model, fts[0], stacked.item_mask.shape[1] - 1)
         starts = [
             finetune.init_market_params(
@@ -216,7 +217,11 @@ class Runner:
                 checkpoints=checkpoint.group_phase(phases),
                 names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
                 phase="finetune_" + "+".join(methods),
-                values=fed_round.stack_runs([ft.values() for ft in fts]) if grouped else None,
+                values=(
+                    fed_round.stack_runs([ft.values() for ft in fts]).replace(dropout_keep=keep)
+                    if grouped
+                    else None
+                ),
                 run_names=[
                     f"{run.label} {m}".strip() if several else run.label for m, run in items
                 ],

@@ -33,6 +33,7 @@ def test_runs_that_differ_only_in_values_form_a_group():
         # A value whose zero changes the program: FedProx on, the shared part frozen.
         ("federated.fedprox_mu", 0.1, "config.federated.fedprox_mu"),
         ("finetune.shared_lr_mult", 0.0, "config.finetune.shared_lr_mult"),
+        ("model.dropout", 0.0, "config.model.dropout"),
     ],
 )
 def test_runs_that_differ_in_the_program_are_refused_naming_the_field(field, value, named):
@@ -48,10 +49,10 @@ def test_runs_that_differ_in_the_program_are_refused_naming_the_field(field, val
         groups.check_group([base, other], ["a", "b"])
 
 
-def test_nonzero_fedprox_values_share_a_group():
+def test_nonzero_fedprox_values_and_dropout_rates_share_a_group():
     base = test_config.get_config()
-    a = groups.run_config(base, {"federated.fedprox_mu": "0.01"})
-    b = groups.run_config(base, {"federated.fedprox_mu": "0.1"})
+    a = groups.run_config(base, {"federated.fedprox_mu": "0.01", "model.dropout": "0.1"})
+    b = groups.run_config(base, {"federated.fedprox_mu": "0.1", "model.dropout": "0.3"})
     groups.check_group([a, b], ["a", "b"])
 
 

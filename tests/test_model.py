@@ -1,13 +1,17 @@
-"""The shared model: causality, padding, catalogue masking, zero-initialised item IDs."""
+"""The shared model: causality, padding, catalogue masking, zero-initialised item IDs, dropout
+with its rate as data."""
 
 import dataclasses
+import functools
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from fecosr_jax.model import ModelConfig, SequenceModel, init_params, scores
+from fecosr_jax import model as model_lib
+from fecosr_jax.model import ModelConfig, SequenceModel, init_params, keep_probability, scores
 
 CFG = ModelConfig(hidden=16, num_layers=2, num_heads=2, ffn_dim=32, max_len=6, num_experts=3)
 
@@ -83,8 +87,79 @@ def test_post_ln_blocks_end_in_a_layer_norm():
     assert np.abs(np.asarray(h_pre - h)).max() > 1e-2
 
 
-def test_bad_norm_and_init_are_named():
+def test_bad_norm_init_and_dropout_are_named():
     with pytest.raises(ValueError, match="norm='mid'"):
         ModelConfig(norm="mid")
     with pytest.raises(ValueError, match="item_id_std=-1"):
         ModelConfig(item_id_std=-1)
+    for rate in (1.0, -0.1):
+        with pytest.raises(ValueError, match=f"config.model.dropout={rate}: expected 0 <="):
+            ModelConfig(dropout=rate)
+
+
+class _Twice(nn.Module):
+    """Flax's dropout and the model's, each under the name "d" (so the same RNG stream)."""
+
+    flax_dropout: bool
+
+    @nn.compact
+    def __call__(self, x, rate, keep):
+        if self.flax_dropout:
+            return nn.Dropout(rate, deterministic=False, name="d")(x)
+        return model_lib.Dropout(name="d")(x, keep, train=True)
+
+
+@pytest.mark.parametrize("rate", [0.1, 0.2, 0.37])
+def test_dropout_and_attention_dropout_are_flaxs_bit_for_bit(rate):
+    # The model's dropout takes its keep probability as an argument (a traced per-run value,
+    # or 1 - rate as a constant for a run alone); given the constant it draws Flax's bits and
+    # computes Flax's arithmetic. (Traced, XLA cannot fold it: next test.)
+    x = jax.random.normal(jax.random.key(0), (4, 6, 8))
+    rngs = {"dropout": jax.random.key(1)}
+    ours = jax.jit(lambda x: _Twice(False).apply({}, x, rate, 1.0 - rate, rngs=rngs))(x)
+    flax = jax.jit(lambda x: _Twice(True).apply({}, x, rate, None, rngs=rngs))(x)
+    np.testing.assert_array_equal(ours, flax)
+    assert 0 < float(jnp.mean(ours == 0)) < 2 * rate  # it drops something
+    # Attention: Flax's weights, Flax's dropout of them (one mask over batch and heads).
+    q, k, v = (jax.random.normal(jax.random.key(i), (3, 5, 2, 4)) for i in (2, 3, 4))
+    mask = nn.make_causal_mask(jnp.ones((3, 5)))
+    key = jax.random.key(5)
+    ours = jax.jit(lambda: model_lib._attention(q, k, v, mask, key, keep=1.0 - rate))()
+    flax = jax.jit(
+        lambda: nn.dot_product_attention(q, k, v, mask=mask, dropout_rng=key, dropout_rate=rate)
+    )()
+    np.testing.assert_array_equal(ours, flax)
+    plain = nn.dot_product_attention(q, k, v, mask=mask)
+    assert np.abs(np.asarray(ours - plain)).max() > 1e-2
+
+
+def test_the_dropout_rate_as_data_is_the_rate_as_a_constant_up_to_rounding():
+    cfg = dataclasses.replace(CFG, dropout=0.2)
+    _, params, semantics = setup(cfg)
+    x = jnp.array([[0, 0, 3, 4, 5, 6], [1, 2, 3, 4, 5, 6]])
+    traces = []
+
+    def loss(cfg, params, keep):
+        traces.append(1)
+        h, items = SequenceModel(cfg).apply(
+            {"params": params}, x, semantics, train=True, rngs={"dropout": jax.random.key(7)},
+            dropout_keep=keep,
+        )  # fmt: skip
+        return jnp.sum(h**2) + jnp.sum(items)
+
+    as_data = jax.jit(jax.value_and_grad(functools.partial(loss, cfg)))
+    for rate in (0.2, 0.35):
+        constant = jax.value_and_grad(loss, argnums=1)(
+            dataclasses.replace(cfg, dropout=rate), params, None
+        )
+        got = as_data(params, keep_probability(rate))
+        # XLA folds a constant rate into the products around it: rounding apart, not more.
+        for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(constant), strict=True):
+            np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-5)
+    assert len(traces) == 3  # one compiled program for both rates (plus the two constants)
+    # the rate is used: 0.2 and 0.35 give different losses
+    assert abs(float(as_data(params, keep_probability(0.2))[0] - got[0])) > 1e-2
+    # in evaluation (train=False) there is no dropout, whatever the rate
+    h1, _ = SequenceModel(cfg).apply({"params": params}, x, semantics, dropout_keep=0.5)
+    h2, _ = SequenceModel(cfg).apply({"params": params}, x, semantics)
+    np.testing.assert_array_equal(h1, h2)

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, evaluation, experiment, finetune, paradigms
+from fecosr_jax import checkpoint, evaluation, experiment, finetune, groups, paradigms
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.config import FedConfig
@@ -25,12 +25,14 @@ GEN = synthetic.SyntheticConfig(
 BASE = FedConfig(
     local_steps=2, batch_size=4, client_optimizer="sgd", client_lr=0.5, clients_per_round=2
 )
-# Three runs that differ only in per-run values: seed, alpha (0 = CE), tau_s, learning rates.
+# Three runs that differ only in per-run values: seed, alpha (0 = CE), tau_s, learning rates,
+# dropout rate (a run alone has its rate in its model config, a constant of its program).
 RUNS = [
     dataclasses.replace(BASE, seed=0),
     dataclasses.replace(BASE, seed=1, alpha=0.0, client_lr=0.3),
     dataclasses.replace(BASE, seed=2, alpha=0.6, temperature=0.5, server_lr=0.5),
 ]
+DROPOUT = [0.1, 0.3, 0.1]
 TOL = 1e-5  # vmapped over runs, XLA may batch products in another order
 
 
@@ -45,8 +47,9 @@ def start(seed):
     return init_params(MODEL, jax.random.key(seed), GEN.semantic_dim)
 
 
-def solo(stacked, fed, rounds):
-    r = fr.build_round(MODEL, fed, 3, fr.make_mesh(jax.devices()[:1]))
+def solo(stacked, fed, rounds, dropout=MODEL.dropout):
+    model = dataclasses.replace(MODEL, dropout=dropout)
+    r = fr.build_round(model, fed, 3, fr.make_mesh(jax.devices()[:1]))
     data = r.put(fr.round_data(stacked, fed))
     state = r.init(start(fed.seed))
     for _ in range(rounds):
@@ -80,11 +83,12 @@ def test_runs_that_differ_in_values_share_one_compiled_round(stacked):
 
 
 def test_grouped_round_equals_each_run_alone(stacked):
-    r = fr.build_round(MODEL, RUNS[0], 3, fr.make_mesh(jax.devices()[:1]))
+    model, keep = groups.dropout(MODEL, DROPOUT)
+    r = fr.build_round(model, RUNS[0], 3, fr.make_mesh(jax.devices()[:1]))
     data = r.put(fr.round_data(stacked, RUNS[0]))
     params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
     state = r.init_runs(params)
-    values = fr.stack_runs([f.values() for f in RUNS])
+    values = fr.stack_runs([f.values() for f in RUNS]).replace(dropout_keep=keep)
     drawn = []
     for _ in range(3):
         state, metrics = r.step(state, data, values)
@@ -93,7 +97,7 @@ def test_grouped_round_equals_each_run_alone(stacked):
     metrics = jax.device_get(metrics)
     assert np.asarray(state.round).tolist() == [3, 3, 3]
     for i, fed in enumerate(RUNS):
-        alone, alone_metrics, _ = solo(stacked, fed, 3)
+        alone, alone_metrics, _ = solo(stacked, fed, 3, DROPOUT[i])
         assert max_diff(jax.tree.map(lambda x, i=i: x[i], grouped), alone) < TOL
         # each run sampled its own markets from its own seed
         np.testing.assert_array_equal(metrics["participants"][i], alone_metrics["participants"])
@@ -126,10 +130,14 @@ def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
         finetune.init_market_params(model, f, shared, stacked.num_markets, GEN.semantic_dim)
         for f in runs
     ]
-    alone = [finetune.finetune(model, f, p, data) for f, p in zip(runs, starts, strict=True)]
-    stacked_values = jax.tree.map(lambda *xs: np.stack(xs), *[f.values() for f in runs])
+    alone = [
+        finetune.finetune(dataclasses.replace(model, dropout=d), f, p, data)
+        for f, p, d in zip(runs, starts, DROPOUT, strict=True)
+    ]
+    group_model, keep = groups.dropout(model, DROPOUT)
+    stacked_values = fr.stack_runs([f.values() for f in runs]).replace(dropout_keep=keep)
     grouped = finetune.finetune(
-        model,
+        group_model,
         runs[0],
         jax.tree.map(lambda *xs: np.stack(xs), *starts),
         data,
@@ -188,14 +196,20 @@ def compiled_programs() -> tuple[int, int, int]:
     )
 
 
-def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
+def tiny_run(tmp_path, max_len: int, methods: str, points: tuple):
     """The programs a tiny run compiles: (rounds, epochs, evaluations) and every program in
-    all (each lowering to XLA, whether or not the persistent cache then holds it)."""
+    all (each lowering to XLA, whether or not the persistent cache then holds it). `points`:
+    (seeds, per-run values) of each point of one group (experiments.main's --run)."""
     config = test_config.get_config()
     config.data.max_len = max_len  # shapes no other test compiles: a clean count
     config.num_rounds, config.finetune.max_epochs = 1, 1
-    config.seeds, config.methods = seeds, methods
+    config.methods = methods
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    group = []
+    for i, (seeds, values) in enumerate(points):
+        point = groups.run_config(config, values)
+        point.seeds = seeds
+        group.append((point, str(tmp_path / f"L{max_len}_{i}")))
     jax.clear_caches()  # counted from scratch: nothing reused from an earlier test's programs
     before = compiled_programs()
     lowered = []
@@ -206,7 +220,7 @@ def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
 
     jax.monitoring.register_event_duration_secs_listener(listener)
     try:
-        experiment.train_and_evaluate(config, str(tmp_path / f"L{max_len}"))
+        experiment.train_and_evaluate_group(group)
     finally:
         jax.monitoring.unregister_event_duration_listener(listener)
     counts = [after - b for after, b in zip(compiled_programs(), before, strict=True)]
@@ -214,8 +228,12 @@ def tiny_run(tmp_path, max_len: int, seeds: str, methods: str):
 
 
 def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_path, capsys):
-    one, one_total = tiny_run(tmp_path, 7, "1", "fecosr")
-    grouped, grouped_total = tiny_run(tmp_path, 6, "3", "fecosr,fecosr_no_s2ce")
+    one, one_total = tiny_run(tmp_path, 7, "fecosr", [("1", {})])
+    # 3 seeds, and a fourth run with another dropout rate, alpha and learning rates.
+    other = {"seed": "9", "model.dropout": "0.3", "federated.alpha": "0.5", "finetune.lr": "0.01"}
+    grouped, grouped_total = tiny_run(
+        tmp_path, 6, "fecosr,fecosr_no_s2ce", [("3", {}), ("1", other)]
+    )
     assert one == grouped == [1, 1, 2]  # round, epoch, evaluation (validation and test)
     # Everything else is compiled once too (model initialisation, the start states, ...), not
     # once per seed, and not one small program per parameter shape: 13 in all here, where
@@ -224,8 +242,10 @@ def test_three_seeds_of_s2ce_and_ce_compile_the_programs_of_one_seed_of_one(tmp_
     out = capsys.readouterr().out
     # S²CE and CE (alpha = 0) pretrain in the same round: 3 seeds x 2 on one run axis; both
     # fine-tune in adapt mode on the same markets: one fine-tuning of 6 runs.
-    assert "-- pretraining federated_s2ce + federated_ce: 6 runs in one round" in out
-    assert "\n== [1/1] fecosr, fecosr_no_s2ce (seed 0, seed 1, seed 2)\n" in out
+    assert "-- pretraining federated_s2ce + federated_ce: 8 runs in one round" in out
+    assert (
+        "\n== [1/1] fecosr, fecosr_no_s2ce (L6_0 seed 0, L6_0 seed 1, L6_0 seed 2, L6_1)\n" in out
+    )
 
 
 def test_grouped_round_over_two_devices_equals_one_device():

@@ -65,8 +65,8 @@ def batch_loss(
     dropout_key: jax.Array,
     values: FedValues | None = None,
 ) -> tuple[jax.Array, jax.Array]:
-    """Mean loss over the training targets of rows [B, L + 1], and their count. alpha and
-    tau_s come from `values` (default: fed's own)."""
+    """Mean loss over the training targets of rows [B, L + 1], and their count. alpha, tau_s
+    and a dropout rate given as data come from `values` (default: fed's own)."""
     values = fed.values() if values is None else values
     inputs, targets = train_pairs(rows)
     hidden, items = SequenceModel(model_config).apply(
@@ -75,6 +75,7 @@ def batch_loss(
         market["semantics"],
         train=True,
         rngs={"dropout": dropout_key},
+        dropout_keep=values.dropout_keep,
     )
     alpha = values.alpha if fed.loss == "s2ce" else 0.0
     if fed.loss_impl == "blockwise":

@@ -36,6 +36,8 @@ class FedValues:
       temperature: float32, tau_s of the soft label.
       client_lr, server_lr: float32 learning rates.
       fedprox_mu: float32 FedProx weight (used when the program has FedProx on).
+      dropout_keep: float32 keep probability of the model's dropout, for runs whose rates
+        differ (fecosr_jax.groups.dropout); None = the model config's rate, a constant.
     """
 
     seed: jax.Array
@@ -44,6 +46,7 @@ class FedValues:
     client_lr: jax.Array
     server_lr: jax.Array
     fedprox_mu: jax.Array
+    dropout_keep: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
