@@ -74,6 +74,11 @@ class FinetuneConfig:
       market's training rows.
     max_epochs, patience: early stopping on validation NDCG@10, per market.
     loss_impl, block_size: dense or blockwise CE (large catalogues).
+    markets_per_step: (run, market) pairs a device fine-tunes together (vmapped); the rest
+      follow in sequence inside the same compiled epoch. 0 = one at a time on a CPU (there a
+      sequence of small products is faster than a batch of them, and a market that has
+      stopped is skipped instead of computed and discarded), all at once on an accelerator
+      (a batch fills it). Every setting gives the same numbers on a CPU (bit for bit).
     eval_batch_size: users scored at once in validation.
     seed: batches and dropout come from (seed, epoch, market, step).
     """
@@ -88,6 +93,7 @@ class FinetuneConfig:
     patience: int = 3
     loss_impl: str = "dense"
     block_size: int = 4096
+    markets_per_step: int = 0
     eval_batch_size: int = 256
     seed: int = 0
 
@@ -96,6 +102,11 @@ class FinetuneConfig:
             raise ConfigError(f"config.finetune: mode={self.mode!r}: expected one of {MODES}")
         if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
             raise ConfigError(f"config.finetune: out of range: {self}")
+        if self.markets_per_step < 0:
+            raise ConfigError(
+                f"config.finetune.markets_per_step={self.markets_per_step}: expected 0 (auto) "
+                "or a positive number of markets"
+            )
 
     def values(self) -> FinetuneValues:
         """This config's per-run values (host arrays)."""
@@ -124,7 +135,9 @@ class FinetuneResult:
     model_config: ModelConfig
     best_valid: np.ndarray  # [M] best validation NDCG@10
     best_epoch: np.ndarray  # [M] epoch of the best parameters (0 = the starting model)
-    history: list[dict]  # one entry per epoch: {"epoch", "valid_ndcg@10" [M], "loss" [M]}
+    # One entry per epoch: {"epoch", "valid_ndcg@10" [M], "loss" [M] (NaN for a market that had
+    # stopped), "active" [M]}.
+    history: list[dict]
 
 
 def is_local(path) -> bool:
@@ -226,19 +239,23 @@ def _epoch(model_config, ft, steps, mesh, params, opt_state, active, data, epoch
     optimiser states [R, M, ...], active [R, M]; the market data shared by every run). Over a
     mesh of several devices each device trains its own markets (shard_map; nothing crosses
     devices: the host gathers the validation NDCG and loss)."""
-    runs = bool(jnp.ndim(values.seed))
     one = functools.partial(_run_epoch, model_config, ft, steps)
-    if runs:
-        one = jax.vmap(one, in_axes=(0, 0, 0, None, None, 0))
     if not mesh_lib.is_sharded(mesh):
         return one(params, opt_state, active, data, epoch, values)
-    lead = mesh_lib.markets(runs)
+    lead = mesh_lib.markets(bool(jnp.ndim(values.seed)))
     return jax.shard_map(
         one,
         mesh=mesh,
         in_specs=(lead, lead, lead, mesh_lib.markets(False), P(), P()),
         out_specs=(lead, lead, lead, lead),
     )(params, opt_state, active, data, epoch, values)
+
+
+def markets_at_once(ft: FinetuneConfig, num: int) -> int:
+    """How many of a device's `num` (run, market) pairs fine-tune together (vmapped)."""
+    if ft.markets_per_step:
+        return min(ft.markets_per_step, num)
+    return 1 if jax.default_backend() == "cpu" else num
 
 
 def _run_epoch(
@@ -252,13 +269,17 @@ def _run_epoch(
     epoch,
     values: FinetuneValues,
 ):
-    """One epoch of every market (vmapped): `steps` CE steps, then validation NDCG@10.
-    ft is a program (`FinetuneConfig.program()`); the run's seed and rates are `values`."""
+    """One epoch of every (run and) market: `steps` CE steps, then validation NDCG@10; a
+    market that has stopped (active False) keeps its parameters and optimiser state, and
+    reports NaN. ft is a program (`FinetuneConfig.program()`); each run's seed and rates are
+    `values`. The (run, market) pairs go `markets_at_once` at a time: all at once vmapped,
+    or one after another (lax.map), where a stopped market is skipped (lax.cond) instead of
+    computed and discarded."""
     loss_config = FedConfig(loss="ce", loss_impl=ft.loss_impl, block_size=ft.block_size)
-    loss_values = loss_config.values().replace(dropout_keep=values.dropout_keep)
-    optimizer = make_optimizer(ft, jax.tree.map(lambda x: x[0], params), values)
 
-    def market_epoch(p, o, market):
+    def market_epoch(p, o, market, values: FinetuneValues):
+        optimizer = make_optimizer(ft, p, values)
+        loss_values = loss_config.values().replace(dropout_keep=values.dropout_keep)
         key = keys.derive(values.seed, keys.FINETUNE, epoch, market["market_index"])
 
         def step(carry, k):
@@ -291,8 +312,39 @@ def _run_epoch(
         )
         return p, o, sums["ndcg@10"] / jnp.maximum(sums["count"], 1), jnp.mean(losses)
 
-    new_p, new_o, ndcg, loss = jax.vmap(market_epoch)(params, opt_state, data)
-    return _select(active, new_p, params), _select(active, new_o, opt_state), ndcg, loss
+    lead = active.shape  # (M,) or (R, M)
+    at_once = markets_at_once(ft, active.size)
+    nan = jnp.full(lead, jnp.nan, jnp.float32)
+    if at_once == active.size:  # every pair in one batch
+        one = jax.vmap(market_epoch, in_axes=(0, 0, 0, None))
+        if len(lead) == 2:
+            one = jax.vmap(one, in_axes=(0, 0, None, 0))
+        new_p, new_o, ndcg, loss = one(params, opt_state, data, values)
+        return (
+            _select(active, new_p, params),
+            _select(active, new_o, opt_state),
+            jnp.where(active, ndcg, nan),
+            jnp.where(active, loss, nan),
+        )
+
+    def pair_epoch(args):
+        p, o, act, i = args
+        market = jax.tree.map(lambda x: x[i % lead[-1]], data)
+        own = jax.tree.map(lambda x: x[i // lead[-1]], values) if len(lead) == 2 else values
+        nothing = jnp.where(act, jnp.float32(jnp.nan), jnp.float32(jnp.nan))  # typed as act
+        return jax.lax.cond(
+            act, lambda: market_epoch(p, o, market, own), lambda: (p, o, nothing, nothing)
+        )
+
+    def pairs(tree):  # [R, M, ...] -> [R * M, ...]
+        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(lead) :]), tree)
+
+    out = jax.lax.map(
+        pair_epoch,
+        (pairs(params), pairs(opt_state), active.reshape(-1), jnp.arange(active.size)),
+        batch_size=at_once if at_once > 1 else None,
+    )
+    return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), out)
 
 
 def finetune(
@@ -318,7 +370,7 @@ def finetune(
         valid_targets, market_index (shared by every run).
       on_epoch: optional callback(epoch, valid_ndcg [M], loss [M], active [M]) ([R, M] with
         runs); a market that has stopped (active False) shows its kept best validation
-        NDCG@10, not a measurement of parameters it will not keep.
+        NDCG@10, and its loss is NaN (it did not train).
       checkpoints: optional checkpoint.PhaseCheckpoints: the whole state (parameters,
         optimiser states, best-so-far parameters, early-stopping counters) is saved after
         every epoch and restored from the newest good checkpoint.
@@ -412,8 +464,9 @@ def finetune(
         history.append(
             {"epoch": epoch, "valid_ndcg@10": ndcg, "loss": loss, "active": active.copy()}
         )
-        if on_epoch is not None:  # a stopped market shows what it keeps, not a discarded value
-            on_epoch(epoch, np.where(active, ndcg, best_valid), loss, active.copy())
+        kept = np.where(active, ndcg, best_valid)  # a stopped market: what it keeps (not NaN)
+        if on_epoch is not None:
+            on_epoch(epoch, kept, loss, active.copy())
         active = active & (bad < ft.patience)
         state = {
             "params": params,
@@ -428,7 +481,7 @@ def finetune(
         checkpoints.save(
             epoch,
             state,
-            metrics={"valid_ndcg@10": np.mean(ndcg, axis=-1)},  # per run with a run axis
+            metrics={"valid_ndcg@10": np.mean(kept, axis=-1)},  # per run with a run axis
             last=epoch == ft.max_epochs or not active.any(),
         )
         checkpoints.check_preemption(phase, epoch)

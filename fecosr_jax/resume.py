@@ -41,6 +41,7 @@ ADDED_FIELDS = {
     "compilation_cache": "",
     "num_devices": 0,
     "federated.dp": dataclasses.asdict(DPConfig()),  # off: runs before DP had none
+    "finetune.markets_per_step": 0,
 }
 
 

@@ -149,3 +149,71 @@ def test_a_stopped_market_reports_what_it_keeps(stacked):
         np.testing.assert_array_equal(shown[~active], result.best_valid[~active])
         stopped_after += int((~active).sum())
     assert stopped_after > 0  # some market did stop while another trained on
+
+
+def same(a, b, rounding=False):
+    """Two fine-tuning results (or their run slices) are equal: bit for bit, or up to rounding
+    (XLA batches a vmapped product in another order, and Adam's m / sqrt(v) turns rounding in
+    a near-zero gradient into a step of up to ~lr: the bound of tests/test_runs.py)."""
+    np.testing.assert_array_equal(a.best_epoch, b.best_epoch)
+    np.testing.assert_allclose(a.best_valid, b.best_valid, rtol=0, atol=1e-6 if rounding else 0)
+    pairs = list(zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True))
+    if not rounding:
+        for x, y in pairs:
+            np.testing.assert_array_equal(x, y)
+        return
+    off = sum(int((np.abs(np.asarray(x) - np.asarray(y)) > 1e-5).sum()) for x, y in pairs)
+    assert off / sum(np.size(x) for x, _ in pairs) < 0.01
+
+
+def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
+    """markets_per_step: markets fine-tuned one after another (the CPU's default) give what
+    one vmapped batch gives, and two runs on a run axis what each run gives alone, up to
+    rounding (separate programs: XLA may fuse and order them differently). A stopped market
+    is skipped: a real conditional, not a select of computed values."""
+    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
+    num = stacked.num_markets
+    seq, batch = (
+        finetune.finetune(model, dataclasses.replace(ft, markets_per_step=k), start, data)
+        for k in (1, num)
+    )
+    same(seq, batch, rounding=True)
+    for s, b in zip(seq.history, batch.history, strict=True):
+        np.testing.assert_array_equal(s["active"], b["active"])
+        # a stopped market did not train: NaN in both (never a discarded measurement)
+        np.testing.assert_allclose(s["valid_ndcg@10"], b["valid_ndcg@10"], rtol=0, atol=1e-6)
+        assert np.isnan(s["valid_ndcg@10"][~s["active"]]).all()
+        assert np.isnan(s["loss"][~s["active"]]).all() and np.isfinite(s["loss"][s["active"]]).all()
+    # markets stopped while others trained on
+    assert any(h["active"].any() and not h["active"].all() for h in seq.history)
+
+    # two runs, one after another inside one epoch program, equal each run alone
+    runs = [
+        dataclasses.replace(ft, markets_per_step=1, seed=s, lr=lr)
+        for s, lr in ((0, 1e-2), (1, 3e-2))
+    ]
+    values = jax.tree.map(lambda *xs: np.stack(xs), *[f.values() for f in runs])
+    starts = jax.tree.map(lambda *xs: np.stack(xs), start, start)
+    grouped = finetune.finetune(model, runs[0], starts, data, values=values)
+    for i, f in enumerate(runs):
+        alone = seq if i == 0 else finetune.finetune(model, f, start, data)
+        part = jax.tree.map(lambda x, i=i: x[i], grouped.params)
+        mine = finetune.FinetuneResult(
+            part, model, grouped.best_valid[i], grouped.best_epoch[i], []
+        )
+        same(mine, alone, rounding=True)
+    assert not np.array_equal(grouped.best_valid[0], grouped.best_valid[1])
+
+    # Structure: one at a time is a loop with a conditional per (run, market); all at once
+    # computes every pair and selects.
+    for at_once, has_cond in ((1, True), (2 * num, False)):
+        program = dataclasses.replace(ft, markets_per_step=at_once).program()
+        opt_state = finetune._start(program, 2, starts)[1]
+        text = str(
+            jax.make_jaxpr(
+                lambda p, o, a, d, v, program=program: finetune._run_epoch(
+                    model, program, 2, p, o, a, d, 1, v
+                )
+            )(starts, opt_state, np.ones((2, num), bool), data, values)
+        )
+        assert (" cond[" in text) == has_cond, at_once
