@@ -78,7 +78,8 @@ class FinetuneConfig:
       follow in sequence inside the same compiled epoch. 0 = one at a time on a CPU (there a
       sequence of small products is faster than a batch of them, and a market that has
       stopped is skipped instead of computed and discarded), all at once on an accelerator
-      (a batch fills it). Every setting gives the same numbers on a CPU (bit for bit).
+      (a batch fills it). Settings agree up to rounding (XLA orders a batched product
+      differently); the test config's results.json is byte-identical across them.
     eval_batch_size: users scored at once in validation.
     seed: batches and dropout come from (seed, epoch, market, step).
     """

@@ -89,8 +89,8 @@ class ModelConfig:
 
 def keep_probability(rate: float) -> np.float32:
     """The keep probability of dropout rate `rate` as data: 1 - rate in double precision, then
-    float32, the constant nn.Dropout's arithmetic uses, so a run with its rate as data computes
-    bit for bit what the rate as a constant computes."""
+    float32, the very number nn.Dropout's arithmetic uses (as data XLA cannot fold it into
+    the products around it, so results agree with the constant's up to rounding)."""
     return np.float32(1.0 - float(rate))
 
 
