@@ -204,6 +204,17 @@ def dropout(model: ModelConfig, rates: list[float]) -> tuple[ModelConfig, np.nda
     return model, np.stack([keep_probability(r) for r in rates])
 
 
+def together(model: ModelConfig, values: list, rates: list[float]):
+    """(model config, values) that train runs with per-run `values` (FedValues or
+    FinetuneValues, one per run) and dropout rates `rates` together: the values stacked on a
+    run axis with the rates' keep probabilities (`dropout`), or None for one run (the
+    program's own values)."""
+    model, keep = dropout(model, rates)
+    if len(values) == 1:
+        return model, None
+    return model, round_lib.stack_runs(values).replace(dropout_keep=keep)
+
+
 def classes(items: list, identity: Callable) -> list[list]:
     """The items in classes of equal identity (in order of first appearance)."""
     out: dict[tuple, list] = {}

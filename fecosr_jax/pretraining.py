@@ -226,10 +226,9 @@ class Pretrainer:
         starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
         feds = [q.adjust(fed_config(run.config)) for q, run in reps]
         assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
-        model, keep = groups.dropout(p.model, [run.config.model.dropout for _, run in reps])
-        values = None
-        if grouped:
-            values = fed_round.stack_runs([f.values() for f in feds]).replace(dropout_keep=keep)
+        model, values = groups.together(
+            p.model, [f.values() for f in feds], [run.config.model.dropout for _, run in reps]
+        )
         plan = self.privacy_plan(p, feds[0])  # the same for every run: DP is the program's
 
         if plan is not None:  # [rounds, M] rounds trained so far, per class of runs

@@ -169,7 +169,9 @@ class Runner:
                 metrics = evaluation.evaluate(model, params, *test, **evaluate)
             return [groups.run_part(metrics, i, grouped) for i in range(len(items))]
         fts = [finetune_config(run.config, mode) for run in runs]
-        model, keep = groups.dropout(model, [run.config.model.dropout for run in runs])
+        model, values = groups.together(
+            model, [ft.values() for ft in fts], [run.config.model.dropout for run in runs]
+        )
         model = finetune.model_config_for(model, fts[0], stacked.item_mask.shape[1] - 1)
         starts = [
             finetune.init_market_params(
@@ -217,11 +219,7 @@ class Runner:
                 checkpoints=checkpoint.group_phase(phases),
                 names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
                 phase="finetune_" + "+".join(methods),
-                values=(
-                    fed_round.stack_runs([ft.values() for ft in fts]).replace(dropout_keep=keep)
-                    if grouped
-                    else None
-                ),
+                values=values,
                 run_names=[
                     f"{run.label} {m}".strip() if several else run.label for m, run in items
                 ],

@@ -83,12 +83,11 @@ def test_runs_that_differ_in_values_share_one_compiled_round(stacked):
 
 
 def test_grouped_round_equals_each_run_alone(stacked):
-    model, keep = groups.dropout(MODEL, DROPOUT)
+    model, values = groups.together(MODEL, [f.values() for f in RUNS], DROPOUT)
     r = fr.build_round(model, RUNS[0], 3, fr.make_mesh(jax.devices()[:1]))
     data = r.put(fr.round_data(stacked, RUNS[0]))
     params = jax.tree.map(lambda *xs: np.stack(xs), *[start(f.seed) for f in RUNS])
     state = r.init_runs(params)
-    values = fr.stack_runs([f.values() for f in RUNS]).replace(dropout_keep=keep)
     drawn = []
     for _ in range(3):
         state, metrics = r.step(state, data, values)
@@ -134,8 +133,7 @@ def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
         finetune.finetune(dataclasses.replace(model, dropout=d), f, p, data)
         for f, p, d in zip(runs, starts, DROPOUT, strict=True)
     ]
-    group_model, keep = groups.dropout(model, DROPOUT)
-    stacked_values = fr.stack_runs([f.values() for f in runs]).replace(dropout_keep=keep)
+    group_model, stacked_values = groups.together(model, [f.values() for f in runs], DROPOUT)
     grouped = finetune.finetune(
         group_model,
         runs[0],
