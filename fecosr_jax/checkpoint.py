@@ -4,10 +4,11 @@ A run is a sequence of phases: each pretraining (`pretrain_<kind>`, one step per
 round) and each method's fine-tuning (`finetune_<method>`, one step per epoch). Each phase has
 its own orbax CheckpointManager in WORKDIR/checkpoints/<phase>/<step>/, holding:
 
-  state: the phase's whole training state as arrays (orbax StandardSave: OCDBT/zarr, no
-         pickles): server params + optimiser state + round, or the per-market parameters,
-         their optimiser states, the best-so-far parameters and early-stopping counters.
-  meta:  JSON: phase, step, seed, and a fingerprint of every state array (verified on
+  state: the phase's whole training state (orbax StandardSave: OCDBT/zarr, no pickles):
+         server params + optimiser state + round, or the per-market parameters, their
+         optimiser states, the best-so-far parameters and early-stopping counters; packed
+         into one flat array per dtype (`pack`: orbax's cost is per array).
+  meta:  JSON: step, the layout, and a fingerprint of every saved array (verified on
          restore, so a corrupted checkpoint is detected, reported and skipped).
 
 Randomness is stateless: batches, dropout and client sampling derive from (seed, round or
@@ -80,14 +81,84 @@ class PreemptionHandler:
 
 
 # ---------------------------------------------------------------------------------------------
-# Fingerprints: a hash of every array's exact bytes, stored in the checkpoint's JSON.
+# What orbax writes: the state packed into one flat array per dtype. Orbax's cost is mostly per
+# array (~2 ms each on a 2-core CPU, and a model's training state has over a hundred), so a
+# state saved leaf by leaf cost as much as a centralized round's compute; packed, it is a few
+# arrays. Every array a process holds whole (all of them in a one-process run) is copied to the
+# host in one transfer and packed; a global array over several processes' devices (the
+# replicated server state, markets sharded over every process) stays as it is, each process
+# writing its own shards. Restoring unpacks into the target's shapes, dtypes and shardings.
+
+LAYOUT = "packed/1"  # recorded in each checkpoint's meta; checkpoints without it are per leaf
+
+
+def _global(x) -> bool:
+    return isinstance(x, jax.Array) and not x.is_fully_addressable
+
+
+def pack(tree) -> dict:
+    """{dtype name: every whole leaf of that dtype, flattened and concatenated in leaf order},
+    plus {"leaf<i>": x} for the global leaves (`_global`), as they are."""
+    leaves = jax.tree.leaves(tree)
+    whole = [i for i, x in enumerate(leaves) if not _global(x)]
+    parts: dict[str, list[np.ndarray]] = {}
+    for x in jax.device_get([leaves[i] for i in whole]):
+        x = np.asarray(x)
+        parts.setdefault(x.dtype.name, []).append(x.reshape(-1))
+    packed: dict = {name: np.concatenate(xs) for name, xs in parts.items()}
+    packed.update({f"leaf{i}": x for i, x in enumerate(leaves) if _global(x)})
+    return packed
+
+
+def packed_like(target) -> dict:
+    """The shapes `pack(target)` has, as orbax restore targets (host arrays, not filled)."""
+    sizes: dict[str, int] = {}
+    packed: dict = {}
+    for i, x in enumerate(jax.tree.leaves(target)):
+        if _global(x):
+            packed[f"leaf{i}"] = x
+        else:
+            name = np.dtype(x.dtype).name
+            sizes[name] = sizes.get(name, 0) + int(np.prod(np.shape(x), dtype=np.int64))
+    packed.update({name: np.empty(n, name) for name, n in sizes.items()})
+    return packed
+
+
+def unpack(packed: dict, target):
+    """The inverse of `pack`, shaped like `target`: its device arrays back on their devices
+    (one transfer), its host arrays as numpy."""
+    leaves, treedef = jax.tree.flatten(target)
+    offsets = dict.fromkeys(packed, 0)
+    out = []
+    for i, t in enumerate(leaves):
+        if _global(t):
+            out.append(packed[f"leaf{i}"])
+            continue
+        name, shape = np.dtype(t.dtype).name, np.shape(t)
+        size = int(np.prod(shape, dtype=np.int64))
+        flat = np.asarray(packed[name])
+        if offsets[name] + size > flat.size:
+            raise ValueError(f"the checkpoint holds fewer {name} values than the state has")
+        out.append(flat[offsets[name] : offsets[name] + size].reshape(shape))
+        offsets[name] += size
+    if any(offsets[n] != np.size(packed[n]) for n in offsets if not n.startswith("leaf")):
+        raise ValueError("the checkpoint holds more values than the state has")
+    on_device = [i for i, t in enumerate(leaves) if isinstance(t, jax.Array) and not _global(t)]
+    put = jax.device_put([out[i] for i in on_device], [leaves[i].sharding for i in on_device])
+    for i, x in zip(on_device, put, strict=True):
+        out[i] = x
+    return treedef.unflatten(out)
+
+
+# ---------------------------------------------------------------------------------------------
+# Fingerprints: a hash of every saved array's exact bytes, stored in the checkpoint's JSON.
 
 
 def fingerprint(tree) -> list[str]:
     """Per-leaf BLAKE2b digest of the exact bytes (and dtype, shape) of every array."""
     out = []
     for x in jax.tree.leaves(tree):
-        if isinstance(x, jax.Array) and not x.is_fully_addressable and not x.is_fully_replicated:
+        if _global(x) and not x.is_fully_replicated:
             # markets sharded over every process's devices: every process hashes all of it
             x = multihost_utils.process_allgather(x, tiled=True)
         x = np.ascontiguousarray(jax.device_get(x))
@@ -98,10 +169,8 @@ def fingerprint(tree) -> list[str]:
 
 
 # ---------------------------------------------------------------------------------------------
-# Multi-process runs: arrays that live on one process's devices (computed identically by every
-# process) are saved as host numpy arrays, which orbax writes once; global arrays (the federated
-# server state, replicated over every process's devices; the fine-tuning state, its markets
-# sharded over them) are saved as they are, each process writing its own shards.
+# Checkpoints written before LAYOUT (leaf by leaf): in a multi-process run, arrays that live on
+# one process's devices were saved as host numpy arrays, global arrays as they are.
 
 
 def _host_local(x) -> bool:
@@ -176,16 +245,7 @@ class PhaseCheckpoints:
         steps = [s for s in self.steps() if at_most is None or s <= at_most]
         for step in reversed(steps):
             try:
-                restored = self.manager.restore(
-                    step,
-                    args=ocp.args.Composite(
-                        state=ocp.args.StandardRestore(_to_savable(target)),
-                        meta=ocp.args.JsonRestore(),
-                    ),
-                )
-                state, meta = _like_target(restored["state"], target), restored["meta"]
-                if meta["fingerprint"] != fingerprint(state):
-                    raise ValueError("its arrays do not match the fingerprint saved with them")
+                state = self._restore(step, target)
             except Exception as e:  # any failure: fall back to an older checkpoint
                 warnings.warn(
                     f"{self.directory / str(step)}: checkpoint unreadable or corrupt "
@@ -197,16 +257,28 @@ class PhaseCheckpoints:
             return step, state
         return None
 
+    def _restore(self, step: int, target):
+        meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
+        packed = meta["meta"].get("layout") == LAYOUT
+        saved_like = packed_like(target) if packed else _to_savable(target)
+        saved = self.manager.restore(
+            step, args=ocp.args.Composite(state=ocp.args.StandardRestore(saved_like))
+        )["state"]
+        if meta["meta"]["fingerprint"] != fingerprint(saved):
+            raise ValueError("its arrays do not match the fingerprint saved with them")
+        return unpack(saved, target) if packed else _like_target(saved, target)
+
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
         """Saves `state` as `step` (every `every` steps, at the last one, and on SIGTERM)."""
         if not (last or step % self.every == 0 or preemption_requested()):
             return
         self._check_space(step, state)
-        meta = {"step": step, "fingerprint": fingerprint(state)}
+        packed = pack(state)
+        meta = {"step": step, "layout": LAYOUT, "fingerprint": fingerprint(packed)}
         self.manager.save(
             step,
             args=ocp.args.Composite(
-                state=ocp.args.StandardSave(_to_savable(state)), meta=ocp.args.JsonSave(meta)
+                state=ocp.args.StandardSave(packed), meta=ocp.args.JsonSave(meta)
             ),
             metrics=None if metrics is None else {k: float(v) for k, v in metrics.items()},
             force=True,

@@ -4,6 +4,7 @@ non-finite losses, incompatible configs, and no pickles (issue 5).
 The reference is one uninterrupted in-process run of `fecosr` on the tiny config; every
 interrupted run must end with the same results.json bytes and bitwise-equal final states."""
 
+import functools
 import json
 import os
 import pathlib
@@ -315,6 +316,82 @@ def test_config_fields_added_later_match_their_default_when_absent():
     assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
         "model.norm (checkpoint 'pre', now 'post')"
     ]
+
+
+def mixed_state():
+    """Device arrays on one device and sharded over four, host arrays, several dtypes."""
+    mesh = jax.make_mesh((4,), ("markets",), devices=jax.devices()[:4])
+    sharded = jax.sharding.NamedSharding(mesh, jax.sharding.PartitionSpec("markets"))
+    return {
+        "params": {
+            "w": jnp.arange(12, dtype=jnp.float32).reshape(3, 4) / 7,
+            "per_market": jax.device_put(jnp.linspace(-1, 1, 24).reshape(4, 6), sharded),
+            "b": jnp.full((2,), 0.5, jnp.bfloat16),
+        },
+        "active": np.array([True, False, True, True]),
+        "bad": np.arange(4, dtype=np.int32),
+        "epoch": np.asarray(3, np.int32),
+        "round": jnp.asarray(5, jnp.int32),
+    }
+
+
+def test_a_packed_checkpoint_restores_every_array_dtype_and_sharding(tmp_path):
+    state = mixed_state()
+    packed = checkpoint.pack(state)
+    # one array per dtype: 12 + 24 float32 values, 4 + 1 + 1 int32, 4 bool, 2 bfloat16
+    assert {k: v.shape for k, v in packed.items()} == {
+        "float32": (36,),
+        "bfloat16": (2,),
+        "bool": (4,),
+        "int32": (6,),
+    }
+    np.testing.assert_array_equal(packed["int32"], [0, 1, 2, 3, 3, 5])  # leaf order
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=True)
+    phase.save(1, state)
+    phase.close()
+    target = jax.tree.map(jnp.zeros_like, state)
+    target["active"], target["bad"], target["epoch"] = (
+        np.zeros(4, bool),
+        np.zeros(4, np.int32),
+        np.asarray(0, np.int32),
+    )
+    step, got = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False).restore(
+        target
+    )
+    assert step == 1
+    for path, want in jax.tree_util.tree_leaves_with_path(state):
+        x = functools.reduce(lambda t, k: t[k.key], path, got)
+        assert type(x) is type(want) and x.dtype == want.dtype and x.shape == want.shape, path
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(want))
+        if isinstance(want, jax.Array):
+            assert x.sharding == want.sharding, path
+    # A state of another shape cannot take this checkpoint: it is reported and removed.
+    other = {**target, "bad": np.zeros(5, np.int32)}
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False)
+    with pytest.warns(UserWarning, match="1: checkpoint unreadable or corrupt"):
+        assert phase.restore(other) is None
+    assert phase.steps() == []
+
+
+def test_a_checkpoint_saved_leaf_by_leaf_still_restores(tmp_path):
+    # Checkpoints written before the packed layout (no "layout" in their meta) resume.
+    state = mixed_state()
+    manager = ocp.CheckpointManager(tmp_path, item_names=("state", "meta"))
+    manager.save(
+        4,
+        args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            meta=ocp.args.JsonSave({"step": 4, "fingerprint": checkpoint.fingerprint(state)}),
+        ),
+    )
+    manager.wait_until_finished()
+    manager.close()
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False)
+    step, got = phase.restore(jax.tree.map(jnp.zeros_like, state))
+    assert step == 4
+    assert jax.tree.all(jax.tree.map(lambda a, b: np.array_equal(a, b), got, state))
+    assert got["params"]["per_market"].sharding == state["params"]["per_market"].sharding
+    phase.close()
 
 
 def test_group_phase_restores_the_newest_step_every_run_has(tmp_path):
