@@ -376,7 +376,8 @@ def _finish_run(
     pop_ranks: dict,
     trainer: runner.Runner,
 ) -> tuple[dict, dict]:
-    """One run's results.json / results.md / plots from its finished methods."""
+    """One run's results.json / results.md / ranks.npz / training.json / plots from its
+    finished methods."""
     done = run.checkpoints.progress
     tables = {m: done["methods"][m] for m in methods if m in done["methods"]}
     ranks = {m: done["ranks"][m] for m in tables if m in done["ranks"]}
@@ -402,6 +403,10 @@ def _finish_run(
         results["privacy"] = private
     if distributed.is_primary():
         reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
+        reporting.write_json_atomic(
+            epath.Path(run.workdir) / metrics_log.TRAINING,
+            metrics_log.training_record(run.log.lines),
+        )
         table = reporting.write_results(
             run.workdir, results, run.log.curves, plots=run.config.plots
         )

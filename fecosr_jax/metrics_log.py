@@ -1,15 +1,75 @@
 """The run's log: metrics.jsonl (one line per pretraining round and fine-tuning epoch),
-TensorBoard scalars, and the progress lines a person reads (step of total, rate, ETA)."""
+TensorBoard scalars, the progress lines a person reads (step of total, rate, ETA), and at the
+run's end training.json, what the log says about the training (seconds per round, the
+validation NDCG@10 that early stopping kept) for sweeps to read."""
 
 from __future__ import annotations
 
+import itertools
 import json
+import statistics
 import time
 
 from etils import epath
 
 from fecosr_jax import progress as progress_lib
 from fecosr_jax.files import is_remote, write_text_atomic
+
+TRAINING = "training.json"  # a run's training record (`training_record`), beside results.json
+
+
+def read_lines(workdir) -> list[dict]:
+    """The lines of WORKDIR/metrics.jsonl ([] when there is none)."""
+    path = epath.Path(workdir) / "metrics.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
+
+
+def training_record(lines: list[dict]) -> dict:
+    """What a run's log says about its training (written as WORKDIR/training.json):
+
+    pretraining: {kind: {"rounds": rounds logged, "seconds_per_round": the median gap
+                 between consecutive rounds (round 1 compiles; checkpoints included),
+                 "delta_cosine": the mean pairwise cosine of the client updates}}
+    validation:  {method: {"markets": {market: its best logged validation NDCG@10, what
+                 early stopping keeps}, "mean": the mean over markets}}
+    seconds:     the run's last logged time.
+    """
+    rounds: dict[str, list[dict]] = {}
+    best: dict[str, dict[str, float]] = {}
+    for x in lines:
+        if x["stage"] == "pretrain":
+            rounds.setdefault(x["paradigm"], []).append(x)
+        elif x["stage"] == "finetune" and x.get("market_valid_ndcg@10"):
+            by_market = best.setdefault(x["paradigm"], {})
+            for market, v in x["market_valid_ndcg@10"].items():
+                if v is not None:
+                    by_market[market] = max(v, by_market.get(market, v))
+    pretraining = {}
+    for kind, xs in rounds.items():
+        xs = sorted(xs, key=lambda x: x["step"])
+        gaps = [
+            b["seconds"] - a["seconds"]
+            for a, b in itertools.pairwise(xs)
+            if b["step"] == a["step"] + 1
+        ]
+        cosines = [x["delta_cosine"] for x in xs if x.get("delta_cosine") is not None]
+        pretraining[kind] = {
+            "rounds": len(xs),
+            "seconds_per_round": round(statistics.median(gaps), 4) if gaps else None,
+            "delta_cosine": round(statistics.fmean(cosines), 6) if cosines else None,
+        }
+    validation = {
+        method: {"markets": by_market, "mean": round(statistics.fmean(by_market.values()), 6)}
+        for method, by_market in best.items()
+        if by_market
+    }
+    return {
+        "pretraining": pretraining,
+        "validation": validation,
+        "seconds": lines[-1]["seconds"] if lines else None,
+    }
 
 
 class RunLog:
@@ -27,9 +87,7 @@ class RunLog:
         self.path = epath.Path(workdir) / "metrics.jsonl"
         self.remote = is_remote(self.path)
         self.writes = writes  # False: keep the lines in memory only (processes other than 0)
-        self.lines: list[dict] = []
-        if self.path.exists():
-            self.lines = [json.loads(x) for x in self.path.read_text().splitlines() if x.strip()]
+        self.lines = read_lines(workdir)
         last = self.lines[-1]["seconds"] if self.lines else 0.0
         self.start = time.perf_counter() - last
         self.synced = time.perf_counter()

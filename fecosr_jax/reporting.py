@@ -115,6 +115,14 @@ def pool_ranks(per_seed: list[dict]) -> dict:
     return {m: {n: np.asarray(r) for n, r in by.items()} for m, by in pooled.items()}
 
 
+def mean_std(values) -> tuple[float | None, float | None]:
+    """The mean over seeds and the standard deviation (ddof 1; 0 for one seed), rounded; a
+    mean of None where a seed lacks the value (None or NaN): nothing is averaged over fewer
+    seeds than were run."""
+    v = np.asarray([np.nan if x is None else x for x in values], np.float64)
+    return clean(v.mean()), clean(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
 def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     """One results dict from the results of several seeds on the same markets and users:
     "methods" holds the mean over seeds of every metric, "std" the standard deviation (ddof 1),
@@ -130,9 +138,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
             means[m][row], stds[m][row] = {}, {}
             for k in first["methods"][m][row]:
                 v = [r["methods"][m][row][k] for r in per_seed]
-                v = np.asarray([np.nan if x is None else x for x in v], np.float64)
-                means[m][row][k] = clean(v.mean())
-                stds[m][row][k] = clean(v.std(ddof=1)) if len(v) > 1 else 0.0
+                means[m][row][k], stds[m][row][k] = mean_std(v)
     skipped = {}
     for r in per_seed:
         skipped.update(r.get("skipped", {}))

@@ -5,23 +5,27 @@ seeds): one run per grid point, then one table and one plot.
   python launch/sweep.py --markets=8 --heterogeneity=0,0.5,1 --seeds=0,1,2 \
       --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
       --config.methods=fedavg_ce,fecosr
-  python launch/sweep.py ... --print-only     # the commands, one per line (for a cluster)
-  python launch/sweep.py ... --collect-only   # the table and plot from finished runs
+  python launch/sweep.py ... --print_only     # the commands, one per line (for a cluster)
+  python launch/sweep.py ... --collect_only   # the table and plot from finished runs
 
 Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1); arguments of the form
 --config.FIELD=VALUE go to every run. Grid points that differ only in per-run values (--seeds,
 --alpha, --temperature: fecosr_jax.groups) form a group: one process of experiments.main
 trains them together on the run axis of the same compiled programs (--run=NAME:..., one per
-point), --runs-per-process points at a time (0 = the whole group, 1 = a process per point).
+point), --runs_per_process points at a time (0 = the whole group, 1 = a process per point).
 The other axes change the data or the program: a process each. Processes run one after
 another; a process's output goes to DIR/logs/<process>.log, linked from each of its runs as
 runs/<name>/sweep.log. A run that already finished only reports (experiments.main resumes
 from its workdir), so re-running the sweep after an interruption continues where it stopped.
-A failed process is reported and the others go on; the sweep then exits 1.
+A failed process is reported and the others go on; the sweep then exits 1. Flags are absl
+flags, as for experiments/main.py (--helpfull lists them; the config file and its
+--config.FIELD overrides are checked before anything runs); an axis or --compare value the
+sweep cannot use exits 2 with one line, before anything is written.
 
-DIR then holds sweep.json (one row per run: the grid values, per method the mean test
-NDCG@10 / HR@10 and the markets significantly better / worse than local, the time per
-federated round and the mean client-update cosine), sweep.md (mean ± std over seeds) and
+DIR then holds sweep.json (one row per run, from the run's results.json and training.json:
+the grid values, per method the mean test NDCG@10 / HR@10, the validation NDCG@10 and the
+markets significantly better / worse than local, the time per federated round and the mean
+client-update cosine), sweep.md (mean ± std over seeds, reporting.mean_std) and
 sweep.png (against the first swept axis, error bars = std over seeds: NDCG@10 per method,
 seconds per round, the --compare gaps, the client-update cosines).
 
@@ -32,21 +36,21 @@ seconds per round, the --compare gaps, the client-update cosines).
 
 from __future__ import annotations
 
-import argparse
-import importlib.util
 import itertools
 import json
 import os
 import pathlib
 import shlex
-import statistics
 import subprocess
 import sys
 
-from fecosr_jax import plots, reporting
+from absl import app, flags
+from ml_collections import config_flags
+
+from fecosr_jax import metrics_log, plots, reporting
 from fecosr_jax.files import write_text_atomic
 
-# Sweep axis: (command-line flag, config field, short name in run names, type).
+# Sweep axis: (flag, config field, short name in run names, type).
 AXES = (
     ("markets", "synthetic.num_markets", "M", int),
     ("heterogeneity", "synthetic.heterogeneity", "het", float),
@@ -62,74 +66,50 @@ METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-
 FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
 
 
-def parse_args(argv: list[str]) -> tuple[argparse.Namespace, list[str]]:
-    parser = argparse.ArgumentParser(
-        prog="launch/sweep.py",
-        description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
-    )
-    parser.add_argument("--config", required=True, help="config file (path[:arg]), as for main")
-    parser.add_argument("--workdir", required=True, help="the sweep's folder (runs/ inside)")
+def define_flags():
+    """The sweep's flags (defined when run as a program: the tests import this module beside
+    experiments' own flags)."""
+    config_flags.DEFINE_config_file("config", None, "config file (path[:arg]), as for main")
+    flags.DEFINE_string("workdir", None, "the sweep's folder (runs/ inside)")
+    flags.mark_flags_as_required(["config", "workdir"])
     for flag, field, _, kind in AXES:
-        parser.add_argument(
-            *sorted({f"--{flag}", f"--{flag.replace('_', '-')}"}),
-            dest=flag,
-            default="",
-            help=f"comma-separated {kind.__name__} values of config.{field}",
-        )
-    parser.add_argument(
-        "--compare",
-        default="",
-        help="method pairs A:B (comma-separated): the table and plot add the NDCG@10 gap A - B, "
+        flags.DEFINE_list(flag, [], f"comma-separated {kind.__name__} values of config.{field}")
+    flags.DEFINE_list(
+        "compare",
+        [],
+        "method pairs A:B (comma-separated): the table and plot add the NDCG@10 gap A - B, "
         "per seed, then mean ± std (e.g. fecosr:fecosr_no_s2ce for S²CE against CE)",
     )
-    parser.add_argument(
-        "--runs-per-process",
-        type=int,
-        default=0,
-        help="grid points that differ only in --seeds/--alpha/--temperature train together in "
+    flags.DEFINE_integer(
+        "runs_per_process",
+        0,
+        "grid points that differ only in --seeds/--alpha/--temperature train together in "
         "one process, this many at a time (0 = all of them; 1 = one process per point)",
+        lower_bound=0,
     )
-    parser.add_argument("--print-only", action="store_true", help="print the commands only")
-    parser.add_argument(
-        "--collect-only", action="store_true", help="only build the table and plot from DIR/runs"
-    )
-    args, rest = parser.parse_known_args(argv)
-    bad = [a for a in rest if not a.startswith("--config.")]
-    if bad:
-        parser.error(f"unknown arguments {bad}: only --config.FIELD=VALUE is passed to the runs")
-    if args.runs_per_process < 0:
-        parser.error(f"--runs-per-process={args.runs_per_process}: expected 0 (all) or more")
-    return args, rest
+    flags.DEFINE_bool("print_only", False, "print the commands only")
+    flags.DEFINE_bool("collect_only", False, "only build the table and plot from DIR/runs")
 
 
-def grid(args: argparse.Namespace) -> list[dict]:
-    """Every combination of the swept values: [{flag: value}], in the order of AXES."""
+def grid(values: dict[str, list[str]]) -> list[dict]:
+    """Every combination of the swept values ({axis flag: its values as given}): [{flag:
+    value}], in the order of AXES."""
     axes = []
     for flag, _, _, kind in AXES:
-        text = getattr(args, flag)
-        if not text:
+        given = [v for v in values.get(flag, []) if v.strip()]
+        if not given:
             continue
         try:
-            values = [kind(v) for v in text.split(",") if v.strip()]
+            axes.append([(flag, kind(v)) for v in given])
         except ValueError as e:
-            raise SystemExit(f"--{flag}={text}: expected comma-separated {kind.__name__}s") from e
-        if not values:
-            raise SystemExit(f"--{flag}={text}: no values")
-        axes.append([(flag, v) for v in values])
+            raise BadFlag(
+                f"--{flag}={','.join(given)}: expected comma-separated {kind.__name__}s"
+            ) from e
     return [dict(point) for point in itertools.product(*axes)]
 
 
-def load_config(spec: str):
-    """The ml_collections config of `path[:arg]` (as --config reads it)."""
-    path, _, arg = spec.partition(":")
-    file = pathlib.Path(path)
-    if not file.is_file():
-        raise SystemExit(f"--config={spec}: no such file {path}")
-    module_spec = importlib.util.spec_from_file_location("sweep_config", file)
-    module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    return module.get_config(arg) if arg else module.get_config()
+class BadFlag(ValueError):
+    """A flag's value the sweep cannot use (exit 2, nothing written)."""
 
 
 def run_name(point: dict) -> str:
@@ -184,74 +164,48 @@ def command(
 
 
 def collect(run_dir: pathlib.Path, point: dict) -> dict:
-    """One row: the grid values, per-method means, seconds per round, update cosines."""
+    """One row: the grid values; per method the mean test metrics and the markets
+    significantly better / worse than local (results.json); the validation NDCG@10, seconds
+    per round and client-update cosines (training.json, fecosr_jax.metrics_log; from the
+    run's metrics.jsonl for a run made before it had one)."""
     row = {"run": run_dir.name, **point, "status": "missing", "methods": {}}
     results_path = run_dir / "results.json"
     if not results_path.exists():
         return row
     results = json.loads(results_path.read_text())
+    training_path = run_dir / metrics_log.TRAINING
+    training = (
+        json.loads(training_path.read_text())
+        if training_path.exists()
+        else metrics_log.training_record(metrics_log.read_lines(run_dir))
+    )
     row["status"] = "done"
     row["num_markets"] = len(results["markets"])
     row["methods"] = {
         m: {k: table["mean"].get(k) for k in METRICS} for m, table in results["methods"].items()
     }
-    # Markets significantly better / worse than local (paired test; fecosr_jax.significance).
+    for method, valid in training["validation"].items():
+        if method in row["methods"]:
+            row["methods"][method]["valid_ndcg@10"] = valid["mean"]
     row["vs_local"] = {
         m: [c.get("markets_significantly_better"), c.get("markets_significantly_worse")]
         for m, c in results.get("vs_local", {}).items()
     }
-    lines = []
-    metrics_path = run_dir / "metrics.jsonl"
-    if metrics_path.exists():
-        lines = [json.loads(x) for x in metrics_path.read_text().splitlines() if x.strip()]
-    # Validation NDCG@10 of a fine-tuned method: per market its best logged epoch (what early
-    # stopping keeps), then the mean over markets; for choosing settings without the test set.
-    best: dict[str, dict[str, float]] = {}
-    for x in lines:
-        if x["stage"] == "finetune" and x.get("market_valid_ndcg@10"):
-            by_market = best.setdefault(x["paradigm"], {})
-            for market, v in x["market_valid_ndcg@10"].items():
-                if v is not None:
-                    by_market[market] = max(v, by_market.get(market, v))
-    for method, by_market in best.items():
-        if method in row["methods"]:
-            row["methods"][method]["valid_ndcg@10"] = round(statistics.fmean(by_market.values()), 6)
-    rounds: dict[str, list[tuple[int, float, float | None]]] = {}
-    for x in lines:
-        if x["stage"] == "pretrain":
-            rounds.setdefault(x["paradigm"], []).append(
-                (x["step"], x["seconds"], x.get("delta_cosine"))
-            )
-    # Seconds per round: the median gap between consecutive rounds (round 1 compiles).
-    row["round_s"] = {}
-    row["delta_cosine"] = {}
-    for kind, points in rounds.items():
-        points.sort()
-        gaps = [b[1] - a[1] for a, b in itertools.pairwise(points) if b[0] == a[0] + 1]
-        if gaps:
-            row["round_s"][kind] = round(statistics.median(gaps), 4)
-        cosines = [c for _, _, c in points if c is not None]
-        if cosines:
-            row["delta_cosine"][kind] = round(statistics.fmean(cosines), 6)
-    row["run_s"] = lines[-1]["seconds"] if lines else None
+    pretraining = training["pretraining"].items()
+    row["round_s"] = {k: p["seconds_per_round"] for k, p in pretraining if p["seconds_per_round"]}
+    row["delta_cosine"] = {
+        k: p["delta_cosine"] for k, p in pretraining if p["delta_cosine"] is not None
+    }
+    row["run_s"] = training["seconds"]
     return row
-
-
-def parse_pairs(text: str) -> list[tuple[str, str]]:
-    if not text.strip():
-        return []
-    try:
-        return reporting.parse_pairs(text)
-    except ValueError as e:
-        raise SystemExit(f"--compare: {e}") from e
 
 
 def summarise(
     rows: list[dict], axes: list[str], pairs: list[tuple[str, str]] | None = None
 ) -> list[dict]:
-    """Rows grouped over seeds: per group the mean and std (ddof 1; 0 for one seed) of every
-    method's metrics, the seconds per round, the update cosines and, per pair (A, B), the
-    NDCG@10 gap A - B of each seed."""
+    """Rows grouped over seeds: per group the mean and std over seeds (reporting.mean_std:
+    ddof 1, 0 for one seed; None where a seed lacks the value) of every method's metrics,
+    the seconds per round, the update cosines and, per pair (A, B), the NDCG@10 gap A - B."""
     keys = [a for a in axes if a != "seeds"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -259,10 +213,8 @@ def summarise(
             groups.setdefault(tuple(row[k] for k in keys), []).append(row)
 
     def stats(values):
-        values = [v for v in values if v is not None]
-        if not values:
-            return None
-        return [statistics.fmean(values), statistics.stdev(values) if len(values) > 1 else 0.0]
+        mean, std = reporting.mean_std(values)
+        return None if mean is None else [mean, std]
 
     out = []
     for values, members in groups.items():
@@ -401,39 +353,51 @@ def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
     return True
 
 
+def _error(message: str) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2  # bad input: nothing was written
+
+
 def main(argv: list[str]) -> int:
-    args, overrides = parse_args(argv)
-    points = grid(args)
-    pairs = parse_pairs(args.compare)
-    axes = [flag for flag, *_ in AXES if getattr(args, flag)]
-    config = load_config(args.config)
-    synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
-    data_format = next(
-        (o.split("=", 1)[1] for o in overrides if o.startswith("--config.data.format=")),
-        config.data.format,
-    )
-    if synthetic_axes and data_format != "synthetic":
-        raise SystemExit(
-            f"--{synthetic_axes[0]} sets config.synthetic.*, but {args.config} loads "
-            f"data.format={data_format!r}: sweep it over a synthetic config"
+    FLAGS = flags.FLAGS
+    if len(argv) > 1:
+        return _error(
+            f"unexpected arguments {argv[1:]}: only --config.FIELD=VALUE goes to the runs"
         )
-    root = pathlib.Path(args.workdir).absolute()
+    try:
+        points = grid({flag: FLAGS[flag].value for flag, *_ in AXES})
+        pairs = reporting.parse_pairs(",".join(FLAGS.compare)) if FLAGS.compare else []
+    except BadFlag as e:
+        return _error(str(e))
+    except ValueError as e:
+        return _error(f"--compare: {e}")
+    axes = [flag for flag, *_ in AXES if FLAGS[flag].value]
+    config, spec = FLAGS.config, FLAGS["config"].config_filename
+    overrides = [
+        f"--config.{field}={value}"
+        for field, value in config_flags.get_override_values(FLAGS["config"]).items()
+    ]
+    synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
+    if synthetic_axes and config.data.format != "synthetic":
+        return _error(
+            f"--{synthetic_axes[0]} sets config.synthetic.*, but {spec} loads "
+            f"data.format={config.data.format!r}: sweep it over a synthetic config"
+        )
+    root = pathlib.Path(FLAGS.workdir).absolute()
     runs = [(root / "runs" / run_name(p), p) for p in points]
-    batches = processes(points, args.runs_per_process)
-    if args.print_only:
+    batches = processes(points, FLAGS.runs_per_process)
+    if FLAGS.print_only:
         for members in batches:
-            print(shlex.join(command(args.config, root, members, overrides)))
+            print(shlex.join(command(spec, root, members, overrides)))
         return 0
-    if args.collect_only and not any((run_dir / "results.json").exists() for run_dir, _ in runs):
-        print(f"error: --collect-only: no finished run of this grid under {root / 'runs'}",
-              file=sys.stderr)  # fmt: skip
-        return 2  # nothing written
+    if FLAGS.collect_only and not any((d / "results.json").exists() for d, _ in runs):
+        return _error(f"--collect_only: no finished run of this grid under {root / 'runs'}")
     root.joinpath("runs").mkdir(parents=True, exist_ok=True)
     failed = []
-    if not args.collect_only:
+    if not FLAGS.collect_only:
         root.joinpath("logs").mkdir(exist_ok=True)
         for i, members in enumerate(batches, 1):
-            cmd = command(args.config, root, members, overrides, python=sys.executable)
+            cmd = command(spec, root, members, overrides, python=sys.executable)
             log_path = root / "logs" / f"{process_name(members, i)}.log"
             print(f"[{i}/{len(batches)}] {shlex.join(cmd[1:])}", flush=True)
             for point in members:
@@ -451,7 +415,7 @@ def main(argv: list[str]) -> int:
     rows = [collect(run_dir, point) for run_dir, point in runs]
     summary = summarise(rows, axes, pairs)
     write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
-    table = markdown(summary, rows, axes, args.config)
+    table = markdown(summary, rows, axes, spec)
     write_text_atomic(root / "sweep.md", table)
     plotted = plot(summary, axes, root / "sweep.png")
     print("\n" + table)
@@ -461,4 +425,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
+    define_flags()
+    app.run(main)

@@ -14,6 +14,8 @@ FILES = (
     "metrics.jsonl",
     "results.json",
     "results.md",
+    "ranks.npz",
+    "training.json",
     "markets_ndcg10.png",
     "curves.png",
 )

@@ -9,6 +9,7 @@ import sys
 
 import pytest
 
+from fecosr_jax import metrics_log
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "launch"))
@@ -19,10 +20,8 @@ TEST_CONFIG = "experiments/configs/test.py"
 
 
 def test_grid_names_and_commands():
-    args, overrides = sweep.parse_args(
-        ["--config=c.py", "--workdir=d", "--markets=1,4", "--seeds=0,1", "--config.num_rounds=2"]
-    )
-    points = sweep.grid(args)
+    overrides = ["--config.num_rounds=2"]
+    points = sweep.grid({"markets": ["1", "4"], "seeds": ["0", "1"]})
     assert points == [
         {"markets": 1, "seeds": 0},
         {"markets": 1, "seeds": 1},
@@ -55,8 +54,7 @@ def test_grid_names_and_commands():
         "--run=M4_seed0:seed=0",
         "--run=M4_seed1:seed=1",
     ]
-    args, _ = sweep.parse_args(["--config=c", "--workdir=d", "--alpha=0.1,0.2,0.3", "--seeds=0,1"])
-    points = sweep.grid(args)
+    points = sweep.grid({"seeds": ["0", "1"], "alpha": ["0.1", "0.2", "0.3"]})
     assert [len(p) for p in sweep.processes(points, 4)] == [4, 2]
     assert [sweep.process_name(m, i) for i, m in enumerate(sweep.processes(points, 4), 1)] == [
         "group_p1",
@@ -68,17 +66,38 @@ def test_grid_names_and_commands():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(SystemExit, match="--alpha=0.1,x"):
-        sweep.grid(sweep.parse_args(["--config=c", "--workdir=d", "--alpha=0.1,x"])[0])
-    with pytest.raises(SystemExit):  # argparse: only --config.FIELD=VALUE passes through
-        sweep.parse_args(["--config=c", "--workdir=d", "--num_rounds=3"])
+    with pytest.raises(sweep.BadFlag, match="--alpha=0.1,x"):
+        sweep.grid({"alpha": ["0.1", "x"]})
+
+    def sweep_with(*flags):
+        return subprocess.run(
+            [*SWEEP, f"--config={TEST_CONFIG}", "--workdir=/tmp/never_written", *flags],
+            cwd=ROOT,
+            capture_output=True,
+            text=True,
+        )
+
+    out = sweep_with("--alpha=0.1,x")
+    assert out.returncode == 2 and out.stderr.strip() == (
+        "error: --alpha=0.1,x: expected comma-separated floats"
+    )
+    out = sweep_with("--markets=2", "--compare=fecosr")
+    assert out.returncode == 2 and out.stderr.startswith("error: --compare: ")
+    # absl checks the flags and the config's fields before anything runs
+    for bad in ("--num_rounds=3", "--config.no_such_field=3", "--runs_per_process=-1"):
+        out = sweep_with("--markets=2", bad)
+        assert out.returncode != 0 and bad.split("=")[0].lstrip("-").split(".")[-1] in out.stderr, (
+            bad,
+            out.stderr,
+        )
     out = subprocess.run(
         [*SWEEP, "--markets=2", "--config=experiments/configs/xmrec.py", "--workdir=/tmp/x"],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
-    assert out.returncode != 0 and "data.format='xmrec'" in out.stderr
+    assert out.returncode == 2 and "data.format='xmrec'" in out.stderr
+    assert not pathlib.Path("/tmp/never_written").exists() and not pathlib.Path("/tmp/x").exists()
 
 
 def test_summary_is_mean_and_std_over_seeds_by_hand():
@@ -96,18 +115,20 @@ def test_summary_is_mean_and_std_over_seeds_by_hand():
     rows = [row(0, 0.1, 1.0), row(1, 0.3, 3.0), {"run": "s2", "status": "missing"}]
     rows[0]["methods"]["local"] = {"ndcg@10": 0.05, "hr@10": 0.1}
     rows[1]["methods"]["local"] = {"ndcg@10": 0.35, "hr@10": 0.1}
-    (summary,) = sweep.summarise(rows, ["markets", "seeds"], sweep.parse_pairs("fecosr:local"))
+    (summary,) = sweep.summarise(rows, ["markets", "seeds"], [("fecosr", "local")])
     # Gaps per seed: 0.05 and -0.05.
-    assert summary["gaps"]["fecosr - local"] == pytest.approx([0.0, math.sqrt(0.005)])
+    assert summary["gaps"]["fecosr - local"] == [0.0, round(math.sqrt(0.005), 6)]  # rounded
     assert summary["seeds"] == 2
     mean, std = summary["methods"]["fecosr"]["ndcg@10"]
-    assert math.isclose(mean, 0.2) and math.isclose(std, math.sqrt(0.02))  # ddof 1
-    assert summary["round_s"]["federated_s2ce"] == [2.0, math.sqrt(2.0)]
+    assert math.isclose(mean, 0.2) and std == round(math.sqrt(0.02), 6)  # ddof 1
+    assert summary["round_s"]["federated_s2ce"] == [2.0, round(math.sqrt(2.0), 6)]
     table = sweep.markdown([summary], rows, ["markets", "seeds"], "c.py")
     assert "| 2 | 2 | 0.2000 ± 0.1414 | 0.2000 ± 0.2121 | 2.0000 ± 1.4142 |" in table
     assert table.splitlines()[4].endswith("| fecosr - local |")
-    with pytest.raises(SystemExit, match="fecosr"):
-        sweep.parse_pairs("fecosr")
+    # A seed without a value: no mean over the other seeds alone.
+    rows[1]["methods"]["local"]["hr@10"] = None
+    (summary,) = sweep.summarise(rows, ["markets", "seeds"])
+    assert summary["methods"]["local"]["hr@10"] is None
     assert "Runs without results: s2" in table
 
 
@@ -118,7 +139,7 @@ def test_print_only_runs_nothing(tmp_path):
             "--markets=1,2",
             f"--config={TEST_CONFIG}",
             f"--workdir={tmp_path}",
-            "--print-only",
+            "--print_only",
         ],
         cwd=ROOT,
         capture_output=True,
@@ -166,6 +187,9 @@ def test_sweep_over_markets_and_alpha_groups_the_alphas_and_collects_every_run(t
         for method in ("local", "fecosr_no_finetune"):
             assert r["methods"][method]["ndcg@10"] == results["methods"][method]["mean"]["ndcg@10"]
         assert r["round_s"]["federated_s2ce"] > 0
+        training = json.loads((run / "training.json").read_text())
+        assert training["pretraining"]["federated_s2ce"]["rounds"] == 3  # the test config's
+        assert r["run_s"] == training["seconds"] > 0
         assert (run / "sweep.log").resolve() == (
             tmp_path / "logs" / f"M{r['markets']}_p{r['markets']}.log"
         )
@@ -230,13 +254,17 @@ def test_collect_by_hand(tmp_path):
     assert row["round_s"]["federated_s2ce"] == 0.75  # median of the gaps 0.5 and 1.0
     assert row["delta_cosine"]["federated_s2ce"] == pytest.approx(0.3)
     assert row["run_s"] == 15.0
+    # A run writes training.json at its end (the same record): collect reads it, not the log.
+    (tmp_path / "training.json").write_text(json.dumps(metrics_log.training_record(lines)))
+    (tmp_path / "metrics.jsonl").unlink()
+    assert sweep.collect(tmp_path, {"markets": 2}) == row
 
 
 def test_collect_only_without_finished_runs_writes_nothing(tmp_path):
     out = subprocess.run(
         [*SWEEP, "--markets=1,2", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 's'}",
-         "--collect-only"],
+         "--collect_only"],
         cwd=ROOT, capture_output=True, text=True,
     )  # fmt: skip
-    assert out.returncode == 2 and "--collect-only: no finished run" in out.stderr
+    assert out.returncode == 2 and "--collect_only: no finished run" in out.stderr
     assert not (tmp_path / "s").exists()

@@ -123,8 +123,11 @@ def sweep_rows(repo: pathlib.Path, tmp: pathlib.Path, config: str, section: str)
         )
         rows.append(record({"section": section, "what": f"one point ({label})", **stats}))
         modes = [("", [])]  # a checkout before groups: one process per point
-        if "--runs-per-process" in (repo / "launch/sweep.py").read_text():
-            modes = [("grouped, ", []), ("a process per point, ", ["--runs-per-process=1"])]
+        text = (repo / "launch/sweep.py").read_text()
+        for flag in ("--runs_per_process", "--runs-per-process"):  # absl's, then argparse's
+            if flag in text:
+                modes = [("grouped, ", []), ("a process per point, ", [f"{flag}=1"])]
+                break
         for mode, extra in modes:
             workdir = tmp / f"sweep_{tag}_{len(extra)}"
             args = [
