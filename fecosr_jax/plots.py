@@ -1,5 +1,6 @@
-"""The run's plots: per-market NDCG@10 bars by method and the training curves, every series
-distinguishable (colour, and a hatch or line style and marker once the colours repeat)."""
+"""The plots: a run's per-market NDCG@10 bars by method and its training curves, and a sweep's
+metrics against its first axis; every series distinguishable (colour, and a hatch or line
+style and marker once the colours repeat)."""
 
 from __future__ import annotations
 
@@ -88,3 +89,56 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
         paths.append(str(epath.Path(workdir) / "curves.png"))
         save_png(fig, paths[-1])
     return paths
+
+
+def sweep(summary: list[dict], axes: list[str], path) -> bool:
+    """NDCG@10 and seconds per round against the first swept axis (error bars: std over
+    seeds), a panel each for the --compare gaps and the client-update cosines when there are
+    any; one line per method (and per value of the other axes). False if nothing to plot."""
+    keys = [a for a in axes if a != "seeds"]
+    if not keys or not summary:
+        return False
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x_axis, others = keys[0], keys[1:]
+    ndcg, timing = "test NDCG@10 (mean over markets' users)", "seconds per federated round"
+    gap, cosine = "NDCG@10 gap", "mean pairwise cosine of client updates"
+    panels = {ndcg: {}, timing: {}}  # y label -> {line label: [(x, [mean, std])]}
+    if any(s["gaps"] for s in summary):
+        panels[gap] = {}
+    if any(s["delta_cosine"] for s in summary):
+        panels[cosine] = {}
+    for s in summary:
+        suffix = "".join(f", {k}={s[k]}" for k in others)
+        lines = {
+            ndcg: {m: v["ndcg@10"] for m, v in s["methods"].items()},
+            timing: s["round_s"],
+            gap: s["gaps"],
+            cosine: s["delta_cosine"],
+        }
+        for label, values in lines.items():
+            for name, v in values.items():
+                panels[label].setdefault(name + suffix, []).append((s[x_axis], v))
+    fig, axes_ = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
+    for ax, (ylabel, data) in zip(axes_, panels.items(), strict=True):
+        ax.set_ylabel(ylabel)
+        for i, (label, points) in enumerate(sorted(data.items())):
+            points = sorted((x, v) for x, v in points if v is not None)
+            if points:
+                color, _, linestyle, marker = series_style(i)
+                ax.errorbar(
+                    [x for x, _ in points], [v[0] for _, v in points],
+                    yerr=[v[1] for _, v in points], label=label, color=color,
+                    linestyle=linestyle, marker=marker, capsize=3,
+                )  # fmt: skip
+        ax.set_xlabel(x_axis)
+        if x_axis == "markets":
+            ax.set_xscale("log", base=2)
+        if ax.lines:
+            ax.legend(fontsize=7)
+    fig.tight_layout()
+    save_png(fig, path)
+    return True

@@ -47,7 +47,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from fecosr_jax import metrics_log, plots, reporting
+from fecosr_jax import plots, reporting, sweep_results
 from fecosr_jax.files import write_text_atomic
 
 # Sweep axis: (flag, config field, short name in run names, type).
@@ -62,8 +62,6 @@ AXES = (
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
 VALUE_AXES = ("alpha", "temperature", "seeds")  # per-run values: points share a process
-METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-tuned methods)
-FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
 
 
 def define_flags():
@@ -163,196 +161,6 @@ def command(
     return out
 
 
-def collect(run_dir: pathlib.Path, point: dict) -> dict:
-    """One row: the grid values; per method the mean test metrics and the markets
-    significantly better / worse than local (results.json); the validation NDCG@10, seconds
-    per round and client-update cosines (training.json, fecosr_jax.metrics_log; from the
-    run's metrics.jsonl for a run made before it had one)."""
-    row = {"run": run_dir.name, **point, "status": "missing", "methods": {}}
-    results_path = run_dir / "results.json"
-    if not results_path.exists():
-        return row
-    results = json.loads(results_path.read_text())
-    training_path = run_dir / metrics_log.TRAINING
-    training = (
-        json.loads(training_path.read_text())
-        if training_path.exists()
-        else metrics_log.training_record(metrics_log.read_lines(run_dir))
-    )
-    row["status"] = "done"
-    row["num_markets"] = len(results["markets"])
-    row["methods"] = {
-        m: {k: table["mean"].get(k) for k in METRICS} for m, table in results["methods"].items()
-    }
-    for method, valid in training["validation"].items():
-        if method in row["methods"]:
-            row["methods"][method]["valid_ndcg@10"] = valid["mean"]
-    row["vs_local"] = {
-        m: [c.get("markets_significantly_better"), c.get("markets_significantly_worse")]
-        for m, c in results.get("vs_local", {}).items()
-    }
-    pretraining = training["pretraining"].items()
-    row["round_s"] = {k: p["seconds_per_round"] for k, p in pretraining if p["seconds_per_round"]}
-    row["delta_cosine"] = {
-        k: p["delta_cosine"] for k, p in pretraining if p["delta_cosine"] is not None
-    }
-    row["run_s"] = training["seconds"]
-    return row
-
-
-def summarise(
-    rows: list[dict], axes: list[str], pairs: list[tuple[str, str]] | None = None
-) -> list[dict]:
-    """Rows grouped over seeds: per group the mean and std over seeds (reporting.mean_std:
-    ddof 1, 0 for one seed; None where a seed lacks the value) of every method's metrics,
-    the seconds per round, the update cosines and, per pair (A, B), the NDCG@10 gap A - B."""
-    keys = [a for a in axes if a != "seeds"]
-    groups: dict[tuple, list[dict]] = {}
-    for row in rows:
-        if row["status"] == "done":
-            groups.setdefault(tuple(row[k] for k in keys), []).append(row)
-
-    def stats(values):
-        mean, std = reporting.mean_std(values)
-        return None if mean is None else [mean, std]
-
-    out = []
-    for values, members in groups.items():
-        methods = sorted({m for r in members for m in r["methods"]})
-        kinds = sorted({k for r in members for k in r["round_s"]})
-        out.append(
-            {
-                **dict(zip(keys, values, strict=True)),
-                "seeds": len(members),
-                "methods": {
-                    m: {
-                        k: stats([r["methods"].get(m, {}).get(k) for r in members]) for k in METRICS
-                    }
-                    for m in methods
-                },
-                "round_s": {k: stats([r["round_s"].get(k) for r in members]) for k in kinds},
-                "delta_cosine": {
-                    k: stats([r["delta_cosine"].get(k) for r in members])
-                    for k in sorted({k for r in members for k in r["delta_cosine"]})
-                },
-                "gaps": {
-                    f"{a} - {b}": stats([_gap(r, a, b) for r in members]) for a, b in pairs or []
-                },
-            }
-        )
-    return out
-
-
-def _gap(row: dict, a: str, b: str) -> float | None:
-    va = row["methods"].get(a, {}).get("ndcg@10")
-    vb = row["methods"].get(b, {}).get("ndcg@10")
-    return None if va is None or vb is None else va - vb
-
-
-def _cell(s) -> str:
-    if s is None:
-        return "-"
-    return f"{s[0]:.4f}" if s[1] == 0 else f"{s[0]:.4f} ± {s[1]:.4f}"
-
-
-def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str) -> str:
-    keys = [a for a in axes if a != "seeds"]
-    methods = sorted({m for s in summary for m in s["methods"]})
-    # The federated pretrainings' timings and cosines (sweep.json has every pretraining's).
-    kinds = sorted({k for s in summary for k in s["round_s"] if k in FEDERATED})
-    cosines = sorted({k for s in summary for k in s["delta_cosine"] if k in FEDERATED})
-    lines = [
-        f"# Sweep of {config}",
-        "",
-        "Mean test NDCG@10 (user-weighted over markets; mean ± std over seeds), seconds per "
-        "federated round (median gap between rounds, checkpointing included) and the mean "
-        "pairwise cosine of the client updates.",
-        "",
-    ]
-    header = [*keys, "seeds", *methods, *(f"s/round {k}" for k in kinds)]
-    gaps = list(summary[0]["gaps"]) if summary else []
-    header += [f"cosine {k}" for k in cosines] + gaps
-    lines += ["| " + " | ".join(header) + " |", "|" + " --- |" * len(header)]
-    for s in summary:
-        cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
-        cells += [_cell(s["methods"].get(m, {}).get("ndcg@10")) for m in methods]
-        cells += [_cell(s["round_s"].get(k)) for k in kinds]
-        cells += [_cell(s["delta_cosine"].get(k)) for k in cosines]
-        cells += [_cell(s["gaps"][g]) for g in gaps]
-        lines.append("| " + " | ".join(cells) + " |")
-    valid = [
-        m for m in methods if any(s["methods"].get(m, {}).get("valid_ndcg@10") for s in summary)
-    ]
-    if valid:
-        lines += [
-            "",
-            "Validation NDCG@10 of the fine-tuned methods (per market its best epoch, mean over "
-            "markets): the one to choose settings by.",
-            "",
-            "| " + " | ".join([*keys, "seeds", *valid]) + " |",
-            "|" + " --- |" * (len(keys) + 1 + len(valid)),
-        ]
-        for s in summary:
-            cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
-            cells += [_cell(s["methods"].get(m, {}).get("valid_ndcg@10")) for m in valid]
-            lines.append("| " + " | ".join(cells) + " |")
-    failed = [r["run"] for r in rows if r["status"] != "done"]
-    if failed:
-        lines += ["", f"Runs without results: {', '.join(failed)} (see runs/<name>/sweep.log)."]
-    return "\n".join(lines) + "\n"
-
-
-def plot(summary: list[dict], axes: list[str], path: pathlib.Path) -> bool:
-    """NDCG@10 and seconds per round against the first swept axis (error bars: std over
-    seeds); one line per method (and per value of the other axes). False if nothing to plot."""
-    keys = [a for a in axes if a != "seeds"]
-    if not keys or not summary:
-        return False
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x_axis, others = keys[0], keys[1:]
-    ndcg, timing = "test NDCG@10 (mean over markets' users)", "seconds per federated round"
-    gap, cosine = "NDCG@10 gap", "mean pairwise cosine of client updates"
-    panels = {ndcg: {}, timing: {}}  # y label -> {line label: [(x, [mean, std])]}
-    if any(s["gaps"] for s in summary):
-        panels[gap] = {}
-    if any(s["delta_cosine"] for s in summary):
-        panels[cosine] = {}
-    for s in summary:
-        suffix = "".join(f", {k}={s[k]}" for k in others)
-        lines = {
-            ndcg: {m: v["ndcg@10"] for m, v in s["methods"].items()},
-            timing: s["round_s"],
-            gap: s["gaps"],
-            cosine: s["delta_cosine"],
-        }
-        for label, values in lines.items():
-            for name, v in values.items():
-                panels[label].setdefault(name + suffix, []).append((s[x_axis], v))
-    fig, axes_ = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
-    for ax, (ylabel, data) in zip(axes_, panels.items(), strict=True):
-        ax.set_ylabel(ylabel)
-        for label, points in sorted(data.items()):
-            points = sorted((x, v) for x, v in points if v is not None)
-            if points:
-                xs = [x for x, _ in points]
-                ax.errorbar(
-                    xs, [v[0] for _, v in points], yerr=[v[1] for _, v in points], label=label,
-                    marker="o", capsize=3,
-                )  # fmt: skip
-        ax.set_xlabel(x_axis)
-        if x_axis == "markets":
-            ax.set_xscale("log", base=2)
-        if ax.lines:
-            ax.legend(fontsize=7)
-    fig.tight_layout()
-    plots.save_png(fig, path)
-    return True
-
-
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2  # bad input: nothing was written
@@ -412,12 +220,12 @@ def main(argv: list[str]) -> int:
             if rc != 0:
                 failed.append(log_path.name)
                 print(f"  failed (exit {rc}); its output: {log_path}", flush=True)
-    rows = [collect(run_dir, point) for run_dir, point in runs]
-    summary = summarise(rows, axes, pairs)
+    rows = [sweep_results.collect(run_dir, point) for run_dir, point in runs]
+    summary = sweep_results.summarise(rows, axes, pairs)
     write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
-    table = markdown(summary, rows, axes, spec)
+    table = sweep_results.markdown(summary, rows, axes, spec)
     write_text_atomic(root / "sweep.md", table)
-    plotted = plot(summary, axes, root / "sweep.png")
+    plotted = plots.sweep(summary, axes, root / "sweep.png")
     print("\n" + table)
     written = ["sweep.json", "sweep.md", *(["sweep.png"] if plotted else [])]
     print(f"written in {root}: {', '.join(written)}")

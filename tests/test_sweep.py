@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fecosr_jax import metrics_log
+from fecosr_jax import metrics_log, sweep_results
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "launch"))
@@ -115,19 +115,19 @@ def test_summary_is_mean_and_std_over_seeds_by_hand():
     rows = [row(0, 0.1, 1.0), row(1, 0.3, 3.0), {"run": "s2", "status": "missing"}]
     rows[0]["methods"]["local"] = {"ndcg@10": 0.05, "hr@10": 0.1}
     rows[1]["methods"]["local"] = {"ndcg@10": 0.35, "hr@10": 0.1}
-    (summary,) = sweep.summarise(rows, ["markets", "seeds"], [("fecosr", "local")])
+    (summary,) = sweep_results.summarise(rows, ["markets", "seeds"], [("fecosr", "local")])
     # Gaps per seed: 0.05 and -0.05.
     assert summary["gaps"]["fecosr - local"] == [0.0, round(math.sqrt(0.005), 6)]  # rounded
     assert summary["seeds"] == 2
     mean, std = summary["methods"]["fecosr"]["ndcg@10"]
     assert math.isclose(mean, 0.2) and std == round(math.sqrt(0.02), 6)  # ddof 1
     assert summary["round_s"]["federated_s2ce"] == [2.0, round(math.sqrt(2.0), 6)]
-    table = sweep.markdown([summary], rows, ["markets", "seeds"], "c.py")
+    table = sweep_results.markdown([summary], rows, ["markets", "seeds"], "c.py")
     assert "| 2 | 2 | 0.2000 ± 0.1414 | 0.2000 ± 0.2121 | 2.0000 ± 1.4142 |" in table
     assert table.splitlines()[4].endswith("| fecosr - local |")
     # A seed without a value: no mean over the other seeds alone.
     rows[1]["methods"]["local"]["hr@10"] = None
-    (summary,) = sweep.summarise(rows, ["markets", "seeds"])
+    (summary,) = sweep_results.summarise(rows, ["markets", "seeds"])
     assert summary["methods"]["local"]["hr@10"] is None
     assert "Runs without results: s2" in table
 
@@ -247,7 +247,7 @@ def test_collect_by_hand(tmp_path):
         for e, (va, vb) in enumerate([(0.1, 0.5), (0.3, 0.4), (0.2, None)], 1)
     ]  # fmt: skip
     (tmp_path / "metrics.jsonl").write_text("".join(json.dumps(x) + "\n" for x in lines))
-    row = sweep.collect(tmp_path, {"markets": 2})
+    row = sweep_results.collect(tmp_path, {"markets": 2})
     assert row["status"] == "done" and row["num_markets"] == 2
     # Best epoch per market (a: 0.3, b: 0.5), then the mean over markets.
     assert row["methods"]["local"] == {"ndcg@10": 0.2, "hr@10": 0.4, "valid_ndcg@10": 0.4}
@@ -257,7 +257,7 @@ def test_collect_by_hand(tmp_path):
     # A run writes training.json at its end (the same record): collect reads it, not the log.
     (tmp_path / "training.json").write_text(json.dumps(metrics_log.training_record(lines)))
     (tmp_path / "metrics.jsonl").unlink()
-    assert sweep.collect(tmp_path, {"markets": 2}) == row
+    assert sweep_results.collect(tmp_path, {"markets": 2}) == row
 
 
 def test_collect_only_without_finished_runs_writes_nothing(tmp_path):
