@@ -1,8 +1,8 @@
 """Stage 2: local fine-tuning of every market at once (docs/design.md §2, §3).
 
-Each market trains its own copy of the model on its own data with CE, all markets vmapped in
-one compiled epoch function, each with its own early stopping on validation NDCG@10 (its best
-parameters kept). Modes:
+Each market trains its own copy of the model on its own data with CE, every market in one
+compiled epoch function (fecosr_jax/finetune_epoch.py), each with its own early stopping on
+validation NDCG@10 (its best parameters kept). Modes:
 
   "adapt":   the market-specific adaptation module: an item-ID embedding table added to A(s_i)
              (zero-initialised) and bottleneck adapters after each block (up-projection
@@ -30,18 +30,14 @@ import flax.struct
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 from jax.sharding import PartitionSpec as P
 
-from fecosr_jax import checkpoint, evaluation, keys
+from fecosr_jax import checkpoint, evaluation, finetune_epoch
 from fecosr_jax import mesh as mesh_lib
 from fecosr_jax.errors import ConfigError
-from fecosr_jax.federated.client import batch_loss
-from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
 
 MODES = ("adapt", "plain", "scratch")
-LOCAL_MODULES = ("item_ids", "adapter_down", "adapter_up")  # the market-specific parameters
 
 
 @flax.struct.dataclass
@@ -141,11 +137,6 @@ class FinetuneResult:
     history: list[dict]
 
 
-def is_local(path) -> bool:
-    """Whether a parameter (by its tree path) belongs to the market-specific module."""
-    return any(getattr(k, "key", None) in LOCAL_MODULES for k in path)
-
-
 def model_config_for(base: ModelConfig, ft: FinetuneConfig, num_items: int) -> ModelConfig:
     """The fine-tuning architecture: base + adaptation module (adapt, scratch) over
     num_items + 1 item indices."""
@@ -185,167 +176,11 @@ def _init_market_params(model_config, mode, num_markets, semantic_dim, key, shar
     flat_shared = dict(jax.tree_util.tree_flatten_with_path(shared_params)[0])
 
     def pick(path, leaf):
-        if is_local(path):
+        if finetune_epoch.is_local(path):
             return leaf
         return jnp.broadcast_to(flat_shared[path], leaf.shape)
 
     return jax.tree_util.tree_map_with_path(pick, fresh)
-
-
-def make_optimizer(
-    ft: FinetuneConfig, params, values: FinetuneValues | None = None
-) -> optax.GradientTransformation:
-    """Adam with the run's learning rates (`values`, default ft's own); in adapt mode the
-    shared part gets its own lr, or none (frozen). The state does not hold the rates."""
-    values = ft.values() if values is None else values
-    if ft.mode != "adapt":
-        return optax.adam(values.lr)
-    shared = optax.adam(values.shared_lr) if ft.shared_lr_mult else optax.set_to_zero()
-    labels = jax.tree_util.tree_map_with_path(
-        lambda p, _: "local" if is_local(p) else "shared", params
-    )
-    return optax.multi_transform({"local": optax.adam(values.lr), "shared": shared}, labels)
-
-
-def _select(mask, new, old):
-    """Per-market choice between two pytrees: mask [M] (or [R, M]) over leaves [M, ...] (or
-    [R, M, ...])."""
-    return jax.tree.map(
-        lambda a, b: jnp.where(mask.reshape(mask.shape + (1,) * (a.ndim - mask.ndim)), a, b),
-        new,
-        old,
-    )
-
-
-@functools.partial(jax.jit, static_argnums=(0, 1))
-def _start(ft: FinetuneConfig, num_lead: int, params):
-    """The epoch loop's starting parameters, optimiser states and best-so-far parameters from
-    params [M, ...] (num_lead 1) or [R, M, ...] (2), in one program. The parameters are
-    copies: the epoch donates them, and the caller's `params` stay valid."""
-    init = make_optimizer(ft, jax.tree.map(lambda x: x[(0,) * num_lead], params)).init
-    for _ in range(num_lead):
-        init = jax.vmap(init)
-    return jax.tree.map(jnp.copy, params), init(params), jax.tree.map(jnp.copy, params)
-
-
-@jax.jit
-def _keep_improved(improved, params, best):
-    """The best parameters so far: `params` where a market improved, else `best`."""
-    return _select(improved, params, best)
-
-
-@jax.jit(static_argnums=(0, 1, 2, 3), donate_argnums=(4, 5))
-def _epoch(model_config, ft, steps, mesh, params, opt_state, active, data, epoch, values):
-    """`_run_epoch` compiled; with values of shape [R] it runs R runs at once (parameters,
-    optimiser states [R, M, ...], active [R, M]; the market data shared by every run). Over a
-    mesh of several devices each device trains its own markets (shard_map; nothing crosses
-    devices: the host gathers the validation NDCG and loss)."""
-    one = functools.partial(_run_epoch, model_config, ft, steps)
-    if not mesh_lib.is_sharded(mesh):
-        return one(params, opt_state, active, data, epoch, values)
-    lead = mesh_lib.markets(bool(jnp.ndim(values.seed)))
-    return jax.shard_map(
-        one,
-        mesh=mesh,
-        in_specs=(lead, lead, lead, mesh_lib.markets(False), P(), P()),
-        out_specs=(lead, lead, lead, lead),
-    )(params, opt_state, active, data, epoch, values)
-
-
-def markets_at_once(ft: FinetuneConfig, num: int) -> int:
-    """How many of a device's `num` (run, market) pairs fine-tune together (vmapped)."""
-    if ft.markets_per_step:
-        return min(ft.markets_per_step, num)
-    return 1 if jax.default_backend() == "cpu" else num
-
-
-def _run_epoch(
-    model_config: ModelConfig,
-    ft: FinetuneConfig,
-    steps: int,
-    params,
-    opt_state,
-    active,
-    data,
-    epoch,
-    values: FinetuneValues,
-):
-    """One epoch of every (run and) market: `steps` CE steps, then validation NDCG@10; a
-    market that has stopped (active False) keeps its parameters and optimiser state, and
-    reports NaN. ft is a program (`FinetuneConfig.program()`); each run's seed and rates are
-    `values`. The (run, market) pairs go `markets_at_once` at a time: all at once vmapped,
-    or one after another (lax.map), where a stopped market is skipped (lax.cond) instead of
-    computed and discarded."""
-    loss_config = FedConfig(loss="ce", loss_impl=ft.loss_impl, block_size=ft.block_size)
-
-    def market_epoch(p, o, market, values: FinetuneValues):
-        optimizer = make_optimizer(ft, p, values)
-        loss_values = loss_config.values().replace(dropout_keep=values.dropout_keep)
-        key = keys.derive(values.seed, keys.FINETUNE, epoch, market["market_index"])
-
-        def step(carry, k):
-            p, o = carry
-            batch_key, dropout_key = jax.random.split(jax.random.fold_in(key, k))
-            rows = market["train"][
-                jax.random.randint(
-                    batch_key, (ft.batch_size,), 0, jnp.maximum(market["num_rows"], 1)
-                )
-            ]
-            (loss, _), grads = jax.value_and_grad(
-                lambda q: batch_loss(
-                    model_config, loss_config, q, rows, market, dropout_key, loss_values
-                ),
-                has_aux=True,
-            )(p)
-            updates, o = optimizer.update(grads, o, p)
-            return (optax.apply_updates(p, updates), o), loss
-
-        (p, o), losses = jax.lax.scan(step, (p, o), jnp.arange(steps))
-        sums = evaluation.market_metric_sums(
-            model_config,
-            p,
-            market["valid_inputs"],
-            market["valid_targets"],
-            market["semantics"],
-            market["item_mask"],
-            ks=(10,),
-            batch_size=ft.eval_batch_size,
-        )
-        return p, o, sums["ndcg@10"] / jnp.maximum(sums["count"], 1), jnp.mean(losses)
-
-    lead = active.shape  # (M,) or (R, M)
-    at_once = markets_at_once(ft, active.size)
-    nan = jnp.full(lead, jnp.nan, jnp.float32)
-    if at_once == active.size:  # every pair in one batch
-        one = jax.vmap(market_epoch, in_axes=(0, 0, 0, None))
-        if len(lead) == 2:
-            one = jax.vmap(one, in_axes=(0, 0, None, 0))
-        new_p, new_o, ndcg, loss = one(params, opt_state, data, values)
-        return (
-            _select(active, new_p, params),
-            _select(active, new_o, opt_state),
-            jnp.where(active, ndcg, nan),
-            jnp.where(active, loss, nan),
-        )
-
-    def pair_epoch(args):
-        p, o, act, i = args
-        market = jax.tree.map(lambda x: x[i % lead[-1]], data)
-        own = jax.tree.map(lambda x: x[i // lead[-1]], values) if len(lead) == 2 else values
-        nothing = jnp.where(act, jnp.float32(jnp.nan), jnp.float32(jnp.nan))  # typed as act
-        return jax.lax.cond(
-            act, lambda: market_epoch(p, o, market, own), lambda: (p, o, nothing, nothing)
-        )
-
-    def pairs(tree):  # [R, M, ...] -> [R * M, ...]
-        return jax.tree.map(lambda x: x.reshape(-1, *x.shape[len(lead) :]), tree)
-
-    out = jax.lax.map(
-        pair_epoch,
-        (pairs(params), pairs(opt_state), active.reshape(-1), jnp.arange(active.size)),
-        batch_size=at_once if at_once > 1 else None,
-    )
-    return jax.tree.map(lambda x: x.reshape(*lead, *x.shape[1:]), out)
 
 
 def finetune(
@@ -400,7 +235,9 @@ def finetune(
         names = [f"{run} {n}" for run in run_names for n in names]
     spec = mesh_lib.markets(len(lead) == 2)
     data = mesh_lib.put(data, mesh, mesh_lib.markets(False))
-    params, opt_state, best = _start(program, len(lead), mesh_lib.put(params, mesh, spec))
+    params, opt_state, best = finetune_epoch.start(
+        program, len(lead), mesh_lib.put(params, mesh, spec)
+    )
     state = {
         "params": params,
         "opt_state": mesh_lib.put(opt_state, mesh, spec),  # every leaf leads with [M]
@@ -436,7 +273,7 @@ def finetune(
     for epoch in range(int(state["epoch"]) + 1, ft.max_epochs + 1):
         if not active.any():
             break
-        params, opt_state, ndcg, loss = _epoch(
+        params, opt_state, ndcg, loss = finetune_epoch.train_epoch(
             model_config,
             program,
             steps,
@@ -458,7 +295,7 @@ def finetune(
                 f"The run stopped; the checkpoint of epoch {epoch - 1} is intact"
             )
         improved = active & (ndcg > best_valid)
-        best = _keep_improved(mesh_lib.put(improved, mesh, spec), params, best)
+        best = finetune_epoch.keep_improved(mesh_lib.put(improved, mesh, spec), params, best)
         best_valid = np.where(improved, ndcg, best_valid)
         best_epoch = np.where(improved, epoch, best_epoch).astype(np.int32)
         bad = np.where(improved, 0, bad + active).astype(np.int32)

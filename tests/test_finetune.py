@@ -7,7 +7,7 @@ import jax
 import numpy as np
 import pytest
 
-from fecosr_jax import evaluation, finetune, paradigms
+from fecosr_jax import evaluation, finetune, finetune_epoch, paradigms
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
@@ -64,7 +64,7 @@ def test_frozen_shared_part_does_not_move(stacked):
     moved = set()
     for path, leaf in jax.tree_util.tree_flatten_with_path(result.params)[0]:
         ref = np.asarray(starts[path])
-        if finetune.is_local(path):
+        if finetune_epoch.is_local(path):
             if np.abs(np.asarray(leaf) - ref).max() > 0:
                 moved.add(jax.tree_util.keystr(path[:1]) + jax.tree_util.keystr(path[1:2]))
         else:
@@ -208,10 +208,10 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
     # computes every pair and selects.
     for at_once, has_cond in ((1, True), (2 * num, False)):
         program = dataclasses.replace(ft, markets_per_step=at_once).program()
-        opt_state = finetune._start(program, 2, starts)[1]
+        opt_state = finetune_epoch.start(program, 2, starts)[1]
         text = str(
             jax.make_jaxpr(
-                lambda p, o, a, d, v, program=program: finetune._run_epoch(
+                lambda p, o, a, d, v, program=program: finetune_epoch.run_epoch(
                     model, program, 2, p, o, a, d, 1, v
                 )
             )(starts, opt_state, np.ones((2, num), bool), data, values)

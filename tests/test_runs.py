@@ -8,7 +8,15 @@ import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, evaluation, experiment, finetune, groups, paradigms
+from fecosr_jax import (
+    checkpoint,
+    evaluation,
+    experiment,
+    finetune,
+    finetune_epoch,
+    groups,
+    paradigms,
+)
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.config import FedConfig
@@ -189,7 +197,7 @@ def compiled_programs() -> tuple[int, int, int]:
     """(rounds, fine-tuning epochs, evaluations) compiled so far in this process."""
     return (
         fr.round_program.cache_info().currsize,
-        finetune._epoch._cache_size(),
+        finetune_epoch.train_epoch._cache_size(),
         evaluation._evaluate_jit._cache_size(),
     )
 
