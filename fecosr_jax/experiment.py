@@ -20,35 +20,30 @@ from etils import epath
 
 from fecosr_jax import (
     checkpoint,
+    config_check,
     distributed,
     evaluation,
-    finetune,
     groups,
     mesh,
     metrics_log,
     paradigms,
-    pretraining,
     progress,
     reporting,
     resume,
     runner,
 )
-from fecosr_jax.data import leave_one_out, stack_markets, summary, synthetic
+from fecosr_jax.data import leave_one_out, stack_markets, summary
 from fecosr_jax.data.market import Market
 from fecosr_jax.data.sources import markets_from_config
 from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.errors import ConfigError
 
 
-def synthetic_config(config: ml_collections.ConfigDict) -> synthetic.SyntheticConfig:
-    return synthetic.SyntheticConfig(**config.synthetic.to_dict())
-
-
 def prepare_markets(
     config: ml_collections.ConfigDict, *, num_markets_multiple: int = 1
 ) -> tuple[list[Market], list[MarketSplit], StackedMarkets]:
     """Loads the markets of `config.data`, splits them and stacks them on the market axis."""
-    markets = markets_from_config(config.data, synthetic_config(config))
+    markets = markets_from_config(config.data, config_check.synthetic_config(config))
     splits = [
         leave_one_out(
             m,
@@ -59,48 +54,6 @@ def prepare_markets(
         for m in markets
     ]
     return markets, splits, stack_markets(splits, num_markets_multiple=num_markets_multiple)
-
-
-def validate(config: ml_collections.ConfigDict) -> None:
-    """Checks every field before anything is read or written; ConfigError names the first
-    bad one (the dataclasses check their own fields)."""
-    pretraining.model_config(config)
-    pretraining.fed_config(config)
-    for mode in finetune.MODES:
-        runner.finetune_config(config, mode)
-    if config.data.format == "synthetic":
-        synthetic_config(config)
-    paradigms.parse_methods(config.methods)
-    c, fed, ft = config, config.federated, config.finetune
-    checks = {
-        "num_rounds": (c.num_rounds, c.num_rounds >= 1, "at least 1 federated round"),
-        "federated.client_lr": (fed.client_lr, fed.client_lr > 0, "a positive learning rate"),
-        "federated.server_lr": (fed.server_lr, fed.server_lr > 0, "a positive learning rate"),
-        "finetune.lr": (ft.lr, ft.lr > 0, "a positive learning rate"),
-        "finetune.batch_size": (ft.batch_size, ft.batch_size >= 1, "at least 1 row per step"),
-        "finetune.steps_per_epoch": (ft.steps_per_epoch, ft.steps_per_epoch >= 0, "0 or more"),
-        "finetune.adapter_dim": (ft.adapter_dim, ft.adapter_dim >= 1, "at least 1"),
-        "eval.batch_size": (c.eval.batch_size, c.eval.batch_size >= 1, "at least 1 user"),
-        "eval.protocol": (
-            c.eval.protocol,
-            c.eval.protocol in evaluation.PROTOCOLS,
-            f"one of {', '.join(evaluation.PROTOCOLS)}",
-        ),
-        "data.max_len": (c.data.max_len, c.data.max_len >= 1, "at least 1 item"),
-        "data.min_interactions": (
-            c.data.min_interactions,
-            c.data.min_interactions >= 3,
-            "at least 3 (a training, a validation and a test item)",
-        ),
-    }
-    for field, (value, ok, expected) in checks.items():
-        if not ok:
-            raise ConfigError(f"config.{field}={value!r}: expected {expected}")
-    names = [m for m in str(c.data.markets).split(",") if m]
-    repeated = sorted({m for m in names if names.count(m) > 1})
-    if repeated:
-        raise ConfigError(f"config.data.markets={c.data.markets!r}: {', '.join(repeated)} twice")
-    mesh.run_devices(c.get("num_devices", 0))  # refuses a device count this machine lacks
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -155,13 +108,7 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
       Each point's results dict, in order.
     """
     for config, _ in points:
-        validate(config)
-    runs_per_step = points[0][0].get("runs_per_step", 0)
-    if not isinstance(runs_per_step, int) or runs_per_step < 0:
-        raise ConfigError(
-            f"config.runs_per_step={runs_per_step!r}: expected 0 (every run at once) or a "
-            "positive number of runs trained together"
-        )
+        config_check.check(config)
     workdirs = [str(w).rstrip("/") if "://" in str(w) else os.path.abspath(w) for _, w in points]
     if len(set(workdirs)) != len(workdirs):
         raise groups.GroupError(f"two runs of one group share a workdir: {sorted(workdirs)}")
