@@ -7,7 +7,8 @@ its own orbax CheckpointManager in WORKDIR/checkpoints/<phase>/<step>/, holding:
   state: the phase's whole training state (orbax StandardSave: OCDBT/zarr, no pickles):
          server params + optimiser state + round, or the per-market parameters, their
          optimiser states, the best-so-far parameters and early-stopping counters; packed
-         into one flat array per dtype (`pack`: orbax's cost is per array).
+         into one flat array per dtype (fecosr_jax/checkpoint_layout.py: orbax's cost is
+         per array).
   meta:  JSON: step, the layout, and a fingerprint of every saved array (verified on
          restore, so a corrupted checkpoint is detected, reported and skipped).
 
@@ -23,7 +24,6 @@ outputs go through etils.epath (which needs `pip install gcsfs` for gs://).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import signal
@@ -35,9 +35,9 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
-from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from fecosr_jax import checkpoint_layout as layout
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, DiskFull, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote
 
@@ -78,114 +78,6 @@ class PreemptionHandler:
         if self.previous is not None:
             signal.signal(signal.SIGTERM, self.previous)
         return False
-
-
-# ---------------------------------------------------------------------------------------------
-# What orbax writes: the state packed into one flat array per dtype. Orbax's cost is mostly per
-# array (~2 ms each on a 2-core CPU, and a model's training state has over a hundred), so a
-# state saved leaf by leaf cost as much as a centralized round's compute; packed, it is a few
-# arrays. Every array a process holds whole (all of them in a one-process run) is copied to the
-# host in one transfer and packed; a global array over several processes' devices (the
-# replicated server state, markets sharded over every process) stays as it is, each process
-# writing its own shards. Restoring unpacks into the target's shapes, dtypes and shardings.
-
-LAYOUT = "packed/1"  # recorded in each checkpoint's meta; checkpoints without it are per leaf
-
-
-def _global(x) -> bool:
-    return isinstance(x, jax.Array) and not x.is_fully_addressable
-
-
-def pack(tree) -> dict:
-    """{dtype name: every whole leaf of that dtype, flattened and concatenated in leaf order},
-    plus {"leaf<i>": x} for the global leaves (`_global`), as they are."""
-    leaves = jax.tree.leaves(tree)
-    whole = [i for i, x in enumerate(leaves) if not _global(x)]
-    parts: dict[str, list[np.ndarray]] = {}
-    for x in jax.device_get([leaves[i] for i in whole]):
-        x = np.asarray(x)
-        parts.setdefault(x.dtype.name, []).append(x.reshape(-1))
-    packed: dict = {name: np.concatenate(xs) for name, xs in parts.items()}
-    packed.update({f"leaf{i}": x for i, x in enumerate(leaves) if _global(x)})
-    return packed
-
-
-def packed_like(target) -> dict:
-    """The shapes `pack(target)` has, as orbax restore targets (host arrays, not filled)."""
-    sizes: dict[str, int] = {}
-    packed: dict = {}
-    for i, x in enumerate(jax.tree.leaves(target)):
-        if _global(x):
-            packed[f"leaf{i}"] = x
-        else:
-            name = np.dtype(x.dtype).name
-            sizes[name] = sizes.get(name, 0) + int(np.prod(np.shape(x), dtype=np.int64))
-    packed.update({name: np.empty(n, name) for name, n in sizes.items()})
-    return packed
-
-
-def unpack(packed: dict, target):
-    """The inverse of `pack`, shaped like `target`: its device arrays back on their devices
-    (one transfer), its host arrays as numpy."""
-    leaves, treedef = jax.tree.flatten(target)
-    offsets = dict.fromkeys(packed, 0)
-    out = []
-    for i, t in enumerate(leaves):
-        if _global(t):
-            out.append(packed[f"leaf{i}"])
-            continue
-        name, shape = np.dtype(t.dtype).name, np.shape(t)
-        size = int(np.prod(shape, dtype=np.int64))
-        flat = np.asarray(packed[name])
-        if offsets[name] + size > flat.size:
-            raise ValueError(f"the checkpoint holds fewer {name} values than the state has")
-        out.append(flat[offsets[name] : offsets[name] + size].reshape(shape))
-        offsets[name] += size
-    if any(offsets[n] != np.size(packed[n]) for n in offsets if not n.startswith("leaf")):
-        raise ValueError("the checkpoint holds more values than the state has")
-    on_device = [i for i, t in enumerate(leaves) if isinstance(t, jax.Array) and not _global(t)]
-    put = jax.device_put([out[i] for i in on_device], [leaves[i].sharding for i in on_device])
-    for i, x in zip(on_device, put, strict=True):
-        out[i] = x
-    return treedef.unflatten(out)
-
-
-# ---------------------------------------------------------------------------------------------
-# Fingerprints: a hash of every saved array's exact bytes, stored in the checkpoint's JSON.
-
-
-def fingerprint(tree) -> list[str]:
-    """Per-leaf BLAKE2b digest of the exact bytes (and dtype, shape) of every array."""
-    out = []
-    for x in jax.tree.leaves(tree):
-        if _global(x) and not x.is_fully_replicated:
-            # markets sharded over every process's devices: every process hashes all of it
-            x = multihost_utils.process_allgather(x, tiled=True)
-        x = np.ascontiguousarray(jax.device_get(x))
-        h = hashlib.blake2b(f"{x.dtype}{x.shape}".encode(), digest_size=16)
-        h.update(x.tobytes())
-        out.append(h.hexdigest())
-    return out
-
-
-# ---------------------------------------------------------------------------------------------
-# Checkpoints written before LAYOUT (leaf by leaf): in a multi-process run, arrays that live on
-# one process's devices were saved as host numpy arrays, global arrays as they are.
-
-
-def _host_local(x) -> bool:
-    return jax.process_count() > 1 and isinstance(x, jax.Array) and x.is_fully_addressable
-
-
-def _to_savable(tree):
-    return jax.tree.map(lambda x: np.asarray(x) if _host_local(x) else x, tree)
-
-
-def _like_target(restored, target):
-    """Host-local leaves of `target` restored as numpy go back onto their devices."""
-    return jax.tree.map(
-        lambda x, t: jax.device_put(x, t.sharding) if _host_local(t) else x, restored, target
-    )
 
 
 # ---------------------------------------------------------------------------------------------
@@ -259,22 +151,22 @@ class PhaseCheckpoints:
 
     def _restore(self, step: int, target):
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        packed = meta["meta"].get("layout") == LAYOUT
-        saved_like = packed_like(target) if packed else _to_savable(target)
+        packed = meta["meta"].get("layout") == layout.LAYOUT
+        saved_like = layout.packed_like(target) if packed else layout.leaf_by_leaf(target)
         saved = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(saved_like))
         )["state"]
-        if meta["meta"]["fingerprint"] != fingerprint(saved):
+        if meta["meta"]["fingerprint"] != layout.fingerprint(saved):
             raise ValueError("its arrays do not match the fingerprint saved with them")
-        return unpack(saved, target) if packed else _like_target(saved, target)
+        return layout.unpack(saved, target) if packed else layout.from_leaf_by_leaf(saved, target)
 
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
         """Saves `state` as `step` (every `every` steps, at the last one, and on SIGTERM)."""
         if not (last or step % self.every == 0 or preemption_requested()):
             return
         self._check_space(step, state)
-        packed = pack(state)
-        meta = {"step": step, "layout": LAYOUT, "fingerprint": fingerprint(packed)}
+        packed = layout.pack(state)
+        meta = {"step": step, "layout": layout.LAYOUT, "fingerprint": layout.fingerprint(packed)}
         self.manager.save(
             step,
             args=ocp.args.Composite(

@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, experiment, metrics_log, resume
+from fecosr_jax import checkpoint, checkpoint_layout, experiment, metrics_log, resume
 from fecosr_jax.federated import round as fed_round
 from tests.conftest import ROOT
 
@@ -337,7 +337,7 @@ def mixed_state():
 
 def test_a_packed_checkpoint_restores_every_array_dtype_and_sharding(tmp_path):
     state = mixed_state()
-    packed = checkpoint.pack(state)
+    packed = checkpoint_layout.pack(state)
     # one array per dtype: 12 + 24 float32 values, 4 + 1 + 1 int32, 4 bool, 2 bfloat16
     assert {k: v.shape for k, v in packed.items()} == {
         "float32": (36,),
@@ -381,7 +381,9 @@ def test_a_checkpoint_saved_leaf_by_leaf_still_restores(tmp_path):
         4,
         args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            meta=ocp.args.JsonSave({"step": 4, "fingerprint": checkpoint.fingerprint(state)}),
+            meta=ocp.args.JsonSave(
+                {"step": 4, "fingerprint": checkpoint_layout.fingerprint(state)}
+            ),
         ),
     )
     manager.wait_until_finished()
