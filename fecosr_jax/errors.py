@@ -8,7 +8,8 @@
   preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.checkpoint.Preempted).
 
 `report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
---verbosity=1 or higher, or FECOSR_TRACEBACK=1).
+--verbosity=1 or higher, or FECOSR_TRACEBACK=1). `parse_flags` gives a bad flag the same
+form (absl's own parser prints "FATAL Flags parsing error" and exits 1).
 """
 
 from __future__ import annotations
@@ -78,3 +79,41 @@ def report(error: BaseException, *, verbosity: int = 0, prog: str = "") -> int:
     )
     print(f"{prefix}error: {text}{hint}", file=sys.stderr, flush=True)
     return code
+
+
+def parse_flags(argv: list[str], flag_values=None) -> list[str]:
+    """absl's flag parsing for `app.run(main, flags_parser=parse_flags)`: a flag that does
+    not parse (unknown, a value of the wrong kind, a required one missing, a config file or
+    --config.FIELD that does not load) is bad input: one line naming it, exit 2.
+    `flag_values`: absl's FlagValues (default the global FLAGS)."""
+    from absl import flags
+
+    flag_values = flags.FLAGS if flag_values is None else flag_values
+    try:
+        rest = flag_values(argv)
+    except flags.Error as e:
+        _bad_flag(" ".join(str(e).split()))
+    except (AttributeError, KeyError) as e:  # config_flags: a --config.FIELD the config lacks
+        field = str(e).strip("'\"")
+        given = [
+            a.split("=")[0]
+            for a in argv[1:]
+            if a.startswith("--config.") and field in a.split("=")[0].split(".")
+        ]
+        if not given:
+            raise
+        _bad_flag(f"{given[0]}: the config has no such field")
+    for name in list(flag_values):  # config_flags reports a config file that fails to load later
+        flag = flag_values[name]
+        if flag.present and hasattr(flag, "config_filename"):
+            try:
+                flag.value.keys()
+            except OSError as e:
+                reason = str(e).strip().splitlines()[-1].strip()
+                _bad_flag(f"--{name}={flag.config_filename}: {reason}")
+    return rest
+
+
+def _bad_flag(message: str):
+    print(f"error: {message} (--helpfull lists the flags)", file=sys.stderr, flush=True)
+    sys.exit(EXIT_BAD_INPUT)

@@ -19,8 +19,9 @@ runs/<name>/sweep.log. A run that already finished only reports (experiments.mai
 from its workdir), so re-running the sweep after an interruption continues where it stopped.
 A failed process is reported and the others go on; the sweep then exits 1. Flags are absl
 flags, as for experiments/main.py (--helpfull lists them; the config file and its
---config.FIELD overrides are checked before anything runs); an axis or --compare value the
-sweep cannot use exits 2 with one line, before anything is written.
+--config.FIELD overrides are checked before anything runs); a flag that does not parse, or
+an axis or --compare value the sweep cannot use, exits 2 with one line, before anything is
+written.
 
 DIR then holds sweep.json (one row per run, from the run's results.json and training.json:
 the grid values, per method the mean test NDCG@10 / HR@10, the validation NDCG@10 and the
@@ -47,7 +48,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from fecosr_jax import plots, reporting, sweep_results
+from fecosr_jax import errors, plots, reporting, sweep_results
 from fecosr_jax.files import write_text_atomic
 
 # Sweep axis: (flag, config field, short name in run names, type).
@@ -163,7 +164,7 @@ def command(
 
 def _error(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return 2  # bad input: nothing was written
+    return errors.EXIT_BAD_INPUT  # nothing was written
 
 
 def main(argv: list[str]) -> int:
@@ -234,4 +235,4 @@ def main(argv: list[str]) -> int:
 
 if __name__ == "__main__":
     define_flags()
-    app.run(main)
+    app.run(main, flags_parser=errors.parse_flags)

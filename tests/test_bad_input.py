@@ -237,6 +237,66 @@ def test_the_command_line_says_one_line_and_exits_2(tmp_path):
     assert out.returncode == 2 and "Traceback" in out.stderr
 
 
+@pytest.mark.parametrize(
+    "flag, named",
+    [
+        ("--no_such_flag=1", "'no_such_flag'"),  # absl: unknown flag
+        ("--config=experiments/configs/nope.py", "--config=experiments/configs/nope.py:"),
+        ("--workdir", "--workdir"),  # no value
+    ],
+)
+def test_a_flag_that_does_not_parse_is_one_line_and_exit_2(flag, named, capsys, monkeypatch):
+    from absl import flags
+    from ml_collections import config_flags
+
+    from fecosr_jax import errors
+    from tests.conftest import ROOT
+
+    monkeypatch.chdir(ROOT)
+    values = flags.FlagValues()  # the flags of experiments.main, apart from the global ones
+    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
+    flags.DEFINE_string("workdir", None, "", flag_values=values)
+    argv = ["main", "--config=experiments/configs/test.py", "--workdir=w", flag]  # last wins
+    with pytest.raises(SystemExit) as e:
+        errors.parse_flags(argv, values)
+    err = capsys.readouterr().err
+    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
+    assert named in err and "Traceback" not in err
+    # The same flags without the bad one parse.
+    assert errors.parse_flags(argv[:-1], values) == ["main"]
+
+
+@pytest.mark.parametrize(
+    "flag, message",
+    [
+        ("--config.federated.no_such_field=1", "--config.federated.no_such_field: the config "
+         "has no such field"),
+        ("--config.num_rounds=many", "flag --config.num_rounds=many: invalid literal for int() "
+         "with base 10: 'many'"),
+    ],
+)  # fmt: skip
+def test_experiments_main_parses_its_flags_so(tmp_path, flag, message):
+    # --config.FIELD flags exist only once config_flags has loaded the config: in a process.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    workdir = tmp_path / "w"
+    command = [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/test.py",
+        f"--workdir={workdir}",
+        flag,
+    ]
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2
+    assert out.stderr == f"error: {message} (--helpfull lists the flags)\n"
+    assert not workdir.exists()
+
+
 # --- A workdir's results are never mixed or replaced. ----------------------------------------
 
 

@@ -77,19 +77,9 @@ def test_bad_arguments_are_named():
             text=True,
         )
 
-    out = sweep_with("--alpha=0.1,x")
-    assert out.returncode == 2 and out.stderr.strip() == (
-        "error: --alpha=0.1,x: expected comma-separated floats"
-    )
-    out = sweep_with("--markets=2", "--compare=fecosr")
-    assert out.returncode == 2 and out.stderr.startswith("error: --compare: ")
-    # absl checks the flags and the config's fields before anything runs
-    for bad in ("--num_rounds=3", "--config.no_such_field=3", "--runs_per_process=-1"):
-        out = sweep_with("--markets=2", bad)
-        assert out.returncode != 0 and bad.split("=")[0].lstrip("-").split(".")[-1] in out.stderr, (
-            bad,
-            out.stderr,
-        )
+    # absl checks the flags and the config's fields before anything runs (errors.parse_flags)
+    out = sweep_with("--markets=2", "--config.no_such_field=3")
+    assert out.returncode == 2 and out.stderr.startswith("error: --config.no_such_field:")
     out = subprocess.run(
         [*SWEEP, "--markets=2", "--config=experiments/configs/xmrec.py", "--workdir=/tmp/x"],
         cwd=ROOT,
