@@ -97,6 +97,8 @@ def grid(values: dict[str, list[str]]) -> list[dict]:
     for flag, _, _, kind in AXES:
         given = [v for v in values.get(flag, []) if v.strip()]
         if not given:
+            if values.get(flag):  # --alpha=, : given, but no value
+                raise BadFlag(f"--{flag}={','.join(values[flag])}: no values")
             continue
         try:
             axes.append([(flag, kind(v)) for v in given])

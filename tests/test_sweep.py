@@ -66,8 +66,10 @@ def test_grid_names_and_commands():
 
 
 def test_bad_arguments_are_named():
-    with pytest.raises(sweep.BadFlag, match="--alpha=0.1,x"):
+    with pytest.raises(sweep.BadFlag, match="--alpha=0.1,x: expected comma-separated floats"):
         sweep.grid({"alpha": ["0.1", "x"]})
+    with pytest.raises(sweep.BadFlag, match="--seeds=,: no values"):
+        sweep.grid({"seeds": ["", ""]})
 
     def sweep_with(*flags):
         return subprocess.run(
