@@ -16,7 +16,7 @@ import sys
 from absl import app, flags
 from etils import epath
 
-from fecosr_jax import errors, reporting
+from fecosr_jax import errors, method_pairs, reporting
 from fecosr_jax.files import write_text_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir (experiments.main).")
@@ -63,16 +63,16 @@ def compare(workdir: str, pairs_text: str) -> str:
     if not results_path.exists():
         raise errors.BadInput(f"{results_path}: missing; is {workdir} a finished run's workdir?")
     try:
-        pairs = reporting.parse_pairs(pairs_text)
+        pairs = method_pairs.parse_pairs(pairs_text)
     except ValueError as e:
         raise errors.BadInput(f"--pairs: {e}") from e
     results = _read_json(results_path)
     seeds = results.get("seeds")
     try:
-        table = reporting.pair_comparison(results, load_ranks(workdir, seeds), pairs)
+        table = method_pairs.pair_comparison(results, load_ranks(workdir, seeds), pairs)
     except ValueError as e:
         raise errors.BadInput(f"--pairs={pairs_text}: {e}") from e
-    text = f"# {results['dataset']}: paired comparisons\n\n" + reporting.pairs_markdown(
+    text = f"# {results['dataset']}: paired comparisons\n\n" + method_pairs.pairs_markdown(
         table, results["markets"], seeds
     )
     reporting.write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})

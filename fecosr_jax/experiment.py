@@ -331,23 +331,22 @@ def _finish_run(
     ranks["popularity"] = pop_ranks
     done["ranks"]["popularity"] = pop_ranks  # saved with the finished run
     tables["popularity"] = pop_table
-    results = {
-        "dataset": dataset_name(run.config),
-        "protocol": "full" if run.config.eval.protocol == "full" else "sampled99",
-        "markets": names,
-        "methods": tables,
-        "vs_local": reporting.comparison(tables, names, ranks=_as_arrays(ranks)),
-        "skipped": {m: done["skipped"][m] for m in methods if m in done["skipped"]},
-        "transfer_source": (
+    private = trainer.pretrainer.privacy_report(run, [m for m in tables if m != "popularity"])
+    results = reporting.results(
+        dataset=dataset_name(run.config),
+        protocol="full" if run.config.eval.protocol == "full" else "sampled99",
+        markets=names,
+        methods=tables,
+        ranks=_as_arrays(ranks),
+        skipped={m: done["skipped"][m] for m in methods if m in done["skipped"]},
+        transfer_source=(
             trainer.pretrainer.transfer_source
             if any(paradigms.split_method(m)[0] in paradigms.SOURCE_METHODS for m in tables)
             else None
         ),
-        "soft_labels": run.soft_labels,
-    }
-    private = trainer.pretrainer.privacy_report(run, [m for m in tables if m != "popularity"])
-    if private:
-        results["privacy"] = private
+        soft_labels=run.soft_labels,
+        privacy=private or None,
+    )
     if distributed.is_primary():
         reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         reporting.write_json_atomic(

@@ -115,6 +115,41 @@ def pool_ranks(per_seed: list[dict]) -> dict:
     return {m: {n: np.asarray(r) for n, r in by.items()} for m, by in pooled.items()}
 
 
+def results(
+    *,
+    dataset: str,
+    protocol: str,
+    markets: list[str],
+    methods: dict,
+    ranks: dict,
+    skipped: dict,
+    transfer_source: str | None,
+    soft_labels: dict,
+    privacy: dict | None = None,
+    seeds: list[int] | None = None,
+    std: dict | None = None,
+) -> dict:
+    """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
+    and `std` in the shape of `methods`): the one place its fields are put together.
+    "vs_local" comes from `methods` and the per-user test `ranks` ({method: {market: [U] or
+    [S, U]}}: `comparison`)."""
+    out = {
+        "dataset": dataset,
+        "protocol": protocol,
+        "markets": markets,
+        "methods": methods,
+        "vs_local": comparison(methods, markets, ranks=ranks),
+        "skipped": skipped,
+        "transfer_source": transfer_source,
+        "soft_labels": soft_labels,
+    }
+    if seeds is not None:
+        out["seeds"], out["std"] = list(seeds), std
+    if privacy is not None:
+        out["privacy"] = privacy
+    return out
+
+
 def mean_std(values) -> tuple[float | None, float | None]:
     """The mean over seeds and the standard deviation (ddof 1; 0 for one seed), rounded; a
     mean of None where a seed lacks the value (None or NaN): nothing is averaged over fewer
@@ -142,21 +177,23 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     skipped = {}
     for r in per_seed:
         skipped.update(r.get("skipped", {}))
-    combined = {
-        "dataset": first["dataset"],
-        "protocol": first["protocol"],
-        "markets": names,
-        "seeds": list(seeds),
-        "methods": means,
-        "std": stds,
-        "vs_local": comparison(means, names, ranks=ranks),
-        "skipped": skipped,
-        "transfer_source": first.get("transfer_source"),
-        "soft_labels": first.get("soft_labels", {}),
-    }
-    if any("privacy" in r for r in per_seed):
-        combined["privacy"] = worst_privacy([r.get("privacy", {}) for r in per_seed])
-    return combined
+    return results(
+        dataset=first["dataset"],
+        protocol=first["protocol"],
+        markets=names,
+        methods=means,
+        ranks=ranks,
+        skipped=skipped,
+        transfer_source=first.get("transfer_source"),
+        soft_labels=first.get("soft_labels", {}),
+        privacy=(
+            worst_privacy([r.get("privacy", {}) for r in per_seed])
+            if any("privacy" in r for r in per_seed)
+            else None
+        ),
+        seeds=seeds,
+        std=stds,
+    )
 
 
 def worst_privacy(reports: list[dict]) -> dict:
@@ -186,80 +223,6 @@ def privacy_markdown(report: dict) -> list[str]:
 
 
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
-
-
-def parse_pairs(text: str) -> list[tuple[str, str]]:
-    """Method pairs from text: A:B,C:D -> [(A, B), (C, D)]; ValueError on a malformed one."""
-    pairs = [tuple(p.strip().split(":")) for p in text.split(",") if p.strip()]
-    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p) or p[0] == p[1]]
-    if bad or not pairs:
-        raise ValueError(
-            f"expected comma-separated METHOD:METHOD pairs of two different methods, got {text!r}"
-        )
-    return pairs
-
-
-def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) -> list[dict]:
-    """Method A against method B (not `local`) for each pair (A, B): per market the NDCG@10
-    gain and the paired t-test over the same test users, as `comparison` computes against
-    `local` (ranks: {method: {market: [S, U] or [U]}}, averaged over seeds per user).
-
-    Returns:
-      [{"method": A, "reference": B, "gain", "mean_gain", "markets_better", "markets_worse",
-      "significance", "markets_significantly_better", "markets_significantly_worse"}], in the
-      order of `pairs`.
-    """
-    methods, names = results["methods"], results["markets"]
-    for name in {m for pair in pairs for m in pair}:
-        if name not in methods:
-            raise ValueError(f"no method {name!r} in this run; it has {', '.join(methods)}")
-        if name not in ranks:
-            raise ValueError(f"no per-user test ranks of {name!r} (its run did not finish)")
-    out = []
-    for a, b in pairs:
-        both = {a: methods[a], b: methods[b]}
-        comp = comparison(both, names, reference=b, ranks={a: ranks[a], b: ranks[b]})
-        out.append({"method": a, "reference": b, **comp[a]})
-    return out
-
-
-def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None = None) -> str:
-    """One row per pair A:B, one column per market: the NDCG@10 difference A - B, ▲ / ▼ where
-    the paired t-test finds A significantly better / worse than B, and its p-value."""
-    over = (
-        f"per-user {GAIN_METRIC} averaged over seeds {', '.join(map(str, seeds))}"
-        if seeds
-        else f"per-user {GAIN_METRIC}, one seed"
-    )
-    lines = [
-        f"Method A against method B, per market: {GAIN_METRIC} of A − B, ▲ / ▼ where A is "
-        f"significantly better / worse than B (paired t-test over the market's test users, "
-        f"{over}, p < {significance.ALPHA}; p in brackets).",
-        "",
-        "| A | B | " + " | ".join(names) + " | mean | A better (▲) | A worse (▼) |",
-        "| --- | --- |" + " ---: |" * (len(names) + 3),
-    ]
-    for c in pairs:
-        cells = []
-        for n in names:
-            t = c["significance"][n]
-            p = t["p_value"]
-            p = "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
-            gain = c["gain"][n]
-            cells.append("-" if gain is None else f"{gain:+.4f}{MARKS[t['verdict']]} ({p})")
-        lines.append(
-            f"| {c['method']} | {c['reference']} | "
-            + " | ".join(cells)
-            + f" | {c['mean_gain']:+.4f} | {c['markets_better']} "
-            f"({c['markets_significantly_better']}) | {c['markets_worse']} "
-            f"({c['markets_significantly_worse']}) |"
-        )
-    lines += [
-        "",
-        "mean: the mean over markets of the per-market differences. A better / worse: markets "
-        "by the sign of the difference (significant ones in brackets).",
-    ]
-    return "\n".join(lines) + "\n"
 
 
 def transfer_matrix(results: dict) -> list[str]:

@@ -48,7 +48,7 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from fecosr_jax import errors, plots, reporting, sweep_results
+from fecosr_jax import errors, method_pairs, plots, sweep_results
 from fecosr_jax.files import write_text_atomic
 
 # Sweep axis: (flag, config field, short name in run names, type).
@@ -177,7 +177,7 @@ def main(argv: list[str]) -> int:
         )
     try:
         points = grid({flag: FLAGS[flag].value for flag, *_ in AXES})
-        pairs = reporting.parse_pairs(",".join(FLAGS.compare)) if FLAGS.compare else []
+        pairs = method_pairs.parse_pairs(",".join(FLAGS.compare)) if FLAGS.compare else []
     except BadFlag as e:
         return _error(str(e))
     except ValueError as e:
