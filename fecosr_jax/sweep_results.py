@@ -41,7 +41,9 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
         for m, c in results.get("vs_local", {}).items()
     }
     pretraining = training["pretraining"].items()
-    row["round_s"] = {k: p["seconds_per_round"] for k, p in pretraining if p["seconds_per_round"]}
+    row["round_s"] = {
+        k: p["seconds_per_round"] for k, p in pretraining if p["seconds_per_round"] is not None
+    }
     row["delta_cosine"] = {
         k: p["delta_cosine"] for k, p in pretraining if p["delta_cosine"] is not None
     }

@@ -211,29 +211,34 @@ def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, f
     assert not workdir.exists()
 
 
-def test_the_command_line_says_one_line_and_exits_2(tmp_path):
+def run_main(workdir, *flags):
+    """experiments.main on the test config in a process of its own: its CompletedProcess."""
     import subprocess
     import sys
 
     from tests.conftest import ROOT
 
-    workdir = tmp_path / "w"
     command = [
         sys.executable,
         "-m",
         "experiments.main",
         "--config=experiments/configs/test.py",
         f"--workdir={workdir}",
-        "--config.finetune.lr=-0.001",
+        *flags,
     ]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    return subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+
+
+def test_the_command_line_says_one_line_and_exits_2(tmp_path):
+    workdir = tmp_path / "w"
+    out = run_main(workdir, "--config.finetune.lr=-0.001")
     assert out.returncode == 2
     assert out.stderr.strip() == (
         "error: config.finetune.lr=-0.001: expected a positive learning rate"
     )
     assert not workdir.exists()
     # The traceback only when asked for.
-    out = subprocess.run([*command, "--verbosity=1"], cwd=ROOT, capture_output=True, text=True)
+    out = run_main(workdir, "--config.finetune.lr=-0.001", "--verbosity=1")
     assert out.returncode == 2 and "Traceback" in out.stderr
 
 
@@ -277,21 +282,8 @@ def test_a_flag_that_does_not_parse_is_one_line_and_exit_2(flag, named, capsys, 
 )  # fmt: skip
 def test_experiments_main_parses_its_flags_so(tmp_path, flag, message):
     # --config.FIELD flags exist only once config_flags has loaded the config: in a process.
-    import subprocess
-    import sys
-
-    from tests.conftest import ROOT
-
     workdir = tmp_path / "w"
-    command = [
-        sys.executable,
-        "-m",
-        "experiments.main",
-        "--config=experiments/configs/test.py",
-        f"--workdir={workdir}",
-        flag,
-    ]
-    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    out = run_main(workdir, flag)
     assert out.returncode == 2
     assert out.stderr == f"error: {message} (--helpfull lists the flags)\n"
     assert not workdir.exists()
