@@ -50,6 +50,35 @@ def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
 
+# Test modules by their seconds of work on the 2-core CPU, the slowest first (measured with
+# --durations=0, 2026-11-29). pytest-xdist (--dist loadfile --no-loadscope-reorder,
+# pyproject.toml) hands each free worker the next module in collection order: the long
+# modules start first and the short ones fill in at the end, where alphabetical order (or
+# xdist's own, by test count) left a minute-long module to run alone while the other worker
+# waited. A module missing from the list runs after them, in collection order.
+SLOWEST_FIRST = (
+    "test_runs",  # 134 s
+    "test_experiment",  # 133
+    "test_checkpoint",  # 107
+    "test_round",  # 100
+    "test_multihost",  # 69
+    "test_sweep",  # 61
+    "test_privacy",  # 49
+    "test_bench",  # 45
+    "test_finetune",  # 34
+    "test_model",  # 24
+    "test_colab",  # 15
+    "test_losses",  # 14
+    "test_bad_input",  # 10
+    "test_groups",  # 9
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.stem, len(rank)))  # stable: order within
+
+
 @pytest.fixture(autouse=True, scope="module")
 def _release_compiled_programs():
     """Drops every compiled program after each test module. An XLA CPU executable holds about

@@ -37,12 +37,25 @@ def test_analytic_forward_flops_match_xla_cost_analysis(name):
     assert analytic <= cost["flops"] <= 1.1 * analytic
 
 
-def test_torch_reference_is_the_same_model():
+def test_torch_reference_is_the_same_model(monkeypatch):
+    """The benchmark's "vs torch" compares one model: with the JAX parameters copied across,
+    the PyTorch reference gives the JAX model's scores (check_same_model, which the torch
+    backend runs first), and a reference that differs only in LayerNorm's epsilon fails it."""
     pytest.importorskip("torch", reason="the [bench] extra (torch) is not installed")
-    from experiments.bench import round as bench_round
+    from torch import nn
 
-    for c in common.CONFIGS.values():
-        assert bench_round.check_same_model(c) > 0
+    from experiments.bench import round as bench_round
+    from experiments.bench import torch_reference
+
+    for name in ("tiny", "small"):  # 1 and 2 blocks; `reference` is checked when measured
+        c = common.CONFIGS[name]
+        n, error = bench_round.check_same_model(c)
+        params = init_params(c.model_config(), jax.random.key(0), c.semantic_dim)
+        assert n == sum(x.size for x in jax.tree.leaves(params))
+        assert error < 1e-5, name  # float32 rounding: ~4e-7 measured
+    monkeypatch.setattr(torch_reference, "layer_norm", nn.LayerNorm)  # PyTorch's 1e-5
+    with pytest.raises(AssertionError, match="same parameters, other scores"):
+        bench_round.check_same_model(common.CONFIGS["tiny"])
 
 
 def test_round_benchmark_writes_the_documented_json(tmp_path):

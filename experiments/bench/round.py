@@ -157,19 +157,41 @@ def run_torch(c: common.BenchConfig, m: int) -> dict:
     return {"round_s": round_s, "first_round_s": first, "rounds": reps + 1, "device": str(r.device)}
 
 
-def check_same_model(c: common.BenchConfig):
-    """The PyTorch model has exactly the parameter count of the JAX model."""
+def check_same_model(c: common.BenchConfig) -> tuple[int, float]:
+    """The PyTorch reference is the JAX model: the same parameter count, and with the JAX
+    parameters copied across, the same scores on a batch of the benchmark's data, dropout off,
+    in full float32 (a GPU would otherwise round both sides' products to TF32). Returns (the
+    parameter count, the largest score difference relative to the largest score)."""
     import jax
+    import numpy as np
+    import torch
 
     from experiments.bench import torch_reference
-    from fecosr_jax.model import init_params
+    from fecosr_jax.model import SequenceModel, init_params
 
-    params = init_params(c.model_config(), jax.random.key(0), c.semantic_dim)
+    model = c.model_config()
+    params = init_params(model, jax.random.key(0), c.semantic_dim)
     n_jax = sum(x.size for x in jax.tree.leaves(params))
-    n_torch = torch_reference.num_params(torch_reference.SequenceModel(c))
+    reference = torch_reference.SequenceModel(c)
+    n_torch = torch_reference.num_params(reference)
     if n_jax != n_torch:
         raise AssertionError(f"parameter counts differ: JAX {n_jax}, PyTorch {n_torch}")
-    return n_jax
+    data = common.market_arrays(c, 1)
+    inputs, semantics = data["train"][0, : c.batch_size, :-1], data["semantics"][0]
+    def forward(params, inputs, semantics):  # [B, L, N + 1], unmasked, temperature 1
+        hidden, items = SequenceModel(model).apply({"params": params}, inputs, semantics)
+        return hidden @ items.T
+
+    with jax.default_matmul_precision("highest"):
+        want = np.asarray(jax.jit(forward)(params, inputs, semantics))
+    torch_reference.load_jax_params(reference, jax.device_get(params))
+    reference.eval()
+    with torch.no_grad():
+        got = reference(torch.from_numpy(inputs).long(), torch.from_numpy(semantics)).numpy()
+    error = float(np.abs(got - want).max() / np.abs(want).max())
+    if not error < 1e-5:
+        raise AssertionError(f"same parameters, other scores: relative difference {error:.2e}")
+    return n_jax, error
 
 
 def table(results: dict) -> str:
@@ -252,9 +274,11 @@ def main(argv):
             ) from e
         from experiments.bench import torch_reference
 
+        n, error = check_same_model(c)
         print(
-            f"same model: {check_same_model(c)} parameters in JAX and in PyTorch; PyTorch "
-            f"{torch.__version__} on {torch_reference.default_device()}",
+            f"same model: {n} parameters in JAX and in PyTorch, the same scores with the same "
+            f"parameters (relative difference {error:.1e}); PyTorch {torch.__version__} on "
+            f"{torch_reference.default_device()}",
             flush=True,
         )
     import jax.numpy as jnp

@@ -15,6 +15,11 @@ from torch import nn
 from experiments.bench.common import BenchConfig
 
 
+def layer_norm(width: int) -> nn.LayerNorm:
+    """LayerNorm with Flax's epsilon (1e-6; PyTorch's default is 1e-5)."""
+    return nn.LayerNorm(width, eps=1e-6)
+
+
 class ItemAdaptor(nn.Module):
     """Mixture of parametric-whitening experts, as fecosr_jax.model.ItemAdaptor."""
 
@@ -39,12 +44,12 @@ class Block(nn.Module):
 
     def __init__(self, c: BenchConfig, dropout: float):
         super().__init__()
-        self.ln_attn = nn.LayerNorm(c.hidden)
+        self.ln_attn = layer_norm(c.hidden)
         self.attn = nn.MultiheadAttention(c.hidden, c.num_heads, dropout=dropout, batch_first=True)
-        self.ln_ffn = nn.LayerNorm(c.hidden)
+        self.ln_ffn = layer_norm(c.hidden)
         self.ffn = nn.Sequential(
             nn.Linear(c.hidden, c.ffn_dim),
-            nn.GELU(),
+            nn.GELU(approximate="tanh"),  # Flax's nn.gelu
             nn.Dropout(dropout),
             nn.Linear(c.ffn_dim, c.hidden),
         )
@@ -62,10 +67,10 @@ class SequenceModel(nn.Module):
         super().__init__()
         self.adaptor = ItemAdaptor(c, dropout)
         self.positions = nn.Embedding(c.max_len, c.hidden)
-        self.embed_norm = nn.LayerNorm(c.hidden)
+        self.embed_norm = layer_norm(c.hidden)
         self.dropout = nn.Dropout(dropout)
         self.blocks = nn.ModuleList([Block(c, dropout) for _ in range(c.num_layers)])
-        self.final_norm = nn.LayerNorm(c.hidden)
+        self.final_norm = layer_norm(c.hidden)
         self.register_buffer(
             "causal", torch.triu(torch.ones(c.max_len, c.max_len, dtype=torch.bool), 1)
         )
@@ -77,6 +82,54 @@ class SequenceModel(nn.Module):
         for block in self.blocks:
             x = block(x, self.causal)
         return self.final_norm(x) @ items.T  # [B, L, N + 1]
+
+
+def load_jax_params(model: SequenceModel, params) -> None:
+    """Copies fecosr_jax.model's parameters (a pytree of arrays, the JAX model of the same
+    BenchConfig) into `model`, so that both compute the same function: Flax kernels are
+    [in, out] where torch.nn.Linear holds [out, in], and Flax's attention keeps query, key,
+    value and output per head ([d, heads, d_head], [heads, d_head, d]) where PyTorch stacks
+    q, k, v into one [3d, d] input projection."""
+
+    def t(x, transpose=False):
+        x = torch.from_numpy(np.array(x, np.float32))
+        return x.T.contiguous() if transpose else x
+
+    def linear(module: nn.Linear, p):
+        module.weight.copy_(t(p["kernel"], transpose=True))
+        if module.bias is not None:
+            module.bias.copy_(t(p["bias"]))
+
+    def norm(module: nn.LayerNorm, p):
+        module.weight.copy_(t(p["scale"]))
+        module.bias.copy_(t(p["bias"]))
+
+    def heads(p):  # Flax's [d, heads, d_head] kernel, [heads, d_head] bias -> Linear's
+        d = p["kernel"].shape[0]
+        return t(np.reshape(p["kernel"], (d, -1)), transpose=True), t(np.ravel(p["bias"]))
+
+    with torch.no_grad():
+        a = params["adaptor"]
+        model.adaptor.bias.copy_(t(a["bias"]))
+        model.adaptor.weight.copy_(t(a["weight"]))
+        linear(model.adaptor.gate, a["gate"])
+        model.positions.weight.copy_(t(params["positions"]["embedding"]))
+        norm(model.embed_norm, params["embed_norm"])
+        for i, block in enumerate(model.blocks):
+            p = params[f"block_{i}"]
+            norm(block.ln_attn, p["ln_attn"])
+            norm(block.ln_ffn, p["ln_ffn"])
+            qkv = [heads(p["attn"][name]) for name in ("query", "key", "value")]
+            block.attn.in_proj_weight.copy_(torch.cat([w for w, _ in qkv]))
+            block.attn.in_proj_bias.copy_(torch.cat([b for _, b in qkv]))
+            out = p["attn"]["out"]
+            block.attn.out_proj.weight.copy_(
+                t(np.reshape(out["kernel"], (-1, out["kernel"].shape[-1])), transpose=True)
+            )
+            block.attn.out_proj.bias.copy_(t(out["bias"]))
+            linear(block.ffn[0], p["ffn_in"])
+            linear(block.ffn[3], p["ffn_out"])
+        norm(model.final_norm, params["final_norm"])
 
 
 def default_device() -> str:
