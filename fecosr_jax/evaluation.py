@@ -14,6 +14,7 @@ per market. Over a mesh of several devices
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 
 import jax
@@ -23,6 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import keys, metrics
 from fecosr_jax import mesh as mesh_lib
+from fecosr_jax.errors import ConfigError
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
 KS = (5, 10, 20)
@@ -54,6 +56,34 @@ def _chunks(x: jax.Array, size: int) -> jax.Array:
 
 
 PROTOCOLS = ("full", "sampled99")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    """config.eval, typed and checked when built (a ConfigError names the field); its
+    defaults are experiments/configs/default.py's.
+
+    Attributes:
+      protocol: "full" (the target ranked against the market's whole catalogue) or
+        "sampled99" (against 99 sampled catalogue items).
+      mask_seen: mask the items of the user's input sequence (off, as RecBole's comparison
+        here).
+      batch_size: test users per evaluation step.
+    """
+
+    protocol: str = "full"
+    mask_seen: bool = False
+    batch_size: int = 256
+
+    def __post_init__(self):
+        if self.protocol not in PROTOCOLS:
+            raise ConfigError(
+                f"config.eval.protocol={self.protocol!r}: expected one of {', '.join(PROTOCOLS)}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"config.eval.batch_size={self.batch_size!r}: expected at least 1")
+
+
 NUM_NEGATIVES = 99
 
 

@@ -43,7 +43,9 @@ def prepare_markets(
     config: ml_collections.ConfigDict, *, num_markets_multiple: int = 1
 ) -> tuple[list[Market], list[MarketSplit], StackedMarkets]:
     """Loads the markets of `config.data`, splits them and stacks them on the market axis."""
-    markets = markets_from_config(config.data, config_check.synthetic_config(config))
+    markets = markets_from_config(
+        config_check.data_config(config), config_check.synthetic_config(config)
+    )
     splits = [
         leave_one_out(
             m,

@@ -42,6 +42,7 @@ ADDED_FIELDS = {
     "num_devices": 0,
     "federated.dp": dataclasses.asdict(DPConfig()),  # off: runs before DP had none
     "finetune.markets_per_step": 0,
+    "data.duplicates": "keep",  # runs before it kept exact duplicate rows
 }
 
 

@@ -176,6 +176,11 @@ def _config(**fields):
         ({"eval__batch_size": 0}, "config.eval.batch_size=0"),
         ({"data__markets": "m0000,m0000,m0001"}, "m0000 twice"),
         ({"data__min_interactions": 2}, "config.data.min_interactions=2"),
+        ({"data__duplicates": "merge"}, "config.data.duplicates='merge': expected one of drop"),
+        ({"data__semantics": "bert"}, "config.data.semantics='bert': expected one of auto"),
+        ({"data__kcore": -1}, "config.data.kcore=-1: expected 0 or more"),
+        ({"data__train_windows": -2}, "config.data.train_windows=-2"),
+        ({"data__format": "csv"}, "config.data.format='csv': expected one of xmrec"),
         ({"federated__alpha": 1.5}, "config.federated.alpha=1.5 is out of range"),
         ({"federated__loss": "mse"}, "config.federated.loss='mse': expected one of"),
         ({"model__norm": "mid"}, "config.model.norm='mid': expected pre or post"),
@@ -390,3 +395,30 @@ def test_ml100k_regions_need_the_zip_code_field(tmp_path):
     write(tmp_path / "ml-100k.user", "user_id:token\tage:float\n1\t30\n")
     with pytest.raises(DataError, match=r"ml-100k\.user: field 'zip_code': missing field"):
         recbole.load_ml100k_regions(tmp_path)
+
+
+def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, caplog):
+    """A repeated last row made the user's test item their validation item. Dropped (the
+    first kept) and counted, naming the file; `keep` keeps it; a row that differs in any
+    field (here the date, or the rating) is no duplicate."""
+    rows = ["u1 i1 5.0 2020-01-01", "u1 i2 5.0 2020-01-02", "u1 i3 4.0 2020-01-03"]
+    more = ["u1 i3 4.0 2020-01-03", "u1 i3 4.0 2020-01-04", "u1 i3 5.0 2020-01-03"]
+    p = write(tmp_path / "a.txt", "\n".join(rows + more[:1]) + "\n")
+    split = {}
+    for duplicates in ("keep", "drop"):
+        log = xmrec.load_ratings(p, duplicates=duplicates)
+        market = market_from_interactions("a", log)
+        split[duplicates] = leave_one_out(market, 5)
+    assert split["keep"].valid_targets[0] == split["keep"].test_targets[0]  # i3 and i3
+    assert split["drop"].valid_targets[0] != split["drop"].test_targets[0]  # i2, then i3
+    assert f"{p}: dropped 1 exact duplicate rows of 4" in caplog.text
+    caplog.clear()
+    write(p, "\n".join(rows + more[1:]) + "\n")
+    assert len(xmrec.load_ratings(p)) == 5 and "dropped" not in caplog.text
+    lines = ["user_id:token\titem_id:token\ttimestamp:float", "1\t2\t10", "1\t3\t11", "1\t2\t10"]
+    inter = write(tmp_path / "d.inter", "\n".join(lines) + "\n")
+    (market,) = recbole.load_markets(tmp_path, "d")
+    assert market.num_interactions == 2
+    assert f"{inter}: dropped 1 exact duplicate rows of 3" in caplog.text
+    (market,) = recbole.load_markets(tmp_path, "d", duplicates="keep")
+    assert market.num_interactions == 3

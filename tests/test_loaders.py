@@ -46,11 +46,27 @@ ML100K_INTERACTIONS = {
 
 
 def test_xmrec_reproduces_readme_counts(xmrec_dir):
-    markets = xmrec.load_markets(xmrec_dir, list(XMREC_COUNTS))
+    markets = xmrec.load_markets(xmrec_dir, list(XMREC_COUNTS), duplicates="keep")
     got = {m.name: (m.num_interactions, m.num_users, m.num_items) for m in markets}
     assert got == XMREC_COUNTS
     # Items overlap across markets by ASIN.
     assert len(np.intersect1d(markets[0].item_ids, markets[3].item_ids)) > 1000
+
+
+def test_xmrec_exact_duplicate_rows_are_dropped_and_counted(xmrec_dir, caplog):
+    """The files repeat some rows exactly (ca: 518 of 55,045). Dropped, each file's count is
+    in the log, and no user or item goes (the first of the rows stays)."""
+    caplog.set_level("WARNING")
+    markets = xmrec.load_markets(xmrec_dir, list(XMREC_COUNTS))
+    for m in markets:
+        path = xmrec.ratings_path(xmrec_dir, m.name)
+        rows = [tuple(line.split()) for line in open(path).read().splitlines()[1:]]
+        repeats = len(rows) - len(set(rows))
+        rows_kept, users, items = XMREC_COUNTS[m.name]
+        assert (m.num_interactions, m.num_users, m.num_items) == (rows_kept - repeats, users, items)
+        assert f"{path}: dropped {repeats} exact duplicate rows of {rows_kept}" in caplog.text
+    # ca by hand: tail -n +2 ca_5core.txt | sort | uniq -c | awk '$1>1{s+=$1-1}END{print s}'
+    assert "dropped 518 exact duplicate rows of 55045" in caplog.text
 
 
 def test_ml100k_regions_reproduces_readme_counts(ml100k_dir):
@@ -115,6 +131,7 @@ def test_stats_cli_json(xmrec_dir):
             "--format=xmrec",
             f"--path={xmrec_dir}",
             "--markets=ca,de,fr,uk",
+            "--duplicates=keep",  # the README counts the files' rows
             "--json",
         ],
         capture_output=True,

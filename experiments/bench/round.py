@@ -178,6 +178,7 @@ def check_same_model(c: common.BenchConfig) -> tuple[int, float]:
         raise AssertionError(f"parameter counts differ: JAX {n_jax}, PyTorch {n_torch}")
     data = common.market_arrays(c, 1)
     inputs, semantics = data["train"][0, : c.batch_size, :-1], data["semantics"][0]
+
     def forward(params, inputs, semantics):  # [B, L, N + 1], unmasked, temperature 1
         hidden, items = SequenceModel(model).apply({"params": params}, inputs, semantics)
         return hidden @ items.T

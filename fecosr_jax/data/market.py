@@ -47,6 +47,34 @@ class Interactions:
         return Interactions(self.users[keep], self.items[keep], self.times[keep], self.source)
 
 
+# What a loader does with rows that repeat an earlier row exactly (every field the same):
+# "drop" keeps the first and logs how many went; "keep" keeps them all (as runs made before
+# 2026-11-29 did). XMRec's Electronics 5-core files hold hundreds (ca 491 of 55,045 rows);
+# two equal last rows make a user's test item their validation item.
+DUPLICATES = ("drop", "keep")
+
+
+def repeated_rows(rows: Sequence[tuple], source: str, duplicates: str) -> np.ndarray:
+    """[R] bool: True at each row equal in every field to an earlier one, when `duplicates`
+    is "drop" (then a warning names `source` and the count); all False for "keep"."""
+    repeated = np.zeros(len(rows), bool)
+    if duplicates == "keep":
+        return repeated
+    seen = set()
+    for r, row in enumerate(rows):
+        repeated[r] = row in seen
+        seen.add(row)
+    if repeated.any():
+        logging.warning(
+            "%s: dropped %d exact duplicate rows of %d (the same user, item and every other "
+            "field as an earlier row; config.data.duplicates=keep keeps them)",
+            source,
+            int(repeated.sum()),
+            len(rows),
+        )
+    return repeated
+
+
 @dataclasses.dataclass(frozen=True)
 class Market:
     """One market: its users' time-ordered sequences over its own catalogue.

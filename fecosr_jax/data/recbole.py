@@ -19,7 +19,13 @@ from collections.abc import Callable, Sequence
 import numpy as np
 
 from fecosr_jax.data.errors import DataError
-from fecosr_jax.data.market import Interactions, Market, kcore_filter, market_from_interactions
+from fecosr_jax.data.market import (
+    Interactions,
+    Market,
+    kcore_filter,
+    market_from_interactions,
+    repeated_rows,
+)
 from fecosr_jax.data.xmrec import open_text
 
 FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
@@ -119,6 +125,7 @@ def load_markets(
     markets: Sequence[str] | None = None,
     kcore: int = 0,
     with_text: bool = True,
+    duplicates: str = "drop",
 ) -> list[Market]:
     """Loads a RecBole dataset as one market, or as several markets split by user.
 
@@ -130,6 +137,8 @@ def load_markets(
       markets: keep only these markets (in this order); None = all, sorted by name.
       kcore: if > 1, k-core filter each market.
       with_text: read item text from `{dataset}.item` when it exists.
+      duplicates: `.inter` rows equal in every field to an earlier row "drop" (counted in
+        the log) or "keep" (market.DUPLICATES).
 
     Returns:
       The markets.
@@ -146,6 +155,9 @@ def load_markets(
         times = np.asarray(inter.columns["timestamp"], dtype=np.float64)
     else:
         times = np.zeros(len(users), dtype=np.float64)
+    rows = list(zip(*(inter.columns[n] for n in inter.names), strict=True))
+    kept = ~repeated_rows(rows, inter.path, duplicates)
+    users, items, times = users[kept], items[kept], times[kept]
     text = None
     item_path = _atomic_path(data_dir, dataset, "item")
     if with_text and os.path.isfile(item_path):
@@ -201,6 +213,7 @@ def load_ml100k_regions(
     *,
     kcore: int = 0,
     with_text: bool = True,
+    duplicates: str = "drop",
 ) -> list[Market]:
     """The "ml-100k regions" markets (0-9 and x) from RecBole's ml-100k atomic files."""
     return load_markets(
@@ -210,4 +223,5 @@ def load_ml100k_regions(
         markets=markets,
         kcore=kcore,
         with_text=with_text,
+        duplicates=duplicates,
     )

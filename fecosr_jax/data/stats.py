@@ -5,7 +5,8 @@
   python -m fecosr_jax.data.stats --format=ml100k_regions --path=../shared/data/ml-100k
   python -m fecosr_jax.data.stats --format=synthetic --num_markets=8 --seed=0
 
-Counts are after loading (and k-core when --kcore > 1), before any split. --json prints a
+Counts are after loading (exact duplicate rows dropped unless --duplicates=keep, and k-core
+when --kcore > 1), before any split. --json prints a
 JSON list of {"market", "users", "items", "interactions"} objects.
 """
 
@@ -18,6 +19,7 @@ from absl import app, flags
 
 from fecosr_jax import errors
 from fecosr_jax.data import synthetic
+from fecosr_jax.data.market import DUPLICATES
 from fecosr_jax.data.sources import FORMATS, load_source
 from fecosr_jax.data.summary import format_tables, market_stats
 
@@ -26,6 +28,12 @@ _PATH = flags.DEFINE_string("path", None, "Data folder (not needed for synthetic
 _MARKETS = flags.DEFINE_list("markets", None, "Markets to load (default: all).")
 _KCORE = flags.DEFINE_integer("kcore", 0, "k-core filter each market when > 1.")
 _DATASET = flags.DEFINE_string("dataset", "ml-100k", "RecBole dataset name (format recbole).")
+_DUPLICATES = flags.DEFINE_enum(
+    "duplicates",
+    "drop",
+    DUPLICATES,
+    "Rows equal to an earlier row in every field: drop (counted in the log) or keep.",
+)
 _NUM_MARKETS = flags.DEFINE_integer("num_markets", 8, "Synthetic: number of markets.")
 _SEED = flags.DEFINE_integer("seed", 0, "Synthetic: generator seed.")
 _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
@@ -42,6 +50,7 @@ def main(argv: Sequence[str]) -> int:
             markets=_MARKETS.value,
             kcore=_KCORE.value,
             dataset=_DATASET.value,
+            duplicates=_DUPLICATES.value,
             synthetic_config=synthetic.SyntheticConfig(
                 num_markets=_NUM_MARKETS.value, seed=_SEED.value
             ),

@@ -20,7 +20,13 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from fecosr_jax.data.errors import DataError
-from fecosr_jax.data.market import Interactions, Market, kcore_filter, market_from_interactions
+from fecosr_jax.data.market import (
+    Interactions,
+    Market,
+    kcore_filter,
+    market_from_interactions,
+    repeated_rows,
+)
 
 RATING_COLUMNS = ("userId", "itemId", "rate", "date")
 _HEADER_NAMES = {("userid", "itemid", "rate", "date"), ("userid", "itemid", "rating", "date")}
@@ -74,8 +80,13 @@ def open_text(path: str | os.PathLike) -> Iterator[str]:
         raise DataError("named .gz but not a gzip file", path=path) from None
 
 
-def load_ratings(path: str | os.PathLike) -> Interactions:
+def load_ratings(path: str | os.PathLike, *, duplicates: str = "drop") -> Interactions:
     """Reads one XMRec ratings file (`userId itemId rate date`, header optional, .gz optional).
+
+    Args:
+      path: the file.
+      duplicates: "drop" (a row equal to an earlier one in all four fields goes, counted in
+        the log) or "keep" (market.DUPLICATES).
 
     Returns:
       The rows in file order; `times` are days since 1970-01-01.
@@ -84,7 +95,7 @@ def load_ratings(path: str | os.PathLike) -> Interactions:
       DataError: missing file, wrong column count, non-numeric rating, bad date, or no rows;
         the message names the file, line and field.
     """
-    users, items, times = [], [], []
+    users, items, times, rows = [], [], [], []
     for lineno, line in enumerate(open_text(path), start=1):
         parts = line.split()
         if not parts:
@@ -114,14 +125,16 @@ def load_ratings(path: str | os.PathLike) -> Interactions:
         users.append(user)
         items.append(item)
         times.append(day)
+        rows.append((user, item, rate, date))
     if not users:
         raise DataError("no interactions in file", path=path)
-    return Interactions(
+    log = Interactions(
         users=np.asarray(users),
         items=np.asarray(items),
         times=np.asarray(times, dtype=np.float64),
         source=os.fspath(path),
     )
+    return log.select(~repeated_rows(rows, os.fspath(path), duplicates))
 
 
 def _item_text(record: dict) -> str:
@@ -220,6 +233,7 @@ def load_markets(
     *,
     metadata_dir: str | os.PathLike | None = None,
     kcore: int = 0,
+    duplicates: str = "drop",
 ) -> list[Market]:
     """Loads XMRec markets from a folder of ratings files (and optional metadata files).
 
@@ -229,6 +243,7 @@ def load_markets(
       metadata_dir: folder with metadata files (see METADATA_PATTERNS) giving item titles; None
         for ratings only.
       kcore: if > 1, k-core filter each market (users and items with >= kcore rows).
+      duplicates: exact duplicate rows "drop" (counted in the log) or "keep".
 
     Returns:
       One Market per name, in the given order.
@@ -242,7 +257,8 @@ def load_markets(
         raise DataError("no markets given", field="markets")
     out = []
     for name in markets:
-        interactions = kcore_filter(load_ratings(ratings_path(data_dir, name)), kcore)
+        ratings = load_ratings(ratings_path(data_dir, name), duplicates=duplicates)
+        interactions = kcore_filter(ratings, kcore)
         text = None
         if metadata_dir is not None:
             meta = find_market_file(metadata_dir, name, METADATA_PATTERNS)
