@@ -41,6 +41,12 @@ from fecosr_jax import checkpoint_layout as layout
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, DiskFull, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote
 
+
+class UnknownLayout(BadInput):
+    """A checkpoint whose meta names a layout this version cannot read (written by a newer
+    fecosr_jax): refused, and kept, not taken for a corrupt one and deleted."""
+
+
 # ---------------------------------------------------------------------------------------------
 # Preemption (SIGTERM).
 
@@ -133,11 +139,14 @@ class PhaseCheckpoints:
     def restore(self, target, *, at_most: int | None = None) -> tuple[int, Any] | None:
         """(step, state) of the newest checkpoint (at most `at_most`) that restores and matches
         its fingerprint, with the arrays of `target` (shapes, dtypes, shardings); None when
-        there is none. Newer checkpoints that fail are reported and deleted."""
+        there is none. Newer checkpoints that fail are reported and deleted; one in a layout
+        this version does not know raises UnknownLayout and stays."""
         steps = [s for s in self.steps() if at_most is None or s <= at_most]
         for step in reversed(steps):
             try:
                 state = self._restore(step, target)
+            except UnknownLayout:
+                raise
             except Exception as e:  # any failure: fall back to an older checkpoint
                 warnings.warn(
                     f"{self.directory / str(step)}: checkpoint unreadable or corrupt "
@@ -151,7 +160,15 @@ class PhaseCheckpoints:
 
     def _restore(self, step: int, target):
         meta = self.manager.restore(step, args=ocp.args.Composite(meta=ocp.args.JsonRestore()))
-        packed = meta["meta"].get("layout") == layout.LAYOUT
+        written = meta["meta"].get("layout")  # None: leaf by leaf, before LAYOUT
+        if written not in (None, layout.LAYOUT):
+            raise UnknownLayout(
+                f"{self.directory / str(step)}: a checkpoint in layout {written!r}, which "
+                f"this version of fecosr_jax cannot read (it reads {layout.LAYOUT!r} and the "
+                "leaf-by-leaf one before it): run the version that wrote it, or use a new "
+                "--workdir; the checkpoint is kept"
+            )
+        packed = written == layout.LAYOUT
         saved_like = layout.packed_like(target) if packed else layout.leaf_by_leaf(target)
         saved = self.manager.restore(
             step, args=ocp.args.Composite(state=ocp.args.StandardRestore(saved_like))

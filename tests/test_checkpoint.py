@@ -22,7 +22,7 @@ import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import checkpoint, checkpoint_layout, experiment, metrics_log, resume
+from fecosr_jax import checkpoint, checkpoint_layout, errors, experiment, metrics_log, resume
 from fecosr_jax.federated import round as fed_round
 from tests.conftest import ROOT
 
@@ -371,6 +371,20 @@ def test_a_packed_checkpoint_restores_every_array_dtype_and_sharding(tmp_path):
     with pytest.warns(UserWarning, match="1: checkpoint unreadable or corrupt"):
         assert phase.restore(other) is None
     assert phase.steps() == []
+
+
+def test_a_checkpoint_in_a_newer_layout_is_refused_and_kept(tmp_path, monkeypatch):
+    state = mixed_state()
+    phase = checkpoint.PhaseCheckpoints(tmp_path, keep=2, best=False, async_save=False)
+    phase.save(1, state)
+    monkeypatch.setattr(checkpoint_layout, "LAYOUT", "packed/9")  # as a newer version writes
+    phase.save(2, state)
+    monkeypatch.undo()
+    with pytest.raises(checkpoint.UnknownLayout, match=r"2: a checkpoint in layout 'packed/9'"):
+        phase.restore(jax.tree.map(jnp.zeros_like, state))
+    assert phase.steps() == [1, 2]  # not taken for a corrupt one: nothing deleted
+    assert errors.exit_code(checkpoint.UnknownLayout("x")) == errors.EXIT_BAD_INPUT
+    phase.close()
 
 
 def test_a_checkpoint_saved_leaf_by_leaf_still_restores(tmp_path):
