@@ -177,9 +177,13 @@ class PhaseCheckpoints:
             raise ValueError("its arrays do not match the fingerprint saved with them")
         return layout.unpack(saved, target) if packed else layout.from_leaf_by_leaf(saved, target)
 
+    def due(self, step: int, last: bool = False) -> bool:
+        """Whether save(step) writes: every `every` steps, at the last one, and on SIGTERM."""
+        return last or step % self.every == 0 or preemption_requested()
+
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
-        """Saves `state` as `step` (every `every` steps, at the last one, and on SIGTERM)."""
-        if not (last or step % self.every == 0 or preemption_requested()):
+        """Saves `state` as `step` (when `due`)."""
+        if not self.due(step, last):
             return
         self._check_space(step, state)
         packed = layout.pack(state)
@@ -243,6 +247,9 @@ class NullPhase:
 
     def delete_after(self, step: int):
         pass
+
+    def due(self, step, last=False) -> bool:
+        return False
 
     def save(self, step, state, *, metrics=None, last=False):
         pass
@@ -329,6 +336,12 @@ class GroupPhase:
             bound = min(steps)
 
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
+        """Each run's slice saved in its own phase. The grouped state comes to the host in
+        one transfer and is sliced there (the bytes each run's device slice would give),
+        where R device slices made R programs and R transfers per save."""
+        if not any(p.due(step, last) for p in self.phases):
+            return
+        state = layout.to_host(state)
         for r, phase in enumerate(self.phases):
             run_metrics = (
                 None if metrics is None else {k: np.asarray(v)[r] for k, v in metrics.items()}

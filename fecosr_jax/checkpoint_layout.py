@@ -26,15 +26,24 @@ def _global(x) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
+def to_host(tree):
+    """`tree` with every array a process holds whole copied to the host (numpy) in one
+    transfer; global arrays (`_global`) stay as they are."""
+    leaves, treedef = jax.tree.flatten(tree)
+    whole = [i for i, x in enumerate(leaves) if not _global(x)]
+    for i, x in zip(whole, jax.device_get([leaves[i] for i in whole]), strict=True):
+        leaves[i] = np.asarray(x)
+    return treedef.unflatten(leaves)
+
+
 def pack(tree) -> dict:
     """{dtype name: every whole leaf of that dtype, flattened and concatenated in leaf order},
     plus {"leaf<i>": x} for the global leaves (`_global`), as they are."""
-    leaves = jax.tree.leaves(tree)
-    whole = [i for i, x in enumerate(leaves) if not _global(x)]
+    leaves = jax.tree.leaves(to_host(tree))
     parts: dict[str, list[np.ndarray]] = {}
-    for x in jax.device_get([leaves[i] for i in whole]):
-        x = np.asarray(x)
-        parts.setdefault(x.dtype.name, []).append(x.reshape(-1))
+    for x in leaves:
+        if not _global(x):
+            parts.setdefault(x.dtype.name, []).append(x.reshape(-1))
     packed: dict = {name: np.concatenate(xs) for name, xs in parts.items()}
     packed.update({f"leaf{i}": x for i, x in enumerate(leaves) if _global(x)})
     return packed
