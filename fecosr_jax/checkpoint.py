@@ -341,7 +341,7 @@ class GroupPhase:
         where R device slices made R programs and R transfers per save."""
         if not any(p.due(step, last) for p in self.phases):
             return
-        state = layout.to_host(state)
+        state = layout.whole_to_host(state)
         for r, phase in enumerate(self.phases):
             run_metrics = (
                 None if metrics is None else {k: np.asarray(v)[r] for k, v in metrics.items()}

@@ -26,9 +26,10 @@ def _global(x) -> bool:
     return isinstance(x, jax.Array) and not x.is_fully_addressable
 
 
-def to_host(tree):
+def whole_to_host(tree):
     """`tree` with every array a process holds whole copied to the host (numpy) in one
-    transfer; global arrays (`_global`) stay as they are."""
+    transfer; global arrays (`_global`) stay as they are, each process writing its own
+    shards (mesh.to_host, for results, gathers them instead)."""
     leaves, treedef = jax.tree.flatten(tree)
     whole = [i for i, x in enumerate(leaves) if not _global(x)]
     for i, x in zip(whole, jax.device_get([leaves[i] for i in whole]), strict=True):
@@ -39,7 +40,7 @@ def to_host(tree):
 def pack(tree) -> dict:
     """{dtype name: every whole leaf of that dtype, flattened and concatenated in leaf order},
     plus {"leaf<i>": x} for the global leaves (`_global`), as they are."""
-    leaves = jax.tree.leaves(to_host(tree))
+    leaves = jax.tree.leaves(whole_to_host(tree))
     parts: dict[str, list[np.ndarray]] = {}
     for x in leaves:
         if not _global(x):
