@@ -35,11 +35,22 @@ import jax.numpy as jnp
 import numpy as np
 import orbax.checkpoint as ocp
 from etils import epath
+from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
 from fecosr_jax import checkpoint_layout as layout
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, DiskFull, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.files import is_remote
+
+
+def processes_without(ok: bool) -> list[int]:
+    """The processes whose `ok` is False. In a run over several processes every one calls it
+    (a collective), so all of them stop together: one stopping alone would leave the others
+    waiting in orbax's save for it."""
+    if jax.process_count() == 1:
+        return [] if ok else [0]
+    oks = np.asarray(multihost_utils.process_allgather(np.asarray(ok))).reshape(-1)
+    return [p for p, good in enumerate(oks.tolist()) if not good]
 
 
 class UnknownLayout(BadInput):
@@ -211,13 +222,18 @@ class PhaseCheckpoints:
         if free < 2 * need:  # a save still in flight may be using the space: let it finish
             self.manager.wait_until_finished()
             free = shutil.disk_usage(self.directory).free
-        if free < need:
-            raise DiskFull(
-                f"{self.directory}: no space left for checkpoint step {step} (needs up to "
-                f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on the disk; ENOSPC). "
-                "The checkpoints saved before it are intact: free space, then re-run the same "
-                "command to resume"
-            )
+        short = processes_without(free >= need)
+        if not short:
+            return
+        if jax.process_index() in short:
+            where = f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on the disk"
+        else:
+            where = f"on the disk of process {', '.join(map(str, short))}"
+        raise DiskFull(
+            f"{self.directory}: no space left for checkpoint step {step} (needs up to {where}; "
+            "ENOSPC). The checkpoints saved before it are intact: free space, then re-run the "
+            "same command to resume"
+        )
 
     def delete_after(self, step: int):
         """Deletes the checkpoints newer than `step` (-1: all of them)."""

@@ -1,6 +1,7 @@
 """One process of the 2-process test (tests/test_multihost.py): joins a run over localhost with
 jax.distributed, runs federated rounds over the mesh of both processes' devices, and saves the
-final shared parameters and the round metrics to an .npz file.
+final shared parameters and the round metrics to an .npz file, with the processes that a
+checkpoint's space check (process 1 failing it) names on this process.
 
     python tests/multihost_worker.py PROCESS_ID NUM_PROCESSES PORT OUT.npz
 """
@@ -11,7 +12,7 @@ import sys
 import jax
 import numpy as np
 
-from fecosr_jax import distributed
+from fecosr_jax import checkpoint, distributed
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
@@ -52,4 +53,7 @@ if __name__ == "__main__":
     distributed.initialize(f"127.0.0.1:{port}", int(num_processes), int(process_id))
     assert jax.process_count() == int(num_processes)
     assert len(jax.devices()) == 2 * int(num_processes), jax.devices()
-    np.savez(path, **run_rounds(fed_round.make_mesh()))
+    out = run_rounds(fed_round.make_mesh())
+    # A disk full on one process only (process 1 here): every process learns it, and which.
+    out["without_space"] = np.asarray(checkpoint.processes_without(int(process_id) != 1))
+    np.savez(path, **out)

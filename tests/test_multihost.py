@@ -59,6 +59,8 @@ def test_two_process_round_equals_single_process_round(tmp_path):
         ]
     )
     results = [dict(np.load(p)) for p in paths]
+    for r in results:  # a full disk on process 1 alone: both processes stop, naming it
+        np.testing.assert_array_equal(r.pop("without_space"), [1])
     # One process, the same 4-device mesh shape (conftest forces 8 CPU devices).
     reference = multihost_worker.run_rounds(fed_round.make_mesh(jax.devices()[:4]))
     assert sorted(results[0]) == sorted(reference)
