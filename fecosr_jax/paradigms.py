@@ -303,7 +303,8 @@ def run_rounds(
         if problem is not None:
             raise checkpoint.NonFiniteError(
                 f"{phase}, round {r}: {problem}. The run stopped; the checkpoint of round "
-                f"{r - 1} is intact (fix the data or lower the learning rate, then re-run)"
+                f"{r - 1} is intact (fix the data, then re-run; or lower the learning rate "
+                "and re-run with --overwrite, which moves this run aside)"
             )
         if on_round is not None:
             on_round(r, metrics)

@@ -111,7 +111,8 @@ class RunCheckpoints:
                 raise IncompatibleCheckpoint(
                     f"{self.root}: this workdir holds a run with a different config: "
                     + "; ".join(diffs)
-                    + ". Use a new --workdir, or restore these values to resume it."
+                    + ". Use a new --workdir, --overwrite to move this run aside (nothing is "
+                    "deleted), or restore these values to resume it."
                 )
             self.progress = progress
         else:

@@ -202,6 +202,7 @@ def test_incompatible_config_names_the_fields(reference):
         experiment.train_and_evaluate(config, str(ref_dir))
     assert "federated.alpha (checkpoint 0.2, now 0.5)" in str(e.value)
     assert f"num_rounds (checkpoint {ROUNDS}, now {ROUNDS + 1})" in str(e.value)
+    assert "Use a new --workdir, --overwrite to move this run aside" in str(e.value)  # ways out
     # Fields that do not change results may differ.
     config = make_config()
     config.plots = True
