@@ -42,6 +42,12 @@ def test_recbole_non_numeric_float_field(tmp_path):
     write(tmp_path / "d.inter", "user_id:token\titem_id:token\ttimestamp:float\n1\t2\tsoon\n")
     with pytest.raises(DataError, match=r"d\.inter:2: field 'timestamp'"):
         recbole.load_markets(tmp_path, "d")
+    # A timestamp declared a token, holding dates: named too (line 4, after a blank line).
+    write(tmp_path / "d.inter", "user_id:token\titem_id:token\ttimestamp:token\n1\t2\t5\n\n")
+    with open(tmp_path / "d.inter", "a") as f:
+        f.write("1\t3\t2020-01-01\n")
+    with pytest.raises(DataError, match=r"d\.inter:4: field 'timestamp': '2020-01-01' is not a"):
+        recbole.load_markets(tmp_path, "d")
 
 
 def test_bad_date(tmp_path):

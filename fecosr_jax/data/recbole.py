@@ -33,12 +33,14 @@ FIELD_TYPES = ("token", "token_seq", "float", "float_seq")
 
 @dataclasses.dataclass(frozen=True)
 class AtomicTable:
-    """One atomic file: field names, their types, and string columns in file order."""
+    """One atomic file: field names, their types, string columns in file order, and the file
+    line of each row (for messages)."""
 
     path: str
     names: tuple[str, ...]
     types: tuple[str, ...]
     columns: dict[str, list[str]]
+    lines: tuple[int, ...] = ()
 
     def __len__(self) -> int:
         return len(self.columns[self.names[0]]) if self.names else 0
@@ -49,6 +51,27 @@ class AtomicTable:
                 f"missing field (fields: {', '.join(self.names)})", path=self.path, field=name
             )
         return self.columns[name]
+
+    def numbers(self, name: str) -> np.ndarray:
+        """A field's values as float64 whatever its declared type (a `timestamp:token`
+        included); a value that is not a number is a DataError naming the file, line and
+        field."""
+        values = self.column(name)
+        try:
+            return np.asarray(values, dtype=np.float64)
+        except ValueError:
+            for row, value in enumerate(values):
+                try:
+                    float(value)
+                except ValueError:
+                    raise DataError(
+                        f"{value!r} is not a number (this field orders each user's rows: "
+                        "seconds, or any number)",
+                        path=self.path,
+                        line=self.lines[row] if self.lines else None,
+                        field=name,
+                    ) from None
+            raise
 
 
 def read_atomic(path: str | os.PathLike) -> AtomicTable:
@@ -76,6 +99,7 @@ def read_atomic(path: str | os.PathLike) -> AtomicTable:
         names.append(name)
         types.append(ftype)
     columns: dict[str, list[str]] = {n: [] for n in names}
+    rows: list[int] = []
     float_fields = [
         (i, n) for i, (n, t) in enumerate(zip(names, types, strict=True)) if t == "float"
     ]
@@ -99,7 +123,8 @@ def read_atomic(path: str | os.PathLike) -> AtomicTable:
                 ) from None
         for name, value in zip(names, values, strict=True):
             columns[name].append(value)
-    return AtomicTable(path, tuple(names), tuple(types), columns)
+        rows.append(lineno)
+    return AtomicTable(path, tuple(names), tuple(types), columns, tuple(rows))
 
 
 def item_texts(table: AtomicTable, *, id_field: str = "item_id") -> dict[str, str]:
@@ -152,7 +177,7 @@ def load_markets(
     users = np.asarray(inter.column("user_id"))
     items = np.asarray(inter.column("item_id"))
     if "timestamp" in inter.columns:
-        times = np.asarray(inter.columns["timestamp"], dtype=np.float64)
+        times = inter.numbers("timestamp")
     else:
         times = np.zeros(len(users), dtype=np.float64)
     rows = list(zip(*(inter.columns[n] for n in inter.names), strict=True))
