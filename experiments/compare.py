@@ -10,27 +10,17 @@ of older versions kept them in their checkpoints' progress.json). Prints the tab
 DIR/pairs.md and DIR/pairs.json (each write atomic). Nothing is run again.
 """
 
-import json
 import sys
 
 from absl import app, flags
 from etils import epath
 
 from fecosr_jax import errors, method_pairs, reporting
-from fecosr_jax.files import write_text_atomic
+from fecosr_jax.files import read_json, write_text_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir (experiments.main).")
 _PAIRS = flags.DEFINE_string("pairs", None, "Comma-separated METHOD_A:METHOD_B pairs.")
 flags.mark_flags_as_required(["workdir", "pairs"])
-
-
-def _read_json(path: epath.Path) -> dict:
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise errors.BadInput(
-            f"{path}: not readable JSON ({e}); is the run's file complete?"
-        ) from e
 
 
 def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
@@ -47,7 +37,7 @@ def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
             raise errors.BadInput(
                 f"{d / 'ranks.npz'}: missing (and no {progress}): is {d} a finished run?"
             )
-        per_seed.append(_read_json(progress).get("ranks", {}))
+        per_seed.append(read_json(progress).get("ranks", {}))
     # Only methods with ranks from every seed are compared.
     return {
         m: by
@@ -66,7 +56,7 @@ def compare(workdir: str, pairs_text: str) -> str:
         pairs = method_pairs.parse_pairs(pairs_text)
     except ValueError as e:
         raise errors.BadInput(f"--pairs: {e}") from e
-    results = _read_json(results_path)
+    results = read_json(results_path)
     seeds = results.get("seeds")
     try:
         table = method_pairs.pair_comparison(results, load_ranks(workdir, seeds), pairs)

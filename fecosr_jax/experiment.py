@@ -11,7 +11,6 @@ markets_ndcg10.png and curves.png.
 
 from __future__ import annotations
 
-import json
 import os
 
 import ml_collections
@@ -37,6 +36,7 @@ from fecosr_jax.data.market import Market
 from fecosr_jax.data.sources import markets_from_config
 from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.errors import ConfigError
+from fecosr_jax.files import read_json
 
 
 def prepare_markets(
@@ -165,9 +165,7 @@ def _check_layout(workdir: str, seeds: list[int]) -> None:
     root = epath.Path(workdir)
     single = (root / "checkpoints" / "progress.json").exists()
     results = root / "results.json"
-    saved = (
-        json.loads(results.read_text()).get("seeds") if results.exists() and not single else None
-    )
+    saved = read_json(results).get("seeds") if results.exists() and not single else None
     several = any(root.glob("seed_*")) if root.exists() else False
     problem = None
     if len(seeds) > 1 and single:
@@ -208,7 +206,7 @@ def _run_group(
             print(f"{workdir}: this run has finished; its results:\n", flush=True)
             print((root / "results.md").read_text(), flush=True)
             finished[workdir] = (
-                json.loads(results_path.read_text()),
+                read_json(results_path),
                 checkpoints.progress["ranks"],
             )
             checkpoints.close()

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextlib
 import datetime
+import json
 import os
 import tempfile
 
@@ -20,6 +21,16 @@ REMOTE_PREFIXES = ("gs://", "s3://")
 
 def is_remote(path) -> bool:
     return str(path).startswith(REMOTE_PREFIXES)
+
+
+def read_json(path):
+    """A run's JSON file (results.json, training.json, ...); one that does not parse is a
+    BadInput naming it (this module writes files whole, so something else cut it)."""
+    path = epath.Path(path)
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise BadInput(f"{path}: not readable JSON ({e}); is the run's file complete?") from e
 
 
 def _umask() -> int:

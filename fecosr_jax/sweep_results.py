@@ -3,10 +3,10 @@ grouped over seeds (mean ± std, reporting.mean_std), and the Markdown table."""
 
 from __future__ import annotations
 
-import json
 import pathlib
 
 from fecosr_jax import metrics_log, reporting
+from fecosr_jax.files import read_json
 
 METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-tuned methods)
 FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
@@ -21,10 +21,10 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     results_path = run_dir / "results.json"
     if not results_path.exists():
         return row
-    results = json.loads(results_path.read_text())
+    results = read_json(results_path)
     training_path = run_dir / metrics_log.TRAINING
     training = (
-        json.loads(training_path.read_text())
+        read_json(training_path)
         if training_path.exists()
         else metrics_log.training_record(metrics_log.read_lines(run_dir))
     )

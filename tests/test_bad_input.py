@@ -428,3 +428,15 @@ def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, caplog):
     assert f"{inter}: dropped 1 exact duplicate rows of 3" in caplog.text
     (market,) = recbole.load_markets(tmp_path, "d", duplicates="keep")
     assert market.num_interactions == 3
+
+
+def test_a_cut_results_file_is_named_wherever_it_is_read(tmp_path):
+    """results.json is written whole; one cut by something else is a one-line BadInput that
+    names it: a finished run reporting, experiments.compare and the sweep's collection all
+    read it through files.read_json."""
+    from fecosr_jax import errors, files, sweep_results
+
+    path = write(tmp_path / "results.json", '{"markets": ["a", "b"], "methods": {"lo')
+    for read in (files.read_json, lambda p: sweep_results.collect(p.parent, {})):
+        with pytest.raises(errors.BadInput, match=f"{path}: not readable JSON .*complete"):
+            read(path)
