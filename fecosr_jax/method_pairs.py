@@ -4,7 +4,7 @@ difference and the paired t-test, as results.json compares every method with `lo
 
 from __future__ import annotations
 
-from fecosr_jax import reporting, significance
+from fecosr_jax import reporting
 from fecosr_jax.reporting import GAIN_METRIC
 
 
@@ -54,7 +54,8 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
     lines = [
         f"Method A against method B, per market: {GAIN_METRIC} of A − B, ▲ / ▼ where A is "
         f"significantly better / worse than B (paired t-test over the market's test users, "
-        f"{over}, p < {significance.ALPHA}; p in brackets).",
+        f"{over}; {reporting.TESTED}, each pair a family; p in brackets, before the "
+        "adjustment).",
         "",
         "| A | B | " + " | ".join(names) + " | mean | A better (▲) | A worse (▼) |",
         "| --- | --- |" + " ---: |" * (len(names) + 3),

@@ -44,6 +44,10 @@ def write_json_atomic(path: str, obj) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
+# How the markers decide, for the Markdown: the family's adjusted p (fecosr_jax.significance).
+TESTED = f"p < {significance.ALPHA} after Benjamini-Hochberg over the method's markets"
+
+
 def clean(x) -> float | None:
     """A JSON-safe rounded float (None for NaN/Inf)."""
     x = float(x)
@@ -90,14 +94,19 @@ def comparison(methods: dict, names, reference: str = "local", ranks: dict | Non
                     np.nanmean(np.atleast_2d(significance.per_user(r[n], GAIN_METRIC)), axis=0)
                     for r in (ranks[method], ranks[reference])
                 )
-                t = significance.paired_test(a, b)
-                tests[n] = {
+                tests[n] = significance.paired_test(a, b)
+            tests = {
+                n: {
                     "diff": clean(t["diff"]),
                     "p_value": None if t["p_value"] is None else clean(t["p_value"]),
+                    "p_adjusted": None if t["p_adjusted"] is None else clean(t["p_adjusted"]),
                     "users": t["users"],
                     "verdict": t["verdict"],
                 }
+                for n, t in significance.correct(tests).items()
+            }
             verdicts = [t["verdict"] for t in tests.values()]
+            out[method]["correction"] = significance.CORRECTION
             out[method]["significance"] = tests
             out[method]["markets_significantly_better"] = verdicts.count("better")
             out[method]["markets_significantly_worse"] = verdicts.count("worse")
@@ -280,7 +289,7 @@ def results_markdown(results: dict) -> str:
     if any("significance" in c for c in comp.values()):
         lines += [
             f"▲ / ▼: significantly better / worse than `local` in that market (paired t-test "
-            f"over its test users' {GAIN_METRIC}, p < {significance.ALPHA}).",
+            f"over its test users' {GAIN_METRIC}; {TESTED}).",
             "",
         ]
     cols = list(methods)
@@ -299,7 +308,7 @@ def results_markdown(results: dict) -> str:
         lines += [
             "",
             f"Against `local` ({GAIN_METRIC} per market; 'significantly': paired t-test, "
-            f"p < {significance.ALPHA}):",
+            f"{TESTED}):",
             "",
             "| method | mean gain | markets better | markets worse | significantly better "
             "| significantly worse |",

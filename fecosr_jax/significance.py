@@ -8,8 +8,12 @@ over seeds first when there are several; then a two-sided paired t-test over the
 
     d_u = metric_method(u) - metric_reference(u),   t = mean(d) / (std(d, ddof=1) / sqrt(n))
 
-with n - 1 degrees of freedom (scipy.stats.ttest_rel). p < ALPHA marks the market "better" or
-"worse" (by the sign of mean(d)); otherwise "same". float64.
+with n - 1 degrees of freedom (scipy.stats.ttest_rel). A method is tested in every market at
+once, so its markets' tests are one family: their p-values are adjusted for multiple
+comparisons with Benjamini-Hochberg (`correct`: scipy.stats.false_discovery_control), which
+keeps the expected share of wrongly marked markets among the marked ones below ALPHA. An
+adjusted p < ALPHA marks the market "better" or "worse" (by the sign of mean(d)); otherwise
+"same". float64.
 """
 
 from __future__ import annotations
@@ -19,6 +23,14 @@ import numpy as np
 from fecosr_jax import metrics
 
 ALPHA = 0.05  # significance level of "better" / "worse"
+CORRECTION = "benjamini-hochberg"  # over each family: one method's tests in every market
+
+
+def verdict(diff: float, p: float | None) -> str:
+    """ "better" / "worse" by the sign of `diff` where p < ALPHA, else "same"."""
+    if p is None or p >= ALPHA or diff == 0.0:
+        return "same"
+    return "better" if diff > 0 else "worse"
 
 
 def per_user(ranks: np.ndarray, metric: str = "ndcg@10") -> np.ndarray:
@@ -53,5 +65,21 @@ def paired_test(method: np.ndarray, reference: np.ndarray) -> dict:
         from scipy import stats  # here: importing scipy.stats takes ~1 s of every start-up
 
         p = float(stats.ttest_rel(method[keep], reference[keep]).pvalue)
-    verdict = "same" if p >= ALPHA or mean == 0.0 else ("better" if mean > 0 else "worse")
-    return {"diff": mean, "p_value": p, "users": n, "verdict": verdict}
+    return {"diff": mean, "p_value": p, "users": n, "verdict": verdict(mean, p)}
+
+
+def correct(tests: dict[str, dict]) -> dict[str, dict]:
+    """One family of `paired_test` results ({market: test}) with Benjamini-Hochberg adjusted
+    p-values, "p_adjusted" (None where the market had no test), and each verdict taken from
+    the adjusted p. The raw "p_value" stays."""
+    tested = [n for n, t in tests.items() if t["p_value"] is not None]
+    adjusted = {}
+    if tested:
+        from scipy import stats
+
+        ps = stats.false_discovery_control([tests[n]["p_value"] for n in tested], method="bh")
+        adjusted = {n: float(p) for n, p in zip(tested, ps, strict=True)}
+    return {
+        n: {**t, "p_adjusted": adjusted.get(n), "verdict": verdict(t["diff"], adjusted.get(n))}
+        for n, t in tests.items()
+    }

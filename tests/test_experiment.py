@@ -161,12 +161,21 @@ def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run)
     for method, comp in results["vs_local"].items():
         tests = comp["significance"]
         assert set(tests) == set(results["markets"])
+        assert comp["correction"] == "benjamini-hochberg"
+        family = significance.correct(
+            {
+                market: significance.paired_test(
+                    significance.per_user(np.asarray(ranks[method][market])),
+                    significance.per_user(np.asarray(ranks["local"][market])),
+                )
+                for market in tests
+            }
+        )
         for market, t in tests.items():
-            expected = significance.paired_test(
-                significance.per_user(np.asarray(ranks[method][market])),
-                significance.per_user(np.asarray(ranks["local"][market])),
-            )
+            expected = family[market]
             assert t["verdict"] == expected["verdict"] and t["users"] == expected["users"]
+            if expected["p_adjusted"] is not None:
+                assert t["p_adjusted"] == pytest.approx(expected["p_adjusted"], abs=1e-6)
         verdicts = [t["verdict"] for t in tests.values()]
         assert comp["markets_significantly_better"] == verdicts.count("better")
         assert comp["markets_significantly_worse"] == verdicts.count("worse")

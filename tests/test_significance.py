@@ -90,6 +90,49 @@ def test_comparison_marks_only_significant_markets():
     assert "significance" not in reporting.comparison(methods, names)["fecosr"]
 
 
+def test_benjamini_hochberg_over_a_methods_markets_by_hand():
+    """Four markets tested, p = 0.01, 0.04, 0.03, 0.2 (and one without a test): sorted,
+    p_(i) m / i = 0.04, 0.06, 0.0533, 0.2, then the running minimum from the top gives
+    0.04, 0.0533, 0.0533, 0.2. Only the first market stays below 0.05, where uncorrected
+    three did."""
+    ps = {"a": 0.01, "b": 0.04, "c": 0.03, "d": 0.2, "e": None}
+    tests = {n: {"diff": -0.1, "p_value": p, "users": 9, "verdict": "?"} for n, p in ps.items()}
+    out = significance.correct(tests)
+    want = {"a": 0.04, "b": 0.16 / 3, "c": 0.16 / 3, "d": 0.2, "e": None}
+    for n, p in want.items():
+        assert out[n]["p_adjusted"] == (None if p is None else pytest.approx(p, rel=1e-12)), n
+        assert out[n]["p_value"] == ps[n]  # the raw p stays
+    assert [out[n]["verdict"] for n in ps] == ["worse", "same", "same", "same", "same"]
+    assert [significance.verdict(-0.1, p) for p in ps.values()].count("worse") == 3
+
+
+def test_results_keep_raw_and_adjusted_p_and_name_the_correction():
+    names = ["a", "b", "c"]
+    users = np.arange(40)
+    ranks = {  # a: a large gain; b: a small one (p = 0.044 raw); c: none (p = 1)
+        "local": {n: np.full(40, 30) for n in names},
+        "fecosr": {
+            "a": np.zeros(40, int),
+            "b": np.where(users < 4, 0, 30),
+            "c": np.full(40, 30),
+        },
+    }
+    methods = {m: table(dict.fromkeys(names, 0.0)) for m in ranks}
+    comp = reporting.comparison(methods, names, ranks=ranks)["fecosr"]
+    assert comp["correction"] == "benjamini-hochberg"
+    raw = {n: comp["significance"][n]["p_value"] for n in names}
+    adjusted = {n: comp["significance"][n]["p_adjusted"] for n in names}
+    assert raw["b"] < 0.05 <= adjusted["b"] == pytest.approx(1.5 * raw["b"], rel=1e-5)
+    assert comp["significance"]["a"]["verdict"] == "better"
+    assert comp["significance"]["b"]["verdict"] == "same"  # significant only uncorrected
+    assert comp["markets_significantly_better"] == 1
+    md = reporting.results_markdown(
+        {"dataset": "d", "markets": names, "protocol": "full", "methods": methods,
+         "vs_local": {"fecosr": comp}}
+    )  # fmt: skip
+    assert "p < 0.05 after Benjamini-Hochberg over the method's markets" in md
+
+
 def test_combine_seeds_by_hand():
     names = ["a"]
 
