@@ -137,11 +137,13 @@ def results(
     privacy: dict | None = None,
     seeds: list[int] | None = None,
     std: dict | None = None,
+    over_seeds: dict | None = None,
 ) -> dict:
     """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
-    and `std` in the shape of `methods`): the one place its fields are put together.
-    "vs_local" comes from `methods` and the per-user test `ranks` ({method: {market: [U] or
-    [S, U]}}: `comparison`)."""
+    `std` in the shape of `methods`, and with SEED_TEST_MIN or more seeds `over_seeds`,
+    {method: the test over seeds}): the one place its fields are put together. "vs_local"
+    comes from `methods` and the per-user test `ranks` ({method: {market: [U] or [S, U]}}:
+    `comparison`)."""
     out = {
         "dataset": dataset,
         "protocol": protocol,
@@ -154,6 +156,8 @@ def results(
     }
     if seeds is not None:
         out["seeds"], out["std"] = list(seeds), std
+    for method, test in (over_seeds or {}).items():
+        out["vs_local"][method]["over_seeds"] = test
     if privacy is not None:
         out["privacy"] = privacy
     return out
@@ -186,6 +190,9 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     skipped = {}
     for r in per_seed:
         skipped.update(r.get("skipped", {}))
+    over_seeds = None
+    if len(per_seed) >= SEED_TEST_MIN and "local" in methods:
+        over_seeds = {m: seed_test(per_seed, m) for m in methods if m != "local"}
     return results(
         dataset=first["dataset"],
         protocol=first["protocol"],
@@ -202,7 +209,36 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         ),
         seeds=seeds,
         std=stds,
+        over_seeds=over_seeds,
     )
+
+
+# Seeds from which a method's market-mean is also tested over seeds (combine_seeds).
+SEED_TEST_MIN = 5
+
+
+def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> dict:
+    """The method against `reference` over seeds: per seed the plain mean over markets of
+    the test GAIN_METRIC (each seed's "market_mean"), paired by seed, two-sided t-test
+    (significance.paired_test; one test per method, so no family to adjust).
+
+    Returns:
+      {"metric": "market_mean <GAIN_METRIC>", "diff": mean over seeds of the difference,
+      "p_value", "seeds": n, "verdict"}.
+    """
+    a, b = (
+        [np.nan if (v := r["methods"][m]["market_mean"][GAIN_METRIC]) is None else v
+         for r in per_seed]
+        for m in (method, reference)
+    )  # fmt: skip
+    t = significance.paired_test(np.asarray(a), np.asarray(b))
+    return {
+        "metric": f"market_mean {GAIN_METRIC}",
+        "diff": clean(t["diff"]),
+        "p_value": None if t["p_value"] is None else clean(t["p_value"]),
+        "seeds": t["users"],
+        "verdict": t["verdict"],
+    }
 
 
 def worst_privacy(reports: list[dict]) -> dict:
@@ -320,6 +356,20 @@ def results_markdown(results: dict) -> str:
                 f"{c['markets_worse']} | {c.get('markets_significantly_better', '-')} | "
                 f"{c.get('markets_significantly_worse', '-')} |"
             )
+    tested = {m: c["over_seeds"] for m, c in comp.items() if "over_seeds" in c}
+    if tested:
+        lines += [
+            "",
+            f"Over seeds (each method's mean over markets of {GAIN_METRIC} against `local`'s, "
+            f"paired by seed, two-sided t-test over {len(seeds)} seeds, p < "
+            f"{significance.ALPHA}):",
+            "",
+            "| method | mean difference | p | verdict |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for method, t in tested.items():
+            p = "-" if t["p_value"] is None else f"{t['p_value']:.2g}"
+            lines.append(f"| {method} | {t['diff']:+.4f} | {p} | {t['verdict']} |")
     lines += transfer_matrix(results)
     if results.get("transfer_source"):
         lines += [

@@ -155,6 +155,38 @@ def test_combine_seeds_by_hand():
     assert "0.3000 ± 0.1414" in reporting.results_markdown(out)
 
 
+@pytest.mark.parametrize("num_seeds", [4, 5])
+def test_five_seeds_or_more_test_the_market_mean_over_seeds(num_seeds):
+    """Per seed, fecosr's mean over markets beats local's by 0.01, 0.02, ..., 0.05: paired
+    by seed, d = 0.01 k, mean 0.03, sd 0.0158, t = 4.243 with 4 degrees of freedom, p =
+    0.013. Below five seeds: no test."""
+    names = ["a", "b"]
+
+    def result(seed):
+        local, fecosr = table({"a": 0.1, "b": 0.1}), table({"a": 0.1, "b": 0.1})
+        local["market_mean"]["ndcg@10"] = 0.2 + 0.1 * (seed % 2)  # seed noise, shared
+        fecosr["market_mean"]["ndcg@10"] = local["market_mean"]["ndcg@10"] + 0.01 * (seed + 1)
+        return {"dataset": "d", "protocol": "full", "markets": names, "skipped": {},
+                "methods": {"local": local, "fecosr": fecosr}}  # fmt: skip
+
+    seeds = list(range(num_seeds))
+    ranks = {m: {n: np.zeros((num_seeds, 3), int) for n in names} for m in ("local", "fecosr")}
+    out = reporting.combine_seeds([result(s) for s in seeds], seeds, ranks)
+    if num_seeds < reporting.SEED_TEST_MIN:
+        assert "over_seeds" not in out["vs_local"]["fecosr"]
+        return
+    t = out["vs_local"]["fecosr"]["over_seeds"]
+    # t = 0.03 / (sd / sqrt 5), sd = 0.01 sqrt(2.5). Student's t with 4 degrees of freedom
+    # has a closed-form two-sided tail: p = 1 - x (3 - x^2) / 2, x = t / sqrt(t^2 + 4).
+    tt = 0.03 / (0.01 * math.sqrt(2.5) / math.sqrt(5))
+    x = tt / math.sqrt(tt * tt + 4)
+    assert t["diff"] == pytest.approx(0.03, abs=1e-6) and t["seeds"] == 5
+    assert t["p_value"] == pytest.approx(1 - x * (3 - x * x) / 2, abs=2e-6)
+    assert t["verdict"] == "better" and t["metric"] == "market_mean ndcg@10"
+    md = reporting.results_markdown(out)
+    assert "| fecosr | +0.0300 | 0.013 | better |" in md
+
+
 def test_transfer_matrix_rows_are_sources_and_columns_targets():
     names = ["a", "b", "c"]
     hits, misses = np.zeros(50, int), np.full(50, 30)
