@@ -226,13 +226,13 @@ class PhaseCheckpoints:
         if not short:
             return
         if jax.process_index() in short:
-            where = f"{need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on the disk"
+            why = f"needs up to {need / 2**20:.1f} MiB, {free / 2**20:.1f} MiB free on the disk"
         else:
-            where = f"on the disk of process {', '.join(map(str, short))}"
+            why = f"on the disk of process {', '.join(map(str, short))}"
         raise DiskFull(
-            f"{self.directory}: no space left for checkpoint step {step} (needs up to {where}; "
-            "ENOSPC). The checkpoints saved before it are intact: free space, then re-run the "
-            "same command to resume"
+            f"{self.directory}: no space left for checkpoint step {step} ({why}; ENOSPC). The "
+            "checkpoints saved before it are intact: free space, then re-run the same command "
+            "to resume"
         )
 
     def delete_after(self, step: int):

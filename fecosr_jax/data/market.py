@@ -49,7 +49,7 @@ class Interactions:
 
 # What a loader does with rows that repeat an earlier row exactly (every field the same):
 # "drop" keeps the first and logs how many went; "keep" keeps them all (as runs made before
-# 2026-11-29 did). XMRec's Electronics 5-core files hold hundreds (ca 491 of 55,045 rows);
+# 2026-11-29 did). XMRec's Electronics 5-core files hold hundreds (ca 518 of 55,045 rows);
 # two equal last rows make a user's test item their validation item.
 DUPLICATES = ("drop", "keep")
 

@@ -65,8 +65,7 @@ class AtomicTable:
                     float(value)
                 except ValueError:
                     raise DataError(
-                        f"{value!r} is not a number (this field orders each user's rows: "
-                        "seconds, or any number)",
+                        f"{value!r} is not a number",
                         path=self.path,
                         line=self.lines[row] if self.lines else None,
                         field=name,
