@@ -31,12 +31,17 @@ class ConfigError(BadInput):
     """A config field out of range or of a wrong kind; the message names the field."""
 
 
-def check_ranges(prefix: str, config, ranges: dict[str, bool]):
-    """Raises ConfigError naming the first field of `config` whose range check is False, as
-    `{prefix}.{field}={value!r} is out of range`."""
-    for name, ok in ranges.items():
+def check_ranges(prefix: str, config, ranges: dict[str, bool | tuple[bool, str]]):
+    """Raises ConfigError naming the first field of `config` whose check is False, as
+    `{prefix}.{field}={value!r}: expected {what}` where the check is (ok, what it expects),
+    else `{prefix}.{field}={value!r} is out of range`."""
+    for name, check in ranges.items():
+        ok, expected = check if isinstance(check, tuple) else (check, None)
         if not ok:
-            raise ConfigError(f"{prefix}.{name}={getattr(config, name)!r} is out of range")
+            value = f"{prefix}.{name}={getattr(config, name)!r}"
+            raise ConfigError(
+                f"{value}: expected {expected}" if expected else f"{value} is out of range"
+            )
 
 
 class NonFiniteError(RuntimeError):

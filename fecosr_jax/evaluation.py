@@ -24,7 +24,7 @@ from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import keys, metrics
 from fecosr_jax import mesh as mesh_lib
-from fecosr_jax.errors import ConfigError
+from fecosr_jax.errors import check_ranges
 from fecosr_jax.model import ModelConfig, SequenceModel, scores
 
 KS = (5, 10, 20)
@@ -76,12 +76,11 @@ class EvalConfig:
     batch_size: int = 256
 
     def __post_init__(self):
-        if self.protocol not in PROTOCOLS:
-            raise ConfigError(
-                f"config.eval.protocol={self.protocol!r}: expected one of {', '.join(PROTOCOLS)}"
-            )
-        if self.batch_size < 1:
-            raise ConfigError(f"config.eval.batch_size={self.batch_size!r}: expected at least 1")
+        checks = {
+            "protocol": (self.protocol in PROTOCOLS, f"one of {', '.join(PROTOCOLS)}"),
+            "batch_size": (self.batch_size >= 1, "at least 1"),
+        }
+        check_ranges("config.eval", self, checks)
 
 
 NUM_NEGATIVES = 99

@@ -18,7 +18,7 @@ from fecosr_jax.data.market import (
     kcore_filter,
     market_from_interactions,
 )
-from fecosr_jax.errors import ConfigError
+from fecosr_jax.errors import ConfigError, check_ranges
 
 FORMATS = ("xmrec", "recbole", "ml100k_regions", "synthetic")
 SEMANTIC_SOURCES = ("auto", "synthetic", "text", "npy", "random", "none")
@@ -71,13 +71,11 @@ class DataConfig:
 
     def __post_init__(self):
         choices = {"format": FORMATS, "duplicates": DUPLICATES, "semantics": SEMANTIC_SOURCES}
-        for field, allowed in choices.items():
-            if getattr(self, field) not in allowed:
-                raise ConfigError(
-                    f"config.data.{field}={getattr(self, field)!r}: expected one of "
-                    f"{', '.join(allowed)}"
-                )
-        ranges = {
+        checks = {
+            field: (getattr(self, field) in allowed, f"one of {', '.join(allowed)}")
+            for field, allowed in choices.items()
+        }
+        checks |= {
             "kcore": (self.kcore >= 0, "0 or more (0 and 1: no filter)"),
             "max_len": (self.max_len >= 1, "at least 1 item"),
             "min_interactions": (
@@ -87,11 +85,7 @@ class DataConfig:
             "train_windows": (self.train_windows >= 0, "0 (all) or more"),
             "random_dim": (self.random_dim >= 1, "at least 1"),
         }
-        for field, (ok, expected) in ranges.items():
-            if not ok:
-                raise ConfigError(
-                    f"config.data.{field}={getattr(self, field)!r}: expected {expected}"
-                )
+        check_ranges("config.data", self, checks)
         names = self.market_names()
         repeated = sorted({m for m in names if names.count(m) > 1})
         if repeated:
