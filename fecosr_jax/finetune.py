@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 from typing import Any
 
 import flax.struct
@@ -68,7 +69,14 @@ class FinetuneConfig:
     batch_size: training rows per step.
     steps_per_epoch: optimiser steps between validations; 0 = one pass over the largest
       market's training rows.
-    max_epochs, patience: early stopping on validation NDCG@10, per market.
+    max_epochs, patience, min_budget: early stopping on validation NDCG@10, per market: a
+      market stops once `patience` epochs have passed without a new best and it has trained
+      `min_epochs` = ceil(min_budget * max_epochs) epochs, a minimum budget the same for every
+      method (a noisy validation set cannot end a market's training before it: without it,
+      `local` stopping early on some seeds decided a verdict, docs/results.md "Early
+      stopping"); its best epoch's parameters are kept. 0 = patience alone; 1 = every market
+      trains max_epochs. An epoch is `steps_per_epoch` optimiser steps, the same for every
+      market and method on the same data, so patience and budget count the same steps.
     loss_impl, block_size: dense or blockwise CE (large catalogues).
     markets_per_step: (run, market) pairs a device fine-tunes together (vmapped); the rest
       follow in sequence inside the same compiled epoch. 0 = one at a time on a CPU (there a
@@ -88,6 +96,7 @@ class FinetuneConfig:
     steps_per_epoch: int = 0
     max_epochs: int = 30
     patience: int = 3
+    min_budget: float = 0.5
     loss_impl: str = "dense"
     block_size: int = 4096
     markets_per_step: int = 0
@@ -99,6 +108,11 @@ class FinetuneConfig:
             raise ConfigError(f"config.finetune: mode={self.mode!r}: expected one of {MODES}")
         if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
             raise ConfigError(f"config.finetune: out of range: {self}")
+        if not 0 <= self.min_budget <= 1:
+            raise ConfigError(
+                f"config.finetune.min_budget={self.min_budget}: expected a share of max_epochs, "
+                "0 to 1"
+            )
         if self.markets_per_step < 0:
             raise ConfigError(
                 f"config.finetune.markets_per_step={self.markets_per_step}: expected 0 (auto) "
@@ -123,7 +137,13 @@ class FinetuneConfig:
             shared_lr_mult=1.0 if self.shared_lr_mult else 0.0,
             max_epochs=1,
             patience=1,
+            min_budget=0.0,
         )
+
+    @property
+    def min_epochs(self) -> int:
+        """Epochs every market trains before early stopping may end it."""
+        return math.ceil(self.min_budget * self.max_epochs - 1e-9)
 
 
 @dataclasses.dataclass
@@ -132,6 +152,7 @@ class FinetuneResult:
     model_config: ModelConfig
     best_valid: np.ndarray  # [M] best validation NDCG@10
     best_epoch: np.ndarray  # [M] epoch of the best parameters (0 = the starting model)
+    stop_epoch: np.ndarray  # [M] the last epoch each market trained (`stop_epochs`)
     # One entry per epoch: {"epoch", "valid_ndcg@10" [M], "loss" [M] (NaN for a market that had
     # stopped), "active" [M]}.
     history: list[dict]
@@ -305,7 +326,7 @@ def finetune(
         kept = np.where(active, ndcg, best_valid)  # a stopped market: what it keeps (not NaN)
         if on_epoch is not None:
             on_epoch(epoch, kept, loss, active.copy())
-        active = active & (bad < ft.patience)
+        active = active & ((bad < ft.patience) | (epoch < ft.min_epochs))
         state = {
             "params": params,
             "opt_state": opt_state,
@@ -323,4 +344,20 @@ def finetune(
             last=epoch == ft.max_epochs or not active.any(),
         )
         checkpoints.check_preemption(phase, epoch)
-    return FinetuneResult(best, model_config, best_valid, best_epoch, history)
+    last = int(state["epoch"])
+    return FinetuneResult(
+        best,
+        model_config,
+        best_valid,
+        best_epoch,
+        stop_epochs(ft, best_epoch, active, last),
+        history,
+    )
+
+
+def stop_epochs(ft: FinetuneConfig, best_epoch, active, last: int) -> np.ndarray:
+    """[...] the last epoch each market trained: `last` (the final epoch run) for a market
+    still active, else the epoch the stopping rule ended it, max(best + patience, min_epochs),
+    which the rule fixes (`bad` counts the epochs since the best one)."""
+    stopped = np.maximum(np.asarray(best_epoch) + ft.patience, ft.min_epochs)
+    return np.where(active, last, np.minimum(stopped, last)).astype(np.int32)

@@ -43,6 +43,7 @@ ADDED_FIELDS = {
     "federated.dp": dataclasses.asdict(DPConfig()),  # off: runs before DP had none
     "finetune.markets_per_step": 0,
     "data.duplicates": "keep",  # runs before it kept exact duplicate rows
+    "finetune.min_budget": 0.0,  # runs before it stopped on patience alone
 }
 
 

@@ -229,4 +229,6 @@ class Runner:
             metrics = evaluation.evaluate(
                 model, result.params, *test, per_market_params=True, **evaluate
             )
+        # each market's kept epoch and the last epoch it trained (results.json, per market)
+        metrics.update(best_epoch=result.best_epoch, stop_epoch=result.stop_epoch)
         return [groups.run_part(metrics, i, grouped) for i in range(len(items))]

@@ -317,6 +317,13 @@ def test_config_fields_added_later_match_their_default_when_absent():
     assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
         "model.norm (checkpoint 'pre', now 'post')"
     ]
+    # A run made before the minimum fine-tuning budget stopped on patience alone: resuming
+    # it under today's default would change its rule, so it is refused, naming the field.
+    saved = {"finetune": {"patience": 3}}
+    assert resume.config_differences(saved, {"finetune": {"patience": 3, "min_budget": 0.0}}) == []
+    assert resume.config_differences(saved, {"finetune": {"patience": 3, "min_budget": 0.5}}) == [
+        "finetune.min_budget (checkpoint 0.0, now 0.5)"
+    ]
 
 
 def mixed_state():

@@ -59,6 +59,18 @@ def test_every_file_and_every_method(full_run):
     stages = {(x["paradigm"], x["stage"]) for x in lines}
     assert ("federated_s2ce", "pretrain") in stages and ("fecosr", "finetune") in stages
     assert "| fecosr |" in (workdir / "results.md").read_text()
+    # Each fine-tuned market's kept epoch and the last epoch it trained, as the log shows it.
+    for method in paradigms.METHODS:
+        log = [x for x in lines if x["paradigm"] == method and x["stage"] == "finetune"]
+        for name in names:
+            row = results["methods"][method][name]
+            if not log:  # not fine-tuned
+                assert "stop_epoch" not in row and "best_epoch" not in row
+                continue
+            trained = [x["step"] for x in log if name not in x["markets_stopped"]]
+            assert row["stop_epoch"] == max(trained), (method, name)
+            assert 0 <= row["best_epoch"] <= row["stop_epoch"]
+    assert "stop_epoch" not in results["methods"]["popularity"]["mean"]
     # The S²CE soft labels' profile per market, at the run's tau_s, in results and results.md.
     soft = results["soft_labels"]
     assert soft["temperature"] == test_config.get_config().federated.temperature

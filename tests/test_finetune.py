@@ -75,7 +75,7 @@ def test_frozen_shared_part_does_not_move(stacked):
 
 
 def test_best_parameters_and_independent_early_stopping(stacked):
-    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
+    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1, min_budget=0)
     result = finetune.finetune(model, ft, start, data)
     # The kept parameters score exactly the recorded best validation NDCG@10.
     got = evaluation.evaluate(
@@ -97,6 +97,41 @@ def test_best_parameters_and_independent_early_stopping(stacked):
         assert last[m] == min(result.best_epoch[m] + 1, ft.max_epochs), (m, result.best_epoch)
     assert len(set(last)) > 1 and min(last) < ft.max_epochs, last  # they stopped apart
     assert result.best_valid.min() >= 0
+    np.testing.assert_array_equal(result.stop_epoch, last)  # what results.json records
+
+
+def _last_active(result, m):
+    return max(h["epoch"] for h in result.history if h["active"][m])
+
+
+def test_minimum_budget_before_any_market_stops(stacked):
+    ft, shared, model, start, data = setup(stacked, max_epochs=8, patience=1, min_budget=0)
+    free = finetune.finetune(model, ft, start, data)
+    budget = int(free.stop_epoch.min()) + 1  # without it, a market stops before this epoch
+    assert budget < ft.max_epochs, free.stop_epoch
+    ft_budget = dataclasses.replace(ft, min_budget=budget / ft.max_epochs)
+    assert ft_budget.min_epochs == budget
+    kept = finetune.finetune(model, ft_budget, start, data)
+    for m in range(stacked.num_markets):
+        # it trains until the budget at least, then stops at its first epoch without a new best
+        want = min(max(kept.best_epoch[m] + 1, budget), ft.max_epochs)
+        assert _last_active(kept, m) == want == kept.stop_epoch[m], (m, kept.best_epoch)
+    # the epochs both rules trained are the same computation
+    for h_free, h_kept in zip(free.history, kept.history, strict=False):  # free ends sooner
+        both = h_free["active"]
+        np.testing.assert_array_equal(h_free["valid_ndcg@10"][both], h_kept["valid_ndcg@10"][both])
+    # the whole budget: every market trains every epoch and keeps its best one
+    full = finetune.finetune(model, dataclasses.replace(ft, min_budget=1.0), start, data)
+    curve = np.stack([h["valid_ndcg@10"] for h in full.history])  # [epochs, M]
+    assert curve.shape == (8, stacked.num_markets) and np.isfinite(curve).all()
+    np.testing.assert_array_equal(full.stop_epoch, 8)
+    trained = full.best_epoch > 0  # else the starting model stayed the best
+    assert trained.any()
+    np.testing.assert_array_equal(full.best_epoch[trained], curve.argmax(axis=0)[trained] + 1)
+    np.testing.assert_array_equal(full.best_valid[trained], curve.max(axis=0)[trained])
+    assert (full.best_valid[~trained] >= curve.max(axis=0)[~trained]).all()
+    with pytest.raises(ValueError, match="min_budget=1.5"):
+        dataclasses.replace(ft, min_budget=1.5)
 
 
 def test_plain_mode_is_the_pretrained_model_for_every_market(stacked):
@@ -156,6 +191,7 @@ def same(a, b, rounding=False):
     (XLA batches a vmapped product in another order, and Adam's m / sqrt(v) turns rounding in
     a near-zero gradient into a step of up to ~lr: the bound of tests/test_runs.py)."""
     np.testing.assert_array_equal(a.best_epoch, b.best_epoch)
+    np.testing.assert_array_equal(a.stop_epoch, b.stop_epoch)
     np.testing.assert_allclose(a.best_valid, b.best_valid, rtol=0, atol=1e-6 if rounding else 0)
     pairs = list(zip(jax.tree.leaves(a.params), jax.tree.leaves(b.params), strict=True))
     if not rounding:
@@ -199,7 +235,7 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
         alone = seq if i == 0 else finetune.finetune(model, f, start, data)
         part = jax.tree.map(lambda x, i=i: x[i], grouped.params)
         mine = finetune.FinetuneResult(
-            part, model, grouped.best_valid[i], grouped.best_epoch[i], []
+            part, model, grouped.best_valid[i], grouped.best_epoch[i], grouped.stop_epoch[i], []
         )
         same(mine, alone, rounding=True)
     assert not np.array_equal(grouped.best_valid[0], grouped.best_valid[1])

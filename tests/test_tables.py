@@ -1,0 +1,61 @@
+"""The documents' tables are what their commands make from the committed raw files."""
+
+import json
+import re
+import shutil
+
+from experiments import tables
+
+
+def test_every_table_in_the_docs_is_its_regeneration():
+    assert tables.check() == []
+    # every table the command knows is in a document, once
+    names = [b["name"] for doc in tables.DOCS for b in tables.blocks(doc.read_text())]
+    assert sorted(names) == sorted(tables.TABLES)
+
+
+def test_a_changed_raw_row_or_table_cell_is_found(tmp_path, monkeypatch):
+    raw = json.loads(tables.CLAIM2.read_text())
+    raw["rows"][0]["methods"]["local"]["ndcg@10"] += 0.003  # one seed's local at h 0, overlap 0
+    changed = tmp_path / "claim2.json"
+    changed.write_text(json.dumps(raw))
+    monkeypatch.setattr(tables, "CLAIM2", changed)
+    (problem,) = tables.check()
+    assert "docs/results.md:" in problem and "table claim2_gains differs" in problem
+    assert "| 0.0 | 0.0 | 0.1740 ± " in tables.claim2_gains()  # 0.1730 + 0.003 / 3
+    # and a hand edit of a document's cell
+    monkeypatch.setattr(tables, "CLAIM2", tables.RAW / "claim2_heterogeneity.json")
+    doc = tmp_path / "results.md"
+    shutil.copy(tables.DOCS[0], doc)
+    doc.write_text(doc.read_text().replace("| 5, 3, 6 |", "| 5, 3, 7 |", 1))
+    monkeypatch.setattr(tables, "DOCS", (doc,))
+    problems = tables.check()
+    assert problems == [
+        f"{doc}:{line}: table claim2_significance differs from "
+        "`python -m experiments.tables claim2_significance`"
+        for line in [
+            doc.read_text()[: doc.read_text().index("<!-- table claim2_sig")].count("\n") + 1
+        ]
+    ]
+
+
+def test_a_table_name_the_command_does_not_know_is_reported(tmp_path, monkeypatch):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "<!-- table nothing: python -m experiments.tables nothing -->\n| a |\n<!-- end table -->\n"
+    )
+    monkeypatch.setattr(tables, "DOCS", (doc,))
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    assert tables.check() == ["doc.md:1: no table named 'nothing' (experiments/tables.py)"]
+
+
+def test_the_readme_quotes_the_main_jobs_committed_results():
+    readme = (tables.ROOT / "README.md").read_text()
+    quoted = re.search(
+        r"On one seed the mean test NDCG@10\s+is:\s+(.*?)\s+\(docs/results\.md", readme, re.S
+    )
+    pairs = re.findall(r"(\w+) (0\.\d{3})", quoted[1])
+    assert len(pairs) >= 5, quoted[1]
+    methods = tables.retested(tables.DEFAULT)["methods"]
+    for method, value in pairs:
+        assert f"{methods[method]['mean']['ndcg@10']:.3f}" == value, method
