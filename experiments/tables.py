@@ -117,6 +117,39 @@ def claim2_significance() -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- α and τ_s, first look: two seeds (docs/results/alpha_temperature.json) -----------------
+
+ALPHA = RAW / "alpha_temperature.json"
+
+
+def alpha_first_look() -> str:
+    """Per (α, τ_s), `fecosr`'s validation and test NDCG@10 (mean ± std over seeds) and the
+    mean client-update cosine; α = 0 is CE whatever τ_s, so it is one row."""
+    summary = sweep_results.summarise(read_json(ALPHA)["rows"], ["alpha", "temperature", "seeds"])
+    lines = [
+        row(["α", "τ_s", "validation", "test", "client-update cosine"]),
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    ce = [s for s in summary if s["alpha"] == 0][:1]
+    rest = sorted(
+        (s for s in summary if s["alpha"] > 0), key=lambda s: (s["temperature"], s["alpha"])
+    )
+    for s in ce + rest:
+        fecosr = s["methods"]["fecosr"]
+        lines.append(
+            row(
+                [
+                    "0 (CE)" if s["alpha"] == 0 else s["alpha"],
+                    "-" if s["alpha"] == 0 else s["temperature"],
+                    mean_std(fecosr["valid_ndcg@10"]),
+                    mean_std(fecosr["ndcg@10"]),
+                    plain(s["delta_cosine"]["federated_s2ce"][0]),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- Early stopping: the same markets and seeds under three stopping rules -------------------
 
 STOPPING = RAW / "stopping"
@@ -211,6 +244,7 @@ TABLES = {
     "default_synthetic": default_synthetic,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
+    "alpha_first_look": alpha_first_look,
     "stopping": stopping,
 }
 
