@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fecosr_jax import paradigms, reporting, sweep_results
+from fecosr_jax import method_pairs, paradigms, reporting, significance, sweep_results
 from fecosr_jax.files import read_json
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -163,13 +163,16 @@ def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
     return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
 
 
+def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
+    """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds."""
+    runs = [read_run(folder / f"seed_{s}") for s in seeds]
+    return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])
+
+
 def combined(folder: pathlib.Path, seeds) -> dict:
     """The results of `seeds` (folder/seed_<s>/) combined as the run combines them."""
-    runs = [read_run(folder / f"seed_{s}") for s in seeds]
-    per_seed = [r for r, _ in runs]
-    return reporting.combine_seeds(
-        per_seed, list(seeds), reporting.pool_ranks([k for _, k in runs])
-    )
+    per_seed, ranks = seed_runs(folder, seeds)
+    return reporting.combine_seeds(per_seed, list(seeds), ranks)
 
 
 def stopping() -> str:
@@ -211,6 +214,80 @@ def stopping() -> str:
     return "\n".join(lines) + "\n"
 
 
+# -- Claim 2 again: five seeds per point, the minimum budget, raw rows -----------------------
+
+CLAIM2_SEEDS = RAW / "claim2_seeds"
+CLAIM2_POINTS = [(h, o) for h in ("0", "0.5", "1") for o in ("0", "1")]
+
+
+def _test(t: dict) -> str:
+    return f"{signed(t['diff'])} ({t['p_value']:.2g}; {t['p_adjusted']:.2g})"
+
+
+def _counts(c: dict) -> str:
+    return f"{c['markets_significantly_better']} / {c['markets_significantly_worse']}"
+
+
+def _cosine(folder: pathlib.Path, seeds, pretraining: str) -> float:
+    """The mean over seeds of a pretraining's client-update cosine (each training.json)."""
+    runs = [read_json(folder / f"seed_{s}" / "training.json") for s in seeds]
+    return float(np.mean([r["pretraining"][pretraining]["delta_cosine"] for r in runs]))
+
+
+def claim2_seeds() -> str:
+    """Per grid point (folder h<h>_o<overlap>, seeds 0-4): market-mean test NDCG@10 (mean ±
+    std over seeds); S²CE − CE and `fecosr` − `local` tested over seeds (paired by seed; p and
+    Benjamini-Hochberg adjusted p over the grid's points) and per market (pooled per-user
+    tests, Benjamini-Hochberg over the markets: markets ▲ / ▼); the mean client-update cosine
+    of the two pretrainings."""
+    seeds = range(5)
+    points = {}
+    for h, o in CLAIM2_POINTS:
+        folder = CLAIM2_SEEDS / f"h{h}_o{o}"
+        per_seed, ranks = seed_runs(folder, seeds)
+        res = reporting.combine_seeds(per_seed, list(seeds), ranks)
+        (pair,) = method_pairs.pair_comparison(res, ranks, [("fecosr", "fecosr_no_s2ce")])
+        points[(h, o)] = {
+            "folder": folder,
+            "results": res,
+            "pair": pair,
+            "s2ce": reporting.seed_test(per_seed, "fecosr", reference="fecosr_no_s2ce"),
+            "local": res["vs_local"]["fecosr"]["over_seeds"],
+        }
+    for family in ("s2ce", "local"):
+        tests = significance.correct({k: p[family] for k, p in points.items()})
+        for k, t in tests.items():
+            points[k][family] = t
+    lines = [
+        row(["h", "overlap", "local", "fecosr", "fecosr_no_s2ce", "S²CE − CE over seeds (p; adj.)",
+             "S²CE vs CE markets ▲ / ▼", "fecosr − local over seeds (p; adj.)",
+             "fecosr vs local markets ▲ / ▼", "cosine S²CE", "cosine CE"]),
+        "| --- | --- |" + " ---: |" * 9,
+    ]  # fmt: skip
+    for (h, o), p in points.items():
+        mean, std = p["results"]["methods"], p["results"]["std"]
+        ndcg = [
+            mean_std([mean[m]["market_mean"]["ndcg@10"], std[m]["market_mean"]["ndcg@10"]])
+            for m in ("local", "fecosr", "fecosr_no_s2ce")
+        ]
+        lines.append(
+            row(
+                [
+                    h,
+                    o,
+                    *ndcg,
+                    _test(p["s2ce"]),
+                    _counts(p["pair"]),
+                    _test(p["local"]),
+                    _counts(p["results"]["vs_local"]["fecosr"]),
+                    plain(_cosine(p["folder"], seeds, "federated_s2ce")),
+                    plain(_cosine(p["folder"], seeds, "federated_ce")),
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 # -- One run's tables (results.md), from its results.json and ranks.npz ---------------------
 
 DEFAULT = RAW / "default"
@@ -244,6 +321,7 @@ TABLES = {
     "default_synthetic": default_synthetic,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
+    "claim2_seeds": claim2_seeds,
     "alpha_first_look": alpha_first_look,
     "stopping": stopping,
 }
