@@ -35,7 +35,7 @@ from jax.sharding import PartitionSpec as P
 
 from fecosr_jax import checkpoint, evaluation, finetune_epoch
 from fecosr_jax import mesh as mesh_lib
-from fecosr_jax.errors import ConfigError
+from fecosr_jax.errors import ConfigError, check_ranges
 from fecosr_jax.model import ModelConfig, init_params
 
 MODES = ("adapt", "plain", "scratch")
@@ -108,16 +108,14 @@ class FinetuneConfig:
             raise ConfigError(f"config.finetune: mode={self.mode!r}: expected one of {MODES}")
         if self.shared_lr_mult < 0 or self.max_epochs < 1 or self.patience < 1:
             raise ConfigError(f"config.finetune: out of range: {self}")
-        if not 0 <= self.min_budget <= 1:
-            raise ConfigError(
-                f"config.finetune.min_budget={self.min_budget}: expected a share of max_epochs, "
-                "0 to 1"
-            )
-        if self.markets_per_step < 0:
-            raise ConfigError(
-                f"config.finetune.markets_per_step={self.markets_per_step}: expected 0 (auto) "
-                "or a positive number of markets"
-            )
+        checks = {
+            "min_budget": (0 <= self.min_budget <= 1, "a share of max_epochs, 0 to 1"),
+            "markets_per_step": (
+                self.markets_per_step >= 0,
+                "0 (auto) or a positive number of markets",
+            ),
+        }
+        check_ranges("config.finetune", self, checks)
 
     def values(self) -> FinetuneValues:
         """This config's per-run values (host arrays)."""

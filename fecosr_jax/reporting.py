@@ -49,7 +49,9 @@ TESTED = f"p < {significance.ALPHA} after Benjamini-Hochberg over the method's m
 
 
 def clean(x) -> float | None:
-    """A JSON-safe rounded float (None for NaN/Inf)."""
+    """A JSON-safe rounded float (None for None, NaN or Inf)."""
+    if x is None:
+        return None
     x = float(x)
     return None if not np.isfinite(x) else round(x, 6)
 
@@ -98,8 +100,8 @@ def comparison(methods: dict, names, reference: str = "local", ranks: dict | Non
             tests = {
                 n: {
                     "diff": clean(t["diff"]),
-                    "p_value": None if t["p_value"] is None else clean(t["p_value"]),
-                    "p_adjusted": None if t["p_adjusted"] is None else clean(t["p_adjusted"]),
+                    "p_value": clean(t["p_value"]),
+                    "p_adjusted": clean(t["p_adjusted"]),
                     "users": t["users"],
                     "verdict": t["verdict"],
                 }
@@ -235,7 +237,7 @@ def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> di
     return {
         "metric": f"market_mean {GAIN_METRIC}",
         "diff": clean(t["diff"]),
-        "p_value": None if t["p_value"] is None else clean(t["p_value"]),
+        "p_value": clean(t["p_value"]),
         "seeds": t["users"],
         "verdict": t["verdict"],
     }
