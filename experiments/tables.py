@@ -21,7 +21,7 @@ import sys
 import numpy as np
 from absl import app, flags
 
-from fecosr_jax import method_pairs, paradigms, reporting, significance, sweep_results
+from fecosr_jax import markdown, method_pairs, paradigms, reporting, significance, sweep_results
 from fecosr_jax.files import read_json
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
@@ -304,7 +304,7 @@ def retested(folder: pathlib.Path) -> dict:
     return reporting.results(
         **{k: raw[k] for k in ("dataset", "protocol", "markets", "skipped")},
         methods={m: raw["methods"][m] for m in order},  # the run's order (results.json sorts)
-        ranks={m: {n: np.asarray(r) for n, r in by.items()} for m, by in ranks.items()},
+        ranks=ranks,
         transfer_source=raw.get("transfer_source"),
         soft_labels=raw.get("soft_labels", {}),
     )
@@ -312,7 +312,7 @@ def retested(folder: pathlib.Path) -> dict:
 
 def default_synthetic() -> str:
     """The main job's per-market table and its summary against `local` (its results.md)."""
-    text = reporting.results_markdown(retested(DEFAULT))
+    text = markdown.results_markdown(retested(DEFAULT))
     parts = [p for p in text.split("\n\n") if p.startswith(RUN_PARTS)]
     return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
 

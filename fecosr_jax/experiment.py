@@ -23,6 +23,7 @@ from fecosr_jax import (
     distributed,
     evaluation,
     groups,
+    markdown,
     mesh,
     metrics_log,
     paradigms,
@@ -71,10 +72,6 @@ def dataset_name(config: ml_collections.ConfigDict) -> str:
 def _ranks_by_market(names: list[str], ranks: np.ndarray) -> dict[str, list[int]]:
     """[M, U] ranks (-1 = no user) -> {market: its test users' ranks, in order}."""
     return {n: [int(r) for r in ranks[i] if r >= 0] for i, n in enumerate(names)}
-
-
-def _as_arrays(ranks: dict) -> dict:
-    return {m: {n: np.asarray(v) for n, v in by.items()} for m, by in ranks.items()}
 
 
 def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
@@ -150,9 +147,9 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
         combined = reporting.combine_seeds(per_seed, seeds, reporting.pool_ranks(per_seed_ranks))
         if distributed.is_primary():
             reporting.write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
-            table = reporting.write_results(workdir, combined, {}, plots=config.plots)
+            table = markdown.write_results(workdir, combined, {}, plots=config.plots)
         else:
-            table = reporting.results_markdown(combined)
+            table = markdown.results_markdown(combined)
         print(f"\n===== {workdir}: {len(seeds)} seeds\n\n" + table, flush=True)
         out.append(combined)
     return out
@@ -337,7 +334,7 @@ def _finish_run(
         protocol="full" if run.config.eval.protocol == "full" else "sampled99",
         markets=names,
         methods=tables,
-        ranks=_as_arrays(ranks),
+        ranks=ranks,
         skipped={m: done["skipped"][m] for m in methods if m in done["skipped"]},
         transfer_source=(
             trainer.pretrainer.transfer_source
@@ -353,11 +350,9 @@ def _finish_run(
             epath.Path(run.workdir) / metrics_log.TRAINING,
             metrics_log.training_record(run.log.lines),
         )
-        table = reporting.write_results(
-            run.workdir, results, run.log.curves, plots=run.config.plots
-        )
+        table = markdown.write_results(run.workdir, results, run.log.curves, plots=run.config.plots)
     else:
-        table = reporting.results_markdown(results)
+        table = markdown.results_markdown(results)
     run.checkpoints.finished_run()
     print("\n" + table, flush=True)
     return results, ranks

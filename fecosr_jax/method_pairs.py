@@ -4,7 +4,7 @@ difference and the paired t-test, as results.json compares every method with `lo
 
 from __future__ import annotations
 
-from fecosr_jax import reporting
+from fecosr_jax import markdown, reporting
 from fecosr_jax.reporting import GAIN_METRIC
 
 
@@ -54,7 +54,7 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
     lines = [
         f"Method A against method B, per market: {GAIN_METRIC} of A − B, ▲ / ▼ where A is "
         f"significantly better / worse than B (paired t-test over the market's test users, "
-        f"{over}; {reporting.TESTED}, each pair a family; p in brackets, before the "
+        f"{over}; {markdown.TESTED}, each pair a family; p in brackets, before the "
         "adjustment).",
         "",
         "| A | B | " + " | ".join(names) + " | mean | A better (▲) | A worse (▼) |",
@@ -68,7 +68,7 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
             p = "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
             gain = c["gain"][n]
             cells.append(
-                "-" if gain is None else f"{gain:+.4f}{reporting.MARKS[t['verdict']]} ({p})"
+                "-" if gain is None else f"{gain:+.4f}{markdown.MARKS[t['verdict']]} ({p})"
             )
         lines.append(
             f"| {c['method']} | {c['reference']} | "

@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fecosr_jax import reporting, significance
+from fecosr_jax import markdown, reporting, significance
 
 
 def test_per_user_metrics_from_ranks_by_hand():
@@ -126,7 +126,7 @@ def test_results_keep_raw_and_adjusted_p_and_name_the_correction():
     assert comp["significance"]["a"]["verdict"] == "better"
     assert comp["significance"]["b"]["verdict"] == "same"  # significant only uncorrected
     assert comp["markets_significantly_better"] == 1
-    md = reporting.results_markdown(
+    md = markdown.results_markdown(
         {"dataset": "d", "markets": names, "protocol": "full", "methods": methods,
          "vs_local": {"fecosr": comp}}
     )  # fmt: skip
@@ -152,7 +152,7 @@ def test_combine_seeds_by_hand():
     assert out["std"]["local"]["a"]["ndcg@10"] == pytest.approx(
         math.sqrt(0.02), abs=1e-6
     )  # ddof 1, rounded
-    assert "0.3000 ± 0.1414" in reporting.results_markdown(out)
+    assert "0.3000 ± 0.1414" in markdown.results_markdown(out)
 
 
 @pytest.mark.parametrize("num_seeds", [4, 5])
@@ -183,7 +183,7 @@ def test_five_seeds_or_more_test_the_market_mean_over_seeds(num_seeds):
     assert t["diff"] == pytest.approx(0.03, abs=1e-6) and t["seeds"] == 5
     assert t["p_value"] == pytest.approx(1 - x * (3 - x * x) / 2, abs=2e-6)
     assert t["verdict"] == "better" and t["metric"] == "market_mean ndcg@10"
-    md = reporting.results_markdown(out)
+    md = markdown.results_markdown(out)
     assert "| fecosr | +0.0300 | 0.013 | better |" in md
 
 
@@ -207,7 +207,7 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
         "methods": methods,
         "vs_local": reporting.comparison(methods, names, ranks=ranks),
     }
-    text = reporting.results_markdown(results)
+    text = markdown.results_markdown(results)
     assert "| source | a | b | c | targets better (▲) | targets worse (▼) |" in text
     # The source's own cell in brackets; its targets counted without it.
     assert "| a | [+1.0000 ▲] | +1.0000 ▲ | -1.0000 ▼ | 1 (1) | 1 (1) |" in text
