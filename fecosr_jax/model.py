@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import math
 
 import flax.linen as nn
 import jax
@@ -90,45 +89,23 @@ class ModelConfig:
 
 def keep_probability(rate: float) -> np.float32:
     """The keep probability of dropout rate `rate` as data: 1 - rate in double precision, then
-    float32 (as data XLA cannot fold it into the products around it, so results agree with
-    the constant's up to rounding)."""
+    float32, the very number nn.Dropout's arithmetic uses (as data XLA cannot fold it into
+    the products around it, so results agree with the constant's up to rounding)."""
     return np.float32(1.0 - float(rate))
 
 
-# Dropout's uniforms have this many bits: two per 32-bit word of random bits.
-KEEP_BITS = 16
-
-
-def keep_mask(key: Array, keep, shape: tuple[int, ...]) -> tuple[Array, Array]:
-    """Dropout's Bernoulli mask [*shape] and the keep probability q it has.
-
-    Element i keeps when its 16-bit uniform u_i < t = round(keep * 2^16): u_0, u_1, ... are the
-    16-bit halves (low, then high) of the words of jax.random.bits(key) in order, two elements
-    per word. jax.random.bernoulli spends a 32-bit word per element; on a CPU generating them
-    was half of a training step (docs/benchmarks.md, "Dropout's random bits"). So
-    q = t / 2^16, within 2^-17 of `keep` (exact in float32), and dropout scales by 1 / q to stay
-    unbiased. `keep` is a Python float or a traced float32 (a per-run value).
-    """
-    n = math.prod(shape)
-    words = jax.random.bits(key, (-(-n // 2),), jnp.uint32)
-    halves = jax.lax.bitcast_convert_type(words, jnp.uint16).reshape(-1)[:n].reshape(shape)
-    threshold = jnp.round(jnp.asarray(keep, jnp.float32) * 2**KEEP_BITS).astype(jnp.uint32)
-    q = threshold.astype(jnp.float32) / 2**KEEP_BITS
-    return halves.astype(jnp.uint32) < threshold, q
-
-
 class Dropout(nn.Module):
-    """Dropout with the keep probability an argument (a Python float, or a traced float32
-    per-run value) and 16-bit uniforms (keep_mask). Its RNG stream is Flax's (derived from the
-    module's path; the module is auto-named Dropout_i as nn.Dropout is). `keep` None: no
-    dropout (rate 0, a structure of the program)."""
+    """nn.Dropout with the keep probability an argument (a Python float, or a traced float32
+    per-run value): the same random bits, from the same RNG stream (Flax derives it from the
+    module's path, and this module is auto-named Dropout_i as nn.Dropout is), and the same
+    arithmetic. `keep` None: no dropout (rate 0, a structure of the program)."""
 
     @nn.compact
     def __call__(self, x: Array, keep, *, train: bool) -> Array:
         if keep is None or not train:
             return x
-        mask, q = keep_mask(self.make_rng("dropout"), keep, x.shape)
-        return jax.lax.select(mask, x / q.astype(x.dtype), jnp.zeros_like(x))
+        mask = jax.random.bernoulli(self.make_rng("dropout"), p=keep, shape=x.shape)
+        return jax.lax.select(mask, x / keep, jnp.zeros_like(x))
 
 
 def _attention(
@@ -136,8 +113,8 @@ def _attention(
     deterministic=False, dtype=None, precision=None, *, keep,
 ):  # fmt: skip
     """nn.dot_product_attention with the keep probability of its dropout given apart (for
-    `keep` traced): Flax's attention weights, then dropout of them as Flax places it (one mask
-    over batch and heads), with keep_mask's 16-bit uniforms."""
+    `keep` traced): Flax's attention weights, then Flax's dropout of them (one mask over
+    batch and heads), bits and arithmetic unchanged."""
     weights = nn.dot_product_attention_weights(
         query, key, mask=mask, deterministic=True, dtype=dtype, precision=precision
     )
@@ -145,8 +122,8 @@ def _attention(
         shape = weights.shape
         if broadcast_dropout:
             shape = (1,) * (key.ndim - 2) + shape[-2:]
-        kept, q = keep_mask(dropout_rng, keep, shape)
-        weights = weights * (kept.astype(weights.dtype) / q.astype(weights.dtype))
+        kept = jax.random.bernoulli(dropout_rng, keep, shape)
+        weights = weights * (kept.astype(weights.dtype) / jnp.asarray(keep, weights.dtype))
     return jnp.einsum("...hqk,...khd->...qhd", weights, value, precision=precision)
 
 
