@@ -29,6 +29,7 @@ import numpy as np
 from absl import app, flags
 
 from experiments.bench import common
+from experiments.bench.tables import round_table, scaling_table
 from fecosr_jax import files
 
 _CONFIG = flags.DEFINE_enum("config", "reference", list(common.CONFIGS), "Benchmark config.")
@@ -195,39 +196,6 @@ def check_same_model(c: common.BenchConfig) -> tuple[int, float]:
     return n_jax, error
 
 
-def table(results: dict) -> str:
-    rows = [
-        "| backend | M | R | DP | client-steps/s | sequences/s | round s | compile s | GFLOP/s | "
-        "% of matmul | peak MiB | vs torch | vs loop | vs no DP |",
-        "| --- | ---: | ---: | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: "
-        "| ---: |",
-    ]
-    plain = [r for r in results["runs"] if not r.get("dp", False)]
-    by = {(r["backend"], r["markets"]): r for r in plain if r.get("runs", 1) == 1}
-    same = {(r["backend"], r["markets"], r.get("runs", 1)): r for r in plain}
-
-    def versus(r, o) -> str:
-        return f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x" if o else "-"
-
-    for r in results["runs"]:
-        dp = r.get("dp", False)
-        ratio = {
-            other: versus(r, by.get((other, r["markets"]))) if r["backend"] != other else "-"
-            for other in ("torch", "loop")
-        }
-        ratio["dp"] = versus(r, same.get((r["backend"], r["markets"], r.get("runs", 1))))
-        peak = f"{r['peak_bytes'] / 2**20:.0f}" if "peak_bytes" in r else "-"
-        share = 100 * r["achieved_gflops"] / results["matmul_gflops"]
-        rows.append(
-            f"| {r['backend']} | {r['markets']} | {r.get('runs', 1)} | {'on' if dp else 'off'} | "
-            f"{r['client_steps_per_s']:.1f} | "
-            f"{r['sequences_per_s']:.0f} | {r['round_s']:.3f} | {r['compile_s']:.1f} | "
-            f"{r['achieved_gflops']:.1f} | {share:.0f}% "
-            f"| {peak} | {ratio['torch']} | {ratio['loop']} | {ratio['dp'] if dp else '-'} |"
-        )
-    return "\n".join(rows)
-
-
 def plot(results: dict, path: str):
     import matplotlib
 
@@ -336,7 +304,10 @@ def main(argv):
     print(f"\n{c.name} config {c.__dict__}; model {flops / 1e9:.2f} GFLOP per client step")
     if not common.on_gpu():
         print(common.NO_GPU_NOTICE)
-    print(table(results))
+    print(round_table(results))
+    one_backend = len(_BACKENDS.value) == 1
+    if _MEMORY.value and one_backend and all("peak_bytes" in r for r in results["runs"]):
+        print(f"\n{scaling_table(results)}")  # one backend over M, with memory: scaling
     if _PLOT.value:
         plot(results, _PLOT.value)
 

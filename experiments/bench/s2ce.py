@@ -17,6 +17,8 @@ import time
 
 from absl import app, flags
 
+from experiments.bench.tables import s2ce_table
+
 _ITEMS = flags.DEFINE_list("items", ["1000", "10000", "100000", "1000000"], "Catalogue sizes.")
 _POSITIONS = flags.DEFINE_list("positions", ["1600"], "Positions P (batch x max length).")
 _HIDDEN = flags.DEFINE_integer("hidden", 64, "d: width of hidden states and item embeddings.")
@@ -80,27 +82,6 @@ def measure(impl: str, n: int, p: int) -> dict:
     return out
 
 
-def table(runs: list[dict]) -> str:
-    rows = [
-        "| N items | P positions | dense peak MiB | blockwise peak MiB | item tables MiB | "
-        "dense s | blockwise s | blockwise / dense time |",
-        "| ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
-    ]
-    by = {(r["impl"], r["items"], r["positions"]): r for r in runs}
-    for n, p in sorted({(r["items"], r["positions"]) for r in runs}):
-        d, b = by[("dense", n, p)], by[("blockwise", n, p)]
-
-        def sec(r):
-            return "does not fit" if r["seconds"] is None else f"{r['seconds']:.4f}"
-
-        ratio = f"{b['seconds'] / d['seconds']:.2f}x" if d["seconds"] and b["seconds"] else "-"
-        rows.append(
-            f"| {n:,} | {p:,} | {d['peak_bytes'] / 2**20:,.0f} | {b['peak_bytes'] / 2**20:,.0f} | "
-            f"{b['item_table_bytes'] / 2**20:,.0f} | {sec(d)} | {sec(b)} | {ratio} |"
-        )
-    return "\n".join(rows)
-
-
 def plot(runs: list[dict], path: str):
     import matplotlib
 
@@ -154,7 +135,7 @@ def main(argv):
     print(f"\n{common.machine()}; d={_HIDDEN.value}, d_s={_SEMANTIC.value}, block {_BLOCK.value}")
     if not common.on_gpu():
         print(common.NO_GPU_NOTICE)
-    print(table(runs))
+    print(s2ce_table(runs))
     if _PLOT.value:
         plot(runs, _PLOT.value)
 
