@@ -366,6 +366,11 @@ def bench_dp() -> str:
     return "\n".join(lines) + "\n"
 
 
+def bench_dropout() -> str:
+    """experiments.bench.dropout (docs/bench/dropout_2026-11-30.json)."""
+    return bench_tables.dropout_table(read_json(BENCH / "dropout_2026-11-30.json")["rows"]) + "\n"
+
+
 def _runs_rows(name: str, section: str) -> list[dict]:
     """experiments.bench.runs' rows of one section (docs/bench/NAME.json)."""
     return [r for r in read_json(BENCH / f"{name}.json")["rows"] if r["section"] == section]
@@ -504,6 +509,7 @@ TABLES = {
     "bench_groups_seeds": bench_groups_seeds,
     "bench_groups_sweep": bench_groups_sweep,
     "bench_groups_synthetic": bench_groups_synthetic,
+    "bench_dropout": bench_dropout,
 }
 
 

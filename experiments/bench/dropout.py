@@ -23,6 +23,8 @@ import statistics
 
 from absl import app, flags
 
+from experiments.bench.tables import dropout_table
+
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Interleaved timing rounds per variant.")
 _SECONDS = flags.DEFINE_float("seconds", 1.0, "Minimum timed seconds per variant and round.")
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON here.")
@@ -151,13 +153,7 @@ def main(argv):
         f"\nRound: 1 market, K 5 x batch 32, S²CE. Step: one gradient, batch 64. Best / median "
         f"of {_ROUNDS.value} interleaved rounds."
     )
-    print("| program | dropout masks | best ms | median ms | median × flax bits |")
-    print("| --- | --- | ---: | ---: | ---: |")
-    for r in rows:
-        print(
-            f"| {r['what']} | {r['dropout']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
-            f"{r['median_vs_flax_bits']:.3f} |"
-        )
+    print(dropout_table(rows))
     if _JSON.value:
         with open(_JSON.value, "w") as f:
             json.dump({"machine": common.machine(), "rows": rows}, f, indent=2)

@@ -74,3 +74,17 @@ def s2ce_table(runs: list[dict]) -> str:
             f"{b['item_table_bytes'] / 2**20:,.0f} | {sec(d)} | {sec(b)} | {ratio} |"
         )
     return "\n".join(rows)
+
+
+def dropout_table(rows: list[dict]) -> str:
+    """experiments.bench.dropout's table: per program and dropout masks, best and median ms."""
+    lines = [
+        "| program | dropout masks | best ms | median ms | median × flax bits |",
+        "| --- | --- | ---: | ---: | ---: |",
+    ]
+    for r in rows:
+        lines.append(
+            f"| {r['what']} | {r['dropout']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
+            f"{r['median_vs_flax_bits']:.3f} |"
+        )
+    return "\n".join(lines)
