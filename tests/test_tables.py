@@ -4,7 +4,7 @@ import json
 import re
 import shutil
 
-from experiments import tables
+from experiments import results_tables, tables
 
 
 def test_every_table_in_the_docs_is_its_regeneration():
@@ -15,16 +15,16 @@ def test_every_table_in_the_docs_is_its_regeneration():
 
 
 def test_a_changed_raw_row_or_table_cell_is_found(tmp_path, monkeypatch):
-    raw = json.loads(tables.CLAIM2.read_text())
+    raw = json.loads(results_tables.CLAIM2.read_text())
     raw["rows"][0]["methods"]["local"]["ndcg@10"] += 0.003  # one seed's local at h 0, overlap 0
     changed = tmp_path / "claim2.json"
     changed.write_text(json.dumps(raw))
-    monkeypatch.setattr(tables, "CLAIM2", changed)
+    monkeypatch.setattr(results_tables, "CLAIM2", changed)
     (problem,) = tables.check()
     assert "docs/results.md:" in problem and "table claim2_gains differs" in problem
-    assert "| 0.0 | 0.0 | 0.1740 ± " in tables.claim2_gains()  # 0.1730 + 0.003 / 3
+    assert "| 0.0 | 0.0 | 0.1740 ± " in results_tables.claim2_gains()  # 0.1730 + 0.003 / 3
     # and a hand edit of a document's cell
-    monkeypatch.setattr(tables, "CLAIM2", tables.RAW / "claim2_heterogeneity.json")
+    monkeypatch.setattr(results_tables, "CLAIM2", results_tables.RAW / "claim2_heterogeneity.json")
     doc = tmp_path / "results.md"
     shutil.copy(tables.DOCS[0], doc)
     doc.write_text(doc.read_text().replace("| 5, 3, 6 |", "| 5, 3, 7 |", 1))
@@ -56,7 +56,7 @@ def test_the_readme_quotes_the_main_jobs_committed_results():
     )
     pairs = re.findall(r"(\w+) (0\.\d{3})", quoted[1])
     assert len(pairs) >= 5, quoted[1]
-    methods = tables.retested(tables.DEFAULT)["methods"]
+    methods = results_tables.retested(results_tables.DEFAULT)["methods"]
     for method, value in pairs:
         assert f"{methods[method]['mean']['ndcg@10']:.3f}" == value, method
 
@@ -71,7 +71,9 @@ def test_the_readme_quotes_the_alpha_grids_best_setting():
         readme,
     )
     assert quoted, "README no longer quotes the alpha grid's best setting"
-    best = next(line for line in tables.alpha_seeds().splitlines() if line.startswith("| **"))
+    best = next(
+        line for line in results_tables.alpha_seeds().splitlines() if line.startswith("| **")
+    )
     cells = [c.strip().strip("*") for c in best.strip("|").split("|")]
     alpha, tau, gain = cells[0], cells[1], cells[3]
     assert (alpha, tau) == quoted.group(1, 2)
