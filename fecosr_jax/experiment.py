@@ -348,7 +348,7 @@ def _finish_run(
         reporting.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         reporting.write_json_atomic(
             epath.Path(run.workdir) / metrics_log.TRAINING,
-            metrics_log.training_record(run.log.lines),
+            {**metrics_log.training_record(run.log.lines), "time": trainer.times.record()},
         )
         table = markdown.write_results(run.workdir, results, run.log.curves, plots=run.config.plots)
     else:

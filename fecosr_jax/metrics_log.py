@@ -35,6 +35,9 @@ def training_record(lines: list[dict]) -> dict:
     validation:  {method: {"markets": {market: its best logged validation NDCG@10, what
                  early stopping keeps}, "mean": the mean over markets}}
     seconds:     the run's last logged time.
+
+    The run adds "time": the process's seconds per phase (`progress.PhaseTimes.record`), when
+    its results are written; with several runs in one process, each run's file has the same.
     """
     rounds: dict[str, list[dict]] = {}
     best: dict[str, dict[str, float]] = {}

@@ -143,3 +143,41 @@ def test_gpu_script_runs_each_default_section_and_names_an_unknown_one(tmp_path)
     )
     assert done.returncode == 2
     assert "unknown section: nope" in done.stderr and "reference_bf16" in done.stderr
+
+
+def test_main_job_steps_from_the_log_and_its_table():
+    """experiments.bench.main_job groups the log's lines into the run's steps (methods that
+    trained together log each round or epoch in turn) and the table's 'before' is the gap between
+    steps, worked out by hand."""
+    from experiments.bench import main_job, tables
+
+    def line(paradigm, stage, step, seconds, active=None):
+        x = {"paradigm": paradigm, "stage": stage, "step": step, "seconds": seconds}
+        return x | ({"markets_active": active} if active is not None else {})
+
+    lines = [
+        line("local", "finetune", 1, 10.0, 2),
+        line("local", "finetune", 2, 12.0, 1),
+        line("source", "pretrain", 1, 20.0),
+        line("source", "pretrain", 2, 21.0),
+        line("fed_a", "pretrain", 1, 30.0),  # two runs of one round, logged in turn
+        line("fed_b", "pretrain", 1, 30.01),
+        line("fed_a", "pretrain", 2, 33.0),
+        line("fed_b", "pretrain", 2, 33.01),
+        line("fecosr", "finetune", 1, 40.0, 2),
+    ]
+    steps = main_job.steps(lines)
+    assert [(s["stage"], s["methods"], s["steps"], s["first"], s["last"]) for s in steps] == [
+        ("finetune", ["local"], 2, 10.0, 12.0),
+        ("pretrain", ["source"], 2, 20.0, 21.0),
+        ("pretrain", ["fed_a", "fed_b"], 2, 30.0, 33.01),
+        ("finetune", ["fecosr"], 1, 40.0, 40.0),
+    ]
+    assert steps[0]["active"] == 3
+    time = {"loading": 1.0, "pretraining": 20.0, "fine-tuning": 19.0, "compiling": 9.0}
+    text = tables.main_job_table({"steps": steps, "time": time | {"total": 41.0}, "wall_s": 125})
+    rows = text.splitlines()
+    assert rows[2] == "| finetune | local | 2 | 3 | 10.0 | 2.0 |"
+    assert rows[4] == "| pretrain | fed_a, fed_b | 2 | - | 9.0 | 3.0 |"  # 30 - 21, 33.01 - 30
+    assert "loading 1.0, pretraining 20.0, fine-tuning 19.0; compiling 9.0 of it" in rows[6]
+    assert rows[7].endswith("| **125** (2 min 5 s) |")

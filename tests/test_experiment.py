@@ -7,7 +7,7 @@ import pytest
 
 from experiments import compare
 from experiments.configs import test as test_config
-from fecosr_jax import experiment, groups, paradigms, significance
+from fecosr_jax import experiment, groups, paradigms, progress, significance
 
 FILES = (
     "config.json",
@@ -71,6 +71,11 @@ def test_every_file_and_every_method(full_run):
             assert row["stop_epoch"] == max(trained), (method, name)
             assert 0 <= row["best_epoch"] <= row["stop_epoch"]
     assert "stop_epoch" not in results["methods"]["popularity"]["mean"]
+    # training.json: the time per phase the run's last line prints (compiling inside them)
+    phases = json.loads((workdir / "training.json").read_text())["time"]
+    assert set(phases) == {*progress.PHASES, "compiling", "total"}
+    seconds = sum(phases[p] for p in progress.PHASES)  # each to 0.1 s
+    assert 0 < phases["compiling"] < seconds <= phases["total"] + 0.2
     # The S²CE soft labels' profile per market, at the run's tau_s, in results and results.md.
     soft = results["soft_labels"]
     assert soft["temperature"] == test_config.get_config().federated.temperature

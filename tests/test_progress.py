@@ -33,6 +33,10 @@ def test_phase_times_and_the_compile_seconds_inside_them():
     with times.phase("loading"):  # shown in the phases' order, not the order they ran
         pass
     assert times.summary().index("pretraining") < times.summary().index("fine-tuning")
+    record = times.record()  # what training.json keeps: the same seconds, in the same order
+    assert list(record) == ["loading", "pretraining", "fine-tuning", "compiling", "total"]
+    assert record["loading"] == round(times.seconds["loading"], 1) >= 0.1
+    assert record["compiling"] <= record["pretraining"] <= record["total"]
 
 
 def test_progress_lines_say_step_of_total_and_eta(tmp_path, capsys):

@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 
 from fecosr_jax.files import read_json
+from fecosr_jax.progress import PHASES
 
 
 def row(cells) -> str:
@@ -96,6 +97,38 @@ def dropout_table(rows: list[dict]) -> str:
             f"| {r['what']} | {r['dropout']} | {r['best_ms']:.2f} | {r['median_ms']:.2f} | "
             f"{r['median_vs_flax_bits']:.3f} |"
         )
+    return "\n".join(lines)
+
+
+def main_job_table(result: dict) -> str:
+    """experiments.bench.main_job's table: each step of the run (methods trained together),
+    the seconds before its first logged line and over its span, then the run's phases."""
+    lines = [
+        "| step | methods | rounds / epochs | (market, epoch) pairs | s before | s span |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    end = 0.0
+    for s in result["steps"]:
+        pairs = s["active"] if s["stage"] == "finetune" else "-"
+        lines.append(
+            row([
+                s["stage"], ", ".join(s["methods"]), s["steps"], pairs,
+                f"{s['first'] - end:.1f}", f"{s['last'] - s['first']:.1f}",
+            ])
+        )  # fmt: skip
+        end = s["last"]
+    t = result["time"]
+    phases = ", ".join(f"{p} {t[p]:.1f}" for p in PHASES if p in t)
+    lines.append(
+        row(["**run**", f"{phases}; compiling {t['compiling']:.1f} of it", "", "", "",
+             f"**{t['total']:.1f}**"])
+    )  # fmt: skip
+    if result.get("wall_s"):
+        wall = result["wall_s"]
+        lines.append(
+            row(["**command**", "installation included", "", "", "",
+                 f"**{wall:.0f}** ({wall // 60:.0f} min {wall % 60:.0f} s)"])
+        )  # fmt: skip
     return "\n".join(lines)
 
 

@@ -1,0 +1,77 @@
+r"""Where the main job's time goes, from a finished run's own files: its metrics.jsonl (the
+seconds at each logged round and epoch) and training.json (the seconds per phase), with the
+wall time of the command that ran it, written as one JSON that docs/benchmarks.md's table is
+regenerated from (experiments.tables bench_main_job).
+
+  d=$(mktemp -d) && git clone . $d/fresh && cd $d/fresh && /usr/bin/time -f %e -o $d/wall \
+      bash launch/run.sh
+  python -m experiments.bench.main_job --workdir=$d/fresh/workdir/default \
+      --wall_s=$(cat $d/wall) --commit=$(git -C $d/fresh rev-parse --short HEAD) \
+      --json=docs/bench/main_job_DATE.json
+
+A step is a run of consecutive log lines of the same stage whose methods trained together
+(each round or epoch logged by each of them in turn); its "before" is the time from the
+previous step's last line to its first (compiling, restoring, evaluating the step before, the
+first round or epoch itself), its "span" the rest.
+"""
+
+from __future__ import annotations
+
+from absl import app, flags
+
+from experiments.bench import common, tables
+from fecosr_jax import files, metrics_log, reporting
+
+_WORKDIR = flags.DEFINE_string("workdir", None, "a finished run's workdir", required=True)
+_WALL = flags.DEFINE_float("wall_s", None, "the command's wall seconds, installation included")
+_COMMIT = flags.DEFINE_string("commit", "", "the commit the run was made at")
+_JSON = flags.DEFINE_string("json", None, "write the record here")
+
+
+def steps(lines: list[dict]) -> list[dict]:
+    """Consecutive log lines grouped into the steps of the run (module docstring): per step
+    its stage, methods, logged rounds or epochs (the most any of its methods logged), the
+    (market, epoch) pairs still training (fine-tuning), and its first and last seconds."""
+    out: list[dict] = []
+    previous = None
+    for x in lines:
+        last = out[-1] if out else None
+        same = last is not None and last["stage"] == x["stage"]
+        if same and x["paradigm"] not in last["methods"]:
+            # a method trained with the last one logs the same round or epoch right after it
+            same = x["step"] == previous["step"]
+        previous = x
+        if not same:
+            last = {"stage": x["stage"], "methods": [], "steps": 0, "active": 0}
+            last["first"] = x["seconds"]
+            out.append(last)
+        if x["paradigm"] not in last["methods"]:
+            last["methods"].append(x["paradigm"])
+        last["steps"] = max(last["steps"], x["step"])
+        last["active"] += x.get("markets_active") or 0
+        last["last"] = x["seconds"]
+    return out
+
+
+def record(workdir: str, wall_s: float | None, commit: str) -> dict:
+    """The JSON this script writes (module docstring)."""
+    training = files.read_json(f"{workdir}/{metrics_log.TRAINING}")
+    return {
+        "commit": commit,
+        "wall_s": wall_s,
+        "machine": common.machine(),
+        "time": training["time"],
+        "steps": steps(metrics_log.read_lines(workdir)),
+    }
+
+
+def main(argv):
+    del argv
+    result = record(_WORKDIR.value, _WALL.value, _COMMIT.value)
+    print(tables.main_job_table(result))
+    if _JSON.value:
+        reporting.write_json_atomic(_JSON.value, result)
+
+
+if __name__ == "__main__":
+    app.run(main)
