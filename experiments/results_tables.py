@@ -333,7 +333,8 @@ def claim2_seeds() -> str:
 
 # -- One run's tables (results.md), from its results.json and ranks.npz ---------------------
 
-DEFAULT = RAW / "default"
+DEFAULT = RAW / "default"  # the main job (experiments/configs/default.py)
+FULL = RAW / "full"  # the same markets at the full budget (experiments/configs/full.py)
 RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |")
 
 
@@ -353,15 +354,26 @@ def retested(folder: pathlib.Path) -> dict:
     )
 
 
-def default_synthetic() -> str:
-    """The main job's per-market table and its summary against `local` (its results.md)."""
-    text = markdown.results_markdown(retested(DEFAULT))
+def run_tables(folder: pathlib.Path) -> str:
+    """A one-seed run's per-market table and its summary against `local` (its results.md)."""
+    text = markdown.results_markdown(retested(folder))
     parts = [p for p in text.split("\n\n") if p.startswith(RUN_PARTS)]
     return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
 
 
+def default_synthetic() -> str:
+    """The main job's tables (docs/results/default/)."""
+    return run_tables(DEFAULT)
+
+
+def full_synthetic() -> str:
+    """The default markets at the full budget (docs/results/full/)."""
+    return run_tables(FULL)
+
+
 DOC_TABLES = {
     "default_synthetic": default_synthetic,
+    "full_synthetic": full_synthetic,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
     "claim2_seeds": claim2_seeds,

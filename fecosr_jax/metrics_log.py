@@ -75,6 +75,32 @@ def training_record(lines: list[dict]) -> dict:
     }
 
 
+def steps(lines: list[dict]) -> list[dict]:
+    """The run's steps from its log lines: a step is a run of consecutive lines of one stage
+    whose methods trained together (each round or epoch logged by each of them in turn). Per
+    step its stage, methods, rounds or epochs (the most any of its methods logged), the
+    (market, epoch) pairs still training (fine-tuning), and its first and last seconds."""
+    out: list[dict] = []
+    previous = None
+    for x in lines:
+        last = out[-1] if out else None
+        same = last is not None and last["stage"] == x["stage"]
+        if same and x["paradigm"] not in last["methods"]:
+            # a method trained with the last one logs the same round or epoch right after it
+            same = x["step"] == previous["step"]
+        previous = x
+        if not same:
+            last = {"stage": x["stage"], "methods": [], "steps": 0, "active": 0}
+            last["first"] = x["seconds"]
+            out.append(last)
+        if x["paradigm"] not in last["methods"]:
+            last["methods"].append(x["paradigm"])
+        last["steps"] = max(last["steps"], x["step"])
+        last["active"] += x.get("markets_active") or 0
+        last["last"] = x["seconds"]
+    return out
+
+
 class RunLog:
     """metrics.jsonl (one line per round / epoch), TensorBoard scalars, progress lines.
 

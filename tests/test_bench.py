@@ -146,10 +146,11 @@ def test_gpu_script_runs_each_default_section_and_names_an_unknown_one(tmp_path)
 
 
 def test_main_job_steps_from_the_log_and_its_table():
-    """experiments.bench.main_job groups the log's lines into the run's steps (methods that
-    trained together log each round or epoch in turn) and the table's 'before' is the gap between
-    steps, worked out by hand."""
-    from experiments.bench import main_job, tables
+    """metrics_log.steps groups the log's lines into the run's steps (methods that trained
+    together log each round or epoch in turn), and experiments.bench.main_job's table's
+    'before' is the gap between steps, worked out by hand."""
+    from experiments.bench import tables
+    from fecosr_jax import metrics_log
 
     def line(paradigm, stage, step, seconds, active=None):
         x = {"paradigm": paradigm, "stage": stage, "step": step, "seconds": seconds}
@@ -166,7 +167,7 @@ def test_main_job_steps_from_the_log_and_its_table():
         line("fed_b", "pretrain", 2, 33.01),
         line("fecosr", "finetune", 1, 40.0, 2),
     ]
-    steps = main_job.steps(lines)
+    steps = metrics_log.steps(lines)
     assert [(s["stage"], s["methods"], s["steps"], s["first"], s["last"]) for s in steps] == [
         ("finetune", ["local"], 2, 10.0, 12.0),
         ("pretrain", ["source"], 2, 20.0, 21.0),

@@ -5,6 +5,8 @@ import re
 import shutil
 
 from experiments import results_tables, tables
+from experiments.bench import tables as bench_tables
+from fecosr_jax.files import read_json
 
 
 def test_every_table_in_the_docs_is_its_regeneration():
@@ -59,6 +61,10 @@ def test_the_readme_quotes_the_main_jobs_committed_results():
     methods = results_tables.retested(results_tables.DEFAULT)["methods"]
     for method, value in pairs:
         assert f"{methods[method]['mean']['ndcg@10']:.3f}" == value, method
+    # and its time from a fresh clone: the benchmark's record of that run
+    took = re.search(r"it took \*\*(\d+) min (\d+) s\*\* from a fresh clone", readme)
+    wall = read_json(bench_tables.BENCH / "main_job_2026-11-30.json")["wall_s"]
+    assert int(took[1]) * 60 + int(took[2]) == round(wall)
 
 
 def test_the_readme_quotes_the_alpha_grids_best_setting():

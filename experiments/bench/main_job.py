@@ -9,10 +9,9 @@ regenerated from (experiments.tables bench_main_job).
       --wall_s=$(cat $d/wall) --commit=$(git -C $d/fresh rev-parse --short HEAD) \
       --json=docs/bench/main_job_DATE.json
 
-A step is a run of consecutive log lines of the same stage whose methods trained together
-(each round or epoch logged by each of them in turn); its "before" is the time from the
-previous step's last line to its first (compiling, restoring, evaluating the step before, the
-first round or epoch itself), its "span" the rest.
+The steps are metrics_log.steps; a step's "before" is the time from the previous step's last
+line to its first (compiling, restoring, evaluating the step before, the first round or epoch
+itself), its "span" the rest.
 """
 
 from __future__ import annotations
@@ -28,31 +27,6 @@ _COMMIT = flags.DEFINE_string("commit", "", "the commit the run was made at")
 _JSON = flags.DEFINE_string("json", None, "write the record here")
 
 
-def steps(lines: list[dict]) -> list[dict]:
-    """Consecutive log lines grouped into the steps of the run (module docstring): per step
-    its stage, methods, logged rounds or epochs (the most any of its methods logged), the
-    (market, epoch) pairs still training (fine-tuning), and its first and last seconds."""
-    out: list[dict] = []
-    previous = None
-    for x in lines:
-        last = out[-1] if out else None
-        same = last is not None and last["stage"] == x["stage"]
-        if same and x["paradigm"] not in last["methods"]:
-            # a method trained with the last one logs the same round or epoch right after it
-            same = x["step"] == previous["step"]
-        previous = x
-        if not same:
-            last = {"stage": x["stage"], "methods": [], "steps": 0, "active": 0}
-            last["first"] = x["seconds"]
-            out.append(last)
-        if x["paradigm"] not in last["methods"]:
-            last["methods"].append(x["paradigm"])
-        last["steps"] = max(last["steps"], x["step"])
-        last["active"] += x.get("markets_active") or 0
-        last["last"] = x["seconds"]
-    return out
-
-
 def record(workdir: str, wall_s: float | None, commit: str) -> dict:
     """The JSON this script writes (module docstring)."""
     training = files.read_json(f"{workdir}/{metrics_log.TRAINING}")
@@ -61,7 +35,7 @@ def record(workdir: str, wall_s: float | None, commit: str) -> dict:
         "wall_s": wall_s,
         "machine": common.machine(),
         "time": training["time"],
-        "steps": steps(metrics_log.read_lines(workdir)),
+        "steps": metrics_log.steps(metrics_log.read_lines(workdir)),
     }
 
 

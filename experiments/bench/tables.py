@@ -185,6 +185,11 @@ def bench_dropout() -> str:
     return dropout_table(read_json(BENCH / "dropout_2026-11-30.json")["rows"]) + "\n"
 
 
+def bench_main_job() -> str:
+    """experiments.bench.main_job on the main job's fresh-clone run (main_job_2026-11-30.json)."""
+    return main_job_table(read_json(BENCH / "main_job_2026-11-30.json")) + "\n"
+
+
 def _runs_rows(name: str, section: str) -> list[dict]:
     """experiments.bench.runs' rows of one section (docs/bench/NAME.json)."""
     return [r for r in read_json(BENCH / f"{name}.json")["rows"] if r["section"] == section]
@@ -312,6 +317,7 @@ DOC_TABLES = {
     "bench_s2ce": bench_s2ce,
     "bench_dp": bench_dp,
     "bench_dropout": bench_dropout,
+    "bench_main_job": bench_main_job,
     "bench_runs_seeds": bench_runs_seeds,
     "bench_runs_sweep": bench_runs_sweep,
     "bench_runs_axis_cpu": bench_runs_axis_cpu,
