@@ -301,9 +301,10 @@ def _run_group(
             if run.log is not None:
                 run.log.close()
             run.checkpoints.close()
-    pop = evaluation.evaluate_popularity(
-        stacked.train, stacked.test_targets, stacked.item_mask, with_ranks=True
-    )
+    with times.phase("evaluating"):
+        pop = evaluation.evaluate_popularity(
+            stacked.train, stacked.test_targets, stacked.item_mask, with_ranks=True
+        )
     pop_ranks = _ranks_by_market(names, pop.pop("ranks"))
     pop_table = reporting.per_market_table(names, pop)
     for run in runs:

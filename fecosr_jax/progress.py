@@ -49,17 +49,21 @@ class PhaseTimes:
             self.seconds[name] += time.perf_counter() - start
 
     def record(self) -> dict[str, float]:
-        """The seconds so far: each phase's (in PHASES order), "compiling" (inside them) and
-        "total" (since this object was made), to 0.1 s; training.json keeps it."""
+        """The seconds so far: each phase's (in PHASES order), "other" (outside every phase:
+        setting up, writing results), "compiling" (inside them all) and "total" (since this
+        object was made), to 0.1 s; training.json keeps it."""
         order = {name: i for i, name in enumerate(PHASES)}
         names = sorted(self.seconds, key=lambda n: order.get(n, len(order)))
         seconds = {name: self.seconds[name] for name in names}
+        total = time.perf_counter() - self.start
+        seconds["other"] = total - sum(seconds.values())
         seconds["compiling"] = compile_seconds() - self.compile_start
-        seconds["total"] = time.perf_counter() - self.start
+        seconds["total"] = total
         return {name: round(s, 1) for name, s in seconds.items()}
 
     def summary(self) -> str:
-        """`time: loading 3.1 s, pretraining 40.2 s, ...; compiling 25.3 s of it; total 80 s`."""
+        """`time: loading 3.1 s, pretraining 40.2 s, ..., other 2.0 s; compiling 25.3 s of it;
+        total 80 s`."""
         seconds = self.record()
         compiling, total = seconds.pop("compiling"), seconds.pop("total")
         parts = ", ".join(f"{name} {s:.1f} s" for name, s in seconds.items())

@@ -33,10 +33,13 @@ def test_phase_times_and_the_compile_seconds_inside_them():
     with times.phase("loading"):  # shown in the phases' order, not the order they ran
         pass
     assert times.summary().index("pretraining") < times.summary().index("fine-tuning")
+    time.sleep(0.1)  # outside every phase
     record = times.record()  # what training.json keeps: the same seconds, in the same order
-    assert list(record) == ["loading", "pretraining", "fine-tuning", "compiling", "total"]
+    assert list(record) == ["loading", "pretraining", "fine-tuning", "other", "compiling", "total"]
     assert record["loading"] == round(times.seconds["loading"], 1) >= 0.1
     assert record["compiling"] <= record["pretraining"] <= record["total"]
+    assert record["other"] >= 0.1  # the phases and the rest add up to the total
+    assert abs(sum(record[p] for p in list(record)[:4]) - record["total"]) <= 0.25
 
 
 def test_progress_lines_say_step_of_total_and_eta(tmp_path, capsys):

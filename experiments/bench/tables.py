@@ -118,7 +118,7 @@ def main_job_table(result: dict) -> str:
         )  # fmt: skip
         end = s["last"]
     t = result["time"]
-    phases = ", ".join(f"{p} {t[p]:.1f}" for p in PHASES if p in t)
+    phases = ", ".join(f"{p} {t[p]:.1f}" for p in (*PHASES, "other") if p in t)
     lines.append(
         row(["**run**", f"{phases}; compiling {t['compiling']:.1f} of it", "", "", "",
              f"**{t['total']:.1f}**"])
