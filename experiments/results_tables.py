@@ -338,16 +338,22 @@ FULL = RAW / "full"  # the same markets at the full budget (experiments/configs/
 RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |")
 
 
+def run_order(folder: pathlib.Path, raw: dict) -> dict:
+    """raw's methods in the run's order (its config.json's; results.json sorts its keys),
+    popularity last."""
+    listed = paradigms.parse_methods(read_json(folder / "config.json")["methods"])
+    order = [m for m in listed if m in raw["methods"]]
+    order += [m for m in raw["methods"] if m not in order and m != "popularity"] + ["popularity"]
+    return {m: raw["methods"][m] for m in order}
+
+
 def retested(folder: pathlib.Path) -> dict:
     """A one-seed run's results dict with its paired tests made again from its per-user ranks
     (reporting.results, as the run made them)."""
     raw, ranks = read_run(folder)
-    listed = paradigms.parse_methods(read_json(folder / "config.json")["methods"])
-    order = [m for m in listed if m in raw["methods"]]
-    order += [m for m in raw["methods"] if m not in order and m != "popularity"] + ["popularity"]
     return reporting.results(
         **{k: raw[k] for k in ("dataset", "protocol", "markets", "skipped")},
-        methods={m: raw["methods"][m] for m in order},  # the run's order (results.json sorts)
+        methods=run_order(folder, raw),
         ranks=ranks,
         transfer_source=raw.get("transfer_source"),
         soft_labels=raw.get("soft_labels", {}),
@@ -366,6 +372,21 @@ def default_synthetic() -> str:
     return run_tables(DEFAULT)
 
 
+DEFAULT_SEEDS = RAW / "default_seeds"  # the main job with --config.seeds=5: seed_0 ... seed_4
+
+
+def default_seeds() -> str:
+    """The main job over seeds 0-4 (docs/results/default_seeds/seed_<s>/), combined as the run
+    combines them: per market the mean ± std over seeds and the pooled per-user tests, then
+    each method's market mean against `local`'s over seeds (its results.md)."""
+    per_seed, ranks = seed_runs(DEFAULT_SEEDS, range(5))
+    for s, raw in enumerate(per_seed):
+        raw["methods"] = run_order(DEFAULT_SEEDS / f"seed_{s}", raw)
+    text = markdown.results_markdown(reporting.combine_seeds(per_seed, list(range(5)), ranks))
+    parts = [p for p in text.split("\n\n") if p.startswith((*RUN_PARTS, "Over seeds", "| method"))]
+    return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
+
+
 def full_synthetic() -> str:
     """The default markets at the full budget (docs/results/full/)."""
     return run_tables(FULL)
@@ -374,6 +395,7 @@ def full_synthetic() -> str:
 DOC_TABLES = {
     "default_synthetic": default_synthetic,
     "full_synthetic": full_synthetic,
+    "default_seeds": default_seeds,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
     "claim2_seeds": claim2_seeds,
