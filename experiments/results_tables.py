@@ -248,7 +248,8 @@ def stopping() -> str:
                         label,
                         f"{seeds[0]}-{seeds[-1]}",
                         *ndcg,
-                        f"{signed(test['diff'])} ({test['p_value']:.2g}) {test['verdict']}",
+                        f"{signed(test['diff'])} ({markdown.p_text(test['p_value'])}) "
+                        f"{test['verdict']}",
                         f"▲ {', '.join(better) or '-'} / ▼ {', '.join(worse) or '-'}",
                         f"{stops[0]:.1f} / {stops[1]:.1f}",
                     ]
@@ -264,7 +265,9 @@ CLAIM2_POINTS = [(h, o) for h in ("0", "0.5", "1") for o in ("0", "1")]
 
 
 def _test(t: dict) -> str:
-    return f"{signed(t['diff'])} ({t['p_value']:.2g}; {t['p_adjusted']:.2g})"
+    return (
+        f"{signed(t['diff'])} ({markdown.p_text(t['p_value'])}; {markdown.p_text(t['p_adjusted'])})"
+    )
 
 
 def _counts(c: dict) -> str:

@@ -14,6 +14,12 @@ from fecosr_jax.reporting import GAIN_METRIC, write_json_atomic
 TESTED = f"p < {significance.ALPHA} after Benjamini-Hochberg over the method's markets"
 
 
+def p_text(p: float | None) -> str:
+    """A p-value as the tables show it: two significant digits, "<1e-6" below what results.json
+    keeps (reporting.clean rounds to 6 decimals), "-" when there is none."""
+    return "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
+
+
 def privacy_markdown(report: dict) -> list[str]:
     """results.md's lines on user-level DP: one per pretraining and market."""
     lines = ["", "User-level differential privacy of what left each market (pretraining):"]
@@ -128,8 +134,9 @@ def results_markdown(results: dict) -> str:
             "| --- | ---: | ---: | --- |",
         ]
         for method, t in tested.items():
-            p = "-" if t["p_value"] is None else f"{t['p_value']:.2g}"
-            lines.append(f"| {method} | {t['diff']:+.4f} | {p} | {t['verdict']} |")
+            lines.append(
+                f"| {method} | {t['diff']:+.4f} | {p_text(t['p_value'])} | {t['verdict']} |"
+            )
     lines += transfer_matrix(results)
     if results.get("transfer_source"):
         lines += [

@@ -64,11 +64,11 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
         cells = []
         for n in names:
             t = c["significance"][n]
-            p = t["p_value"]
-            p = "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
             gain = c["gain"][n]
             cells.append(
-                "-" if gain is None else f"{gain:+.4f}{markdown.MARKS[t['verdict']]} ({p})"
+                "-"
+                if gain is None
+                else f"{gain:+.4f}{markdown.MARKS[t['verdict']]} ({markdown.p_text(t['p_value'])})"
             )
         lines.append(
             f"| {c['method']} | {c['reference']} | "

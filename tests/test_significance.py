@@ -212,3 +212,12 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
     # The source's own cell in brackets; its targets counted without it.
     assert "| a | [+1.0000 ▲] | +1.0000 ▲ | -1.0000 ▼ | 1 (1) | 1 (1) |" in text
     assert "| b | +0.0000 | [+0.0000] | +0.0000 | 0 (0) | 0 (0) |" in text
+
+
+def test_p_values_as_the_tables_show_them():
+    from fecosr_jax import markdown
+
+    assert markdown.p_text(0.012345) == "0.012"
+    assert markdown.p_text(3.2e-5) == "3.2e-05"
+    assert markdown.p_text(0.0) == "<1e-6"  # below what results.json keeps, not zero
+    assert markdown.p_text(None) == "-"

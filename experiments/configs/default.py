@@ -7,8 +7,8 @@ Override any field: --config.synthetic.num_markets=64 --config.data.max_len=50
 
 Its budget (160 users per market on average, 40 federated rounds) keeps the first command a
 newcomer runs within 12 minutes on a 2-core CPU; experiments/configs/full.py is the same
-generator with 300 users per market and 100 rounds, the default until 2026-11-30 (docs/results.md has both).
-The other configs build on this one and set their own budgets.
+generator with 300 users per market and 100 rounds, the default until 2026-11-30
+(docs/results.md has both). The other configs build on this one and set their own budgets.
 """
 
 import dataclasses
