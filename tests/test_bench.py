@@ -182,3 +182,20 @@ def test_main_job_steps_from_the_log_and_its_table():
     assert rows[4] == "| pretrain | fed_a, fed_b | 2 | - | 9.0 | 3.0 |"  # 30 - 21, 33.01 - 30
     assert "loading 1.0, pretraining 20.0, fine-tuning 19.0; compiling 9.0 of it" in rows[6]
     assert rows[7].endswith("| **125** (2 min 5 s) |")
+
+
+def test_accountant_benchmark_is_the_runs_accountant_at_its_discretisation():
+    """experiments.bench.accountant's epsilon at fecosr_jax's discretisation is the one a run
+    accounts with; truncation costs privacy (a larger epsilon than plain Poisson); a finer
+    discretisation is never above the coarser (PLD's pessimistic bound)."""
+    pytest.importorskip("jax_privacy")
+    from experiments.bench import accountant, tables
+    from fecosr_jax.federated import privacy
+
+    coarse = accountant.measure(privacy.PLD_INTERVAL, 40, 8, 8)
+    assert coarse["epsilon_truncated"] == privacy._epsilon(1.0, 40, 4, 8, 1 / 400, 8)
+    assert coarse["epsilon_truncated"] > coarse["epsilon_plain"]
+    fine = accountant.measure(1e-3, 40, 8, 8)
+    assert fine["epsilon_truncated"] <= coarse["epsilon_truncated"]
+    text = tables.accountant_table({"rows": [coarse]})
+    assert text.splitlines()[2].startswith("| 1e-2 | 40, 8, 8 | 1.8477 |")

@@ -132,6 +132,28 @@ def main_job_table(result: dict) -> str:
     return "\n".join(lines)
 
 
+def accountant_table(result: dict) -> str:
+    """experiments.bench.accountant's table: epsilon and seconds per PLD discretisation."""
+    lines = [
+        "| discretisation | U, T, steps | epsilon (truncated) | seconds | epsilon (plain Poisson) "
+        "| seconds |",
+        "| --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for r in result["rows"]:
+        plain = (
+            [f"{r['epsilon_plain']:.4f}", f"{r['seconds_plain']:.2f}"]
+            if "epsilon_plain" in r
+            else ["", ""]
+        )
+        lines.append(
+            row([f"{r['interval']:.0e}".replace("e-0", "e-")
+                 + (" (library default)" if r["interval"] == 1e-4 else ""),
+                 f"{r['users']}, {r['truncated']}, {r['steps']}",
+                 f"{r['epsilon_truncated']:.4f}", f"{r['seconds_truncated']:.2f}", *plain])
+        )  # fmt: skip
+    return "\n".join(lines)
+
+
 # -- docs/benchmarks.md's tables from the scripts' JSON in docs/bench/ (experiments.tables) ----
 
 BENCH = pathlib.Path(__file__).resolve().parents[2] / "docs" / "bench"
@@ -188,6 +210,11 @@ def bench_dropout() -> str:
 def bench_main_job() -> str:
     """experiments.bench.main_job on the main job's fresh-clone run (main_job_2026-11-30.json)."""
     return main_job_table(read_json(BENCH / "main_job_2026-11-30.json")) + "\n"
+
+
+def bench_accountant() -> str:
+    """experiments.bench.accountant (docs/bench/accountant_2026-11-30.json)."""
+    return accountant_table(read_json(BENCH / "accountant_2026-11-30.json")) + "\n"
 
 
 def _runs_rows(name: str, section: str) -> list[dict]:
@@ -318,6 +345,7 @@ DOC_TABLES = {
     "bench_dp": bench_dp,
     "bench_dropout": bench_dropout,
     "bench_main_job": bench_main_job,
+    "bench_accountant": bench_accountant,
     "bench_runs_seeds": bench_runs_seeds,
     "bench_runs_sweep": bench_runs_sweep,
     "bench_runs_axis_cpu": bench_runs_axis_cpu,

@@ -126,11 +126,11 @@ class Plan:
         return {"dp_rate": rate, "dp_noise": sigma}
 
 
-def _accountant():
+def _accountant(interval: float = PLD_INTERVAL):
     from jax_privacy import accounting
 
     return accounting.DpsgdTrainingAccountant(
-        accounting.PldAccountantConfig(value_discretization_interval=PLD_INTERVAL)
+        accounting.PldAccountantConfig(value_discretization_interval=interval)
     )
 
 
@@ -147,14 +147,19 @@ def _params(sigma, users, expected, truncated, delta):
     )
 
 
-@functools.lru_cache(maxsize=4096)
-def _epsilon(sigma, users, expected, truncated, delta, steps) -> float:
+def epsilon(sigma, users, expected, truncated, delta, steps, interval=PLD_INTERVAL) -> float:
+    """The epsilon of `steps` DP-SGD steps on `users` users, each step Poisson-sampling
+    `expected` of them (truncated at `truncated`; None = not truncated), noise multiplier
+    `sigma`, at `delta`; PLD accounting with discretisation `interval`."""
     if steps == 0:
         return 0.0
     if sigma == 0:
         return math.inf
     params = _params(sigma, users, expected, truncated, delta)
-    return float(_accountant().compute_epsilon(steps, params))
+    return float(_accountant(interval).compute_epsilon(steps, params))
+
+
+_epsilon = functools.lru_cache(maxsize=4096)(epsilon)  # calibration asks for the same ones
 
 
 def default_delta(users: int) -> float:
