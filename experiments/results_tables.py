@@ -337,8 +337,11 @@ def claim2_seeds() -> str:
 # -- One run's tables (results.md), from its results.json and ranks.npz ---------------------
 
 DEFAULT = RAW / "default"  # the main job (experiments/configs/default.py)
-FULL = RAW / "full"  # the same markets at the full budget (experiments/configs/full.py)
-RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |")
+DEFAULT_SEEDS = RAW / "default_seeds"  # the main job with --config.seeds=5: seed_0 ... seed_4
+FULL = RAW / "full"  # its generator at the full budget (experiments/configs/full.py)
+# results.md's parts the docs show: the per-market table, the summary against `local` and,
+# with 5 seeds or more, the test over seeds (not the market sizes or the soft labels).
+RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds")
 
 
 def run_order(folder: pathlib.Path, raw: dict) -> dict:
@@ -363,36 +366,31 @@ def retested(folder: pathlib.Path) -> dict:
     )
 
 
-def run_tables(folder: pathlib.Path) -> str:
-    """A one-seed run's per-market table and its summary against `local` (its results.md)."""
-    text = markdown.results_markdown(retested(folder))
+def run_tables(results: dict) -> str:
+    """The RUN_PARTS of a run's results.md, made from its results dict."""
+    text = markdown.results_markdown(results)
     parts = [p for p in text.split("\n\n") if p.startswith(RUN_PARTS)]
     return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
 
 
 def default_synthetic() -> str:
     """The main job's tables (docs/results/default/)."""
-    return run_tables(DEFAULT)
-
-
-DEFAULT_SEEDS = RAW / "default_seeds"  # the main job with --config.seeds=5: seed_0 ... seed_4
+    return run_tables(retested(DEFAULT))
 
 
 def default_seeds() -> str:
     """The main job over seeds 0-4 (docs/results/default_seeds/seed_<s>/), combined as the run
     combines them: per market the mean ± std over seeds and the pooled per-user tests, then
-    each method's market mean against `local`'s over seeds (its results.md)."""
+    each method's market mean against `local`'s over seeds."""
     per_seed, ranks = seed_runs(DEFAULT_SEEDS, range(5))
     for s, raw in enumerate(per_seed):
         raw["methods"] = run_order(DEFAULT_SEEDS / f"seed_{s}", raw)
-    text = markdown.results_markdown(reporting.combine_seeds(per_seed, list(range(5)), ranks))
-    parts = [p for p in text.split("\n\n") if p.startswith((*RUN_PARTS, "Over seeds", "| method"))]
-    return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
+    return run_tables(reporting.combine_seeds(per_seed, list(range(5)), ranks))
 
 
 def full_synthetic() -> str:
-    """The default markets at the full budget (docs/results/full/)."""
-    return run_tables(FULL)
+    """The default's generator at the full budget (docs/results/full/)."""
+    return run_tables(retested(FULL))
 
 
 DOC_TABLES = {
