@@ -21,6 +21,7 @@ Pretraining is fecosr_jax.pretraining's `Pretrainer`.
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import ml_collections
 import numpy as np
@@ -65,8 +66,10 @@ class Runner:
             config, splits, stacked, names, self.methods, self.mesh, self.times
         )
 
-    def _local_base(self):
-        """Architecture and data of `local`: the text model, or ID-only without semantics."""
+    @functools.cached_property
+    def _local_base(self) -> tuple[ModelConfig, StackedMarkets]:
+        """Architecture and data of `local`: the text model, or ID-only without semantics.
+        Built once: `program_key` tells markets apart by identity."""
         if self.stacked.semantics is not None:
             return self.pretrainer.model, self.stacked
         n = self.stacked.item_mask.shape[1] - 1
@@ -82,7 +85,7 @@ class Runner:
         base, source = paradigms.split_method(method)
         kind = paradigms.SPECS[base].pretraining
         if kind is None:
-            return self._local_base()
+            return self._local_base
         p = self.pretrainer.pretraining(kind, source)
         return p.model, p.stacked
 

@@ -16,6 +16,7 @@ from fecosr_jax import (
     finetune_epoch,
     groups,
     paradigms,
+    runner,
 )
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fr
@@ -306,3 +307,22 @@ def test_finetuning_and_evaluation_split_over_devices_equal_one_device(runs):
     np.testing.assert_array_equal(four_metrics["ranks"], one_metrics["ranks"])
     np.testing.assert_allclose(four_metrics["ndcg@10"], one_metrics["ndcg@10"], atol=1e-6)
     assert one.history[0]["valid_ndcg@10"].shape == ((3, 4) if runs else (4,))
+
+
+@pytest.mark.parametrize("semantics", ["none", "random"])
+def test_a_methods_program_key_holds_for_the_runners_life(semantics):
+    """Methods train together when their program keys are equal, and the key tells markets
+    apart by identity: each method's markets must be one object, built once. `local` on
+    ID-only markets (XMRec) built a new one per call, so its seeds' keys differed whenever
+    the freed object's address was taken (AssertionError "one program per call")."""
+    config = test_config.get_config()
+    config.data.semantics = semantics
+    _, splits, stacked = experiment.prepare_markets(config)
+    names = [f"m{i}" for i in range(stacked.item_mask.shape[0])]
+    methods = ["local", "fedavg_id", "transfer_id"]
+    trainer = runner.Runner(config, splits, stacked, names, methods)
+    first = [trainer.program_key(m) for m in methods]
+    held = [dataclasses.replace(stacked) for _ in range(8)]  # take the freed addresses
+    again = [trainer.program_key(m) for m in methods]
+    del held
+    assert again == first
