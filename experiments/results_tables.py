@@ -378,14 +378,47 @@ def default_synthetic() -> str:
     return run_tables(retested(DEFAULT))
 
 
+def seeds_tables(folder: pathlib.Path, seeds) -> str:
+    """A run over `seeds` (folder/seed_<s>/) combined as the run combines them: per market the
+    mean ± std over seeds and the pooled per-user tests, then each method's market mean
+    against `local`'s over seeds."""
+    per_seed, ranks = seed_runs(folder, seeds)
+    for s, raw in zip(seeds, per_seed, strict=True):
+        raw["methods"] = run_order(folder / f"seed_{s}", raw)
+    return run_tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
+
+
+def stop_epochs(folder: pathlib.Path, seeds) -> str:
+    """Per market, each fine-tuned method's stop epoch (the last it trained) and kept epoch
+    (its best validation), mean over seeds with the range; results.json's `stop_epoch` and
+    `best_epoch`."""
+    per_seed, _ = seed_runs(folder, seeds)
+    first = per_seed[0]
+    methods = [m for m in run_order(folder / f"seed_{seeds[0]}", first)
+               if "stop_epoch" in first["methods"][m][first["markets"][0]]]  # fmt: skip
+    lines = [
+        row(["market", *(f"{m} {what}" for m in methods for what in ("stop", "kept"))]),
+        "| --- |" + " ---: |" * (2 * len(methods)),
+    ]
+
+    def epochs(values) -> str:
+        v = np.asarray(values)
+        spread = f" ({v.min():.0f}-{v.max():.0f})" if v.min() != v.max() else ""
+        return f"{v.mean():.1f}{spread}"
+
+    for market in first["markets"]:
+        cells = [
+            epochs([r["methods"][m][market][key] for r in per_seed])
+            for m in methods
+            for key in ("stop_epoch", "best_epoch")
+        ]
+        lines.append(row([market, *cells]))
+    return "\n".join(lines) + "\n"
+
+
 def default_seeds() -> str:
-    """The main job over seeds 0-4 (docs/results/default_seeds/seed_<s>/), combined as the run
-    combines them: per market the mean ± std over seeds and the pooled per-user tests, then
-    each method's market mean against `local`'s over seeds."""
-    per_seed, ranks = seed_runs(DEFAULT_SEEDS, range(5))
-    for s, raw in enumerate(per_seed):
-        raw["methods"] = run_order(DEFAULT_SEEDS / f"seed_{s}", raw)
-    return run_tables(reporting.combine_seeds(per_seed, list(range(5)), ranks))
+    """The main job over seeds 0-4 (docs/results/default_seeds/seed_<s>/)."""
+    return seeds_tables(DEFAULT_SEEDS, range(5))
 
 
 def full_synthetic() -> str:

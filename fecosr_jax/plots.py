@@ -4,6 +4,8 @@ style and marker once the colours repeat)."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 from etils import epath
 
@@ -91,6 +93,18 @@ def plot(results: dict, curves: dict, workdir: str) -> list[str]:
     return paths
 
 
+def x_positions(values: list[float]) -> tuple[dict[float, float], dict[float, str]]:
+    """Where a sweep's axis values sit on the x axis, and tick labels where they need their
+    own: inf (epsilon, DP off) sits one doubling right of the largest finite value, as "∞"
+    (no ticks without it)."""
+    finite = sorted({x for x in values if x != math.inf})
+    if math.inf not in values:
+        return {x: x for x in finite}, {}
+    inf_at = 2 * finite[-1] if finite else 1.0
+    ticks = {x: f"{x:g}" for x in finite} | {inf_at: "∞"}
+    return {x: x for x in finite} | {math.inf: inf_at}, ticks
+
+
 def sweep(summary: list[dict], axes: list[str], path) -> bool:
     """NDCG@10 and seconds per round against the first swept axis (error bars: std over
     seeds), a panel each for the --compare gaps and the client-update cosines when there are
@@ -111,8 +125,10 @@ def sweep(summary: list[dict], axes: list[str], path) -> bool:
         panels[gap] = {}
     if any(s["delta_cosine"] for s in summary):
         panels[cosine] = {}
+    where, ticks = x_positions([s[x_axis] for s in summary])
     for s in summary:
         suffix = "".join(f", {k}={s[k]}" for k in others)
+        x = where[s[x_axis]]
         lines = {
             ndcg: {m: v["ndcg@10"] for m, v in s["methods"].items()},
             timing: s["round_s"],
@@ -121,7 +137,7 @@ def sweep(summary: list[dict], axes: list[str], path) -> bool:
         }
         for label, values in lines.items():
             for name, v in values.items():
-                panels[label].setdefault(name + suffix, []).append((s[x_axis], v))
+                panels[label].setdefault(name + suffix, []).append((x, v))
     fig, axes_ = plt.subplots(1, len(panels), figsize=(5.5 * len(panels), 4))
     for ax, (ylabel, data) in zip(axes_, panels.items(), strict=True):
         ax.set_ylabel(ylabel)
@@ -135,8 +151,10 @@ def sweep(summary: list[dict], axes: list[str], path) -> bool:
                     linestyle=linestyle, marker=marker, capsize=3,
                 )  # fmt: skip
         ax.set_xlabel(x_axis)
-        if x_axis == "markets":
+        if x_axis in ("markets", "epsilon"):
             ax.set_xscale("log", base=2)
+        if ticks:
+            ax.set_xticks(list(ticks), list(ticks.values()))
         if ax.lines:
             ax.legend(fontsize=7)
     fig.tight_layout()

@@ -14,9 +14,10 @@ FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretraining
 
 def collect(run_dir: pathlib.Path, point: dict) -> dict:
     """One row: the grid values; per method the mean test metrics and the markets
-    significantly better / worse than local (results.json); the validation NDCG@10, seconds
-    per round and client-update cosines (training.json, fecosr_jax.metrics_log; from the
-    run's metrics.jsonl for a run made before it had one)."""
+    significantly better / worse than local, and with DP each private pretraining's largest
+    epsilon over markets (results.json); the validation NDCG@10, seconds per round and
+    client-update cosines (training.json, fecosr_jax.metrics_log; from the run's
+    metrics.jsonl for a run made before it had one)."""
     row = {"run": run_dir.name, **point, "status": "missing", "methods": {}}
     results_path = run_dir / "results.json"
     if not results_path.exists():
@@ -48,6 +49,11 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
         k: p["delta_cosine"] for k, p in pretraining if p["delta_cosine"] is not None
     }
     row["run_s"] = training["seconds"]
+    # With DP on: the largest epsilon any market spent, per private pretraining.
+    row["epsilon_spent"] = {
+        k: max(m["epsilon"] for m in markets.values())
+        for k, markets in results.get("privacy", {}).items()
+    }
     return row
 
 

@@ -1,5 +1,5 @@
 r"""Sweeps over the number of markets (and heterogeneity, overlap, alpha, tau_s, participation,
-seeds): one run per grid point, then one table and one plot.
+the privacy budget epsilon, seeds): one run per grid point, then one table and one plot.
 
   python launch/sweep.py --markets=1,2,4,8 --config=experiments/configs/test.py --workdir=DIR
   python launch/sweep.py --markets=8 --heterogeneity=0,0.5,1 --seeds=0,1,2 \
@@ -33,12 +33,22 @@ seconds per round, the --compare gaps, the client-update cosines).
   python launch/sweep.py --heterogeneity=0,0.5,1 --overlap=0,1 --seeds=0,1,2 \
       --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
       --config.methods=local,fecosr,fecosr_no_s2ce --compare=fecosr:fecosr_no_s2ce
+
+--epsilon sweeps differential privacy (README "Differential privacy"): a finite value turns
+federated.dp on with that target_epsilon, `inf` turns it off (the same run without noise or
+clipping), so the privacy-utility curve is one command; `local` trains nothing that leaves
+its market, so it is the line to beat:
+
+  python launch/sweep.py --epsilon=1,2,4,8,inf --seeds=0,1,2 \
+      --config=experiments/configs/ml100k_regions.py --workdir=DIR \
+      --config.methods=local,fecosr --compare=fecosr:local
 """
 
 from __future__ import annotations
 
 import itertools
 import json
+import math
 import os
 import pathlib
 import shlex
@@ -59,6 +69,7 @@ AXES = (
     ("alpha", "federated.alpha", "alpha", float),
     ("temperature", "federated.temperature", "tau", float),
     ("clients_per_round", "federated.clients_per_round", "C", int),
+    ("epsilon", "federated.dp.target_epsilon", "eps", float),  # inf: DP off (axis_overrides)
     ("seeds", "seed", "seed", int),
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
@@ -106,6 +117,8 @@ def grid(values: dict[str, list[str]]) -> list[dict]:
             raise BadFlag(
                 f"--{flag}={','.join(given)}: expected comma-separated {kind.__name__}s"
             ) from e
+        if flag == "epsilon" and not all(v > 0 for _, v in axes[-1]):
+            raise BadFlag(f"--epsilon={','.join(given)}: expected values > 0 (inf: DP off)")
     return [dict(point) for point in itertools.product(*axes)]
 
 
@@ -138,6 +151,17 @@ def process_name(members: list[dict], part: int) -> str:
     return f"{run_name(shared) if shared else 'group'}_p{part}"
 
 
+def axis_overrides(flag: str, value) -> list[str]:
+    """The --config flags that give a run one axis value. Epsilon also switches DP: on with
+    that target, or off for inf."""
+    field = {f: field for f, field, _, _ in AXES}[flag]
+    if flag == "epsilon":
+        if math.isinf(value):
+            return ["--config.federated.dp.enabled=False"]
+        return ["--config.federated.dp.enabled=True", f"--config.{field}={value}"]
+    return [f"--config.{field}={value}"]
+
+
 def command(
     config: str, root: pathlib.Path, members: list[dict], overrides: list[str], python="python"
 ) -> list[str]:
@@ -154,7 +178,7 @@ def command(
         "experiments.main",
         f"--config={config}",
         f"--workdir={workdir}",
-        *(f"--config.{fields[f]}={v}" for f, v in shared.items()),
+        *(flag for f, v in shared.items() for flag in axis_overrides(f, v)),
         *overrides,
     ]
     if not alone:
@@ -188,6 +212,10 @@ def main(argv: list[str]) -> int:
         f"--config.{field}={value}"
         for field, value in config_flags.get_override_values(FLAGS["config"]).items()
     ]
+    clash = [f for f in ("federated.dp.enabled", "federated.dp.target_epsilon") if f in {
+        o.split("=", 1)[0].removeprefix("--config.") for o in overrides}]  # fmt: skip
+    if "epsilon" in axes and clash:
+        return _error(f"--epsilon sets config.{clash[0]} for each run: drop --config.{clash[0]}")
     synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
     if synthetic_axes and config.data.format != "synthetic":
         return _error(

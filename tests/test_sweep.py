@@ -9,7 +9,7 @@ import sys
 
 import pytest
 
-from fecosr_jax import metrics_log, sweep_results
+from fecosr_jax import metrics_log, plots, sweep_results
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "launch"))
@@ -65,6 +65,33 @@ def test_grid_names_and_commands():
     )
 
 
+def test_epsilon_turns_privacy_on_at_its_target_and_inf_turns_it_off():
+    points = sweep.grid({"epsilon": ["2", "inf"], "seeds": ["0", "1"]})
+    assert [sweep.run_name(p) for p in points] == [
+        "eps2.0_seed0", "eps2.0_seed1", "epsinf_seed0", "epsinf_seed1"
+    ]  # fmt: skip
+    # A privacy budget changes the program (DP on or off, its noise): a process per epsilon.
+    batches = sweep.processes(points, 0)
+    assert batches == [points[:2], points[2:]]
+    on, off = (sweep.command("c.py", pathlib.Path("w"), b, ["--config.seeds=1"]) for b in batches)
+    assert on[5:8] == [
+        "--config.federated.dp.enabled=True",
+        "--config.federated.dp.target_epsilon=2.0",
+        "--config.seeds=1",
+    ]
+    assert off[5:7] == ["--config.federated.dp.enabled=False", "--config.seeds=1"]
+    assert not any("target_epsilon" in c for c in off)
+    with pytest.raises(sweep.BadFlag, match=r"--epsilon=1,0: expected values > 0 \(inf: DP off\)"):
+        sweep.grid({"epsilon": ["1", "0"]})
+
+
+def test_an_infinite_epsilon_is_drawn_right_of_the_finite_ones():
+    where, ticks = plots.x_positions([8.0, 1.0, math.inf, 2.0, 1.0])
+    assert where == {1.0: 1.0, 2.0: 2.0, 8.0: 8.0, math.inf: 16.0}
+    assert ticks == {1.0: "1", 2.0: "2", 8.0: "8", 16.0: "∞"}
+    assert plots.x_positions([4.0, 1.0]) == ({1.0: 1.0, 4.0: 4.0}, {})
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(sweep.BadFlag, match="--alpha=0.1,x: expected comma-separated floats"):
         sweep.grid({"alpha": ["0.1", "x"]})
@@ -89,6 +116,12 @@ def test_bad_arguments_are_named():
         text=True,
     )
     assert out.returncode == 2 and "data.format='xmrec'" in out.stderr
+    # --epsilon decides DP for each run; the same field set for every run would overrule it.
+    out = sweep_with("--epsilon=1,inf", "--config.federated.dp.enabled=True")
+    assert out.returncode == 2 and out.stderr == (
+        "error: --epsilon sets config.federated.dp.enabled for each run: drop "
+        "--config.federated.dp.enabled\n"
+    )
     assert not pathlib.Path("/tmp/never_written").exists() and not pathlib.Path("/tmp/x").exists()
 
 
@@ -246,10 +279,17 @@ def test_collect_by_hand(tmp_path):
     assert row["round_s"]["federated_s2ce"] == 0.75  # median of the gaps 0.5 and 1.0
     assert row["delta_cosine"]["federated_s2ce"] == pytest.approx(0.3)
     assert row["run_s"] == 15.0
+    assert row["epsilon_spent"] == {}  # DP off
     # A run writes training.json at its end (the same record): collect reads it, not the log.
     (tmp_path / "training.json").write_text(json.dumps(metrics_log.training_record(lines)))
     (tmp_path / "metrics.jsonl").unlink()
     assert sweep_results.collect(tmp_path, {"markets": 2}) == row
+    # With DP on: each private pretraining's largest epsilon over markets.
+    results["privacy"] = {"federated_s2ce": {"a": {"epsilon": 1.5}, "b": {"epsilon": 2.0}}}
+    (tmp_path / "results.json").write_text(json.dumps(results))
+    assert sweep_results.collect(tmp_path, {"markets": 2})["epsilon_spent"] == {
+        "federated_s2ce": 2.0
+    }
 
 
 def test_collect_only_without_finished_runs_writes_nothing(tmp_path):
