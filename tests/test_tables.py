@@ -51,6 +51,25 @@ def test_a_table_name_the_command_does_not_know_is_reported(tmp_path, monkeypatc
     assert tables.check() == ["doc.md:1: no table named 'nothing' (experiments/tables.py)"]
 
 
+def test_a_table_without_raw_files_must_say_why(tmp_path, monkeypatch):
+    doc = tmp_path / "doc.md"
+    doc.write_text(
+        "Text\n\n| a | b |\n| --- | ---: |\n| 1 | 2 |\n\n"  # line 3: neither
+        "<!-- markdown only: a verdict table -->\n| a |\n| --- |\n\n"  # labelled
+        "- item\n\n  <!-- markdown only: indented -->\n  | a |\n  | :--- |\n"  # in a list
+        "  | c |\n  | --- |\n"  # rows that look like a header and rule: the same table
+        "<!-- table bench_dp: python -m experiments.tables bench_dp -->\n"
+        + tables.TABLES["bench_dp"]()
+        + "<!-- end table -->\n"
+    )
+    monkeypatch.setattr(tables, "DOCS", (doc,))
+    monkeypatch.setattr(tables, "ROOT", tmp_path)
+    assert tables.unlabelled(doc) == ["doc.md:3"]
+    assert tables.check() == [
+        "doc.md:3: a table with no raw files and no `<!-- markdown only: REASON -->` above it"
+    ]
+
+
 def test_the_readme_quotes_the_main_jobs_committed_results():
     readme = (tables.ROOT / "README.md").read_text()
     quoted = re.search(

@@ -169,6 +169,38 @@ def bench_round_small() -> str:
     return round_table(read_json(BENCH / "round_small.json")) + "\n"
 
 
+def bench_round_reference_scan() -> str:
+    """The reference round with the markets in sequence inside the one jit (scan), a run of
+    its own; its ratios and % of matmul are against the run above (round_reference.json: its
+    torch and loop rows, its 211 GFLOP/s ceiling)."""
+    above = read_json(BENCH / "round_reference.json")
+    by = {(r["backend"], r["markets"]): r for r in above["runs"]}
+    lines = [
+        "| backend | M | client-steps/s | round s | GFLOP/s | % of matmul | vs torch (run above) "
+        "| vs loop (run above) |",
+        "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for r in read_json(BENCH / "round_reference_scan.json")["runs"]:
+        rate = r["client_steps_per_s"]
+        lines.append(
+            row(
+                [
+                    r["backend"],
+                    r["markets"],
+                    f"{rate:.1f}",
+                    f"{r['round_s']:.3f}",
+                    f"{r['achieved_gflops']:.1f}",
+                    f"{100 * r['achieved_gflops'] / above['matmul_gflops']:.0f}%",
+                    *(
+                        f"{rate / by[(b, r['markets'])]['client_steps_per_s']:.2f}x"
+                        for b in ("torch", "loop")
+                    ),
+                ]
+            )  # fmt: skip
+        )
+    return "\n".join(lines) + "\n"
+
+
 def bench_scaling_small() -> str:
     """experiments.bench.round --config=small --memory over M (docs/bench/scaling_small.json)."""
     return scaling_table(read_json(BENCH / "scaling_small.json")) + "\n"
@@ -339,6 +371,7 @@ def bench_groups_synthetic() -> str:
 
 DOC_TABLES = {
     "bench_round_reference": bench_round_reference,
+    "bench_round_reference_scan": bench_round_reference_scan,
     "bench_round_small": bench_round_small,
     "bench_scaling_small": bench_scaling_small,
     "bench_s2ce": bench_s2ce,
