@@ -10,8 +10,9 @@ import pathlib
 
 import numpy as np
 
+from experiments import run_tables
 from experiments.bench.tables import row
-from fecosr_jax import markdown, method_pairs, paradigms, reporting, significance, sweep_results
+from fecosr_jax import markdown, method_pairs, reporting, significance, sweep_results
 from fecosr_jax.files import read_json
 
 RAW = pathlib.Path(__file__).resolve().parent.parent / "docs" / "results"
@@ -201,23 +202,6 @@ STOPPING_RULES = (("patience", "patience 3 alone (0)"), ("half", "half the budge
 STOPPING_SEEDS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10)))
 
 
-def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
-    """One seed's results.json and per-user test ranks (ranks.npz)."""
-    return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
-
-
-def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
-    """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds."""
-    runs = [read_run(folder / f"seed_{s}") for s in seeds]
-    return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])
-
-
-def combined(folder: pathlib.Path, seeds) -> dict:
-    """The results of `seeds` (folder/seed_<s>/) combined as the run combines them."""
-    per_seed, ranks = seed_runs(folder, seeds)
-    return reporting.combine_seeds(per_seed, list(seeds), ranks)
-
-
 def stopping() -> str:
     """Per rule and set of seeds: each method's market-mean test NDCG@10 (mean ± std over
     seeds), `fecosr` against `local` over seeds and per market (pooled per-user tests,
@@ -229,7 +213,7 @@ def stopping() -> str:
     ]  # fmt: skip
     for rule, label in STOPPING_RULES:
         for seeds in STOPPING_SEEDS:
-            res = combined(STOPPING / rule, seeds)
+            res = run_tables.combined(STOPPING / rule, seeds)
             names, methods, std = res["markets"], res["methods"], res["std"]
             vs = res["vs_local"]["fecosr"]
             test = vs["over_seeds"]
@@ -290,7 +274,7 @@ def claim2_seeds() -> str:
     points = {}
     for h, o in CLAIM2_POINTS:
         folder = CLAIM2_SEEDS / f"h{h}_o{o}"
-        per_seed, ranks = seed_runs(folder, seeds)
+        per_seed, ranks = run_tables.seed_runs(folder, seeds)
         res = reporting.combine_seeds(per_seed, list(seeds), ranks)
         (pair,) = method_pairs.pair_comparison(res, ranks, [("fecosr", "fecosr_no_s2ce")])
         points[(h, o)] = {
@@ -334,96 +318,37 @@ def claim2_seeds() -> str:
     return "\n".join(lines) + "\n"
 
 
-# -- One run's tables (results.md), from its results.json and ranks.npz ---------------------
+# -- Runs' own tables (results.md's parts; experiments.run_tables) -------------------------
 
 DEFAULT = RAW / "default"  # the main job (experiments/configs/default.py)
 DEFAULT_SEEDS = RAW / "default_seeds"  # the main job with --config.seeds=5: seed_0 ... seed_4
 FULL = RAW / "full"  # its generator at the full budget (experiments/configs/full.py)
-# results.md's parts the docs show: the per-market table, the summary against `local` and,
-# with 5 seeds or more, the test over seeds (not the market sizes or the soft labels).
-RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds")
-
-
-def run_order(folder: pathlib.Path, raw: dict) -> dict:
-    """raw's methods in the run's order (its config.json's; results.json sorts its keys),
-    popularity last."""
-    listed = paradigms.parse_methods(read_json(folder / "config.json")["methods"])
-    order = [m for m in listed if m in raw["methods"]]
-    order += [m for m in raw["methods"] if m not in order and m != "popularity"] + ["popularity"]
-    return {m: raw["methods"][m] for m in order}
-
-
-def retested(folder: pathlib.Path) -> dict:
-    """A one-seed run's results dict with its paired tests made again from its per-user ranks
-    (reporting.results, as the run made them)."""
-    raw, ranks = read_run(folder)
-    return reporting.results(
-        **{k: raw[k] for k in ("dataset", "protocol", "markets", "skipped")},
-        methods=run_order(folder, raw),
-        ranks=ranks,
-        transfer_source=raw.get("transfer_source"),
-        soft_labels=raw.get("soft_labels", {}),
-    )
-
-
-def run_tables(results: dict) -> str:
-    """The RUN_PARTS of a run's results.md, made from its results dict."""
-    text = markdown.results_markdown(results)
-    parts = [p for p in text.split("\n\n") if p.startswith(RUN_PARTS)]
-    return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
+XMREC_SEEDS = RAW / "xmrec_seeds"  # XMRec ca/de/fr/uk, local and fedavg_id, seeds 0-4
 
 
 def default_synthetic() -> str:
     """The main job's tables (docs/results/default/)."""
-    return run_tables(retested(DEFAULT))
-
-
-def seeds_tables(folder: pathlib.Path, seeds) -> str:
-    """A run over `seeds` (folder/seed_<s>/) combined as the run combines them: per market the
-    mean ± std over seeds and the pooled per-user tests, then each method's market mean
-    against `local`'s over seeds."""
-    per_seed, ranks = seed_runs(folder, seeds)
-    for s, raw in zip(seeds, per_seed, strict=True):
-        raw["methods"] = run_order(folder / f"seed_{s}", raw)
-    return run_tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
-
-
-def stop_epochs(folder: pathlib.Path, seeds) -> str:
-    """Per market, each fine-tuned method's stop epoch (the last it trained) and kept epoch
-    (its best validation), mean over seeds with the range; results.json's `stop_epoch` and
-    `best_epoch`."""
-    per_seed, _ = seed_runs(folder, seeds)
-    first = per_seed[0]
-    methods = [m for m in run_order(folder / f"seed_{seeds[0]}", first)
-               if "stop_epoch" in first["methods"][m][first["markets"][0]]]  # fmt: skip
-    lines = [
-        row(["market", *(f"{m} {what}" for m in methods for what in ("stop", "kept"))]),
-        "| --- |" + " ---: |" * (2 * len(methods)),
-    ]
-
-    def epochs(values) -> str:
-        v = np.asarray(values)
-        spread = f" ({v.min():.0f}-{v.max():.0f})" if v.min() != v.max() else ""
-        return f"{v.mean():.1f}{spread}"
-
-    for market in first["markets"]:
-        cells = [
-            epochs([r["methods"][m][market][key] for r in per_seed])
-            for m in methods
-            for key in ("stop_epoch", "best_epoch")
-        ]
-        lines.append(row([market, *cells]))
-    return "\n".join(lines) + "\n"
+    return run_tables.tables(run_tables.retested(DEFAULT))
 
 
 def default_seeds() -> str:
     """The main job over seeds 0-4 (docs/results/default_seeds/seed_<s>/)."""
-    return seeds_tables(DEFAULT_SEEDS, range(5))
+    return run_tables.over_seeds(DEFAULT_SEEDS, range(5))
+
+
+def xmrec_seeds() -> str:
+    """XMRec over seeds 0-4, exact duplicate rows dropped (docs/results/xmrec_seeds/)."""
+    return run_tables.over_seeds(XMREC_SEEDS, range(5))
+
+
+def xmrec_stops() -> str:
+    """Where fine-tuning stopped on XMRec, seeds 0-4."""
+    return run_tables.stop_epochs(XMREC_SEEDS, range(5))
 
 
 def full_synthetic() -> str:
     """The default's generator at the full budget (docs/results/full/)."""
-    return run_tables(retested(FULL))
+    return run_tables.tables(run_tables.retested(FULL))
 
 
 DOC_TABLES = {

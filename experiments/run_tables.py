@@ -1,0 +1,104 @@
+"""The tables of a run's folder (one seed, or seed_<s>/ per seed) from its raw files:
+results.json, ranks.npz (per-user test ranks) and config.json. The statistics are the run's own
+(fecosr_jax.reporting: the paired tests made again from the ranks, combine_seeds, the
+multiple-comparison control), so a table says what the run reported; experiments.results_tables
+uses them for docs/results.md."""
+
+from __future__ import annotations
+
+import pathlib
+
+import numpy as np
+
+from experiments.bench.tables import row
+from fecosr_jax import markdown, paradigms, reporting
+from fecosr_jax.files import read_json
+
+
+def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
+    """One seed's results.json and per-user test ranks (ranks.npz)."""
+    return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
+
+
+def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
+    """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds."""
+    runs = [read_run(folder / f"seed_{s}") for s in seeds]
+    return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])
+
+
+def combined(folder: pathlib.Path, seeds) -> dict:
+    """The results of `seeds` (folder/seed_<s>/) combined as the run combines them."""
+    per_seed, ranks = seed_runs(folder, seeds)
+    return reporting.combine_seeds(per_seed, list(seeds), ranks)
+
+
+# results.md's parts the docs show: the per-market table, the summary against `local` and,
+# with 5 seeds or more, the test over seeds (not the market sizes or the soft labels).
+RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds")
+
+
+def run_order(folder: pathlib.Path, raw: dict) -> dict:
+    """raw's methods in the run's order (its config.json's; results.json sorts its keys),
+    popularity last."""
+    listed = paradigms.parse_methods(read_json(folder / "config.json")["methods"])
+    order = [m for m in listed if m in raw["methods"]]
+    order += [m for m in raw["methods"] if m not in order and m != "popularity"] + ["popularity"]
+    return {m: raw["methods"][m] for m in order}
+
+
+def retested(folder: pathlib.Path) -> dict:
+    """A one-seed run's results dict with its paired tests made again from its per-user ranks
+    (reporting.results, as the run made them)."""
+    raw, ranks = read_run(folder)
+    return reporting.results(
+        **{k: raw[k] for k in ("dataset", "protocol", "markets", "skipped")},
+        methods=run_order(folder, raw),
+        ranks=ranks,
+        transfer_source=raw.get("transfer_source"),
+        soft_labels=raw.get("soft_labels", {}),
+    )
+
+
+def tables(results: dict) -> str:
+    """The RUN_PARTS of a run's results.md, made from its results dict."""
+    text = markdown.results_markdown(results)
+    parts = [p for p in text.split("\n\n") if p.startswith(RUN_PARTS)]
+    return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
+
+
+def over_seeds(folder: pathlib.Path, seeds) -> str:
+    """A run over `seeds` (folder/seed_<s>/) combined as the run combines them: per market the
+    mean ± std over seeds and the pooled per-user tests, then each method's market mean
+    against `local`'s over seeds."""
+    per_seed, ranks = seed_runs(folder, seeds)
+    for s, raw in zip(seeds, per_seed, strict=True):
+        raw["methods"] = run_order(folder / f"seed_{s}", raw)
+    return tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
+
+
+def stop_epochs(folder: pathlib.Path, seeds) -> str:
+    """Per market, each fine-tuned method's stop epoch (the last it trained) and kept epoch
+    (its best validation), mean over seeds with the range; results.json's `stop_epoch` and
+    `best_epoch`."""
+    per_seed, _ = seed_runs(folder, seeds)
+    first = per_seed[0]
+    methods = [m for m in run_order(folder / f"seed_{seeds[0]}", first)
+               if "stop_epoch" in first["methods"][m][first["markets"][0]]]  # fmt: skip
+    lines = [
+        row(["market", *(f"{m} {what}" for m in methods for what in ("stop", "kept"))]),
+        "| --- |" + " ---: |" * (2 * len(methods)),
+    ]
+
+    def epochs(values) -> str:
+        v = np.asarray(values)
+        spread = f" ({v.min():.0f}-{v.max():.0f})" if v.min() != v.max() else ""
+        return f"{v.mean():.1f}{spread}"
+
+    for market in first["markets"]:
+        cells = [
+            epochs([r["methods"][m][market][key] for r in per_seed])
+            for m in methods
+            for key in ("stop_epoch", "best_epoch")
+        ]
+        lines.append(row([market, *cells]))
+    return "\n".join(lines) + "\n"
