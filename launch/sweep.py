@@ -208,12 +208,9 @@ def main(argv: list[str]) -> int:
         return _error(f"--compare: {e}")
     axes = [flag for flag, *_ in AXES if FLAGS[flag].value]
     config, spec = FLAGS.config, FLAGS["config"].config_filename
-    overrides = [
-        f"--config.{field}={value}"
-        for field, value in config_flags.get_override_values(FLAGS["config"]).items()
-    ]
-    clash = [f for f in ("federated.dp.enabled", "federated.dp.target_epsilon") if f in {
-        o.split("=", 1)[0].removeprefix("--config.") for o in overrides}]  # fmt: skip
+    given = config_flags.get_override_values(FLAGS["config"])
+    overrides = [f"--config.{field}={value}" for field, value in given.items()]
+    clash = [f for f in ("federated.dp.enabled", "federated.dp.target_epsilon") if f in given]
     if "epsilon" in axes and clash:
         return _error(f"--epsilon sets config.{clash[0]} for each run: drop --config.{clash[0]}")
     synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
