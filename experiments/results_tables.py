@@ -355,6 +355,8 @@ DOC_TABLES = {
     "default_synthetic": default_synthetic,
     "full_synthetic": full_synthetic,
     "default_seeds": default_seeds,
+    "xmrec_seeds": xmrec_seeds,
+    "xmrec_stops": xmrec_stops,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
     "claim2_seeds": claim2_seeds,
