@@ -80,7 +80,7 @@ def stop_epochs(folder: pathlib.Path, seeds) -> str:
     """Per market, each fine-tuned method's stop epoch (the last it trained) and kept epoch
     (its best validation), mean over seeds with the range; results.json's `stop_epoch` and
     `best_epoch`."""
-    per_seed, _ = seed_runs(folder, seeds)
+    per_seed = [read_json(folder / f"seed_{s}" / "results.json") for s in seeds]
     first = per_seed[0]
     methods = [m for m in run_order(folder / f"seed_{seeds[0]}", first)
                if "stop_epoch" in first["methods"][m][first["markets"][0]]]  # fmt: skip

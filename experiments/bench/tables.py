@@ -15,6 +15,11 @@ def row(cells) -> str:
     return "| " + " | ".join(str(c) for c in cells) + " |"
 
 
+def versus(r: dict, o: dict | None) -> str:
+    """Run r's client-steps/s as a multiple of run o's ("-" without o)."""
+    return f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x" if o else "-"
+
+
 def round_table(results: dict) -> str:
     """experiments.bench.round's table: one row per backend, M, R and DP setting."""
     rows = [
@@ -26,9 +31,6 @@ def round_table(results: dict) -> str:
     plain = [r for r in results["runs"] if not r.get("dp", False)]
     by = {(r["backend"], r["markets"]): r for r in plain if r.get("runs", 1) == 1}
     same = {(r["backend"], r["markets"], r.get("runs", 1)): r for r in plain}
-
-    def versus(r, o) -> str:
-        return f"{r['client_steps_per_s'] / o['client_steps_per_s']:.2f}x" if o else "-"
 
     for r in results["runs"]:
         dp = r.get("dp", False)
@@ -181,20 +183,16 @@ def bench_round_reference_scan() -> str:
         "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
     ]
     for r in read_json(BENCH / "round_reference_scan.json")["runs"]:
-        rate = r["client_steps_per_s"]
         lines.append(
             row(
                 [
                     r["backend"],
                     r["markets"],
-                    f"{rate:.1f}",
+                    f"{r['client_steps_per_s']:.1f}",
                     f"{r['round_s']:.3f}",
                     f"{r['achieved_gflops']:.1f}",
                     f"{100 * r['achieved_gflops'] / above['matmul_gflops']:.0f}%",
-                    *(
-                        f"{rate / by[(b, r['markets'])]['client_steps_per_s']:.2f}x"
-                        for b in ("torch", "loop")
-                    ),
+                    *(versus(r, by[(b, r["markets"])]) for b in ("torch", "loop")),
                 ]
             )  # fmt: skip
         )
