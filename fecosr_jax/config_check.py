@@ -40,7 +40,7 @@ def check(config: ml_collections.ConfigDict) -> None:
         "finetune.lr": (ft.lr, ft.lr > 0, "a positive learning rate"),
         "finetune.batch_size": (ft.batch_size, ft.batch_size >= 1, "at least 1 row per step"),
         "finetune.steps_per_epoch": (ft.steps_per_epoch, ft.steps_per_epoch >= 0, "0 or more"),
-        "finetune.adapter_dim": (ft.adapter_dim, ft.adapter_dim >= 1, "at least 1"),
+        "finetune.adapter_dim": (ft.adapter_dim, ft.adapter_dim >= 0, "0 (no adapter) or more"),
     }
     runs_per_step = c.get("runs_per_step", 0)
     checks["runs_per_step"] = (

@@ -178,6 +178,7 @@ def _config(**fields):
         ({"finetune__lr": -1e-3}, "config.finetune.lr=-0.001"),
         ({"num_rounds": 0}, "config.num_rounds=0: expected at least 1"),
         ({"finetune__batch_size": 0}, "config.finetune.batch_size=0"),
+        ({"finetune__adapter_dim": -1}, "config.finetune.adapter_dim=-1: expected 0 (no adapter)"),
         ({"eval__protocol": "sampled100"}, "config.eval.protocol='sampled100': expected one of"),
         ({"eval__batch_size": 0}, "config.eval.batch_size=0"),
         ({"data__markets": "m0000,m0000,m0001"}, "m0000 twice"),
@@ -220,6 +221,25 @@ def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, f
     assert named in str(e.value)
     assert errors.exit_code(e.value) == errors.EXIT_BAD_INPUT
     assert not workdir.exists()
+
+
+def _shipped_configs() -> list[str]:
+    import pkgutil
+
+    from experiments import configs
+
+    return sorted(m.name for m in pkgutil.iter_modules(configs.__path__))
+
+
+@pytest.mark.parametrize("name", _shipped_configs())
+def test_every_shipped_config_passes_the_config_check(name):
+    # The check once refused ml100k_sasrec's adapter_dim = 0 (no adapter), so README's peer
+    # check command exited 2 at once.
+    import importlib
+
+    from fecosr_jax import config_check
+
+    config_check.check(importlib.import_module(f"experiments.configs.{name}").get_config())
 
 
 def run_main(workdir, *flags):
