@@ -351,6 +351,40 @@ def full_synthetic() -> str:
     return run_tables.tables(run_tables.retested(FULL))
 
 
+SASREC_SEEDS = RAW / "sasrec_seeds"  # the RecBole peer check (ml100k_sasrec.py), seeds 0-2
+
+
+def sasrec_seeds() -> str:
+    """The peer check per seed: `local` SASRec on all of ml-100k, test NDCG@10 and HR@10, the
+    best validation NDCG@10 and its epoch, the epoch training stopped; then mean ± std."""
+    seeds = range(3)
+    lines = [
+        row(["seed", "test NDCG@10", "test HR@10", "best valid (epoch)", "stopped after"]),
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for s in seeds:
+        folder = SASREC_SEEDS / f"seed_{s}"
+        (market,) = read_json(folder / "results.json")["markets"]
+        local = read_json(folder / "results.json")["methods"]["local"][market]
+        valid = read_json(folder / "training.json")["validation"]["local"]["markets"][market]
+        lines.append(
+            row(
+                [
+                    s,
+                    plain(local["ndcg@10"]),
+                    plain(local["hr@10"]),
+                    f"{valid:.4f} ({local['best_epoch']:.0f})",
+                    f"{local['stop_epoch']:.0f}",
+                ]
+            )
+        )
+    together = run_tables.combined(SASREC_SEEDS, seeds)
+    mean, std = together["methods"]["local"]["mean"], together["std"]["local"]["mean"]
+    cells = [mean_std([mean[k], std[k]]) for k in ("ndcg@10", "hr@10")]
+    lines.append(row(["mean ± std", *cells, "", ""]))
+    return "\n".join(lines) + "\n"
+
+
 DOC_TABLES = {
     "default_synthetic": default_synthetic,
     "full_synthetic": full_synthetic,
@@ -363,4 +397,5 @@ DOC_TABLES = {
     "alpha_first_look": alpha_first_look,
     "alpha_seeds": alpha_seeds,
     "stopping": stopping,
+    "sasrec_seeds": sasrec_seeds,
 }
