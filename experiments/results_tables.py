@@ -12,24 +12,11 @@ import numpy as np
 
 from experiments import run_tables
 from experiments.bench.tables import row
+from experiments.run_tables import mean_std, plain, signed
 from fecosr_jax import markdown, method_pairs, reporting, significance, sweep_results
 from fecosr_jax.files import read_json
 
 RAW = pathlib.Path(__file__).resolve().parent.parent / "docs" / "results"
-
-
-def signed(x: float, digits: int = 4) -> str:
-    """+0.0029 / −0.0017 (a minus sign, as the documents write it)."""
-    return f"{x:+.{digits}f}".replace("-", "−")
-
-
-def plain(x: float, digits: int = 4) -> str:
-    return f"{x:.{digits}f}".replace("-", "−")
-
-
-def mean_std(stat, sign: bool = False) -> str:
-    """[mean, std] as `mean ± std`."""
-    return f"{(signed if sign else plain)(stat[0])} ± {stat[1]:.4f}"
 
 
 # -- Claim 2: the heterogeneity × overlap sweep (docs/results/claim2_heterogeneity.json) ------

@@ -11,8 +11,22 @@ import pathlib
 import numpy as np
 
 from experiments.bench.tables import row
-from fecosr_jax import markdown, paradigms, reporting
+from fecosr_jax import markdown, method_pairs, paradigms, reporting, significance
 from fecosr_jax.files import read_json
+
+
+def signed(x: float, digits: int = 4) -> str:
+    """+0.0029 / −0.0017 (a minus sign, as the documents write it)."""
+    return f"{x:+.{digits}f}".replace("-", "−")
+
+
+def plain(x: float, digits: int = 4) -> str:
+    return f"{x:.{digits}f}".replace("-", "−")
+
+
+def mean_std(stat, sign: bool = False) -> str:
+    """[mean, std] as `mean ± std`."""
+    return f"{(signed if sign else plain)(stat[0])} ± {stat[1]:.4f}"
 
 
 def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
@@ -74,6 +88,39 @@ def over_seeds(folder: pathlib.Path, seeds) -> str:
     for s, raw in zip(seeds, per_seed, strict=True):
         raw["methods"] = run_order(folder / f"seed_{s}", raw)
     return tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
+
+
+def pairs_over_seeds(folder: pathlib.Path, seeds, pairs: list[tuple[str, str, str]]) -> str:
+    """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
+    paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
+    pooled per-user tests (method_pairs, Benjamini-Hochberg over the markets): how many
+    markets A is above B by sign, and which it is significantly better / worse in."""
+    per_seed, ranks = seed_runs(folder, seeds)
+    results = reporting.combine_seeds(per_seed, list(seeds), ranks)
+    names = results["markets"]
+    compared = method_pairs.pair_comparison(results, ranks, [(a, b) for a, b, _ in pairs])
+    over = significance.correct(
+        {(a, b): reporting.seed_test(per_seed, a, reference=b) for a, b, _ in pairs}
+    )
+    lines = [
+        row(["A", "B", "question", "A − B over seeds (p; adj.)", "markets A > B by sign",
+             "▲ (markets)", "▼ (markets)"]),
+        "| --- | --- | --- |" + " ---: |" * 4,
+    ]  # fmt: skip
+
+    def markets(pair: dict, verdict: str) -> str:
+        named = [m for m in names if pair["significance"][m]["verdict"] == verdict]
+        return f"{len(named)} ({', '.join(named)})" if named else "0"
+
+    for (a, b, question), pair in zip(pairs, compared, strict=True):
+        t = over[(a, b)]
+        test = f"{signed(t['diff'])} ({markdown.p_text(t['p_value'])}; "
+        test += f"{markdown.p_text(t['p_adjusted'])})"
+        by_sign = f"{pair['markets_better']} of {len(names)}"
+        lines.append(
+            row([a, b, question, test, by_sign, markets(pair, "better"), markets(pair, "worse")])
+        )
+    return "\n".join(lines) + "\n"
 
 
 def stop_epochs(folder: pathlib.Path, seeds) -> str:

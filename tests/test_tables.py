@@ -103,3 +103,20 @@ def test_the_readme_quotes_the_alpha_grids_best_setting():
     alpha, tau, gain = cells[0], cells[1], cells[3]
     assert (alpha, tau) == quoted.group(1, 2)
     assert gain == f"+{quoted[4]} ({quoted[3]}/{quoted[3]})"  # above CE on every seed
+
+
+def test_pairs_over_seeds_says_what_the_claim2_table_says():
+    # Two code paths over the same 5 seeds (h 1, overlap 0): the claim-2 table's S²CE − CE and
+    # fecosr − local cells (difference over seeds; markets ▲ / ▼) and the pairs table's.
+    pairs = [("fecosr", "fecosr_no_s2ce", "S²CE vs CE"), ("fecosr", "local", "vs local")]
+    text = run_tables.pairs_over_seeds(results_tables.CLAIM2_SEEDS / "h1_o0", range(5), pairs)
+    rows = [line.strip("|").split(" | ") for line in text.splitlines()[2:]]
+    claim2 = next(
+        line.strip("|").split(" | ")
+        for line in results_tables.claim2_seeds().splitlines()
+        if line.startswith("| 1 | 0 |")
+    )
+    for cells, test, counts in zip(rows, (claim2[5], claim2[7]), (claim2[6], claim2[8])):
+        assert cells[3].split(" (")[0] == test.split(" (")[0]  # the same difference
+        better, worse = (int(c.split(" (")[0]) for c in (cells[5], cells[6]))
+        assert f"{better} / {worse}" == counts.strip()
