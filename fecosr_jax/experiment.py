@@ -226,7 +226,7 @@ def _run_group(
             "markets (0 = all of them every round)"
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
-    trainer.pretrainer.check_privacy()
+    trainer.pretrainer.check_privacy([run.config for run in runs])
     data = resume.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)

@@ -2,12 +2,12 @@
 
 A run is one seed of one config, with its own workdir and outputs. Runs whose configs differ
 only in per-run values (`VALUE_FIELDS`: the seed, S²CE's alpha and tau_s, the learning
-rates, FedProx's mu, the dropout rate) reach the compiled round, fine-tuning epoch and
-evaluation as array arguments (fecosr_jax.federated.config.FedValues,
+rates, FedProx's mu, the dropout rate, DP's privacy budget) reach the compiled round,
+fine-tuning epoch and evaluation as array arguments (fecosr_jax.federated.config.FedValues,
 fecosr_jax.finetune.FinetuneValues), so they form a group: every method trains the group's
 runs together, `config.runs_per_step` at a time. Everything else (data, sizes, methods,
-optimiser kinds, FedProx on or off, a frozen or trained shared part, dropout on or off) must
-be equal within a group; `check_group` names what is not.
+optimiser kinds, FedProx on or off, DP on or off, a frozen or trained shared part, dropout
+on or off) must be equal within a group; `check_group` names what is not.
 
 Groups come from `--config.seeds=N` (one run per seed) and from experiments.main's
 `--run=NAME:FIELD=VALUE,...` (one run per flag, in WORKDIR/NAME), which launch/sweep.py
@@ -46,6 +46,8 @@ VALUE_FIELDS = (
     "finetune.lr",
     "finetune.shared_lr_mult",
     "model.dropout",
+    "federated.dp.target_epsilon",
+    "federated.dp.noise_multiplier",
 )
 # Values whose zero changes the program: FedProx off, the shared part frozen, no dropout.
 _ZERO_IS_STRUCTURE = ("federated.fedprox_mu", "finetune.shared_lr_mult", "model.dropout")

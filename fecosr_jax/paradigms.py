@@ -34,7 +34,7 @@ ID-only model and `fedavg_id` still runs.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 
 import jax
 import numpy as np
@@ -256,7 +256,7 @@ def run_rounds(
     phase: str = "pretrain",
     values: FedValues | None = None,
     run_names: list[str] | None = None,
-    privacy: Plan | None = None,
+    privacy: Sequence[Plan] = (),
 ):
     """Runs compiled rounds from `params` up to `num_rounds`; returns the final shared params.
 
@@ -270,18 +270,24 @@ def run_rounds(
     metrics and the returned params carry the run axis, and an error names the run
     (`run_names`).
 
-    With fed.dp on, `privacy` (federated/privacy.py `plan`) gives each market's sampling
-    rate and noise multiplier.
+    With fed.dp on, `privacy` (federated/privacy.py `plan`, one per run) gives each market's
+    sampling rate and noise multiplier. The rates are the program's, the same for every run;
+    runs whose noise multipliers differ (a sweep over epsilon) get theirs as values.
     """
     checkpoints = checkpoints or checkpoint.NullPhase()
     compiled = fed_round.build_round(model_config, fed, len(names), mesh)
     data = fed_round.round_data(stacked, fed)
-    if fed.dp.enabled:
-        if privacy is None:
-            raise ValueError("federated.dp is on: run_rounds needs the privacy plan")
-        data.update(privacy.arrays(stacked.num_markets))
-    data = compiled.put(data)
     grouped = values is not None
+    if fed.dp.enabled:
+        if len(privacy) != (np.shape(values.seed)[0] if grouped else 1):
+            raise ValueError("federated.dp is on: run_rounds needs each run's privacy plan")
+        arrays = [p.arrays(stacked.num_markets) for p in privacy]
+        assert all((a["dp_rate"] == arrays[0]["dp_rate"]).all() for a in arrays)
+        data.update(arrays[0])
+        noise = np.stack([a["dp_noise"] for a in arrays])
+        if (noise != noise[0]).any():
+            values = values.replace(dp_noise=noise)
+    data = compiled.put(data)
     state = compiled.init_runs(params) if grouped else compiled.init(params)
     restored = checkpoints.restore(state)
     if restored is not None:

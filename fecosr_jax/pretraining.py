@@ -70,7 +70,7 @@ class Pretrainer:
         self.fed = fed_config(config)  # the group's program (its values are the first run's)
         self.pretrainings: dict[tuple[str, str | None], Pretraining] = {}
         self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
-        self.plans: dict[str, privacy.Plan] = {}  # pretraining key -> its DP plan
+        self.plans: dict[tuple, privacy.Plan] = {}  # (pretraining key, DP settings) -> plan
         self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
         self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
         if self.transfer_source not in names:
@@ -114,13 +114,13 @@ class Pretrainer:
         return self.pretrainings[(kind, source)]
 
     def privacy_plan(self, p: Pretraining, fed: FedConfig) -> privacy.Plan | None:
-        """The privacy plan of pretraining `p` with settings `fed` (None with DP off). It
-        depends on the program only (DP settings, batch, K), the same for every run of the
-        group: planned once per pretraining."""
+        """The privacy plan of pretraining `p` with settings `fed` (None with DP off): planned
+        once per pretraining and DP settings (runs of a group may differ in their privacy
+        budget)."""
         if not fed.dp.enabled:
             return None
-        if p.key not in self.plans:
-            self.plans[p.key] = privacy.plan(
+        if (p.key, fed.dp) not in self.plans:
+            self.plans[(p.key, fed.dp)] = privacy.plan(
                 fed.dp,
                 p.names,
                 p.train.num_train_rows[: len(p.names)],
@@ -129,7 +129,7 @@ class Pretrainer:
                 num_rounds=p.num_rounds,
                 train_windows=self.config.data.train_windows,
             )
-        return self.plans[p.key]
+        return self.plans[(p.key, fed.dp)]
 
     def _dp_pretrainings(self, methods: list[str]) -> list[Pretraining]:
         """The pretrainings `methods` need, each once."""
@@ -142,13 +142,15 @@ class Pretrainer:
                 out[p.key] = p
         return list(out.values())
 
-    def check_privacy(self):
+    def check_privacy(self, configs: list[ml_collections.ConfigDict]):
         """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
-        is written: every pretraining the methods need is planned."""
+        is written: every pretraining the methods need is planned for every run's settings
+        (`configs`, the group's)."""
         if not self.fed.dp.enabled:  # the program's: the same for every run of the group
             return
         for p in self._dp_pretrainings(self.methods):
-            self.privacy_plan(p, p.adjust(self.fed))
+            for config in configs:
+                self.privacy_plan(p, p.adjust(fed_config(config)))
 
     def privacy_report(self, run: groups.Run, methods: list[str]) -> dict[str, dict]:
         """results.json's "privacy" of `run`: per private pretraining of `methods`, each
@@ -166,9 +168,12 @@ class Pretrainer:
         return out
 
     def fed_values(self, p: Pretraining, run: groups.Run) -> tuple[float, ...]:
-        """What decides how `run` pretrains `p`: its federated values and dropout rate."""
-        values = p.adjust(fed_config(run.config)).values()
-        return (*groups.identity(values), float(run.config.model.dropout))
+        """What decides how `run` pretrains `p`: its federated values, dropout rate and, with
+        DP on, its noise multipliers."""
+        fed = p.adjust(fed_config(run.config))
+        plan = self.privacy_plan(p, fed)
+        sigma = () if plan is None else tuple(plan.noise_multiplier.tolist())
+        return (*groups.identity(fed.values()), float(run.config.model.dropout), *sigma)
 
     def _will_need(self, kind: str, run: groups.Run) -> bool:
         """Whether a method of the group that `run` has not finished pretrains `kind`."""
@@ -229,13 +234,14 @@ class Pretrainer:
         model, values = groups.together(
             p.model, [f.values() for f in feds], [run.config.model.dropout for _, run in reps]
         )
-        plan = self.privacy_plan(p, feds[0])  # the same for every run: DP is the program's
-
-        if plan is not None:  # [rounds, M] rounds trained so far, per class of runs
+        plans = [self.privacy_plan(q, f) for (q, _), f in zip(reps, feds, strict=True)]
+        private = feds[0].dp.enabled  # the program's: on or off for every run
+        if private:  # [rounds, M] rounds trained so far, per class of runs
             trained = [fed_round.rounds_trained(f, len(p.names), p.num_rounds) for f in feds]
 
         def spent(i: int, r: int) -> dict[str, float]:
             """Each market's epsilon after round r (the rounds it trained in count)."""
+            plan = plans[i]
             return {n: plan.epsilon(j, int(trained[i][r - 1, j])) for j, n in enumerate(p.names)}
 
         def on_round(r, metrics):
@@ -253,7 +259,7 @@ class Pretrainer:
                     },
                 }
                 show = r % every == 0 or r == p.num_rounds
-                if plan is not None and show:
+                if private and show:
                     epsilon = spent(i, r)
                     values["epsilon"] = max(epsilon.values())
                     values["market_epsilon"] = epsilon
@@ -280,5 +286,5 @@ class Pretrainer:
                 phase="pretrain_" + "+".join(kinds),
                 values=values,
                 run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
-                privacy=plan,
+                privacy=plans if private else (),
             )

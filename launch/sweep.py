@@ -10,7 +10,8 @@ the privacy budget epsilon, seeds): one run per grid point, then one table and o
 
 Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1); arguments of the form
 --config.FIELD=VALUE go to every run. Grid points that differ only in per-run values (--seeds,
---alpha, --temperature: fecosr_jax.groups) form a group: one process of experiments.main
+--alpha, --temperature, a finite --epsilon: fecosr_jax.groups) form a group: one process of
+experiments.main
 trains them together on the run axis of the same compiled programs (--run=NAME:..., one per
 point), --runs_per_process points at a time (0 = the whole group, 1 = a process per point).
 The other axes change the data or the program: a process each. Processes run one after
@@ -37,7 +38,9 @@ seconds per round, the --compare gaps, the client-update cosines).
 --epsilon sweeps differential privacy (README "Differential privacy"): a finite value turns
 federated.dp on with that target_epsilon, `inf` turns it off (the same run without noise or
 clipping), so the privacy-utility curve is one command; `local` trains nothing that leaves
-its market, so it is the line to beat:
+its market, so it is the line to beat. The finite budgets train together (each run's noise
+multipliers are values of one program, and `local`, the same for every budget, trains once
+per seed), inf in a second process:
 
   python launch/sweep.py --epsilon=1,2,4,8,inf --seeds=0,1,2 \
       --config=experiments/configs/ml100k_regions.py --workdir=DIR \
@@ -76,6 +79,22 @@ SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
 VALUE_AXES = ("alpha", "temperature", "seeds")  # per-run values: points share a process
 
 
+def is_value(flag: str, value) -> bool:
+    """Whether a point's value of `flag` is a per-run value (fecosr_jax.groups.VALUE_FIELDS),
+    so that points differing in it share a process. A finite epsilon is (each run's noise
+    multipliers are data); inf turns DP off, another program."""
+    return flag in VALUE_AXES or (flag == "epsilon" and not math.isinf(value))
+
+
+def program_part(point: dict) -> dict:
+    """A point's axes that decide its program: all but the per-run values; a finite epsilon
+    counts as DP on ("dp")."""
+    out = {f: v for f, v in point.items() if not is_value(f, v)}
+    if "epsilon" in point and "epsilon" not in out:
+        out["epsilon"] = "dp"
+    return out
+
+
 def define_flags():
     """The sweep's flags (defined when run as a program: the tests import this module beside
     experiments' own flags)."""
@@ -93,8 +112,9 @@ def define_flags():
     flags.DEFINE_integer(
         "runs_per_process",
         0,
-        "grid points that differ only in --seeds/--alpha/--temperature train together in "
-        "one process, this many at a time (0 = all of them; 1 = one process per point)",
+        "grid points that differ only in --seeds/--alpha/--temperature/a finite --epsilon "
+        "train together in one process, this many at a time (0 = all of them; 1 = one "
+        "process per point)",
         lower_bound=0,
     )
     flags.DEFINE_bool("print_only", False, "print the commands only")
@@ -132,12 +152,11 @@ def run_name(point: dict) -> str:
 
 
 def processes(points: list[dict], runs_per_process: int) -> list[list[dict]]:
-    """The grid points in processes: points equal on every axis but VALUE_AXES together (in
-    grid order), at most `runs_per_process` per process (0 = no limit)."""
+    """The grid points in processes: points with an equal `program_part` together (in grid
+    order), at most `runs_per_process` per process (0 = no limit)."""
     groups: dict[tuple, list[dict]] = {}
     for point in points:
-        key = tuple((f, v) for f, v in point.items() if f not in VALUE_AXES)
-        groups.setdefault(key, []).append(point)
+        groups.setdefault(tuple(program_part(point).items()), []).append(point)
     size = runs_per_process or len(points) or 1
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
@@ -147,17 +166,17 @@ def process_name(members: list[dict], part: int) -> str:
     share, with the index of the process."""
     if len(members) == 1:
         return run_name(members[0])
-    shared = {f: v for f, v in members[0].items() if f not in VALUE_AXES}
+    shared = program_part(members[0])
     return f"{run_name(shared) if shared else 'group'}_p{part}"
 
 
 def axis_overrides(flag: str, value) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
-    that target, or off for inf."""
+    that target ("dp": on, the target a per-run value), or off for inf."""
     field = {f: field for f, field, _, _ in AXES}[flag]
     if flag == "epsilon":
-        if math.isinf(value):
-            return ["--config.federated.dp.enabled=False"]
+        if value == "dp" or math.isinf(value):
+            return [f"--config.federated.dp.enabled={value == 'dp'}"]
         return ["--config.federated.dp.enabled=True", f"--config.{field}={value}"]
     return [f"--config.{field}={value}"]
 
@@ -170,7 +189,7 @@ def command(
     fields = {flag: field for flag, field, _, _ in AXES}
     run_field = {**fields, "seeds": "seed"}  # the name of a value in --run
     alone = len(members) == 1
-    shared = {f: v for f, v in members[0].items() if alone or f not in VALUE_AXES}
+    shared = members[0] if alone else program_part(members[0])
     workdir = root / "runs" / run_name(members[0]) if alone else root / "runs"
     out = [
         python,
@@ -183,7 +202,7 @@ def command(
     ]
     if not alone:
         for point in members:
-            values = ",".join(f"{run_field[f]}={v}" for f, v in point.items() if f in VALUE_AXES)
+            values = ",".join(f"{run_field[f]}={v}" for f, v in point.items() if is_value(f, v))
             out.append(f"--run={run_name(point)}:{values}")
     return out
 

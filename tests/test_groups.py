@@ -34,6 +34,7 @@ def test_runs_that_differ_only_in_values_form_a_group():
         ("federated.fedprox_mu", 0.1, "config.federated.fedprox_mu"),
         ("finetune.shared_lr_mult", 0.0, "config.finetune.shared_lr_mult"),
         ("model.dropout", 0.0, "config.model.dropout"),
+        ("federated.dp.enabled", True, "config.federated.dp.enabled"),  # its budget is a value
     ],
 )
 def test_runs_that_differ_in_the_program_are_refused_naming_the_field(field, value, named):

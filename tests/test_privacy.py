@@ -214,3 +214,66 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     out = capsys.readouterr().out
     last = max(e["epsilon"] for e in report.values())
     assert "federated_s2ce pretrain 4/4: " in out and f"epsilon {last:.4f}" in out
+
+
+def test_runs_with_different_noise_multipliers_train_together_as_alone(stacked):
+    """A sweep over the privacy budget is one group: each run's noise multipliers reach the
+    round as values (FedValues.dp_noise, [R, M]), the program is the same for every budget,
+    and each run of the group computes what it computes alone (up to the run axis's
+    rounding)."""
+    fed = dataclasses.replace(FED, local_steps=2)
+    budgets = [dataclasses.replace(DP, target_epsilon=e) for e in (2.0, 8.0)]
+    assert len({dataclasses.replace(fed, dp=dp).program() for dp in budgets}) == 1
+    plans = [make_plan(stacked, dp, fed) for dp in budgets]
+    assert (plans[0].noise_multiplier > plans[1].noise_multiplier).all()
+    mesh = fr.make_mesh(jax.devices()[:1])
+    r = fr.build_round(MODEL, fed, 3, mesh)
+    params = init_params(MODEL, jax.random.key(0), GEN.semantic_dim)
+    base = fr.round_data(stacked, fed)
+    alone = []
+    for plan in plans:
+        data = r.put(base | plan.arrays(stacked.num_markets))
+        state = r.init(params)
+        for _ in range(2):
+            state, _ = r.step(state, data)
+        alone.append(flat(state.params))
+    assert np.abs(alone[0] - alone[1]).max() > 1e-3  # the budgets differ
+    values = fr.stack_runs([fed.values()] * 2).replace(
+        dp_noise=np.stack([p.arrays(stacked.num_markets)["dp_noise"] for p in plans])
+    )
+    data = r.put(base | plans[0].arrays(stacked.num_markets))  # its dp_noise is overridden
+    state = r.init_runs(fr.stack_runs([params, params]))
+    for _ in range(2):
+        state, _ = r.step(state, data, values)
+    for i in range(2):
+        together = flat(jax.tree.map(lambda x, i=i: x[i], state.params))
+        np.testing.assert_allclose(together, alone[i], atol=1e-5)
+    assert r.program.num_traces == 2  # one run, and one group of runs
+
+
+def test_a_group_over_privacy_budgets_reports_each_runs_own_epsilon(tmp_path):
+    """experiments.main's group path (--run=NAME:federated.dp.target_epsilon=E): each run's
+    markets end at its own target, `local` (nothing leaves a market) is trained once and
+    copied, and the private pretraining differs between the budgets."""
+    import json
+
+    from experiments.configs import test as test_config
+    from fecosr_jax import experiment, groups
+
+    config = test_config.get_config()
+    config.methods, config.num_rounds = "local,fecosr", 3
+    config.federated.dp.update(enabled=True, expected_batch_size=4)
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    targets = {"e2": 2.0, "e8": 8.0}
+    points = [
+        (groups.run_config(config, {"federated.dp.target_epsilon": str(e)}), tmp_path / name)
+        for name, e in targets.items()
+    ]
+    experiment.train_and_evaluate_group(points)
+    results = {n: json.loads((tmp_path / n / "results.json").read_text()) for n in targets}
+    for name, target in targets.items():
+        spent = [e["epsilon"] for e in results[name]["privacy"]["federated_s2ce"].values()]
+        assert max(spent) <= target and min(spent) > 0.97 * target  # calibrated per market
+    local, fecosr = ({n: r["methods"][m] for n, r in results.items()} for m in ("local", "fecosr"))
+    assert local["e2"] == local["e8"]
+    assert fecosr["e2"] != fecosr["e8"]

@@ -66,21 +66,41 @@ def test_grid_names_and_commands():
 
 
 def test_epsilon_turns_privacy_on_at_its_target_and_inf_turns_it_off():
-    points = sweep.grid({"epsilon": ["2", "inf"], "seeds": ["0", "1"]})
+    points = sweep.grid({"epsilon": ["2", "8", "inf"], "seeds": ["0", "1"]})
     assert [sweep.run_name(p) for p in points] == [
-        "eps2.0_seed0", "eps2.0_seed1", "epsinf_seed0", "epsinf_seed1"
+        "eps2.0_seed0", "eps2.0_seed1", "eps8.0_seed0", "eps8.0_seed1", "epsinf_seed0",
+        "epsinf_seed1",
     ]  # fmt: skip
-    # A privacy budget changes the program (DP on or off, its noise): a process per epsilon.
+    # A finite budget is a per-run value (the noise multipliers are data): every finite
+    # epsilon and seed in one process, DP on; inf is DP off, another program and process.
     batches = sweep.processes(points, 0)
-    assert batches == [points[:2], points[2:]]
+    assert batches == [points[:4], points[4:]]
+    assert [sweep.process_name(b, i) for i, b in enumerate(batches, 1)] == [
+        "epsdp_p1", "epsinf_p2"
+    ]  # fmt: skip
     on, off = (sweep.command("c.py", pathlib.Path("w"), b, ["--config.seeds=1"]) for b in batches)
-    assert on[5:8] == [
+    assert on[5:] == [
         "--config.federated.dp.enabled=True",
-        "--config.federated.dp.target_epsilon=2.0",
         "--config.seeds=1",
+        "--run=eps2.0_seed0:federated.dp.target_epsilon=2.0,seed=0",
+        "--run=eps2.0_seed1:federated.dp.target_epsilon=2.0,seed=1",
+        "--run=eps8.0_seed0:federated.dp.target_epsilon=8.0,seed=0",
+        "--run=eps8.0_seed1:federated.dp.target_epsilon=8.0,seed=1",
     ]
-    assert off[5:7] == ["--config.federated.dp.enabled=False", "--config.seeds=1"]
-    assert not any("target_epsilon" in c for c in off)
+    assert off[5:] == [
+        "--config.federated.dp.enabled=False",
+        "--config.seeds=1",
+        "--run=epsinf_seed0:seed=0",
+        "--run=epsinf_seed1:seed=1",
+    ]
+    # a point alone (or a process per point) sets its target itself
+    alone = sweep.command("c.py", pathlib.Path("w"), [points[2]], [])
+    assert alone[4:] == [
+        "--workdir=w/runs/eps8.0_seed0",
+        "--config.federated.dp.enabled=True",
+        "--config.federated.dp.target_epsilon=8.0",
+        "--config.seed=0",
+    ]
     with pytest.raises(sweep.BadFlag, match=r"--epsilon=1,0: expected values > 0 \(inf: DP off\)"):
         sweep.grid({"epsilon": ["1", "0"]})
 

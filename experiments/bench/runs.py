@@ -13,6 +13,8 @@ its load time), per named program (the round `step`, the fine-tuning `_epoch`,
     (every process compiles everything).
   synthetic: the same sweep of experiments/configs/synthetic_sweep.py (larger markets: the
     2 CPU cores' compute bounds it), with the mean seconds per S²CE round of its runs.
+  epsilon: launch/sweep.py --epsilon=2,4,8,inf --seeds=0,1 of the test config (methods
+    local,fecosr, DP's expected batch 4), persistent cache off: its processes and compiles.
 `--repo` measures another checkout the same way (e.g. the commit before runs as data), so
 before and after come from the same script on the same machine. It prints a table last.
 """
@@ -32,7 +34,7 @@ import time
 from absl import app, flags
 
 _REPO = flags.DEFINE_string("repo", ".", "The checkout to measure (its experiments.main).")
-_SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep, synthetic.")
+_SECTIONS = flags.DEFINE_list("sections", ["seeds", "sweep"], "seeds, sweep, synthetic, epsilon.")
 _JSON = flags.DEFINE_string("json", None, "Write the results as JSON to this file.")
 _CACHE = flags.DEFINE_list(
     "cache", ["on", "off"], "sweep: with the persistent compilation cache (on), without (off)."
@@ -156,8 +158,29 @@ def synthetic_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
     return sweep_rows(repo, tmp, SYNTHETIC, "synthetic")
 
 
+def epsilon_section(repo: pathlib.Path, tmp: pathlib.Path) -> list[dict]:
+    workdir = tmp / "epsilon"
+    args = [
+        "launch/sweep.py",
+        "--epsilon=2,4,8,inf",
+        "--seeds=0,1",
+        f"--config={TEST}",
+        f"--workdir={workdir}",
+        "--config.methods=local,fecosr",
+        "--config.federated.dp.expected_batch_size=4",
+        "--config.compilation_cache=",
+    ]
+    stats = run(repo, args)
+    logs = sweep_logs(workdir)
+    text = "".join(p.read_text() for p in logs)
+    stats.update(compile_stats(text))
+    stats["processes"] = len(logs)
+    what = "8 points, epsilon 2,4,8,inf x seeds 0,1"
+    return [record({"section": "epsilon", "what": what, **stats})]
+
+
 def table(rows: list[dict]) -> str:
-    cols = ["section", "what", "wall_s", "compile_s", "compiles", "cache_hits"]
+    cols = ["section", "what", "wall_s", "compile_s", "compiles", "cache_hits", "processes"]
     cols += [f"{n} x" for n in NAMED] + ["round_s"]
     lines = ["| " + " | ".join(cols) + " |", "|" + "---|" * len(cols)]
     lines += ["| " + " | ".join(str(r.get(c, "-")) for c in cols) + " |" for r in rows]
@@ -182,7 +205,12 @@ def record(row: dict) -> dict:
 def main(argv):
     del argv
     repo = pathlib.Path(_REPO.value).resolve()
-    sections = {"seeds": seeds_section, "sweep": sweep_section, "synthetic": synthetic_section}
+    sections = {
+        "seeds": seeds_section,
+        "sweep": sweep_section,
+        "synthetic": synthetic_section,
+        "epsilon": epsilon_section,
+    }
     with tempfile.TemporaryDirectory() as tmp:
         for section in _SECTIONS.value:
             sections[section](repo, pathlib.Path(tmp))

@@ -367,6 +367,23 @@ def bench_groups_synthetic() -> str:
     return _sweep_table("runs_synthetic", "synthetic", with_compiles=False)
 
 
+def bench_epsilon_sweep() -> str:
+    """The privacy-budget sweep before and after the budget became a per-run value
+    (experiments.bench.runs --sections=epsilon, runs_epsilon_{before,after}.json)."""
+    before, after = (_runs_rows(f"runs_epsilon_{w}", "epsilon")[0] for w in ("before", "after"))
+    lines = [
+        "| sweep (8 points) | processes | wall s | compile s | compiles | wall / after |",
+        "| --- | ---: | ---: | ---: | ---: | ---: |",
+    ]
+    for label, r in (
+        ("before: a process per budget", before),
+        ("after: the finite budgets one group", after),
+    ):
+        cells = [r["processes"], f"{r['wall_s']:.1f}", f"{r['compile_s']:.1f}", r["compiles"]]
+        lines.append(row([label, *cells, f"{r['wall_s'] / after['wall_s']:.2f}×"]))
+    return "\n".join(lines) + "\n"
+
+
 DOC_TABLES = {
     "bench_round_reference": bench_round_reference,
     "bench_round_reference_scan": bench_round_reference_scan,
@@ -383,4 +400,5 @@ DOC_TABLES = {
     "bench_groups_seeds": bench_groups_seeds,
     "bench_groups_sweep": bench_groups_sweep,
     "bench_groups_synthetic": bench_groups_synthetic,
+    "bench_epsilon_sweep": bench_epsilon_sweep,
 }

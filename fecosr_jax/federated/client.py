@@ -8,7 +8,8 @@ A market's data is a dict of its arrays (no market axis):
 The functions close over the program (`FedConfig.program()`); the run's seed, alpha, tau_s,
 learning rate and FedProx weight come in as `FedValues` arrays. With federated.dp on, each
 local step is DP-SGD over the market's users (federated/privacy.py); the market's data then
-also holds dp_rate [] float32 (Poisson rate q) and dp_noise [] float32 (sigma).
+also holds dp_rate [] float32 (Poisson rate q) and dp_noise [] float32 (sigma; the run's own
+when its FedValues carry dp_noise, federated/round.py).
 """
 
 from __future__ import annotations

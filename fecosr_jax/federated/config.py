@@ -38,6 +38,9 @@ class FedValues:
       fedprox_mu: float32 FedProx weight (used when the program has FedProx on).
       dropout_keep: float32 keep probability of the model's dropout, for runs whose rates
         differ (fecosr_jax.groups.dropout); None = the model config's rate, a constant.
+      dp_noise: [M] float32 noise multipliers (sigma per market; [R, M] on a run axis) for
+        runs whose sigmas differ (a sweep over the privacy budget); None = the round data's
+        dp_noise, the same for every run.
     """
 
     seed: jax.Array
@@ -47,6 +50,7 @@ class FedValues:
     server_lr: jax.Array
     fedprox_mu: jax.Array
     dropout_keep: jax.Array | None = None
+    dp_noise: jax.Array | None = None
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +141,8 @@ class FedConfig:
     def program(self) -> FedConfig:
         """The settings that shape the compiled round, with every per-run value replaced by a
         placeholder: configs with equal programs share one compiled round. FedProx stays on
-        or off (mu > 0), its weight is a value."""
+        or off (mu > 0), its weight is a value; DP's noise multipliers come in as data (the
+        round's dp_noise, or FedValues.dp_noise), so the privacy budget is not the program's."""
         return dataclasses.replace(
             self,
             seed=0,
@@ -146,4 +151,5 @@ class FedConfig:
             client_lr=0.0,
             server_lr=0.0,
             fedprox_mu=1.0 if self.fedprox_mu else 0.0,
+            dp=dataclasses.replace(self.dp, noise_multiplier=1.0, target_epsilon=0.0),
         )

@@ -168,6 +168,9 @@ class RoundProgram:
         )
 
         def one_round(state: server.ServerState, data: dict, values: FedValues):
+            if values.dp_noise is not None:  # this run's noise multipliers [M]
+                data = {**data, "dp_noise": values.dp_noise}
+                values = values.replace(dp_noise=None)
             num_markets = data["weight"].shape[0]
             if full_participation(fed, num_real):
                 idx = jnp.arange(num_markets)  # everyone trains: no gather
