@@ -11,9 +11,9 @@ the privacy budget epsilon, seeds): one run per grid point, then one table and o
 Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1); arguments of the form
 --config.FIELD=VALUE go to every run. Grid points that differ only in per-run values (--seeds,
 --alpha, --temperature, a finite --epsilon: fecosr_jax.groups) form a group: one process of
-experiments.main
-trains them together on the run axis of the same compiled programs (--run=NAME:..., one per
-point), --runs_per_process points at a time (0 = the whole group, 1 = a process per point).
+experiments.main trains them together on the run axis of the same compiled programs
+(--run=NAME:..., one per point), --runs_per_process points at a time (0 = the whole group,
+1 = a process per point).
 The other axes change the data or the program: a process each. Processes run one after
 another; a process's output goes to DIR/logs/<process>.log, linked from each of its runs as
 runs/<name>/sweep.log. A run that already finished only reports (experiments.main resumes
@@ -89,10 +89,11 @@ def is_value(flag: str, value) -> bool:
 def program_part(point: dict) -> dict:
     """A point's axes that decide its program: all but the per-run values; a finite epsilon
     counts as DP on ("dp")."""
-    out = {f: v for f, v in point.items() if not is_value(f, v)}
-    if "epsilon" in point and "epsilon" not in out:
-        out["epsilon"] = "dp"
-    return out
+    return {
+        f: "dp" if f == "epsilon" and is_value(f, v) else v
+        for f, v in point.items()
+        if f == "epsilon" or not is_value(f, v)
+    }
 
 
 def define_flags():

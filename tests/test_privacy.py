@@ -253,8 +253,8 @@ def test_runs_with_different_noise_multipliers_train_together_as_alone(stacked):
 
 def test_a_group_over_privacy_budgets_reports_each_runs_own_epsilon(tmp_path):
     """experiments.main's group path (--run=NAME:federated.dp.target_epsilon=E): each run's
-    markets end at its own target, `local` (nothing leaves a market) is trained once and
-    copied, and the private pretraining differs between the budgets."""
+    markets end at its own target, `local` (nothing leaves a market) is the same at both
+    budgets, and the private pretraining differs between them."""
     import json
 
     from experiments.configs import test as test_config
