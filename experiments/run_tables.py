@@ -36,7 +36,12 @@ def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
 
 def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
     """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds."""
-    runs = [read_run(folder / f"seed_{s}") for s in seeds]
+    return runs_of([folder / f"seed_{s}" for s in seeds])
+
+
+def runs_of(folders: list[pathlib.Path]) -> tuple[list[dict], dict]:
+    """The results of runs in `folders` (one seed each) and their per-user ranks pooled."""
+    runs = [read_run(f) for f in folders]
     return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])
 
 
@@ -120,6 +125,41 @@ def pairs_over_seeds(folder: pathlib.Path, seeds, pairs: list[tuple[str, str, st
         lines.append(
             row([a, b, question, test, by_sign, markets(pair, "better"), markets(pair, "worse")])
         )
+    return "\n".join(lines) + "\n"
+
+
+def privacy_curve(columns: dict[str, list[pathlib.Path]], seeds, method: str) -> str:
+    """`method` against `local` per market at each privacy budget: columns {label: the run
+    folders of its seeds}. A cell is the NDCG@10 gain over `local`, ▲ / ▼ by the pooled
+    per-user test (Benjamini-Hochberg over the markets); then the market-mean gain (mean over
+    seeds, and on how many seeds it is positive) and the epsilon spent (the largest over
+    markets; "-" without DP)."""
+    combined, spent = {}, {}
+    for label, folders in columns.items():
+        per_seed, ranks = runs_of(folders)
+        combined[label] = (reporting.combine_seeds(per_seed, list(seeds), ranks), per_seed)
+        budgets = [max(e["epsilon"] for e in p.values()) for r in per_seed
+                   for p in r.get("privacy", {}).values()]  # fmt: skip
+        spent[label] = f"{max(budgets):.2f}" if budgets else "-"
+    first, _ = next(iter(combined.values()))
+    users = {m: first["vs_local"][method]["significance"][m]["users"] for m in first["markets"]}
+    lines = [
+        row(["market (test users)", *columns]),
+        "| --- |" + " ---: |" * len(columns),
+    ]
+    for market in first["markets"]:
+        cells = []
+        for results, _ in combined.values():
+            t = results["vs_local"][method]["significance"][market]
+            cells.append(signed(t["diff"]) + markdown.MARKS[t["verdict"]])
+        lines.append(row([f"{market} ({users[market]:,})", *cells]))
+    cells = []
+    for _, per_seed in combined.values():
+        gains = [r["methods"][method]["market_mean"]["ndcg@10"]
+                 - r["methods"]["local"]["market_mean"]["ndcg@10"] for r in per_seed]  # fmt: skip
+        cells.append(f"{signed(float(np.mean(gains)))} ({sum(g > 0 for g in gains)}/{len(gains)})")
+    lines.append(row(["market mean (seeds above local)", *cells]))
+    lines.append(row(["epsilon spent (largest market)", *spent.values()]))
     return "\n".join(lines) + "\n"
 
 

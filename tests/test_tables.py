@@ -122,3 +122,23 @@ def test_pairs_over_seeds_says_what_the_claim2_table_says():
         assert cells[3].split(" (")[0] == test.split(" (")[0]  # the same difference
         better, worse = (int(c.split(" (")[0]) for c in (cells[5], cells[6]))
         assert f"{better} / {worse}" == counts.strip()
+
+
+def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
+    seeds = range(3)
+    plain = [results_tables.XMREC_SEEDS / f"seed_{s}" for s in seeds]
+    private = []
+    for s, folder in zip(seeds, plain, strict=True):
+        copy = tmp_path / f"eps1.0_seed{s}"
+        shutil.copytree(folder, copy)
+        raw = read_json(copy / "results.json")
+        raw["privacy"] = {"federated_id_ce": {"ca": {"epsilon": 0.97}, "de": {"epsilon": 1.0}}}
+        (copy / "results.json").write_text(json.dumps(raw))
+        private.append(copy)
+    text = run_tables.privacy_curve({"1": private, "∞": plain}, seeds, "fedavg_id")
+    tests = run_tables.combined(results_tables.XMREC_SEEDS, seeds)["vs_local"]["fedavg_id"]
+    marks = {"better": " ▲", "worse": " ▼", "same": ""}
+    for market, t in tests["significance"].items():
+        cell = run_tables.signed(t["diff"]) + marks[t["verdict"]]
+        assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
+    assert text.endswith("| epsilon spent (largest market) | 1.00 | - |\n")
