@@ -349,11 +349,12 @@ def sasrec_seeds() -> str:
         row(["seed", "test NDCG@10", "test HR@10", "best valid (epoch)", "stopped after"]),
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for s in seeds:
-        folder = SASREC_SEEDS / f"seed_{s}"
-        (market,) = read_json(folder / "results.json")["markets"]
-        local = read_json(folder / "results.json")["methods"]["local"][market]
-        valid = read_json(folder / "training.json")["validation"]["local"]["markets"][market]
+    per_seed, ranks = run_tables.seed_runs(SASREC_SEEDS, seeds)
+    (market,) = per_seed[0]["markets"]
+    for s, results in zip(seeds, per_seed, strict=True):
+        local = results["methods"]["local"][market]
+        training = read_json(SASREC_SEEDS / f"seed_{s}" / "training.json")
+        valid = training["validation"]["local"]["markets"][market]
         lines.append(
             row(
                 [
@@ -365,7 +366,7 @@ def sasrec_seeds() -> str:
                 ]
             )
         )
-    together = run_tables.combined(SASREC_SEEDS, seeds)
+    together = reporting.combine_seeds(per_seed, list(seeds), ranks)
     mean, std = together["methods"]["local"]["mean"], together["std"]["local"]["mean"]
     cells = [mean_std([mean[k], std[k]]) for k in ("ndcg@10", "hr@10")]
     lines.append(row(["mean ± std", *cells, "", ""]))

@@ -138,8 +138,8 @@ def privacy_curve(columns: dict[str, list[pathlib.Path]], seeds, method: str) ->
     for label, folders in columns.items():
         per_seed, ranks = runs_of(folders)
         combined[label] = (reporting.combine_seeds(per_seed, list(seeds), ranks), per_seed)
-        budgets = [max(e["epsilon"] for e in p.values()) for r in per_seed
-                   for p in r.get("privacy", {}).values()]  # fmt: skip
+        worst = reporting.worst_privacy([r.get("privacy", {}) for r in per_seed])
+        budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
         spent[label] = f"{max(budgets):.2f}" if budgets else "-"
     first, _ = next(iter(combined.values()))
     users = {m: first["vs_local"][method]["significance"][m]["users"] for m in first["markets"]}
