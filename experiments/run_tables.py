@@ -6,6 +6,7 @@ uses them for docs/results.md."""
 
 from __future__ import annotations
 
+import math
 import pathlib
 
 import numpy as np
@@ -128,38 +129,59 @@ def pairs_over_seeds(folder: pathlib.Path, seeds, pairs: list[tuple[str, str, st
     return "\n".join(lines) + "\n"
 
 
-def privacy_curve(columns: dict[str, list[pathlib.Path]], seeds, method: str) -> str:
-    """`method` against `local` per market at each privacy budget: columns {label: the run
-    folders of its seeds}. A cell is the NDCG@10 gain over `local`, ▲ / ▼ by the pooled
-    per-user test (Benjamini-Hochberg over the markets); then the market-mean gain (mean over
-    seeds, and on how many seeds it is positive) and the epsilon spent (the largest over
-    markets; "-" without DP)."""
-    combined, spent = {}, {}
-    for label, folders in columns.items():
+def epsilon_label(epsilon: float) -> str:
+    """A privacy budget as the tables write it: 1, 2.5, ∞ (DP off)."""
+    return "∞" if math.isinf(epsilon) else f"{epsilon:g}"
+
+
+def privacy_points(columns: dict[float, list[pathlib.Path]], seeds, method: str) -> dict:
+    """`method` against `local` at each privacy budget: columns {epsilon (inf: DP off): the run
+    folders of its seeds}. Per budget: per market the pooled per-user test against `local`
+    (its "diff", "verdict" after Benjamini-Hochberg over the markets, "users"), the
+    market-mean gain of each seed, and the epsilon spent (the largest over markets and seeds;
+    None without DP)."""
+    points = {}
+    for epsilon, folders in columns.items():
         per_seed, ranks = runs_of(folders)
-        combined[label] = (reporting.combine_seeds(per_seed, list(seeds), ranks), per_seed)
+        results = reporting.combine_seeds(per_seed, list(seeds), ranks)
         worst = reporting.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
-        spent[label] = f"{max(budgets):.2f}" if budgets else "-"
-    first, _ = next(iter(combined.values()))
-    users = {m: first["vs_local"][method]["significance"][m]["users"] for m in first["markets"]}
+        points[epsilon] = {
+            "markets": results["vs_local"][method]["significance"],
+            "seed_gains": [
+                r["methods"][method]["market_mean"]["ndcg@10"]
+                - r["methods"]["local"]["market_mean"]["ndcg@10"]
+                for r in per_seed
+            ],
+            "spent": max(budgets) if budgets else None,
+        }
+    return points
+
+
+def privacy_curve(columns: dict[float, list[pathlib.Path]], seeds, method: str) -> str:
+    """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
+    `local`, ▲ / ▼ by the pooled per-user test; then the market-mean gain (mean over seeds,
+    and on how many seeds it is positive) and the epsilon spent (the largest market; "-"
+    without DP)."""
+    points = privacy_points(columns, seeds, method)
+    first = next(iter(points.values()))["markets"]
     lines = [
-        row(["market (test users)", *columns]),
-        "| --- |" + " ---: |" * len(columns),
+        row(["market (test users)", *(f"ε = {epsilon_label(e)}" for e in points)]),
+        "| --- |" + " ---: |" * len(points),
     ]
-    for market in first["markets"]:
-        cells = []
-        for results, _ in combined.values():
-            t = results["vs_local"][method]["significance"][market]
-            cells.append(signed(t["diff"]) + markdown.MARKS[t["verdict"]])
-        lines.append(row([f"{market} ({users[market]:,})", *cells]))
+    for market, test in first.items():
+        cells = [
+            signed(p["markets"][market]["diff"]) + markdown.MARKS[p["markets"][market]["verdict"]]
+            for p in points.values()
+        ]
+        lines.append(row([f"{market} ({test['users']:,})", *cells]))
     cells = []
-    for _, per_seed in combined.values():
-        gains = [r["methods"][method]["market_mean"]["ndcg@10"]
-                 - r["methods"]["local"]["market_mean"]["ndcg@10"] for r in per_seed]  # fmt: skip
+    for p in points.values():
+        gains = p["seed_gains"]
         cells.append(f"{signed(float(np.mean(gains)))} ({sum(g > 0 for g in gains)}/{len(gains)})")
     lines.append(row(["market mean (seeds above local)", *cells]))
-    lines.append(row(["epsilon spent (largest market)", *spent.values()]))
+    spent = ["-" if p["spent"] is None else f"{p['spent']:.2f}" for p in points.values()]
+    lines.append(row(["epsilon spent (largest market)", *spent]))
     return "\n".join(lines) + "\n"
 
 

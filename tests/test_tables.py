@@ -1,6 +1,7 @@
 """The documents' tables are what their commands make from the committed raw files."""
 
 import json
+import math
 import re
 import shutil
 
@@ -135,10 +136,11 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         raw["privacy"] = {"federated_id_ce": {"ca": {"epsilon": 0.97}, "de": {"epsilon": 1.0}}}
         (copy / "results.json").write_text(json.dumps(raw))
         private.append(copy)
-    text = run_tables.privacy_curve({"1": private, "∞": plain}, seeds, "fedavg_id")
+    text = run_tables.privacy_curve({1.0: private, math.inf: plain}, seeds, "fedavg_id")
     tests = run_tables.combined(results_tables.XMREC_SEEDS, seeds)["vs_local"]["fedavg_id"]
     marks = {"better": " ▲", "worse": " ▼", "same": ""}
     for market, t in tests["significance"].items():
         cell = run_tables.signed(t["diff"]) + marks[t["verdict"]]
         assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
+    assert text.startswith("| market (test users) | ε = 1 | ε = ∞ |\n")
     assert text.endswith("| epsilon spent (largest market) | 1.00 | - |\n")
