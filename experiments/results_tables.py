@@ -338,6 +338,33 @@ def full_synthetic() -> str:
     return run_tables.tables(run_tables.retested(FULL))
 
 
+ML100K_SEEDS = RAW / "ml100k_seeds5"  # ml-100k regions (ml100k_regions.py), 8 methods, seeds 0-4
+ML100K_PAIRS = [
+    ("fecosr", "fecosr_no_s2ce", "S²CE vs CE, with the adaptation module"),
+    ("fecosr_no_adapt", "fedavg_ce", "S²CE vs CE, plain fine-tuning"),
+    ("fecosr", "fecosr_no_adapt", "adaptation module vs plain fine-tuning"),
+    ("fecosr", "fedavg_ce", "all of FeCoSR vs plain FedAvg-CE"),
+    ("fecosr", "fecosr_no_finetune", "fine-tuning vs none"),
+    ("fecosr", "transfer", "federated vs one-to-one from the largest market"),
+    ("fecosr", "centralized", "federated vs pooled data"),
+]
+
+
+def ml100k_seeds() -> str:
+    """ml-100k regions over seeds 0-4 (docs/results/ml100k_seeds5/)."""
+    return run_tables.over_seeds(ML100K_SEEDS, range(5))
+
+
+def ml100k_pairs() -> str:
+    """The claims as method pairs on ml-100k regions, seeds 0-4."""
+    return run_tables.pairs_over_seeds(ML100K_SEEDS, range(5), ML100K_PAIRS)
+
+
+def ml100k_stops() -> str:
+    """Where fine-tuning stopped on ml-100k regions, seeds 0-4."""
+    return run_tables.stop_epochs(ML100K_SEEDS, range(5))
+
+
 SASREC_SEEDS = RAW / "sasrec_seeds"  # the RecBole peer check (ml100k_sasrec.py), seeds 0-2
 
 
@@ -379,6 +406,9 @@ DOC_TABLES = {
     "default_seeds": default_seeds,
     "xmrec_seeds": xmrec_seeds,
     "xmrec_stops": xmrec_stops,
+    "ml100k_seeds": ml100k_seeds,
+    "ml100k_pairs": ml100k_pairs,
+    "ml100k_stops": ml100k_stops,
     "claim2_gains": claim2_gains,
     "claim2_significance": claim2_significance,
     "claim2_seeds": claim2_seeds,
