@@ -138,21 +138,23 @@ def privacy_points(columns: dict[float, list[pathlib.Path]], seeds, method: str)
     """`method` against `local` at each privacy budget: columns {epsilon (inf: DP off): the run
     folders of its seeds}. Per budget: per market the pooled per-user test against `local`
     (its "diff", "verdict" after Benjamini-Hochberg over the markets, "users"), the
-    market-mean gain of each seed, and the epsilon spent (the largest over markets and seeds;
-    None without DP)."""
+    market-mean gain of each seed and its [mean, std] over seeds ("gain"), and the epsilon
+    spent (the largest over markets and seeds; None without DP)."""
     points = {}
     for epsilon, folders in columns.items():
         per_seed, ranks = runs_of(folders)
         results = reporting.combine_seeds(per_seed, list(seeds), ranks)
         worst = reporting.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
+        gains = [
+            r["methods"][method]["market_mean"]["ndcg@10"]
+            - r["methods"]["local"]["market_mean"]["ndcg@10"]
+            for r in per_seed
+        ]
         points[epsilon] = {
             "markets": results["vs_local"][method]["significance"],
-            "seed_gains": [
-                r["methods"][method]["market_mean"]["ndcg@10"]
-                - r["methods"]["local"]["market_mean"]["ndcg@10"]
-                for r in per_seed
-            ],
+            "seed_gains": gains,
+            "gain": reporting.mean_std(gains),
             "spent": max(budgets) if budgets else None,
         }
     return points
@@ -178,7 +180,7 @@ def privacy_curve(columns: dict[float, list[pathlib.Path]], seeds, method: str) 
     cells = []
     for p in points.values():
         gains = p["seed_gains"]
-        cells.append(f"{signed(float(np.mean(gains)))} ({sum(g > 0 for g in gains)}/{len(gains)})")
+        cells.append(f"{signed(p['gain'][0])} ({sum(g > 0 for g in gains)}/{len(gains)})")
     lines.append(row(["market mean (seeds above local)", *cells]))
     spent = ["-" if p["spent"] is None else f"{p['spent']:.2f}" for p in points.values()]
     lines.append(row(["epsilon spent (largest market)", *spent]))

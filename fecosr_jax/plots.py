@@ -10,7 +10,7 @@ import numpy as np
 from etils import epath
 
 from fecosr_jax.files import write_bytes_atomic
-from fecosr_jax.reporting import GAIN_METRIC, mean_std
+from fecosr_jax.reporting import GAIN_METRIC
 
 
 def save_png(fig, path) -> None:
@@ -166,7 +166,7 @@ def privacy(points: dict, method: str, title: str, path) -> None:
     """A privacy-utility curve: per market, `method`'s test NDCG@10 gain over `local` against
     the privacy budget (experiments.run_tables.privacy_points: {epsilon: ...}; inf, DP off,
     sits at the right as "∞"), a filled marker where the pooled per-user test is significant
-    after the correction; the market mean over seeds in black (error bars: std over seeds),
+    after the correction; the market mean over seeds in black (error bars: its std over seeds),
     and `local` at 0."""
     import matplotlib
 
@@ -188,8 +188,7 @@ def privacy(points: dict, method: str, title: str, path) -> None:
             significant = points[e]["markets"][market]["verdict"] != "same"
             ax.plot([x], [y], marker=marker, color=color, markersize=5,
                     markerfacecolor=color if significant else "white")  # fmt: skip
-    gains = [points[e]["seed_gains"] for e in budgets]
-    mean, std = zip(*(mean_std(g) for g in gains), strict=True)
+    mean, std = zip(*(points[e]["gain"] for e in budgets), strict=True)
     ax.errorbar(xs, mean, yerr=std, color="black", linewidth=2.5, capsize=3,
                 label="market mean (over seeds)")  # fmt: skip
     ax.set_xscale("log", base=2)
