@@ -5,7 +5,7 @@ import math
 import re
 import shutil
 
-from experiments import results_tables, run_tables, tables
+from experiments import results_tables, run_tables, sweep_tables, tables
 from experiments.bench import tables as bench_tables
 from fecosr_jax import paradigms
 from fecosr_jax.files import read_json
@@ -19,16 +19,16 @@ def test_every_table_in_the_docs_is_its_regeneration():
 
 
 def test_a_changed_raw_row_or_table_cell_is_found(tmp_path, monkeypatch):
-    raw = json.loads(results_tables.CLAIM2.read_text())
+    raw = json.loads(sweep_tables.CLAIM2.read_text())
     raw["rows"][0]["methods"]["local"]["ndcg@10"] += 0.003  # one seed's local at h 0, overlap 0
     changed = tmp_path / "claim2.json"
     changed.write_text(json.dumps(raw))
-    monkeypatch.setattr(results_tables, "CLAIM2", changed)
+    monkeypatch.setattr(sweep_tables, "CLAIM2", changed)
     (problem,) = tables.check()
     assert "docs/results.md:" in problem and "table claim2_gains differs" in problem
-    assert "| 0.0 | 0.0 | 0.1740 ± " in results_tables.claim2_gains()  # 0.1730 + 0.003 / 3
+    assert "| 0.0 | 0.0 | 0.1740 ± " in sweep_tables.claim2_gains()  # 0.1730 + 0.003 / 3
     # and a hand edit of a document's cell
-    monkeypatch.setattr(results_tables, "CLAIM2", results_tables.RAW / "claim2_heterogeneity.json")
+    monkeypatch.setattr(sweep_tables, "CLAIM2", results_tables.RAW / "claim2_heterogeneity.json")
     doc = tmp_path / "results.md"
     shutil.copy(tables.DOCS[0], doc)
     doc.write_text(doc.read_text().replace("| 5, 3, 6 |", "| 5, 3, 7 |", 1))
@@ -98,9 +98,7 @@ def test_the_readme_quotes_the_alpha_grids_best_setting():
         readme,
     )
     assert quoted, "README no longer quotes the alpha grid's best setting"
-    best = next(
-        line for line in results_tables.alpha_seeds().splitlines() if line.startswith("| **")
-    )
+    best = next(line for line in sweep_tables.alpha_seeds().splitlines() if line.startswith("| **"))
     cells = [c.strip().strip("*") for c in best.strip("|").split("|")]
     alpha, tau, gain = cells[0], cells[1], cells[3]
     assert (alpha, tau) == quoted.group(1, 2)
@@ -111,11 +109,11 @@ def test_pairs_over_seeds_says_what_the_claim2_table_says():
     # Two code paths over the same 5 seeds (h 1, overlap 0): the claim-2 table's S²CE − CE and
     # fecosr − local cells (difference over seeds; markets ▲ / ▼) and the pairs table's.
     pairs = [("fecosr", "fecosr_no_s2ce", "S²CE vs CE"), ("fecosr", "local", "vs local")]
-    text = run_tables.pairs_over_seeds(results_tables.CLAIM2_SEEDS / "h1_o0", range(5), pairs)
+    text = run_tables.pairs_over_seeds(sweep_tables.CLAIM2_SEEDS / "h1_o0", range(5), pairs)
     rows = [line.strip("|").split(" | ") for line in text.splitlines()[2:]]
     claim2 = next(
         line.strip("|").split(" | ")
-        for line in results_tables.claim2_seeds().splitlines()
+        for line in sweep_tables.claim2_seeds().splitlines()
         if line.startswith("| 1 | 0 |")
     )
     for cells, test, counts in zip(
