@@ -134,15 +134,39 @@ def epsilon_label(epsilon: float) -> str:
     return "∞" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def privacy_points(columns: dict[float, list[pathlib.Path]], seeds, method: str) -> dict:
+def with_local(run: tuple[dict, dict], baseline: tuple[dict, dict]) -> tuple[dict, dict]:
+    """A run's (results, ranks) with `local` taken from `baseline`, a run of the same seed on
+    the same markets and test users (local trains nothing shared, so a setting of the
+    federated stage does not change it: a sweep over such settings trains it once)."""
+    (results, ranks), (base, base_ranks) = run, baseline
+    if results["markets"] != base["markets"] or any(
+        len(ranks[m][n]) != len(base_ranks["local"][n]) for m in ranks for n in ranks[m]
+    ):
+        raise ValueError("the baseline's markets or test users differ from the run's")
+    methods = results["methods"] | {"local": base["methods"]["local"]}
+    return results | {"methods": methods}, ranks | {"local": base_ranks["local"]}
+
+
+def privacy_points(
+    columns: dict[float, list[pathlib.Path]],
+    seeds,
+    method: str,
+    local: list[pathlib.Path] | None = None,
+) -> dict:
     """`method` against `local` at each privacy budget: columns {epsilon (inf: DP off): the run
-    folders of its seeds}. Per budget: per market the pooled per-user test against `local`
-    (its "diff", "verdict" after Benjamini-Hochberg over the markets, "users"), the
-    market-mean gain of each seed and its [mean, std] over seeds ("gain"), and the epsilon
-    spent (the largest over markets and seeds; None without DP)."""
+    folders of its seeds}; `local`: run folders (one per seed, in the same order) whose `local`
+    every budget is compared with (None: each run's own). Per budget: per market the pooled
+    per-user test against `local` (its "diff", "verdict" after Benjamini-Hochberg over the
+    markets, "users"), the market-mean gain of each seed and its [mean, std] over seeds
+    ("gain"), and the epsilon spent (the largest over markets and seeds; None without DP)."""
+    baselines = None if local is None else [read_run(f) for f in local]
     points = {}
     for epsilon, folders in columns.items():
-        per_seed, ranks = runs_of(folders)
+        runs = [read_run(f) for f in folders]
+        if baselines is not None:
+            runs = [with_local(r, b) for r, b in zip(runs, baselines, strict=True)]
+        per_seed = [r for r, _ in runs]
+        ranks = reporting.pool_ranks([k for _, k in runs])
         results = reporting.combine_seeds(per_seed, list(seeds), ranks)
         worst = reporting.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
@@ -160,12 +184,17 @@ def privacy_points(columns: dict[float, list[pathlib.Path]], seeds, method: str)
     return points
 
 
-def privacy_curve(columns: dict[float, list[pathlib.Path]], seeds, method: str) -> str:
+def privacy_curve(
+    columns: dict[float, list[pathlib.Path]],
+    seeds,
+    method: str,
+    local: list[pathlib.Path] | None = None,
+) -> str:
     """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
     `local`, ▲ / ▼ by the pooled per-user test; then the market-mean gain (mean over seeds,
     and on how many seeds it is positive) and the epsilon spent (the largest market; "-"
     without DP)."""
-    points = privacy_points(columns, seeds, method)
+    points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
     lines = [
         row(["market (test users)", *(f"ε = {epsilon_label(e)}" for e in points)]),

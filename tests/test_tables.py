@@ -5,9 +5,11 @@ import math
 import re
 import shutil
 
+import pytest
+
 from experiments import results_tables, run_tables, sweep_tables, tables
 from experiments.bench import tables as bench_tables
-from fecosr_jax import paradigms
+from fecosr_jax import paradigms, reporting
 from fecosr_jax.files import read_json
 
 
@@ -125,6 +127,8 @@ def test_pairs_over_seeds_says_what_the_claim2_table_says():
 
 
 def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
+    # The private runs have no `local` of their own (a sweep over DP settings trains `fedavg_id`
+    # only): each budget is compared with the `local` of the runs without DP.
     seeds = range(3)
     plain = [results_tables.XMREC_SEEDS / f"seed_{s}" for s in seeds]
     private = []
@@ -133,9 +137,13 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         shutil.copytree(folder, copy)
         raw = read_json(copy / "results.json")
         raw["privacy"] = {"federated_id_ce": {"ca": {"epsilon": 0.97}, "de": {"epsilon": 1.0}}}
+        del raw["methods"]["local"]
         (copy / "results.json").write_text(json.dumps(raw))
+        ranks = reporting.read_ranks(copy / "ranks.npz")
+        reporting.write_ranks(copy / "ranks.npz", {m: r for m, r in ranks.items() if m != "local"})
         private.append(copy)
-    text = run_tables.privacy_curve({1.0: private, math.inf: plain}, seeds, "fedavg_id")
+    columns = {1.0: private, math.inf: plain}
+    text = run_tables.privacy_curve(columns, seeds, "fedavg_id", local=plain)
     tests = run_tables.combined(results_tables.XMREC_SEEDS, seeds)["vs_local"]["fedavg_id"]
     marks = {"better": " ▲", "worse": " ▼", "same": ""}
     for market, t in tests["significance"].items():
@@ -143,6 +151,14 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
     assert text.startswith("| market (test users) | ε = 1 | ε = ∞ |\n")
     assert text.endswith("| epsilon spent (largest market) | 1.00 | - |\n")
+    # A `local` of other test users is refused, not paired with the wrong users.
+    other = tmp_path / "other_seed0"
+    shutil.copytree(plain[0], other)
+    ranks = reporting.read_ranks(other / "ranks.npz")
+    ranks["local"]["ca"] = ranks["local"]["ca"][1:]
+    reporting.write_ranks(other / "ranks.npz", ranks)
+    with pytest.raises(ValueError, match="test users differ"):
+        run_tables.privacy_points(columns, seeds, "fedavg_id", local=[other, *plain[1:]])
 
 
 def test_the_readme_quotes_the_main_jobs_five_seeds():
