@@ -141,6 +141,24 @@ def test_private_round_is_deterministic_and_seeded(stacked):
     assert np.abs(out[0] - out[2]).max() > 1e-4
 
 
+def test_markets_in_sequence_give_the_vmapped_private_round(stacked):
+    """federated.markets_per_step=1 (what README gives DP sweeps to bound the per-user
+    gradients' memory) trains the markets one after another: each draws the same users and the
+    same noise (keys from the seed, round and market index) as in the vmapped round."""
+    fed = dataclasses.replace(FED, local_steps=2, dp=dataclasses.replace(DP, noise_multiplier=1.0))
+    plan = make_plan(stacked, fed.dp, fed)
+    out = []
+    for at_once in (0, 1):
+        f = dataclasses.replace(fed, markets_per_step=at_once)
+        r = fr.build_round(MODEL, f, 3, fr.make_mesh(jax.devices()[:1]))
+        data = r.put(fr.round_data(stacked, f) | plan.arrays(stacked.num_markets))
+        state = r.init(init_params(MODEL, jax.random.key(0), GEN.semantic_dim))
+        for _ in range(2):
+            state, _ = r.step(state, data)
+        out.append(flat(state.params))
+    np.testing.assert_allclose(out[1], out[0], atol=1e-5)
+
+
 def test_epsilon_without_truncation_equals_dp_accountings_poisson_gaussian():
     """With T >= the users no batch can be truncated: the plan's epsilon (truncated event) is
     dp_accounting's PLD of the plain Poisson subsampled Gaussian, composed step by step (at
