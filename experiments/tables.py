@@ -9,9 +9,9 @@ In a document a table sits between `<!-- table NAME: python -m experiments.table
 and `<!-- end table -->`; tests/test_tables.py runs the check. A table with no raw files (a
 verdict table, or one whose output was not kept) says so on the line above it:
 `<!-- markdown only: REASON -->`; the check refuses a table that does neither. The tables
-themselves: experiments/results_tables.py and experiments/sweep_tables.py (docs/results.md,
-from the runs' raw rows), experiments/bench/tables.py (docs/benchmarks.md, from the
-benchmarks' JSON),
+themselves: experiments/results_tables.py, experiments/sweep_tables.py and
+experiments/privacy_tables.py (docs/results.md, from the runs' raw rows),
+experiments/bench/tables.py (docs/benchmarks.md, from the benchmarks' JSON),
 experiments/bench/runs_tables.py (its runs-as-data tables) and
 experiments/bench/h200_tables.py (its H200 tables, from the lease's printed output).
 """
@@ -24,7 +24,7 @@ import sys
 
 from absl import app, flags
 
-from experiments import results_tables, sweep_tables
+from experiments import privacy_tables, results_tables, sweep_tables
 from experiments.bench import h200_tables, runs_tables
 from experiments.bench import tables as bench_tables
 
@@ -44,6 +44,7 @@ _RULE = re.compile(r"^\s*\|\s*:?-{3}")
 TABLES = {
     **results_tables.DOC_TABLES,
     **sweep_tables.DOC_TABLES,
+    **privacy_tables.DOC_TABLES,
     **bench_tables.DOC_TABLES,
     **runs_tables.DOC_TABLES,
     **h200_tables.DOC_TABLES,

@@ -1,0 +1,74 @@
+"""docs/results.md's privacy tables (issue 20) from the raw files committed under docs/results/:
+the DP recipes compared on XMRec (`dp_recipes`: config.json and metrics.jsonl per run), the
+privacy-utility curves (results.json and ranks.npz per run; run_tables.privacy_curve) and their
+figures. experiments.tables regenerates and checks them (DOC_TABLES, FIGURES)."""
+
+from __future__ import annotations
+
+import math
+
+from experiments.bench.tables import row
+from experiments.results_tables import RAW
+from experiments.run_tables import plain
+from fecosr_jax import metrics_log
+from fecosr_jax.files import read_json
+
+# -- Which DP recipe learns: 20 rounds of fedavg_id on XMRec, seed 0 -------------------------
+
+DP_RECIPES = RAW / "dp_recipes"  # <run>/config.json, metrics.jsonl (experiments.main)
+# The runs in the table's order: the default recipe (no DP, clipping only, sigma 0.6), then
+# larger expected batches with one local step and each client / server optimiser.
+DP_RECIPE_RUNS = (
+    "default_nodp",
+    "default_sigma0",
+    "default",
+    "adam1e-3",
+    "adam1e-4",
+    "fedadam1e-3",
+    "fedadam1e-2",
+    "sgd1",
+    "sgd3",
+    "sgd10",
+    "sgd3_sigma0",
+)
+DP_RECIPE_ROUNDS = (1, 10, 20)
+
+
+def recipe(config: dict) -> list[str]:
+    """A run's DP recipe as the table's cells: E / T / K, client and server optimisers, sigma."""
+    fed = config["federated"]
+    dp = fed["dp"]
+    expected = dp["expected_batch_size"] or fed["batch_size"] // 2
+    return [
+        f"{expected if dp['enabled'] else '-'} / {fed['batch_size']} / {fed['local_steps']}",
+        f"{fed['client_optimizer']} {fed['client_lr']:g}",
+        f"{fed['server_optimizer']} {fed['server_lr']:g}",
+        f"{dp['noise_multiplier']:g}" if dp["enabled"] else "off",
+    ]
+
+
+def dp_recipes() -> str:
+    """Per run: its recipe, the epsilon spent after the last round (the largest market; "∞"
+    with sigma 0, "-" without DP), the pretraining loss (the markets' mean training loss) at
+    rounds 1, 10 and 20, and the validation NDCG@10 (market mean) after one fine-tuning
+    epoch."""
+    rounds = " / ".join(str(r) for r in DP_RECIPE_ROUNDS)
+    headers = ["run", "E / T / K", "client", "server", "σ", "ε spent", f"loss, round {rounds}"]
+    lines = [
+        row([*headers, "validation"]),
+        "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
+    ]
+    for name in DP_RECIPE_RUNS:
+        folder = DP_RECIPES / name
+        logged = metrics_log.read_lines(folder)
+        pretrain = {x["step"]: x for x in logged if x["stage"] == "pretrain"}
+        (valid,) = [x["valid_ndcg@10"] for x in logged if x["stage"] == "finetune"]
+        spent = pretrain[max(pretrain)].get("epsilon")
+        spent = "-" if spent is None else "∞" if math.isinf(spent) else f"{spent:.2f}"
+        losses = " / ".join(plain(pretrain[r]["loss"], 3) for r in DP_RECIPE_ROUNDS)
+        cells = recipe(read_json(folder / "config.json"))
+        lines.append(row([name, *cells, spent, losses, plain(valid)]))
+    return "\n".join(lines) + "\n"
+
+
+DOC_TABLES = {"dp_recipes": dp_recipes}
