@@ -200,6 +200,19 @@ def test_target_epsilon_is_calibrated_per_market_or_refused():
         privacy.DPConfig(clip_norm=0)
 
 
+def test_dp_with_client_adam_is_warned_about():
+    """DP with the default client Adam learned nothing on XMRec (docs/results.md): the run
+    warns with the settings that learned; client SGD or DP off is not warned about."""
+    from experiments.configs import default
+
+    fed = default.get_config().federated
+    assert fed.client_optimizer == "adam" and privacy.advice(fed) is None  # DP off
+    fed.dp.enabled = True
+    assert "client_optimizer=sgd (client_lr=3" in privacy.advice(fed)
+    fed.client_optimizer = "sgd"
+    assert privacy.advice(fed) is None
+
+
 def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     """experiments.main's path with DP on: the log's running epsilon, and results.json /
     results.md hold each market's epsilon of the rounds it trained in (2 of 3 markets a

@@ -227,6 +227,21 @@ def plan(
     )
 
 
+def advice(fed) -> str | None:
+    """A warning for DP settings known to learn nothing (config.federated, or None): client
+    Adam restarts every round, so its first steps move each coordinate by ~lr * sign(gradient),
+    and under the noise that sign is mostly the noise's."""
+    if not (fed.dp.enabled and fed.client_optimizer == "adam"):
+        return None
+    return (
+        "config.federated.dp.enabled=True with config.federated.client_optimizer=adam: the "
+        "client's Adam restarts every round and steps by ~lr * sign(gradient), which DP noise "
+        "dominates. On XMRec it learned nothing at sigma 0.6, where client_optimizer=sgd "
+        "(client_lr=3, dp.expected_batch_size=128, local_steps=1) learned (docs/results.md, "
+        "'Differential privacy on XMRec: which settings learn')"
+    )
+
+
 def _calibrate(target, users, expected, truncated, delta, steps, name) -> float:
     from jax_privacy import accounting
 
