@@ -5,7 +5,10 @@ figures. experiments.tables regenerates and checks them (DOC_TABLES, FIGURES).""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import math
+import pathlib
 
 from experiments.bench.tables import row
 from experiments.results_tables import RAW
@@ -13,25 +16,47 @@ from experiments.run_tables import plain
 from fecosr_jax import metrics_log
 from fecosr_jax.files import read_json
 
-# -- Which DP recipe learns: 20 rounds of fedavg_id on XMRec, seed 0 -------------------------
+# -- Which DP recipe learns: short runs of one seed, each row a recipe -----------------------
 
-DP_RECIPES = RAW / "dp_recipes"  # <run>/config.json, metrics.jsonl (experiments.main)
-# The runs in the table's order: the default recipe (no DP, clipping only, sigma 0.6), then
-# larger expected batches with one local step and each client / server optimiser.
-DP_RECIPE_RUNS = (
-    "default_nodp",
-    "default_sigma0",
-    "default",
-    "adam1e-3",
-    "adam1e-4",
-    "fedadam1e-3",
-    "fedadam1e-2",
-    "sgd1",
-    "sgd3",
-    "sgd10",
-    "sgd3_sigma0",
-)
-DP_RECIPE_ROUNDS = (1, 10, 20)
+
+@dataclasses.dataclass(frozen=True)
+class Probe:
+    """Short runs of experiments.main, each in folder/<run>/ (config.json, metrics.jsonl), in
+    the table's order, and the rounds whose pretraining loss the table shows."""
+
+    folder: pathlib.Path
+    runs: tuple[str, ...]
+    rounds: tuple[int, ...]
+
+
+PROBES = {
+    # fedavg_id on XMRec, 20 rounds, seed 0: the default recipe (no DP, clipping only, sigma
+    # 0.6), then larger expected batches with one local step and each client / server optimiser.
+    "dp_recipes": Probe(
+        RAW / "dp_recipes",
+        (
+            "default_nodp",
+            "default_sigma0",
+            "default",
+            "adam1e-3",
+            "adam1e-4",
+            "fedadam1e-3",
+            "fedadam1e-2",
+            "sgd1",
+            "sgd3",
+            "sgd10",
+            "sgd3_sigma0",
+        ),
+        (1, 10, 20),
+    ),
+    # fecosr on ml-100k regions, 10 rounds, seed 0: client SGD with one local step, the
+    # recipe of the ml-100k privacy sweep, against the default without DP.
+    "dp_recipes_ml100k": Probe(
+        RAW / "dp_recipes_ml100k",
+        ("default_nodp", "sgd1_sigma0", "sgd3_sigma0", "sgd3"),
+        (1, 5, 10),
+    ),
+}
 
 
 def recipe(config: dict) -> list[str]:
@@ -47,28 +72,29 @@ def recipe(config: dict) -> list[str]:
     ]
 
 
-def dp_recipes() -> str:
-    """Per run: its recipe, the epsilon spent after the last round (the largest market; "∞"
-    with sigma 0, "-" without DP), the pretraining loss (the markets' mean training loss) at
-    rounds 1, 10 and 20, and the validation NDCG@10 (market mean) after one fine-tuning
-    epoch."""
-    rounds = " / ".join(str(r) for r in DP_RECIPE_ROUNDS)
+def probe_table(name: str) -> str:
+    """Per run of PROBES[name]: its recipe, the epsilon spent after the last round (the
+    largest market; "∞" with sigma 0, "-" without DP), the pretraining loss (the markets' mean
+    training loss) at the probe's rounds, and the validation NDCG@10 (market mean) after one
+    fine-tuning epoch."""
+    probe = PROBES[name]
+    rounds = " / ".join(str(r) for r in probe.rounds)
     headers = ["run", "E / T / K", "client", "server", "σ", "ε spent", f"loss, round {rounds}"]
     lines = [
         row([*headers, "validation"]),
         "| --- | --- | --- | --- | ---: | ---: | ---: | ---: |",
     ]
-    for name in DP_RECIPE_RUNS:
-        folder = DP_RECIPES / name
+    for name in probe.runs:
+        folder = probe.folder / name
         logged = metrics_log.read_lines(folder)
         pretrain = {x["step"]: x for x in logged if x["stage"] == "pretrain"}
         (valid,) = [x["valid_ndcg@10"] for x in logged if x["stage"] == "finetune"]
         spent = pretrain[max(pretrain)].get("epsilon")
         spent = "-" if spent is None else "∞" if math.isinf(spent) else f"{spent:.2f}"
-        losses = " / ".join(plain(pretrain[r]["loss"], 3) for r in DP_RECIPE_ROUNDS)
+        losses = " / ".join(plain(pretrain[r]["loss"], 3) for r in probe.rounds)
         cells = recipe(read_json(folder / "config.json"))
         lines.append(row([name, *cells, spent, losses, plain(valid)]))
     return "\n".join(lines) + "\n"
 
 
-DOC_TABLES = {"dp_recipes": dp_recipes}
+DOC_TABLES = {name: functools.partial(probe_table, name) for name in PROBES}

@@ -212,7 +212,7 @@ def test_the_readme_says_what_the_dp_recipes_show():
     )
 
     def loss(run, step):
-        logged = metrics_log.read_lines(privacy_tables.DP_RECIPES / run)
+        logged = metrics_log.read_lines(privacy_tables.PROBES["dp_recipes"].folder / run)
         (x,) = [x for x in logged if x["stage"] == "pretrain" and x["step"] == step]
         return x["loss"]
 

@@ -238,7 +238,7 @@ def advice(fed) -> str | None:
         "client's Adam restarts every round and steps by ~lr * sign(gradient), which DP noise "
         "dominates. On XMRec it learned nothing at sigma 0.6, where client_optimizer=sgd "
         "(client_lr=3, dp.expected_batch_size=128, local_steps=1) learned (docs/results.md, "
-        "'Differential privacy on XMRec: which settings learn')"
+        "'Differential privacy: which settings learn')"
     )
 
 
