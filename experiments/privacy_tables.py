@@ -1,7 +1,6 @@
 """docs/results.md's privacy tables (issue 20) from the raw files committed under docs/results/:
-the DP recipes compared on XMRec (`dp_recipes`: config.json and metrics.jsonl per run), the
-privacy-utility curves (results.json and ranks.npz per run; run_tables.privacy_curve) and their
-figures. experiments.tables regenerates and checks them (DOC_TABLES, FIGURES)."""
+which DP settings learn, from short runs of one seed (PROBES: each run's config.json and
+metrics.jsonl). experiments.tables regenerates and checks them (DOC_TABLES)."""
 
 from __future__ import annotations
 

@@ -228,9 +228,9 @@ def plan(
 
 
 def advice(fed) -> str | None:
-    """A warning for DP settings known to learn nothing (config.federated, or None): client
-    Adam restarts every round, so its first steps move each coordinate by ~lr * sign(gradient),
-    and under the noise that sign is mostly the noise's."""
+    """The warning for config.federated when its DP settings are known to learn nothing, else
+    None: client Adam restarts every round, so its first steps move each coordinate by
+    ~lr * sign(gradient), and under the noise that sign is mostly the noise's."""
     if not (fed.dp.enabled and fed.client_optimizer == "adam"):
         return None
     return (
