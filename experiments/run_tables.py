@@ -42,7 +42,11 @@ def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
 
 def runs_of(folders: list[pathlib.Path]) -> tuple[list[dict], dict]:
     """The results of runs in `folders` (one seed each) and their per-user ranks pooled."""
-    runs = [read_run(f) for f in folders]
+    return pooled([read_run(f) for f in folders])
+
+
+def pooled(runs: list[tuple[dict, dict]]) -> tuple[list[dict], dict]:
+    """Runs' (results, ranks) as their results and their per-user ranks pooled."""
     return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])
 
 
@@ -165,8 +169,7 @@ def privacy_points(
         runs = [read_run(f) for f in folders]
         if baselines is not None:
             runs = [with_local(r, b) for r, b in zip(runs, baselines, strict=True)]
-        per_seed = [r for r, _ in runs]
-        ranks = reporting.pool_ranks([k for _, k in runs])
+        per_seed, ranks = pooled(runs)
         results = reporting.combine_seeds(per_seed, list(seeds), ranks)
         worst = reporting.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
