@@ -15,7 +15,6 @@ import os
 
 import ml_collections
 import numpy as np
-from absl import logging
 from etils import epath
 
 from fecosr_jax import (
@@ -38,7 +37,6 @@ from fecosr_jax.data.market import Market
 from fecosr_jax.data.sources import markets_from_config
 from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.errors import ConfigError
-from fecosr_jax.federated import privacy
 from fecosr_jax.files import read_json
 
 
@@ -137,8 +135,6 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
         ]
     configs, run_dirs, labels = (list(x) for x in zip(*expanded, strict=True))
     groups.check_group(configs, labels)
-    if advice := privacy.advice(configs[0].federated):  # a group shares its optimiser kinds
-        logging.warning(advice)
     finished = iter(_run_group(configs, run_dirs, labels))
     out = []
     for (config, workdir), seeds in zip(points, point_seeds, strict=True):

@@ -15,6 +15,7 @@ import functools
 from collections.abc import Callable
 
 import ml_collections
+from absl import logging
 from jax.sharding import Mesh
 
 from fecosr_jax import checkpoint, groups, paradigms, progress, reporting
@@ -145,10 +146,13 @@ class Pretrainer:
     def check_privacy(self, configs: list[ml_collections.ConfigDict]):
         """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
         is written: every pretraining the methods need is planned for every run's settings
-        (`configs`, the group's)."""
+        (`configs`, the group's). Logs privacy.advice's warning when a method pretrains."""
         if not self.fed.dp.enabled:  # the program's: the same for every run of the group
             return
-        for p in self._dp_pretrainings(self.methods):
+        private = self._dp_pretrainings(self.methods)
+        if private and (advice := privacy.advice(self.fed)):  # the group's optimiser kinds
+            logging.warning(advice)
+        for p in private:
             for config in configs:
                 self.privacy_plan(p, p.adjust(fed_config(config)))
 

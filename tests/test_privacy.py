@@ -213,6 +213,24 @@ def test_dp_with_client_adam_is_warned_about():
     assert privacy.advice(fed) is None
 
 
+@pytest.mark.parametrize("methods", [["local"], ["local", "fedavg_id"]])
+def test_the_warning_is_logged_only_when_a_method_pretrains(methods, caplog):
+    """Nothing leaves a market under `local` alone, so its DP settings warn of nothing."""
+    from experiments.configs import test as test_config
+    from fecosr_jax import experiment, runner
+
+    config = test_config.get_config()
+    config.data.semantics = "none"
+    config.federated.dp.enabled = True
+    config.federated.dp.noise_multiplier = 1.0
+    _, splits, stacked = experiment.prepare_markets(config)
+    names = [f"m{i}" for i in range(stacked.item_mask.shape[0])]
+    trainer = runner.Runner(config, splits, stacked, names, methods)
+    trainer.pretrainer.check_privacy([config])
+    warned = [r for r in caplog.records if "client_optimizer=adam" in r.getMessage()]
+    assert len(warned) == (len(methods) - 1)
+
+
 def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     """experiments.main's path with DP on: the log's running epsilon, and results.json /
     results.md hold each market's epsilon of the rounds it trained in (2 of 3 markets a
