@@ -1,6 +1,8 @@
 """docs/results.md's privacy tables (issue 20) from the raw files committed under docs/results/:
 which DP settings learn, from short runs of one seed (PROBES: each run's config.json and
-metrics.jsonl). experiments.tables regenerates and checks them (DOC_TABLES)."""
+metrics.jsonl), and the privacy-utility curves of the privacy sweeps over seeds (CURVES: each
+run's results.json and per-user ranks), as tables and plots. experiments.tables regenerates
+and checks the tables (DOC_TABLES) and draws the plots (FIGURES)."""
 
 from __future__ import annotations
 
@@ -9,10 +11,11 @@ import functools
 import math
 import pathlib
 
+from experiments import results_tables, run_tables
 from experiments.bench.tables import row
 from experiments.results_tables import RAW
 from experiments.run_tables import plain
-from fecosr_jax import metrics_log
+from fecosr_jax import metrics_log, plots
 from fecosr_jax.files import read_json
 
 # -- Which DP recipe learns: short runs of one seed, each row a recipe -----------------------
@@ -97,3 +100,56 @@ def probe_table(name: str) -> str:
 
 
 DOC_TABLES = {name: functools.partial(probe_table, name) for name in PROBES}
+
+
+# -- The privacy-utility curves: seeds 0-2 at each epsilon, against one `local` ---------------
+
+PRIVACY_SEEDS = range(3)
+
+
+@dataclasses.dataclass(frozen=True)
+class Curve:
+    """A privacy sweep (launch/sweep.py --epsilon=... --seeds=0,1,2: folders eps<e>_seed<s>/),
+    the same config without DP (seed_<s>/ of a run over seeds: the epsilon = inf column and
+    the `local` every column is compared with), the method and the plot's title."""
+
+    sweep: pathlib.Path
+    budgets: tuple[float, ...]
+    without_dp: pathlib.Path
+    method: str
+    title: str
+
+    def local(self) -> list[pathlib.Path]:
+        return [self.without_dp / f"seed_{s}" for s in PRIVACY_SEEDS]
+
+    def columns(self) -> dict[float, list[pathlib.Path]]:
+        runs = {e: [self.sweep / f"eps{e}_seed{s}" for s in PRIVACY_SEEDS] for e in self.budgets}
+        return runs | {math.inf: self.local()}
+
+
+CURVES = {
+    "privacy_xmrec": Curve(
+        RAW / "privacy_xmrec",
+        (1.0, 2.0, 4.0, 8.0),
+        results_tables.XMREC_SEEDS,
+        "fedavg_id",
+        "XMRec ca / de / fr / uk, the DP defaults (client Adam, E = 16, K = 5)",
+    ),
+}
+
+
+def curve_table(name: str) -> str:
+    """CURVES[name] as a table (run_tables.privacy_curve)."""
+    c = CURVES[name]
+    return run_tables.privacy_curve(c.columns(), PRIVACY_SEEDS, c.method, c.local())
+
+
+def curve_figure(name: str, path: pathlib.Path) -> None:
+    """CURVES[name] as a plot (plots.privacy) in `path`."""
+    c = CURVES[name]
+    points = run_tables.privacy_points(c.columns(), PRIVACY_SEEDS, c.method, c.local())
+    plots.privacy(points, c.method, c.title, path)
+
+
+DOC_TABLES |= {name: functools.partial(curve_table, name) for name in CURVES}
+FIGURES = {f"{name}.png": functools.partial(curve_figure, name) for name in CURVES}

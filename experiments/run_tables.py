@@ -195,7 +195,7 @@ def privacy_curve(
 ) -> str:
     """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
     `local`, ▲ / ▼ by the pooled per-user test; then the market-mean gain (mean over seeds,
-    and on how many seeds it is positive) and the epsilon spent (the largest market; "-"
+    and on how many seeds it is positive) and the epsilon spent (the most of any market; "-"
     without DP)."""
     points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
@@ -215,7 +215,7 @@ def privacy_curve(
         cells.append(f"{signed(p['gain'][0])} ({sum(g > 0 for g in gains)}/{len(gains)})")
     lines.append(row(["market mean (seeds above local)", *cells]))
     spent = ["-" if p["spent"] is None else f"{p['spent']:.2f}" for p in points.values()]
-    lines.append(row(["epsilon spent (largest market)", *spent]))
+    lines.append(row(["epsilon spent (most of any market)", *spent]))
     return "\n".join(lines) + "\n"
 
 

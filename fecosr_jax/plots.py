@@ -195,7 +195,7 @@ def privacy(points: dict, method: str, title: str, path) -> None:
     ax.set_xticks(list(ticks) or xs, list(ticks.values()) or [f"{e:g}" for e in budgets])
     ax.set_xlabel("privacy budget ε of each market (∞: no DP)")
     ax.set_ylabel(f"test NDCG@10, {method} − local")
-    ax.set_title(f"{title}: filled markers significant (BH over markets)")
+    ax.set_title(f"{title}\nfilled: significant after Benjamini-Hochberg over markets", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     save_png(fig, path)

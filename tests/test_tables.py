@@ -150,7 +150,7 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         cell = run_tables.signed(t["diff"]) + marks[t["verdict"]]
         assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
     assert text.startswith("| market (test users) | ε = 1 | ε = ∞ |\n")
-    assert text.endswith("| epsilon spent (largest market) | 1.00 | - |\n")
+    assert text.endswith("| epsilon spent (most of any market) | 1.00 | - |\n")
     # A `local` of other test users is refused, not paired with the wrong users.
     other = tmp_path / "other_seed0"
     shutil.copytree(plain[0], other)
