@@ -222,3 +222,20 @@ def test_the_readme_says_what_the_dp_recipes_show():
     learned = loss("sgd3_sigma0", 1) - loss("sgd3_sigma0", 20)
     assert learned > 0.5
     assert loss("sgd3", 20) - loss("sgd3_sigma0", 20) < 0.1 * learned  # the noise costs < 10%
+
+
+def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
+    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    assert (
+        "`fedavg_id` equal to `local` within noise at every ε from 1 to 8, in every market, "
+        "where without DP it is above `local` in two markets significantly" in readme
+    )
+    curve = privacy_tables.CURVES["privacy_xmrec"]
+    points = run_tables.privacy_points(
+        curve.columns(), privacy_tables.PRIVACY_SEEDS, curve.method, curve.local()
+    )
+    assert sorted(points) == [1.0, 2.0, 4.0, 8.0, math.inf]
+    verdicts = {e: [m["verdict"] for m in p["markets"].values()] for e, p in points.items()}
+    for epsilon in (1.0, 2.0, 4.0, 8.0):
+        assert verdicts[epsilon] == ["same"] * 4, epsilon
+    assert sorted(verdicts[math.inf]) == ["better", "better", "same", "same"]
