@@ -339,7 +339,7 @@ def _finish_run(
         skipped={m: done["skipped"][m] for m in methods if m in done["skipped"]},
         transfer_source=(
             trainer.pretrainer.transfer_source
-            if any(paradigms.split_method(m)[0] in paradigms.SOURCE_METHODS for m in tables)
+            if paradigms.takes_the_default_source(tables)
             else None
         ),
         soft_labels=run.soft_labels,

@@ -189,6 +189,13 @@ def expand_sources(methods: list[str], markets: list[str]) -> list[str]:
     return list(dict.fromkeys(out))
 
 
+def takes_the_default_source(methods: Sequence[str]) -> bool:
+    """Whether a one-to-one method of `methods` names no source, so that it pretrains on the
+    run's default (config.transfer_source, else the market with most training targets)."""
+    parts = [split_method(m) for m in methods]
+    return any(base in SOURCE_METHODS and source is None for base, source in parts)
+
+
 def refusal(method: str, stacked: StackedMarkets, splits: list[MarketSplit]) -> str | None:
     """Why a method cannot run on this data, or None."""
     method = split_method(method)[0]

@@ -134,6 +134,11 @@ def test_methods_name_their_source_market():
         paradigms.parse_methods("fecosr@a")
     with pytest.raises(ValueError, match="config.methods: transfer_id@zz: 'zz' is not a market"):
         paradigms.expand_sources(["transfer_id@zz"], ["a", "b"])
+    # results.json's transfer_source (and results.md's line naming it) is the default source,
+    # for the one-to-one methods that name none; METHOD@m says its own
+    assert paradigms.takes_the_default_source(["local", "transfer_id"])
+    assert not paradigms.takes_the_default_source(["local", "transfer_id@a", "transfer@b"])
+    assert not paradigms.takes_the_default_source(["fecosr"])
 
 
 def test_one_to_one_id_transfer_pretrains_on_each_source_alone(tmp_path):
