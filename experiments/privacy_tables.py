@@ -135,6 +135,13 @@ CURVES = {
         "fedavg_id",
         "XMRec ca / de / fr / uk, the DP defaults (client Adam, E = 16, K = 5)",
     ),
+    "privacy_xmrec_sgd": Curve(
+        RAW / "privacy_xmrec_sgd",
+        (1.0, 8.0),
+        results_tables.XMREC_SEEDS,
+        "fedavg_id",
+        "XMRec, DP with client SGD (lr 3, E = 128, K = 1); ∞: the defaults without DP",
+    ),
 }
 
 
