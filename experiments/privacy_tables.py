@@ -126,6 +126,11 @@ class Curve:
         runs = {e: [self.sweep / f"eps{e}_seed{s}" for s in PRIVACY_SEEDS] for e in self.budgets}
         return runs | {math.inf: self.local()}
 
+    def points(self) -> dict:
+        """The curve's points (run_tables.privacy_points): per budget, per market the test
+        against `local`, the gain over seeds and the epsilon spent."""
+        return run_tables.privacy_points(self.columns(), PRIVACY_SEEDS, self.method, self.local())
+
 
 CURVES = {
     "privacy_xmrec": Curve(
@@ -154,8 +159,7 @@ def curve_table(name: str) -> str:
 def curve_figure(name: str, path: pathlib.Path) -> None:
     """CURVES[name] as a plot (plots.privacy) in `path`."""
     c = CURVES[name]
-    points = run_tables.privacy_points(c.columns(), PRIVACY_SEEDS, c.method, c.local())
-    plots.privacy(points, c.method, c.title, path)
+    plots.privacy(c.points(), c.method, c.title, path)
 
 
 DOC_TABLES |= {name: functools.partial(curve_table, name) for name in CURVES}

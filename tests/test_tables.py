@@ -231,9 +231,7 @@ def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
         "where without DP it is above `local` in two markets significantly" in readme
     )
     curve = privacy_tables.CURVES["privacy_xmrec"]
-    points = run_tables.privacy_points(
-        curve.columns(), privacy_tables.PRIVACY_SEEDS, curve.method, curve.local()
-    )
+    points = curve.points()
     assert sorted(points) == [1.0, 2.0, 4.0, 8.0, math.inf]
     verdicts = {e: [m["verdict"] for m in p["markets"].values()] for e, p in points.items()}
     for epsilon in (1.0, 2.0, 4.0, 8.0):
@@ -245,9 +243,7 @@ def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
         "larger ones." in readme
     )
     sgd = privacy_tables.CURVES["privacy_xmrec_sgd"]
-    points = run_tables.privacy_points(
-        sgd.columns(), privacy_tables.PRIVACY_SEEDS, sgd.method, sgd.local()
-    )
+    points = sgd.points()
     for epsilon in (1.0, 8.0):
         markets = points[epsilon]["markets"]
         better = sorted(m for m, t in markets.items() if t["verdict"] == "better")
