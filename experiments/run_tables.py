@@ -6,6 +6,7 @@ uses them for docs/results.md."""
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import pathlib
 
@@ -35,9 +36,28 @@ def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
     return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
 
 
-def seed_runs(folder: pathlib.Path, seeds) -> tuple[list[dict], dict]:
-    """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds."""
-    return runs_of([folder / f"seed_{s}" for s in seeds])
+@dataclasses.dataclass(frozen=True)
+class Baseline:
+    """Methods a run over seeds takes from another run of the same seeds, config and test users
+    (folder/seed_<s>/): a run that trains only the methods a setting changes is compared with
+    the others, `local` first, without training them again (with_local)."""
+
+    folder: pathlib.Path
+    methods: tuple[str, ...] = ("local",)
+
+
+def seed_runs(
+    folder: pathlib.Path, seeds, baseline: Baseline | None = None
+) -> tuple[list[dict], dict]:
+    """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds;
+    with a `baseline`, each seed also has the baseline's methods of the same seed."""
+    runs = [read_run(folder / f"seed_{s}") for s in seeds]
+    if baseline is not None:
+        runs = [
+            with_local(run, read_run(baseline.folder / f"seed_{s}"), baseline.methods)
+            for s, run in zip(seeds, runs, strict=True)
+        ]
+    return pooled(runs)
 
 
 def runs_of(folders: list[pathlib.Path]) -> tuple[list[dict], dict]:
@@ -57,8 +77,12 @@ def combined(folder: pathlib.Path, seeds) -> dict:
 
 
 # results.md's parts the docs show: the per-market table, the summary against `local` and,
-# with 5 seeds or more, the test over seeds (not the market sizes or the soft labels).
-RUN_PARTS = ("▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds")
+# with 5 seeds or more, the test over seeds, and a one-to-one method's matrix of sources and
+# targets (not the market sizes or the soft labels).
+RUN_PARTS = (
+    "▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds", "One-to-one",
+    "| source |",
+)  # fmt: skip
 
 
 def run_order(folder: pathlib.Path, raw: dict) -> dict:
@@ -90,22 +114,29 @@ def tables(results: dict) -> str:
     return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
 
 
-def over_seeds(folder: pathlib.Path, seeds) -> str:
-    """A run over `seeds` (folder/seed_<s>/) combined as the run combines them: per market the
-    mean ± std over seeds and the pooled per-user tests, then each method's market mean
-    against `local`'s over seeds."""
-    per_seed, ranks = seed_runs(folder, seeds)
+def over_seeds(folder: pathlib.Path, seeds, baseline: Baseline | None = None) -> str:
+    """A run over `seeds` (folder/seed_<s>/; with the `baseline`'s methods) combined as the run
+    combines them: per market the mean ± std over seeds and the pooled per-user tests, then
+    each method's market mean against `local`'s over seeds, and the one-to-one matrix of a
+    method run from each source."""
+    per_seed, ranks = seed_runs(folder, seeds, baseline)
     for s, raw in zip(seeds, per_seed, strict=True):
         raw["methods"] = run_order(folder / f"seed_{s}", raw)
     return tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
 
 
-def pairs_over_seeds(folder: pathlib.Path, seeds, pairs: list[tuple[str, str, str]]) -> str:
+def pairs_over_seeds(
+    folder: pathlib.Path,
+    seeds,
+    pairs: list[tuple[str, str, str]],
+    baseline: Baseline | None = None,
+) -> str:
     """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
     paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
     pooled per-user tests (method_pairs, Benjamini-Hochberg over the markets): how many
-    markets A is above B by sign, and which it is significantly better / worse in."""
-    per_seed, ranks = seed_runs(folder, seeds)
+    markets A is above B by sign, and which it is significantly better / worse in. With a
+    `baseline`, its methods join each seed's (seed_runs)."""
+    per_seed, ranks = seed_runs(folder, seeds, baseline)
     results = reporting.combine_seeds(per_seed, list(seeds), ranks)
     names = results["markets"]
     compared = method_pairs.pair_comparison(results, ranks, [(a, b) for a, b, _ in pairs])
@@ -138,17 +169,21 @@ def epsilon_label(epsilon: float) -> str:
     return "∞" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
-def with_local(run: tuple[dict, dict], baseline: tuple[dict, dict]) -> tuple[dict, dict]:
-    """A run's (results, ranks) with `local` taken from `baseline`, a run of the same seed on
-    the same markets and test users (local trains nothing shared, so a setting of the
-    federated stage does not change it: a sweep over such settings trains it once)."""
+def with_local(
+    run: tuple[dict, dict], baseline: tuple[dict, dict], methods: tuple[str, ...] = ("local",)
+) -> tuple[dict, dict]:
+    """A run's (results, ranks) with `methods` taken from `baseline`, a run of the same seed on
+    the same markets and test users, and put first (local trains nothing shared, so a setting
+    of the federated stage does not change it: a sweep over such settings trains it once)."""
     (results, ranks), (base, base_ranks) = run, baseline
     if results["markets"] != base["markets"] or any(
         len(ranks[m][n]) != len(base_ranks["local"][n]) for m in ranks for n in ranks[m]
     ):
         raise ValueError("the baseline's markets or test users differ from the run's")
-    methods = results["methods"] | {"local": base["methods"]["local"]}
-    return results | {"methods": methods}, ranks | {"local": base_ranks["local"]}
+    taken = {m: base["methods"][m] for m in methods}
+    rest = {m: v for m, v in results["methods"].items() if m not in taken}
+    kept = {m: r for m, r in ranks.items() if m not in taken}
+    return results | {"methods": taken | rest}, {m: base_ranks[m] for m in methods} | kept
 
 
 def privacy_points(

@@ -250,3 +250,46 @@ def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
         assert better == ["de", "fr"], epsilon
         assert all(markets[m]["users"] < 2500 < markets[n]["users"] for m in better
                    for n in ("ca", "uk"))  # fmt: skip
+
+
+def test_a_run_over_seeds_takes_the_methods_its_baseline_trained(tmp_path):
+    # A run of one-to-one methods only (transfer_id@each) is compared with `local` and
+    # `fedavg_id` of the run over the same seeds. Here the "one-to-one" methods are copies of
+    # that run's `fedavg_id`, so each must read exactly as `fedavg_id` does.
+    seeds = range(5)
+    base = run_tables.Baseline(results_tables.XMREC_SEEDS, ("local", "fedavg_id"))
+    for s in seeds:
+        copy = tmp_path / f"seed_{s}"
+        shutil.copytree(base.folder / f"seed_{s}", copy)
+        raw = read_json(copy / "results.json")
+        twin = raw["methods"].pop("fedavg_id")
+        del raw["methods"]["local"]
+        raw["methods"] |= {"transfer_id@ca": twin, "transfer_id@de": twin}
+        (copy / "results.json").write_text(json.dumps(raw))
+        ranks = reporting.read_ranks(copy / "ranks.npz")
+        twins = {"transfer_id@ca": ranks["fedavg_id"], "transfer_id@de": ranks["fedavg_id"]}
+        ranks = twins | {"popularity": ranks["popularity"]}
+        reporting.write_ranks(copy / "ranks.npz", ranks)
+        config = read_json(copy / "config.json") | {"methods": "transfer_id@each"}
+        (copy / "config.json").write_text(json.dumps(config))
+    text = run_tables.over_seeds(tmp_path, seeds, base)
+    header = "| market | local | fedavg_id | transfer_id@ca | transfer_id@de | popularity |"
+    assert header in text
+    for line in text.splitlines():
+        if line.startswith(("| ca |", "| fr |", "| mean |")) and "[" not in line:
+            cells = line.split(" | ")
+            assert cells[2] == cells[3] == cells[4], line
+    tests = run_tables.combined(base.folder, seeds)["vs_local"]["fedavg_id"]
+    marks = {"better": " ▲", "worse": " ▼", "same": ""}
+    gains = [f"{t['diff']:+.4f}{marks[t['verdict']]}" for t in tests["significance"].values()]
+    assert f"| ca | [{gains[0]}] | {' | '.join(gains[1:])} |" in text  # the matrix's rows
+    assert f"| de | {gains[0]} | [{gains[1]}] | {' | '.join(gains[2:])} |" in text
+    pairs = [("fedavg_id", "transfer_id@ca", "many-to-many vs one-to-one from ca")]
+    compared = run_tables.pairs_over_seeds(tmp_path, seeds, pairs, base)
+    assert "| fedavg_id | transfer_id@ca | many-to-many vs one-to-one from ca | +0.0000" in compared
+    # The baseline must be of the same test users.
+    ranks = reporting.read_ranks(tmp_path / "seed_3" / "ranks.npz")
+    ranks["transfer_id@ca"]["fr"] = ranks["transfer_id@ca"]["fr"][1:]
+    reporting.write_ranks(tmp_path / "seed_3" / "ranks.npz", ranks)
+    with pytest.raises(ValueError, match="test users differ"):
+        run_tables.over_seeds(tmp_path, seeds, base)
