@@ -147,6 +147,13 @@ CURVES = {
         "fedavg_id",
         "XMRec, DP with client SGD (lr 3, E = 128, K = 1); ∞: the defaults without DP",
     ),
+    "privacy_ml100k_sgd": Curve(
+        RAW / "privacy_ml100k_sgd",
+        (1.0, 2.0, 4.0, 8.0),
+        results_tables.ML100K_SEEDS,
+        "fecosr",
+        "ml-100k regions, DP with client SGD (lr 3, E = 16, K = 1); ∞: the defaults without DP",
+    ),
 }
 
 

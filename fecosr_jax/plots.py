@@ -177,7 +177,9 @@ def privacy(points: dict, method: str, title: str, path) -> None:
     where, ticks = x_positions(budgets)
     xs = [where[e] for e in budgets]
     fig, ax = plt.subplots(figsize=(7.5, 4.5))
-    ax.axhline(0.0, color="grey", linewidth=1, label="local (nothing leaves the market)")
+    ax.axhline(
+        0.0, color="grey", linestyle=":", linewidth=1.5, label="local (nothing leaves the market)"
+    )
     markets = points[budgets[0]]["markets"]
     for i, (market, test) in enumerate(markets.items()):
         color, _, linestyle, marker = series_style(i)
