@@ -60,11 +60,6 @@ def seed_runs(
     return pooled(runs)
 
 
-def runs_of(folders: list[pathlib.Path]) -> tuple[list[dict], dict]:
-    """The results of runs in `folders` (one seed each) and their per-user ranks pooled."""
-    return pooled([read_run(f) for f in folders])
-
-
 def pooled(runs: list[tuple[dict, dict]]) -> tuple[list[dict], dict]:
     """Runs' (results, ranks) as their results and their per-user ranks pooled."""
     return [r for r, _ in runs], reporting.pool_ranks([k for _, k in runs])

@@ -250,6 +250,10 @@ def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
         assert better == ["de", "fr"], epsilon
         assert all(markets[m]["users"] < 2500 < markets[n]["users"] for m in better
                    for n in ("ca", "uk"))  # fmt: skip
+
+
+def test_the_readme_says_what_the_ml100k_privacy_curve_shows():
+    readme = " ".join((tables.ROOT / "README.md").read_text().split())
     assert (
         "On ml-100k regions (markets of 18-170 users, client SGD at E = 16, K = 1) the DP "
         "pretraining diverged at every ε from 1 to 8, and `fecosr` is below `local` in the "
