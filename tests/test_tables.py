@@ -259,17 +259,19 @@ def test_the_readme_says_what_the_ml100k_privacy_curve_shows():
         "pretraining diverged at every ε from 1 to 8, and `fecosr` is below `local` in the "
         "market mean at every ε on every seed, significantly in 5 of 11 markets at ε = 1" in readme
     )
-    points = privacy_tables.CURVES["privacy_ml100k_sgd"].points()
+    curve = privacy_tables.CURVES["privacy_ml100k_sgd"]
+    points = curve.points()
     for epsilon in (1.0, 2.0, 4.0, 8.0):
         assert all(g < 0 for g in points[epsilon]["seed_gains"]), epsilon
         assert all(t["verdict"] != "better" for t in points[epsilon]["markets"].values())
     worse = [m for m, t in points[1.0]["markets"].items() if t["verdict"] == "worse"]
     assert len(worse) == 5 and len(points[1.0]["markets"]) == 11
     assert all(g > 0 for g in points[math.inf]["seed_gains"])  # without DP: above `local`
-    for epsilon, runs in privacy_tables.CURVES["privacy_ml100k_sgd"].columns().items():
-        for run in runs if epsilon < math.inf else []:
-            pretrain = [x for x in metrics_log.read_lines(run) if x["stage"] == "pretrain"]
-            assert pretrain[-1]["loss"] > pretrain[0]["loss"] + 0.5, run  # it diverged
+    private = [run for e in curve.budgets for run in curve.columns()[e]]
+    assert len(private) == 12
+    for run in private:
+        pretrain = [x for x in metrics_log.read_lines(run) if x["stage"] == "pretrain"]
+        assert pretrain[-1]["loss"] > pretrain[0]["loss"] + 0.5, run  # it diverged
 
 
 def test_a_run_over_seeds_takes_the_methods_its_baseline_trained(tmp_path):
