@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments import run_tables
 from experiments.bench.tables import row
-from experiments.results_tables import RAW
+from experiments.results_tables import ML100K_SEEDS, RAW
 from experiments.run_tables import mean_std, plain, signed
 from fecosr_jax import markdown, method_pairs, reporting, significance, sweep_results
 from fecosr_jax.files import read_json
@@ -138,11 +138,16 @@ def alpha_seeds_rows(folder: pathlib.Path = ALPHA_SEEDS) -> list[dict]:
 
 
 def alpha_seeds() -> str:
+    """The synthetic α x τ_s grid over 3 seeds (`alpha_table`). Raw rows:
+    docs/results/alpha_tau_seeds/."""
+    return alpha_table(alpha_seeds_rows())
+
+
+def alpha_table(rows: list[dict]) -> str:
     """Per (α, τ_s), `fecosr`'s validation NDCG@10 (mean ± std over seeds), its gain over CE
     (α = 0) and over the default α 0.2, τ_s 0.1, each as the mean over seeds of the per-seed
     difference with the seeds where it is positive; the test NDCG@10; the mean client-update
-    cosine. The best validation mean in bold. Raw rows: docs/results/alpha_tau_seeds/."""
-    rows = alpha_seeds_rows()
+    cosine. The best validation mean in bold."""
     valid = {
         (r["alpha"], r["temperature"] if r["alpha"] else None, r["seeds"]):
         r["methods"]["fecosr"]["valid_ndcg@10"]
@@ -176,6 +181,93 @@ def alpha_seeds() -> str:
             cells = [f"**{c}**" if c else c for c in cells]
         cosine = s["delta_cosine"]["federated_s2ce"][0]  # CE too: fecosr at alpha 0
         lines.append(row([*cells, mean_std(fecosr["ndcg@10"]), plain(cosine)]))
+    return "\n".join(lines) + "\n"
+
+
+# -- α and τ_s on ml-100k regions: the grid's runs, CE and the default from ml100k_seeds5 ----
+
+ALPHA_ML100K = RAW / "alpha_ml100k"  # a folder per run: results.json, training.json, config.json
+ALPHA_ML100K_SEEDS = (0, 1, 2)
+# What a grid run's config.json may differ in from the ml100k_seeds5 seed it sits beside.
+GRID_FIELDS = {"methods", "federated.alpha", "federated.temperature", "plots", "seeds"}
+
+
+def _flat(config: dict, prefix: str = "") -> dict:
+    out = {}
+    for key, value in config.items():
+        if isinstance(value, dict):
+            out.update(_flat(value, f"{prefix}{key}."))
+        else:
+            out[f"{prefix}{key}"] = value
+    return out
+
+
+def alpha_ml100k_rows() -> list[dict]:
+    """The ml-100k grid's rows: its own runs, then CE (`fecosr_no_s2ce`, which is `fecosr` at
+    α = 0 on the same run axis) and the default α 0.2, τ_s 0.1 (`fecosr`) from seeds 0-2 of
+    docs/results/ml100k_seeds5. Refused (ValueError) where a grid run's config differs from
+    its seed's there in more than the grid's fields, or its markets do."""
+    grid = alpha_seeds_rows(ALPHA_ML100K)
+    rows, base = [], {}
+    for seed in ALPHA_ML100K_SEEDS:
+        run = ML100K_SEEDS / f"seed_{seed}"
+        config = read_json(run / "config.json")
+        full = sweep_results.collect(run, {"seeds": seed})
+        federated = config["federated"]
+        ce = {**full, "alpha": 0.0, "temperature": federated["temperature"]}
+        ce["methods"] = {"fecosr": full["methods"]["fecosr_no_s2ce"]}
+        ce["delta_cosine"] = {"federated_s2ce": full["delta_cosine"]["federated_ce"]}
+        default = {**full, "alpha": federated["alpha"], "temperature": federated["temperature"]}
+        default["methods"] = {"fecosr": full["methods"]["fecosr"]}
+        base[seed] = (_flat(config), read_json(run / "results.json")["markets"])
+        rows += [ce, default]
+    for r in grid:
+        run = ALPHA_ML100K / r["run"]
+        config, markets = base[r["seeds"]]
+        mine = _flat(read_json(run / "config.json"))
+        differ = {k for k in config.keys() | mine.keys() if config.get(k) != mine.get(k)}
+        if differ - GRID_FIELDS or read_json(run / "results.json")["markets"] != markets:
+            raise ValueError(
+                f"{run}: not the config or markets of {ML100K_SEEDS}/seed_{r['seeds']} "
+                f"({', '.join(sorted(differ - GRID_FIELDS)) or 'markets'})"
+            )
+    return rows + grid
+
+
+def alpha_ml100k() -> str:
+    """The ml-100k regions α x τ_s grid over seeds 0-2 (`alpha_table`). Raw rows:
+    docs/results/alpha_ml100k/ and docs/results/ml100k_seeds5/."""
+    return alpha_table(alpha_ml100k_rows())
+
+
+def soft_labels_ml100k() -> str:
+    """What the soft label is at each τ_s on the ml-100k markets (results.json's
+    `soft_labels`, seed 0's run at that τ_s; data.summary.soft_label_profile): the mass it
+    keeps on the target and its effective number of items (the median over targets of exp of
+    its entropy), each the mean over markets, and the markets' catalogue sizes."""
+    runs = [ML100K_SEEDS / "seed_0"] + [
+        ALPHA_ML100K / r["run"] for r in alpha_seeds_rows(ALPHA_ML100K) if r["seeds"] == 0
+    ]
+    profiles = {}
+    for run in runs:
+        soft = read_json(run / "results.json")["soft_labels"]
+        profiles[soft["temperature"]] = list(soft["markets"].values())
+    lines = [
+        row(["τ_s", "target mass", "effective items", "items per market"]),
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for temperature, markets in sorted(profiles.items()):
+        items = [m["items"] for m in markets]
+        lines.append(
+            row(
+                [
+                    f"{temperature:g}",
+                    f"{np.mean([m['target_mass'] for m in markets]):.2f}",
+                    f"{np.mean([m['effective_items'] for m in markets]):.1f}",
+                    f"{min(items):,}-{max(items):,}",
+                ]
+            )
+        )
     return "\n".join(lines) + "\n"
 
 

@@ -9,7 +9,7 @@ import pytest
 
 from experiments import privacy_tables, results_tables, run_tables, sweep_tables, tables
 from experiments.bench import tables as bench_tables
-from fecosr_jax import metrics_log, paradigms, reporting
+from fecosr_jax import metrics_log, paradigms, reporting, sweep_results
 from fecosr_jax.files import read_json
 
 
@@ -315,3 +315,37 @@ def test_a_run_over_seeds_takes_the_methods_its_baseline_trained(tmp_path):
     reporting.write_ranks(tmp_path / "seed_3" / "ranks.npz", ranks)
     with pytest.raises(ValueError, match="test users differ"):
         run_tables.over_seeds(tmp_path, seeds, base)
+
+
+def test_an_ml100k_alpha_run_is_read_beside_its_seed_and_refused_if_it_differs(
+    tmp_path, monkeypatch
+):
+    # A grid run that is seed 0 of ml100k_seeds5 itself, under the grid's name for the default
+    # (α 0.2, τ_s 0.1): its row must read exactly as the default row taken from ml100k_seeds5.
+    seed0 = results_tables.ML100K_SEEDS / "seed_0"
+    run = tmp_path / "alpha0.2_tau0.1_seed0"
+    shutil.copytree(seed0, run)
+    config = read_json(run / "config.json")
+    config["methods"] = "fecosr"
+    (run / "config.json").write_text(json.dumps(config))
+    monkeypatch.setattr(sweep_tables, "ALPHA_ML100K", tmp_path)
+    monkeypatch.setattr(sweep_tables, "ALPHA_ML100K_SEEDS", (0,))
+    rows = sweep_tables.alpha_ml100k_rows()
+    assert [(r["alpha"], r["temperature"], r["run"]) for r in rows] == [
+        (0.0, 0.1, "seed_0"),
+        (0.2, 0.1, "seed_0"),
+        (0.2, 0.1, run.name),
+    ]
+    ce, default, grid = (r["methods"]["fecosr"] for r in rows)
+    assert grid == default != ce
+    assert ce == sweep_results.collect(seed0, {})["methods"]["fecosr_no_s2ce"]
+    # The soft-label profile at τ_s 0.1, worked out from results.json's own numbers.
+    soft = read_json(seed0 / "results.json")["soft_labels"]["markets"].values()
+    mass = sum(m["target_mass"] for m in soft) / len(soft)
+    line = sweep_tables.soft_labels_ml100k().splitlines()[2]
+    assert line.startswith(f"| 0.1 | {mass:.2f} | ")
+    # Another dropout rate is another experiment: refused, naming the field.
+    config["model"]["dropout"] += 0.1
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"alpha0.2_tau0.1_seed0: not the config .*model.dropout"):
+        sweep_tables.alpha_ml100k_rows()
