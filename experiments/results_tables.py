@@ -113,6 +113,59 @@ def sasrec_seeds() -> str:
     return "\n".join(lines) + "\n"
 
 
+SASREC_VARIANTS = RAW / "sasrec_variants"  # seed 0 of the peer check's config, one change each
+# (folder, the change, its config fields); the first is the config itself, run alone
+VARIANTS = (
+    ("post_ln", "the config: post-LN, item IDs N(0, 1/64), lr 1e-3, batch 64, dropout 0.2", {}),
+    ("pre_ln", "pre-LN", {"model.norm": "pre"}),
+    ("pre_ln_id0.02", "pre-LN, IDs N(0, 0.02²)", {"model.norm": "pre", "model.item_id_std": 0.02}),
+    ("post_ln_id0.02", "IDs N(0, 0.02²)", {"model.item_id_std": 0.02}),
+    ("lr2e-3", "lr 2e-3", {"finetune.lr": 0.002}),
+    ("lr3e-3", "lr 3e-3", {"finetune.lr": 0.003}),
+    ("batch32", "batch 32", {"finetune.batch_size": 32}),
+    ("dropout0.1", "dropout 0.1", {"model.dropout": 0.1}),
+)  # fmt: skip
+# Fields that change no number: what a variant's config may differ in besides its change.
+OUTPUT_FIELDS = {"checkpoint.enabled", "plots", "tensorboard", "seeds"}
+
+
+def sasrec_variants() -> str:
+    """How the peer check's config was chosen: seed 0 with one change at a time, each a run of
+    its own (docs/results/sasrec_variants/<name>/): test NDCG@10 and HR@10, the best
+    validation NDCG@10 and its epoch, the epoch it stopped after.
+    Refused (ValueError) where a run's config differs from the first's in more or less than
+    its change."""
+    config = SASREC_VARIANTS / VARIANTS[0][0]
+    lines = [
+        row(["change (`--config.FIELD=VALUE`)", "test NDCG@10", "test HR@10",
+             "best valid (epoch)", "stopped after"]),
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]  # fmt: skip
+    for name, label, change in VARIANTS:
+        folder = SASREC_VARIANTS / name
+        differ = run_tables.config_differences(folder, config)
+        made = {k: mine for k, (mine, _) in differ.items() if k not in OUTPUT_FIELDS}
+        if made != change:
+            raise ValueError(f"{folder}/config.json: changes {made}, the table says {change}")
+        results, training = (read_json(folder / f) for f in ("results.json", "training.json"))
+        (market,) = results["markets"]
+        local = results["methods"]["local"][market]
+        valid = training["validation"]["local"]["markets"][market]
+        fields = ", ".join(f"`{k}={v}`" for k, v in change.items())
+        lines.append(
+            row(
+                [
+                    f"{label} ({fields})" if change else label,
+                    plain(local["ndcg@10"]),
+                    plain(local["hr@10"]),
+                    f"{valid:.4f} ({local['best_epoch']:.0f})",
+                    f"{local['stop_epoch']:.0f}",
+                ]
+            )
+        )
+    return "\n".join(lines) + "\n"
+
+
 DOC_TABLES = {
     "default_synthetic": default_synthetic,
     "full_synthetic": full_synthetic,
@@ -123,4 +176,5 @@ DOC_TABLES = {
     "ml100k_pairs": ml100k_pairs,
     "ml100k_stops": ml100k_stops,
     "sasrec_seeds": sasrec_seeds,
+    "sasrec_variants": sasrec_variants,
 }

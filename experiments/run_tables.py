@@ -36,6 +36,27 @@ def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
     return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
 
 
+def flat_config(folder: pathlib.Path) -> dict:
+    """A run's config.json as {"model.dropout": 0.2, ...}."""
+
+    def flat(config: dict, prefix: str) -> dict:
+        out = {}
+        for key, value in config.items():
+            if isinstance(value, dict):
+                out.update(flat(value, f"{prefix}{key}."))
+            else:
+                out[f"{prefix}{key}"] = value
+        return out
+
+    return flat(read_json(folder / "config.json"), "")
+
+
+def config_differences(a: pathlib.Path, b: pathlib.Path) -> dict[str, tuple]:
+    """The config fields two runs' config.json differ in: {field: (a's value, b's value)}."""
+    x, y = flat_config(a), flat_config(b)
+    return {k: (x.get(k), y.get(k)) for k in sorted(x.keys() | y.keys()) if x.get(k) != y.get(k)}
+
+
 @dataclasses.dataclass(frozen=True)
 class Baseline:
     """Methods a run over seeds takes from another run of the same seeds, config and test users

@@ -192,23 +192,13 @@ ALPHA_ML100K_SEEDS = (0, 1, 2)
 GRID_FIELDS = {"methods", "federated.alpha", "federated.temperature", "plots", "seeds"}
 
 
-def _flat(config: dict, prefix: str = "") -> dict:
-    out = {}
-    for key, value in config.items():
-        if isinstance(value, dict):
-            out.update(_flat(value, f"{prefix}{key}."))
-        else:
-            out[f"{prefix}{key}"] = value
-    return out
-
-
 def alpha_ml100k_rows() -> list[dict]:
     """The ml-100k grid's rows: its own runs, then CE (`fecosr_no_s2ce`, which is `fecosr` at
     α = 0 on the same run axis) and the default α 0.2, τ_s 0.1 (`fecosr`) from seeds 0-2 of
     docs/results/ml100k_seeds5. Refused (ValueError) where a grid run's config differs from
     its seed's there in more than the grid's fields, or its markets do."""
     grid = alpha_seeds_rows(ALPHA_ML100K)
-    rows, base = [], {}
+    rows = []
     for seed in ALPHA_ML100K_SEEDS:
         run = ML100K_SEEDS / f"seed_{seed}"
         config = read_json(run / "config.json")
@@ -219,17 +209,16 @@ def alpha_ml100k_rows() -> list[dict]:
         ce["delta_cosine"] = {"federated_s2ce": full["delta_cosine"]["federated_ce"]}
         default = {**full, "alpha": federated["alpha"], "temperature": federated["temperature"]}
         default["methods"] = {"fecosr": full["methods"]["fecosr"]}
-        base[seed] = (_flat(config), read_json(run / "results.json")["markets"])
         rows += [ce, default]
     for r in grid:
         run = ALPHA_ML100K / r["run"]
-        config, markets = base[r["seeds"]]
-        mine = _flat(read_json(run / "config.json"))
-        differ = {k for k in config.keys() | mine.keys() if config.get(k) != mine.get(k)}
-        if differ - GRID_FIELDS or read_json(run / "results.json")["markets"] != markets:
+        seed_run = ML100K_SEEDS / f"seed_{r['seeds']}"
+        differ = set(run_tables.config_differences(run, seed_run)) - GRID_FIELDS
+        markets = (read_json(p / "results.json")["markets"] for p in (run, seed_run))
+        if differ or next(markets) != next(markets):
             raise ValueError(
                 f"{run}: not the config or markets of {ML100K_SEEDS}/seed_{r['seeds']} "
-                f"({', '.join(sorted(differ - GRID_FIELDS)) or 'markets'})"
+                f"({', '.join(sorted(differ)) or 'markets'})"
             )
     return rows + grid
 

@@ -349,3 +349,21 @@ def test_an_ml100k_alpha_run_is_read_beside_its_seed_and_refused_if_it_differs(
     (run / "config.json").write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"alpha0.2_tau0.1_seed0: not the config .*model.dropout"):
         sweep_tables.alpha_ml100k_rows()
+
+
+def test_the_sasrec_config_alone_is_its_seed_0_and_a_variant_is_its_one_change(
+    tmp_path, monkeypatch
+):
+    # The same seed trained alone and beside two other seeds on the run axis: equal results.
+    alone = read_json(results_tables.SASREC_VARIANTS / "post_ln" / "results.json")
+    grouped = read_json(results_tables.SASREC_SEEDS / "seed_0" / "results.json")
+    assert alone["methods"] == grouped["methods"]
+    # A variant whose config holds a second change is refused, naming both.
+    shutil.copytree(results_tables.SASREC_VARIANTS, tmp_path, dirs_exist_ok=True)
+    monkeypatch.setattr(results_tables, "SASREC_VARIANTS", tmp_path)
+    path = tmp_path / "lr2e-3" / "config.json"
+    config = read_json(path)
+    config["model"]["dropout"] = 0.1
+    path.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"lr2e-3/config.json: changes .*'model.dropout': 0.1"):
+        results_tables.sasrec_variants()
