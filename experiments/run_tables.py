@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from experiments.bench.tables import row
-from fecosr_jax import markdown, method_pairs, paradigms, reporting, significance
+from fecosr_jax import markdown, method_pairs, paradigms, reporting, resume, significance
 from fecosr_jax.files import read_json
 
 
@@ -36,25 +36,10 @@ def read_run(folder: pathlib.Path) -> tuple[dict, dict]:
     return read_json(folder / "results.json"), reporting.read_ranks(folder / "ranks.npz")
 
 
-def flat_config(folder: pathlib.Path) -> dict:
-    """A run's config.json as {"model.dropout": 0.2, ...}."""
-
-    def flat(config: dict, prefix: str) -> dict:
-        out = {}
-        for key, value in config.items():
-            if isinstance(value, dict):
-                out.update(flat(value, f"{prefix}{key}."))
-            else:
-                out[f"{prefix}{key}"] = value
-        return out
-
-    return flat(read_json(folder / "config.json"), "")
-
-
-def config_differences(a: pathlib.Path, b: pathlib.Path) -> dict[str, tuple]:
-    """The config fields two runs' config.json differ in: {field: (a's value, b's value)}."""
-    x, y = flat_config(a), flat_config(b)
-    return {k: (x.get(k), y.get(k)) for k in sorted(x.keys() | y.keys()) if x.get(k) != y.get(k)}
+def config_changes(a: pathlib.Path, b: pathlib.Path) -> dict[str, tuple]:
+    """The config fields that change results in which two runs' config.json differ:
+    {dotted name: (a's value, b's value)} (resume.changed_fields, as a resume checks them)."""
+    return resume.changed_fields(*(read_json(f / "config.json") for f in (a, b)))
 
 
 @dataclasses.dataclass(frozen=True)

@@ -188,8 +188,9 @@ def alpha_table(rows: list[dict]) -> str:
 
 ALPHA_ML100K = RAW / "alpha_ml100k"  # a folder per run: results.json, training.json, config.json
 ALPHA_ML100K_SEEDS = (0, 1, 2)
-# What a grid run's config.json may differ in from the ml100k_seeds5 seed it sits beside.
-GRID_FIELDS = {"methods", "federated.alpha", "federated.temperature", "plots", "seeds"}
+# What a grid run's config.json may differ in from the ml100k_seeds5 seed it sits beside,
+# besides the fields that change no result (run_tables.config_changes).
+GRID_FIELDS = {"methods", "federated.alpha", "federated.temperature", "seeds"}
 
 
 def alpha_ml100k_rows() -> list[dict]:
@@ -213,7 +214,7 @@ def alpha_ml100k_rows() -> list[dict]:
     for r in grid:
         run = ALPHA_ML100K / r["run"]
         seed_run = ML100K_SEEDS / f"seed_{r['seeds']}"
-        differ = set(run_tables.config_differences(run, seed_run)) - GRID_FIELDS
+        differ = set(run_tables.config_changes(run, seed_run)) - GRID_FIELDS
         markets = (read_json(p / "results.json")["markets"] for p in (run, seed_run))
         if differ or next(markets) != next(markets):
             raise ValueError(

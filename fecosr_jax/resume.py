@@ -51,9 +51,10 @@ class IncompatibleCheckpoint(BadInput):
     """The workdir holds a run whose config differs in fields that change results."""
 
 
-def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str]:
-    """Dotted names of the fields whose values differ (ignoring RESUMABLE_FIELDS)."""
-    out = []
+def changed_fields(saved: dict, current: dict, prefix: str = "") -> dict[str, tuple]:
+    """{dotted name: (saved value, current value)} for the fields whose values differ, ignoring
+    RESUMABLE_FIELDS; a field of ADDED_FIELDS absent from `saved` has its old value there."""
+    out = {}
     for key in sorted(set(saved) | set(current)):
         name = f"{prefix}{key}"
         if not prefix and key in RESUMABLE_FIELDS:
@@ -61,10 +62,17 @@ def config_differences(saved: dict, current: dict, prefix: str = "") -> list[str
         absent = ADDED_FIELDS.get(name, "<absent>")
         a, b = saved.get(key, absent), current.get(key, "<absent>")
         if isinstance(a, dict) and isinstance(b, dict):
-            out += config_differences(a, b, f"{name}.")
+            out.update(changed_fields(a, b, f"{name}."))
         elif a != b:
-            out.append(f"{name} (checkpoint {a!r}, now {b!r})")
+            out[name] = (a, b)
     return out
+
+
+def config_differences(saved: dict, current: dict) -> list[str]:
+    """The fields whose values differ (changed_fields), each as `name (checkpoint A, now B)`."""
+    return [
+        f"{k} (checkpoint {a!r}, now {b!r})" for k, (a, b) in changed_fields(saved, current).items()
+    ]
 
 
 def _json_ready(obj):
