@@ -391,5 +391,7 @@ DOC_TABLES = {
     "claim2_seeds": claim2_seeds,
     "alpha_first_look": alpha_first_look,
     "alpha_seeds": alpha_seeds,
+    "alpha_ml100k": alpha_ml100k,
+    "soft_labels_ml100k": soft_labels_ml100k,
     "stopping": stopping,
 }
