@@ -235,8 +235,9 @@ def soft_labels_ml100k() -> str:
     `soft_labels`, seed 0's run at that τ_s; data.summary.soft_label_profile): the mass it
     keeps on the target and its effective number of items (the median over targets of exp of
     its entropy), each the mean over markets, and the markets' catalogue sizes."""
+    grid = sorted(p for p in ALPHA_ML100K.iterdir() if p.is_dir())
     runs = [ML100K_SEEDS / "seed_0"] + [
-        ALPHA_ML100K / r["run"] for r in alpha_seeds_rows(ALPHA_ML100K) if r["seeds"] == 0
+        p for p in grid if read_json(p / "config.json")["seed"] == 0
     ]
     profiles = {}
     for run in runs:

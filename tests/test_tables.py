@@ -13,6 +13,16 @@ from fecosr_jax import metrics_log, paradigms, reporting, sweep_results
 from fecosr_jax.files import read_json
 
 
+def readme_words() -> str:
+    """README.md with every run of whitespace as one space, so a quote may wrap anywhere."""
+    return " ".join((tables.ROOT / "README.md").read_text().split())
+
+
+def row_cells(line: str) -> list[str]:
+    """A Markdown table row's cells, without their padding or bold."""
+    return [c.strip().strip("*") for c in line.strip("|").split("|")]
+
+
 def test_every_table_in_the_docs_is_its_regeneration():
     assert tables.check() == []
     # every table the command knows is in a document, once
@@ -93,7 +103,7 @@ def test_the_readme_quotes_the_main_jobs_committed_results():
 def test_the_readme_quotes_the_alpha_grids_best_setting():
     # README: "on synthetic markets alpha = A, tau_s = T is best, above CE on all N seeds
     # (+G validation NDCG@10)": the bold (best) row of the regenerated 3-seed table.
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     quoted = re.search(
         r"on synthetic markets alpha = ([\d.]+), tau_s = ([\d.]+) is best, above CE on all "
         r"(\d) seeds \(\+(0\.\d{4}) validation NDCG@10\)",
@@ -101,7 +111,7 @@ def test_the_readme_quotes_the_alpha_grids_best_setting():
     )
     assert quoted, "README no longer quotes the alpha grid's best setting"
     best = next(line for line in sweep_tables.alpha_seeds().splitlines() if line.startswith("| **"))
-    cells = [c.strip().strip("*") for c in best.strip("|").split("|")]
+    cells = row_cells(best)
     alpha, tau, gain = cells[0], cells[1], cells[3]
     assert (alpha, tau) == quoted.group(1, 2)
     assert gain == f"+{quoted[4]} ({quoted[3]}/{quoted[3]})"  # above CE on every seed
@@ -111,7 +121,7 @@ def test_the_readme_says_what_the_ml100k_alpha_grid_shows():
     # README: "on ml-100k regions every alpha at tau_s = 0.1 is within D of CE over N seeds":
     # every gain-over-CE cell of the regenerated table at τ_s 0.1 is that small, none of them
     # on every seed.
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     quoted = re.search(
         r"on ml-100k regions every alpha at tau_s = 0.1 is within (0\.\d{4}) of CE over "
         r"(\d) seeds",
@@ -119,7 +129,7 @@ def test_the_readme_says_what_the_ml100k_alpha_grid_shows():
     )
     assert quoted, "README no longer says what the ml-100k alpha grid shows"
     lines = sweep_tables.alpha_ml100k().splitlines()[2:]
-    rows = [[c.strip().strip("*") for c in line.strip("|").split("|")] for line in lines]
+    rows = [row_cells(line) for line in lines]
     gains = [r[3] for r in rows if r[1] == "0.1"]
     assert len(gains) == 3  # α 0.2, 0.5, 0.8
     for gain in gains:
@@ -133,9 +143,9 @@ def test_pairs_over_seeds_says_what_the_claim2_table_says():
     # fecosr − local cells (difference over seeds; markets ▲ / ▼) and the pairs table's.
     pairs = [("fecosr", "fecosr_no_s2ce", "S²CE vs CE"), ("fecosr", "local", "vs local")]
     text = run_tables.pairs_over_seeds(sweep_tables.CLAIM2_SEEDS / "h1_o0", range(5), pairs)
-    rows = [line.strip("|").split(" | ") for line in text.splitlines()[2:]]
+    rows = [row_cells(line) for line in text.splitlines()[2:]]
     claim2 = next(
-        line.strip("|").split(" | ")
+        row_cells(line)
         for line in sweep_tables.claim2_seeds().splitlines()
         if line.startswith("| 1 | 0 |")
     )
@@ -144,7 +154,7 @@ def test_pairs_over_seeds_says_what_the_claim2_table_says():
     ):
         assert cells[3].split(" (")[0] == test.split(" (")[0]  # the same difference
         better, worse = (int(c.split(" (")[0]) for c in (cells[5], cells[6]))
-        assert f"{better} / {worse}" == counts.strip()
+        assert f"{better} / {worse}" == counts
 
 
 def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
@@ -185,7 +195,7 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
 def test_the_readme_quotes_the_main_jobs_five_seeds():
     # README: "Over 5 seeds every method with the item-ID adaptation module is significantly
     # above `local` in all 8 markets, and every method without it is below".
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     assert re.search(
         r"Over 5 seeds .*? every method with the item-ID adaptation module is significantly "
         r"above `local` in all 8 markets, and every method without it is below",
@@ -226,7 +236,7 @@ def test_a_dp_recipe_reads_as_its_config_says():
 def test_the_readme_says_what_the_dp_recipes_show():
     # README: the DP defaults (client Adam) learned nothing; client SGD at sigma 0.6 learned
     # almost as much as without noise. The pretraining loss from round 1 to 20 says so.
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     assert "On XMRec the DP defaults learned nothing at any ε" in readme
     assert (
         "Client SGD learned with a larger expected batch and one local step, at σ = 0.6" in readme
@@ -246,7 +256,7 @@ def test_the_readme_says_what_the_dp_recipes_show():
 
 
 def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     assert (
         "`fedavg_id` equal to `local` within noise at every ε from 1 to 8, in every market, "
         "where without DP it is above `local` in two markets significantly" in readme
@@ -274,7 +284,7 @@ def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
 
 
 def test_the_readme_says_what_the_ml100k_privacy_curve_shows():
-    readme = " ".join((tables.ROOT / "README.md").read_text().split())
+    readme = readme_words()
     assert (
         "On ml-100k regions (markets of 18-170 users, client SGD at E = 16, K = 1) the DP "
         "pretraining diverged at every ε from 1 to 8, and `fecosr` is below `local` in the "
