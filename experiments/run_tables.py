@@ -43,24 +43,31 @@ def config_changes(a: pathlib.Path, b: pathlib.Path) -> dict[str, tuple]:
 
 
 @dataclasses.dataclass(frozen=True)
-class Baseline:
-    """Methods a run over seeds takes from another run of the same seeds, config and test users
-    (folder/seed_<s>/): a run that trains only the methods a setting changes is compared with
-    the others, `local` first, without training them again (with_local)."""
+class Joined:
+    """Methods a table joins to a run over seeds from another run of the same seeds, config
+    and test users (folder/seed_<s>/): methods trained apart (one-to-one transfer from each
+    source market in its own run) are compared with the run's own, `local` first, without
+    training them again."""
 
     folder: pathlib.Path
-    methods: tuple[str, ...] = ("local",)
+    methods: tuple[str, ...]
 
 
 def seed_runs(
-    folder: pathlib.Path, seeds, baseline: Baseline | None = None
+    folder: pathlib.Path, seeds, joined: tuple[Joined, ...] = ()
 ) -> tuple[list[dict], dict]:
     """Each seed's results (folder/seed_<s>/) and their per-user ranks pooled over seeds;
-    with a `baseline`, each seed also has the baseline's methods of the same seed."""
+    each seed also has the `joined` methods of the same seed, after its own (run_order). A
+    joined run whose config differs from the run's in more than the methods, or whose markets
+    or test users differ, is refused (ValueError)."""
     runs = [read_run(folder / f"seed_{s}") for s in seeds]
-    if baseline is not None:
+    for other in reversed(joined):  # with_local puts them first: the first one leads
+        for s in seeds:
+            changes = config_changes(folder / f"seed_{s}", other.folder / f"seed_{s}")
+            if set(changes) - {"methods"}:
+                raise ValueError(f"{other.folder}/seed_{s}: its config differs in {changes}")
         runs = [
-            with_local(run, read_run(baseline.folder / f"seed_{s}"), baseline.methods)
+            with_local(run, read_run(other.folder / f"seed_{s}"), other.methods)
             for s, run in zip(seeds, runs, strict=True)
         ]
     return pooled(runs)
@@ -87,8 +94,8 @@ RUN_PARTS = (
 
 
 def run_order(folder: pathlib.Path, raw: dict) -> dict:
-    """raw's methods in the run's order (its config.json's; results.json sorts its keys),
-    popularity last."""
+    """raw's methods in the run's order (its config.json's; results.json sorts its keys), then
+    the others in raw's order, popularity last."""
     listed = paradigms.parse_methods(read_json(folder / "config.json")["methods"])
     order = [m for m in listed if m in raw["methods"]]
     order += [m for m in raw["methods"] if m not in order and m != "popularity"] + ["popularity"]
@@ -115,12 +122,12 @@ def tables(results: dict) -> str:
     return "\n\n".join(p for p in parts if not p.startswith("| market | items |")) + "\n"
 
 
-def over_seeds(folder: pathlib.Path, seeds, baseline: Baseline | None = None) -> str:
-    """A run over `seeds` (folder/seed_<s>/; with the `baseline`'s methods) combined as the run
+def over_seeds(folder: pathlib.Path, seeds, joined: tuple[Joined, ...] = ()) -> str:
+    """A run over `seeds` (folder/seed_<s>/; with the `joined` methods) combined as the run
     combines them: per market the mean ± std over seeds and the pooled per-user tests, then
     each method's market mean against `local`'s over seeds, and the one-to-one matrix of a
     method run from each source."""
-    per_seed, ranks = seed_runs(folder, seeds, baseline)
+    per_seed, ranks = seed_runs(folder, seeds, joined)
     for s, raw in zip(seeds, per_seed, strict=True):
         raw["methods"] = run_order(folder / f"seed_{s}", raw)
     return tables(reporting.combine_seeds(per_seed, list(seeds), ranks))
@@ -130,14 +137,14 @@ def pairs_over_seeds(
     folder: pathlib.Path,
     seeds,
     pairs: list[tuple[str, str, str]],
-    baseline: Baseline | None = None,
+    joined: tuple[Joined, ...] = (),
 ) -> str:
     """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
     paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
     pooled per-user tests (method_pairs, Benjamini-Hochberg over the markets): how many
     markets A is above B by sign, and which it is significantly better / worse in. With a
-    `baseline`, its methods join each seed's (seed_runs)."""
-    per_seed, ranks = seed_runs(folder, seeds, baseline)
+    `joined` runs, their methods join each seed's (seed_runs)."""
+    per_seed, ranks = seed_runs(folder, seeds, joined)
     results = reporting.combine_seeds(per_seed, list(seeds), ranks)
     names = results["markets"]
     compared = method_pairs.pair_comparison(results, ranks, [(a, b) for a, b, _ in pairs])
@@ -177,8 +184,9 @@ def with_local(
     the same markets and test users, and put first (local trains nothing shared, so a setting
     of the federated stage does not change it: a sweep over such settings trains it once)."""
     (results, ranks), (base, base_ranks) = run, baseline
+    users = base_ranks[methods[0]]
     if results["markets"] != base["markets"] or any(
-        len(ranks[m][n]) != len(base_ranks["local"][n]) for m in ranks for n in ranks[m]
+        len(ranks[m][n]) != len(users[n]) for m in ranks for n in ranks[m]
     ):
         raise ValueError("the baseline's markets or test users differ from the run's")
     taken = {m: base["methods"][m] for m in methods}
@@ -255,11 +263,11 @@ def privacy_curve(
     return "\n".join(lines) + "\n"
 
 
-def stop_epochs(folder: pathlib.Path, seeds) -> str:
+def stop_epochs(folder: pathlib.Path, seeds, joined: tuple[Joined, ...] = ()) -> str:
     """Per market, each fine-tuned method's stop epoch (the last it trained) and kept epoch
     (its best validation), mean over seeds with the range; results.json's `stop_epoch` and
-    `best_epoch`."""
-    per_seed = [read_json(folder / f"seed_{s}" / "results.json") for s in seeds]
+    `best_epoch` (with the `joined` runs' methods, seed_runs)."""
+    per_seed, _ = seed_runs(folder, seeds, joined)
     first = per_seed[0]
     methods = [m for m in run_order(folder / f"seed_{seeds[0]}", first)
                if "stop_epoch" in first["methods"][m][first["markets"][0]]]  # fmt: skip

@@ -1,5 +1,6 @@
 """The documents' tables are what their commands make from the committed raw files."""
 
+import itertools
 import json
 import math
 import re
@@ -305,47 +306,54 @@ def test_the_readme_says_what_the_ml100k_privacy_curve_shows():
         assert pretrain[-1]["loss"] > pretrain[0]["loss"] + 0.5, run  # it diverged
 
 
-def test_a_run_over_seeds_takes_the_methods_its_baseline_trained(tmp_path):
-    # A run of one-to-one methods only (transfer_id@each) is compared with `local` and
-    # `fedavg_id` of the run over the same seeds. Here the "one-to-one" methods are copies of
-    # that run's `fedavg_id`, so each must read exactly as `fedavg_id` does.
+def test_one_to_one_runs_made_apart_join_the_run_over_the_same_seeds(tmp_path):
+    # Each source's one-to-one method (transfer_id@ca, transfer_id@de) is run apart and joined
+    # to `local` and `fedavg_id` of the run over the same seeds. Here the "one-to-one" methods
+    # are copies of that run's `fedavg_id`, so each must read exactly as `fedavg_id` does.
     seeds = range(5)
-    base = run_tables.Baseline(results_tables.XMREC_SEEDS, ("local", "fedavg_id"))
-    for s in seeds:
-        copy = tmp_path / f"seed_{s}"
-        shutil.copytree(base.folder / f"seed_{s}", copy)
+    base = results_tables.XMREC_SEEDS
+    joined = tuple(
+        run_tables.Joined(tmp_path / source, (f"transfer_id@{source}",)) for source in ("ca", "de")
+    )
+    for source, s in itertools.product(("ca", "de"), seeds):
+        copy = tmp_path / source / f"seed_{s}"
+        shutil.copytree(base / f"seed_{s}", copy)
         raw = read_json(copy / "results.json")
-        twin = raw["methods"].pop("fedavg_id")
-        del raw["methods"]["local"]
-        raw["methods"] |= {"transfer_id@ca": twin, "transfer_id@de": twin}
+        raw["methods"] = {f"transfer_id@{source}": raw["methods"]["fedavg_id"]}
         (copy / "results.json").write_text(json.dumps(raw))
         ranks = reporting.read_ranks(copy / "ranks.npz")
-        twins = {"transfer_id@ca": ranks["fedavg_id"], "transfer_id@de": ranks["fedavg_id"]}
-        ranks = twins | {"popularity": ranks["popularity"]}
+        ranks = {f"transfer_id@{source}": ranks["fedavg_id"], "popularity": ranks["popularity"]}
         reporting.write_ranks(copy / "ranks.npz", ranks)
-        config = read_json(copy / "config.json") | {"methods": "transfer_id@each"}
+        config = read_json(copy / "config.json") | {"methods": f"transfer_id@{source}"}
         (copy / "config.json").write_text(json.dumps(config))
-    text = run_tables.over_seeds(tmp_path, seeds, base)
+    text = run_tables.over_seeds(base, seeds, joined)
     header = "| market | local | fedavg_id | transfer_id@ca | transfer_id@de | popularity |"
     assert header in text
     for line in text.splitlines():
         if line.startswith(("| ca |", "| fr |", "| mean |")) and "[" not in line:
             cells = line.split(" | ")
             assert cells[2] == cells[3] == cells[4], line
-    tests = run_tables.combined(base.folder, seeds)["vs_local"]["fedavg_id"]
+    tests = run_tables.combined(base, seeds)["vs_local"]["fedavg_id"]
     marks = {"better": " ▲", "worse": " ▼", "same": ""}
     gains = [f"{t['diff']:+.4f}{marks[t['verdict']]}" for t in tests["significance"].values()]
     assert f"| ca | [{gains[0]}] | {' | '.join(gains[1:])} |" in text  # the matrix's rows
     assert f"| de | {gains[0]} | [{gains[1]}] | {' | '.join(gains[2:])} |" in text
     pairs = [("fedavg_id", "transfer_id@ca", "many-to-many vs one-to-one from ca")]
-    compared = run_tables.pairs_over_seeds(tmp_path, seeds, pairs, base)
+    compared = run_tables.pairs_over_seeds(base, seeds, pairs, joined)
     assert "| fedavg_id | transfer_id@ca | many-to-many vs one-to-one from ca | +0.0000" in compared
-    # The baseline must be of the same test users.
-    ranks = reporting.read_ranks(tmp_path / "seed_3" / "ranks.npz")
-    ranks["transfer_id@ca"]["fr"] = ranks["transfer_id@ca"]["fr"][1:]
-    reporting.write_ranks(tmp_path / "seed_3" / "ranks.npz", ranks)
+    # A joined run must be of the same test users ...
+    seed_3 = tmp_path / "de" / "seed_3"
+    ranks = reporting.read_ranks(seed_3 / "ranks.npz")
+    ranks["transfer_id@de"]["fr"] = ranks["transfer_id@de"]["fr"][1:]
+    reporting.write_ranks(seed_3 / "ranks.npz", ranks)
     with pytest.raises(ValueError, match="test users differ"):
-        run_tables.over_seeds(tmp_path, seeds, base)
+        run_tables.over_seeds(base, seeds, joined)
+    # ... and of the same config but for its methods.
+    config = read_json(seed_3 / "config.json")
+    config["finetune"]["patience"] += 1
+    (seed_3 / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"de/seed_3: its config differs in .*finetune.patience"):
+        run_tables.over_seeds(base, seeds, joined)
 
 
 def test_an_ml100k_alpha_run_is_read_beside_its_seed_and_refused_if_it_differs(
