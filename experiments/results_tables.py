@@ -46,6 +46,39 @@ def xmrec_stops() -> str:
     return run_tables.stop_epochs(XMREC_SEEDS, range(5))
 
 
+# One-to-one transfer from each source market in its own run (transfer_id@<source>, seeds 0-4,
+# the config of XMREC_SEEDS), joined to that run's `local` and `fedavg_id`.
+XMREC_ONE_TO_ONE = RAW / "xmrec_one_to_one"  # <source>/seed_<s>/
+ONE_TO_ONE_SOURCES = ("ca",)  # the sources whose runs are committed so far
+
+
+def one_to_one_runs() -> tuple[run_tables.Joined, ...]:
+    return tuple(
+        run_tables.Joined(XMREC_ONE_TO_ONE / source, (f"transfer_id@{source}",))
+        for source in ONE_TO_ONE_SOURCES
+    )
+
+
+def xmrec_one_to_one() -> str:
+    """Claim 1 on XMRec over seeds 0-4: `local`, many-to-many `fedavg_id` and one-to-one
+    `transfer_id` from each source, with the matrix of sources and targets."""
+    return run_tables.over_seeds(XMREC_SEEDS, range(5), one_to_one_runs())
+
+
+def xmrec_one_to_one_stops() -> str:
+    """Where fine-tuning stopped on XMRec, seeds 0-4, the one-to-one methods included."""
+    return run_tables.stop_epochs(XMREC_SEEDS, range(5), one_to_one_runs())
+
+
+def xmrec_one_to_one_pairs() -> str:
+    """Many-to-many `fedavg_id` against one-to-one transfer from each source, seeds 0-4."""
+    pairs = [
+        ("fedavg_id", f"transfer_id@{source}", f"many-to-many vs one-to-one from {source}")
+        for source in ONE_TO_ONE_SOURCES
+    ]
+    return run_tables.pairs_over_seeds(XMREC_SEEDS, range(5), pairs, one_to_one_runs())
+
+
 def full_synthetic() -> str:
     """The default's generator at the full budget (docs/results/full/)."""
     return run_tables.tables(run_tables.retested(FULL))
@@ -169,6 +202,9 @@ DOC_TABLES = {
     "default_seeds": default_seeds,
     "xmrec_seeds": xmrec_seeds,
     "xmrec_stops": xmrec_stops,
+    "xmrec_one_to_one": xmrec_one_to_one,
+    "xmrec_one_to_one_pairs": xmrec_one_to_one_pairs,
+    "xmrec_one_to_one_stops": xmrec_one_to_one_stops,
     "ml100k_seeds": ml100k_seeds,
     "ml100k_pairs": ml100k_pairs,
     "ml100k_stops": ml100k_stops,
