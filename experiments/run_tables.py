@@ -142,7 +142,7 @@ def pairs_over_seeds(
     """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
     paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
     pooled per-user tests (method_pairs, Benjamini-Hochberg over the markets): how many
-    markets A is above B by sign, and which it is significantly better / worse in. With a
+    markets A is above B by sign, and which it is significantly better / worse in. With
     `joined` runs, their methods join each seed's (seed_runs)."""
     per_seed, ranks = seed_runs(folder, seeds, joined)
     results = reporting.combine_seeds(per_seed, list(seeds), ranks)
