@@ -46,8 +46,8 @@ def config_changes(a: pathlib.Path, b: pathlib.Path) -> dict[str, tuple]:
 class Joined:
     """Methods a table joins to a run over seeds from another run of the same seeds, config
     and test users (folder/seed_<s>/): methods trained apart (one-to-one transfer from each
-    source market in its own run) are compared with the run's own, `local` first, without
-    training them again."""
+    source market in its own run) are compared with the run's own without training those
+    again."""
 
     folder: pathlib.Path
     methods: tuple[str, ...]
@@ -188,7 +188,7 @@ def with_local(
     if results["markets"] != base["markets"] or any(
         len(ranks[m][n]) != len(users[n]) for m in ranks for n in ranks[m]
     ):
-        raise ValueError("the baseline's markets or test users differ from the run's")
+        raise ValueError("the other run's markets or test users differ from the run's")
     taken = {m: base["methods"][m] for m in methods}
     rest = {m: v for m, v in results["methods"].items() if m not in taken}
     kept = {m: r for m, r in ranks.items() if m not in taken}
