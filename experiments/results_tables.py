@@ -49,7 +49,7 @@ def xmrec_stops() -> str:
 # One-to-one transfer from each source market in its own run (transfer_id@<source>, seeds 0-4,
 # the config of XMREC_SEEDS), joined to that run's `local` and `fedavg_id`.
 XMREC_ONE_TO_ONE = RAW / "xmrec_one_to_one"  # <source>/seed_<s>/
-ONE_TO_ONE_SOURCES = ("ca", "de", "fr")  # the sources whose runs are committed so far
+ONE_TO_ONE_SOURCES = ("ca", "de", "fr", "uk")  # the sources whose runs are committed
 
 
 def one_to_one_runs() -> tuple[run_tables.Joined, ...]:
