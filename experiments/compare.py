@@ -15,8 +15,10 @@ import sys
 from absl import app, flags
 from etils import epath
 
-from fecosr_jax import errors, method_pairs, reporting
-from fecosr_jax.files import read_json, write_text_atomic
+from fecosr_jax import errors
+from fecosr_jax.report import method_pairs
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.store.files import read_json, write_text_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir (experiments.main).")
 _PAIRS = flags.DEFINE_string("pairs", None, "Comma-separated METHOD_A:METHOD_B pairs.")
@@ -30,7 +32,7 @@ def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
     per_seed = []
     for d in dirs:
         if (d / "ranks.npz").exists():
-            per_seed.append(reporting.read_ranks(d / "ranks.npz"))
+            per_seed.append(results_lib.read_ranks(d / "ranks.npz"))
             continue
         progress = d / "checkpoints" / "progress.json"
         if not progress.exists():
@@ -41,7 +43,7 @@ def load_ranks(workdir: epath.Path, seeds: list[int] | None) -> dict:
     # Only methods with ranks from every seed are compared.
     return {
         m: by
-        for m, by in reporting.pool_ranks(per_seed).items()
+        for m, by in results_lib.pool_ranks(per_seed).items()
         if all(len(r) == len(dirs) for r in by.values())
     }
 
@@ -65,7 +67,7 @@ def compare(workdir: str, pairs_text: str) -> str:
     text = f"# {results['dataset']}: paired comparisons\n\n" + method_pairs.pairs_markdown(
         table, results["markets"], seeds
     )
-    reporting.write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})
+    results_lib.write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})
     write_text_atomic(workdir / "pairs.md", text)
     return text
 

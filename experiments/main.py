@@ -4,7 +4,7 @@ r"""Entry point: parse flags, hand the config to the library.
       [--config.field=value ...]
 
 Several runs that differ only in per-run values (seed, alpha, tau_s, learning rates, FedProx
-mu; fecosr_jax.groups) train together on the run axis of the same compiled programs, each in
+mu; fecosr_jax.runs.groups) train together on the run axis of the same compiled programs, each in
 WORKDIR/NAME with the outputs of a run of its own:
 
   python -m experiments.main --config=... --workdir=DIR \
@@ -24,7 +24,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fecosr_jax import errors, experiment
+from fecosr_jax import errors
+from fecosr_jax.runs import experiment
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
@@ -96,11 +97,12 @@ def main(argv):
         raise app.UsageError(
             "--coordinator_address, --num_processes and --process_id need --distributed"
         )
-    from fecosr_jax import groups
+    from fecosr_jax.runs import groups
 
     try:
         if _OVERWRITE.value:
-            from fecosr_jax import distributed, files
+            from fecosr_jax import distributed
+            from fecosr_jax.store import files
 
             if distributed.is_primary():
                 moved = files.move_aside(_WORKDIR.value)

@@ -1,11 +1,11 @@
 """What can stop a run, and the exit code an entry point gives it.
 
   bad input (exit 2): a config value, a flag, a data file or a workdir to fix. `BadInput` and
-    its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.groups.GroupError,
-    fecosr_jax.resume.IncompatibleCheckpoint); raised before the run writes anything.
+    its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.runs.groups.GroupError,
+    fecosr_jax.store.resume.IncompatibleCheckpoint); raised before the run writes anything.
   failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
-    bug): fecosr_jax.checkpoint.NonFiniteError, DiskFull or any other exception.
-  preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.checkpoint.Preempted).
+    bug): fecosr_jax.store.checkpoint.NonFiniteError, DiskFull or any other exception.
+  preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.store.checkpoint.Preempted).
 
 `report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
 --verbosity=1 or higher, or FECOSR_TRACEBACK=1). `parse_flags` gives a bad flag the same

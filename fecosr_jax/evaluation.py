@@ -174,7 +174,7 @@ def evaluate(
         stacked on a leading axis M.
       inputs [M, U, L], targets [M, U], semantics [M, N + 1, d_s], item_mask [M, N + 1].
       with_ranks: also return "ranks" [M, U] int32, each test user's target rank (-1 where
-        there is no user): what the paired tests of fecosr_jax.significance need.
+        there is no user): what the paired tests of fecosr_jax.report.significance need.
       seed: seeds the sampled protocol's negatives; an [R] array evaluates R runs at once
         (params with a leading run axis; every output gains it: [R, M]).
       mesh: a device mesh (fecosr_jax.mesh) whose devices split the markets (M a multiple of

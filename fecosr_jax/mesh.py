@@ -1,6 +1,6 @@
 """The device mesh: one axis, "clients", over which the market axis of every stacked array is
 sharded, in the federated round (fecosr_jax.federated.round), in fine-tuning
-(fecosr_jax.finetune) and in evaluation (fecosr_jax.evaluation). A device computes its own
+(fecosr_jax.finetune.loop) and in evaluation (fecosr_jax.evaluation). A device computes its own
 markets; only what a host reads (metrics, ranks) is gathered to it (`to_host`). After
 jax.distributed.initialize() the mesh spans every process's devices, so a multi-device or
 multi-host run splits the markets instead of repeating them.

@@ -1,6 +1,6 @@
 """HR, NDCG and MRR at K from a target's rank (0 = ranked first): the one formula of each,
 for jax arrays (fecosr_jax.evaluation, summed per market on the device) and numpy arrays
-(fecosr_jax.significance, per user on the host).
+(fecosr_jax.report.significance, per user on the host).
 
     HR@K = [rank < K],   NDCG@K = [rank < K] / log2(rank + 2),   MRR@K = [rank < K] / (rank + 1)
 """

@@ -10,7 +10,7 @@ the privacy budget epsilon, seeds): one run per grid point, then one table and o
 
 Each grid point runs in DIR/runs/<name> (e.g. M8_het0.5_seed1); arguments of the form
 --config.FIELD=VALUE go to every run. Grid points that differ only in per-run values (--seeds,
---alpha, --temperature, a finite --epsilon: fecosr_jax.groups) form a group: one process of
+--alpha, --temperature, a finite --epsilon: fecosr_jax.runs.groups) form a group: one process of
 experiments.main trains them together on the run axis of the same compiled programs
 (--run=NAME:..., one per point), --runs_per_process points at a time (0 = the whole group,
 1 = a process per point).
@@ -27,7 +27,7 @@ written.
 DIR then holds sweep.json (one row per run, from the run's results.json and training.json:
 the grid values, per method the mean test NDCG@10 / HR@10, the validation NDCG@10 and the
 markets significantly better / worse than local, the time per federated round and the mean
-client-update cosine), sweep.md (mean ± std over seeds, reporting.mean_std) and
+client-update cosine), sweep.md (mean ± std over seeds, fecosr_jax.report.results.mean_std) and
 sweep.png (against the first swept axis, error bars = std over seeds: NDCG@10 per method,
 seconds per round, the --compare gaps, the client-update cosines).
 
@@ -35,7 +35,7 @@ seconds per round, the --compare gaps, the client-update cosines).
       --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
       --config.methods=local,fecosr,fecosr_no_s2ce --compare=fecosr:fecosr_no_s2ce
 
---epsilon sweeps differential privacy (README "Differential privacy"): a finite value turns
+--epsilon sweeps differential privacy (docs/running.md "Differential privacy"): a finite value turns
 federated.dp on with that target_epsilon, `inf` turns it off (the same run without noise or
 clipping), so the privacy-utility curve is one command; `local` trains nothing that leaves
 its market, so it is the line to beat. The finite budgets train together (each run's noise
@@ -61,8 +61,9 @@ import sys
 from absl import app, flags
 from ml_collections import config_flags
 
-from fecosr_jax import errors, method_pairs, plots, sweep_results
-from fecosr_jax.files import write_text_atomic
+from fecosr_jax import errors
+from fecosr_jax.report import method_pairs, plots, sweep_results
+from fecosr_jax.store.files import write_text_atomic
 
 # Sweep axis: (flag, config field, short name in run names, type).
 AXES = (
@@ -80,7 +81,7 @@ VALUE_AXES = ("alpha", "temperature", "seeds")  # per-run values: points share a
 
 
 def is_value(flag: str, value) -> bool:
-    """Whether a point's value of `flag` is a per-run value (fecosr_jax.groups.VALUE_FIELDS),
+    """Whether a point's value of `flag` is a per-run value (fecosr_jax.runs.groups.VALUE_FIELDS),
     so that points differing in it share a process. A finite epsilon is (each run's noise
     multipliers are data); inf turns DP off, another program."""
     return flag in VALUE_AXES or (flag == "epsilon" and not math.isinf(value))

@@ -46,6 +46,11 @@ def require(path: pathlib.Path) -> pathlib.Path:
     return path
 
 
+def row_cells(line: str) -> list[str]:
+    """A Markdown table row's cells, without their padding or bold."""
+    return [c.strip().strip("*") for c in line.strip("|").split("|")]
+
+
 def pytest_sessionfinish(session, exitstatus):
     shutil.rmtree(_CACHE, ignore_errors=True)
 
@@ -59,13 +64,14 @@ def pytest_sessionfinish(session, exitstatus):
 SLOWEST_FIRST = (
     "test_runs",  # 134 s
     "test_experiment",  # 133
-    "test_checkpoint",  # 107
+    "test_resume",  # 107 with test_checkpoint, before they were split
     "test_round",  # 100
     "test_multihost",  # 69
     "test_sweep",  # 61
     "test_privacy",  # 49
     "test_bench",  # 45
     "test_finetune",  # 34
+    "test_doc_commands",  # 24
     "test_model",  # 24
     "test_colab",  # 15
     "test_losses",  # 14

@@ -12,11 +12,12 @@ import sys
 import jax
 import numpy as np
 
-from fecosr_jax import checkpoint, distributed
+from fecosr_jax import distributed
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig, init_params
+from fecosr_jax.store import checkpoint
 
 MODEL = ModelConfig(
     hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.1

@@ -149,8 +149,8 @@ def test_main_job_steps_from_the_log_and_its_table():
     """metrics_log.steps groups the log's lines into the run's steps (methods that trained
     together log each round or epoch in turn), and experiments.bench.main_job's table's
     'before' is the gap between steps, worked out by hand."""
-    from experiments.bench import tables
-    from fecosr_jax import metrics_log
+    from experiments.tables import bench as bench_tables
+    from fecosr_jax.store import metrics_log
 
     def line(paradigm, stage, step, seconds, active=None):
         x = {"paradigm": paradigm, "stage": stage, "step": step, "seconds": seconds}
@@ -176,7 +176,9 @@ def test_main_job_steps_from_the_log_and_its_table():
     ]
     assert steps[0]["active"] == 3
     time = {"loading": 1.0, "pretraining": 20.0, "fine-tuning": 19.0, "compiling": 9.0}
-    text = tables.main_job_table({"steps": steps, "time": time | {"total": 41.0}, "wall_s": 125})
+    text = bench_tables.main_job_table(
+        {"steps": steps, "time": time | {"total": 41.0}, "wall_s": 125}
+    )
     rows = text.splitlines()
     assert rows[2] == "| finetune | local | 2 | 3 | 10.0 | 2.0 |"
     assert rows[4] == "| pretrain | fed_a, fed_b | 2 | - | 9.0 | 3.0 |"  # 30 - 21, 33.01 - 30
@@ -189,7 +191,8 @@ def test_accountant_benchmark_is_the_runs_accountant_at_its_discretisation():
     accounts with; truncation costs privacy (a larger epsilon than plain Poisson); a finer
     discretisation is never above the coarser (PLD's pessimistic bound)."""
     pytest.importorskip("jax_privacy")
-    from experiments.bench import accountant, tables
+    from experiments.bench import accountant
+    from experiments.tables import bench as bench_tables
     from fecosr_jax.federated import privacy
 
     coarse = accountant.measure(privacy.PLD_INTERVAL, 40, 8, 8)
@@ -197,5 +200,5 @@ def test_accountant_benchmark_is_the_runs_accountant_at_its_discretisation():
     assert coarse["epsilon_truncated"] > coarse["epsilon_plain"]
     fine = accountant.measure(1e-3, 40, 8, 8)
     assert fine["epsilon_truncated"] <= coarse["epsilon_truncated"]
-    text = tables.accountant_table({"rows": [coarse]})
+    text = bench_tables.accountant_table({"rows": [coarse]})
     assert text.splitlines()[2].startswith("| 1e-2 | 40, 8, 8 | 1.8477 |")

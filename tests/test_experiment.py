@@ -7,7 +7,9 @@ import pytest
 
 from experiments import compare
 from experiments.configs import test as test_config
-from fecosr_jax import experiment, groups, paradigms, progress, significance
+from fecosr_jax import progress
+from fecosr_jax.report import significance
+from fecosr_jax.runs import experiment, groups, paradigms
 
 FILES = (
     "config.json",

@@ -7,10 +7,14 @@ import jax
 import numpy as np
 import pytest
 
-from fecosr_jax import evaluation, finetune, finetune_epoch, paradigms
+from fecosr_jax import evaluation
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.finetune import epoch as epoch_lib
+from fecosr_jax.finetune import loop as finetune_loop
+from fecosr_jax.finetune.config import FinetuneConfig, model_config_for
 from fecosr_jax.model import ModelConfig, init_params
+from fecosr_jax.runs import paradigms
 
 MODEL = ModelConfig(
     hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.0
@@ -26,7 +30,7 @@ def stacked():
 
 
 def setup(stacked, **changes):
-    ft = finetune.FinetuneConfig(
+    ft = FinetuneConfig(
         **{
             "mode": "adapt",
             "lr": 1e-2,
@@ -38,9 +42,9 @@ def setup(stacked, **changes):
         }
     )
     shared = init_params(MODEL, jax.random.key(0), 8)
-    model = finetune.model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
-    start = finetune.init_market_params(model, ft, shared, stacked.num_markets, 8)
-    return ft, shared, model, start, paradigms.finetune_data(stacked, FedConfig())
+    model = model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
+    start = finetune_loop.init_market_params(model, ft, shared, stacked.num_markets, 8)
+    return ft, shared, model, start, finetune_loop.finetune_data(stacked, FedConfig())
 
 
 def test_adapt_mode_starts_exactly_at_the_pretrained_model(stacked):
@@ -58,13 +62,13 @@ def test_adapt_mode_starts_exactly_at_the_pretrained_model(stacked):
 
 def test_frozen_shared_part_does_not_move(stacked):
     ft, shared, model, start, data = setup(stacked, shared_lr_mult=0.0, patience=5)
-    result = finetune.finetune(model, ft, start, data)
+    result = finetune_loop.finetune(model, ft, start, data)
     assert (result.best_epoch > 0).all()  # every market kept a trained epoch
     starts = dict(jax.tree_util.tree_flatten_with_path(start)[0])
     moved = set()
     for path, leaf in jax.tree_util.tree_flatten_with_path(result.params)[0]:
         ref = np.asarray(starts[path])
-        if finetune_epoch.is_local(path):
+        if epoch_lib.is_local(path):
             if np.abs(np.asarray(leaf) - ref).max() > 0:
                 moved.add(jax.tree_util.keystr(path[:1]) + jax.tree_util.keystr(path[1:2]))
         else:
@@ -76,7 +80,7 @@ def test_frozen_shared_part_does_not_move(stacked):
 
 def test_best_parameters_and_independent_early_stopping(stacked):
     ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1, min_budget=0)
-    result = finetune.finetune(model, ft, start, data)
+    result = finetune_loop.finetune(model, ft, start, data)
     # The kept parameters score exactly the recorded best validation NDCG@10.
     got = evaluation.evaluate(
         model,
@@ -106,12 +110,12 @@ def _last_active(result, m):
 
 def test_minimum_budget_before_any_market_stops(stacked):
     ft, shared, model, start, data = setup(stacked, max_epochs=8, patience=1, min_budget=0)
-    free = finetune.finetune(model, ft, start, data)
+    free = finetune_loop.finetune(model, ft, start, data)
     budget = int(free.stop_epoch.min()) + 1  # without it, a market stops before this epoch
     assert budget < ft.max_epochs, free.stop_epoch
     ft_budget = dataclasses.replace(ft, min_budget=budget / ft.max_epochs)
     assert ft_budget.min_epochs == budget
-    kept = finetune.finetune(model, ft_budget, start, data)
+    kept = finetune_loop.finetune(model, ft_budget, start, data)
     for m in range(stacked.num_markets):
         # it trains until the budget at least, then stops at its first epoch without a new best
         want = min(max(kept.best_epoch[m] + 1, budget), ft.max_epochs)
@@ -121,7 +125,7 @@ def test_minimum_budget_before_any_market_stops(stacked):
         both = h_free["active"]
         np.testing.assert_array_equal(h_free["valid_ndcg@10"][both], h_kept["valid_ndcg@10"][both])
     # the whole budget: every market trains every epoch and keeps its best one
-    full = finetune.finetune(model, dataclasses.replace(ft, min_budget=1.0), start, data)
+    full = finetune_loop.finetune(model, dataclasses.replace(ft, min_budget=1.0), start, data)
     curve = np.stack([h["valid_ndcg@10"] for h in full.history])  # [epochs, M]
     assert curve.shape == (8, stacked.num_markets) and np.isfinite(curve).all()
     np.testing.assert_array_equal(full.stop_epoch, 8)
@@ -144,20 +148,20 @@ def test_plain_mode_is_the_pretrained_model_for_every_market(stacked):
 
 def test_invalid_mode_is_refused():
     with pytest.raises(ValueError, match="mode"):
-        finetune.FinetuneConfig(mode="bogus")
+        FinetuneConfig(mode="bogus")
 
 
 def test_scratch_id_only_model_without_semantics(stacked):
     base = paradigms.id_model_config(MODEL, stacked.item_mask.shape[1] - 1)
-    ft = finetune.FinetuneConfig(
+    ft = FinetuneConfig(
         mode="scratch", lr=1e-2, max_epochs=3, patience=3, batch_size=8, adapter_dim=4
     )
-    model = finetune.model_config_for(base, ft, stacked.item_mask.shape[1] - 1)
+    model = model_config_for(base, ft, stacked.item_mask.shape[1] - 1)
     zeros = np.zeros((*stacked.item_mask.shape, 1), np.float32)
-    start = finetune.init_market_params(model, ft, None, stacked.num_markets, 1)
+    start = finetune_loop.init_market_params(model, ft, None, stacked.num_markets, 1)
     assert "adaptor" not in start
-    data = paradigms.finetune_data(dataclasses.replace(stacked, semantics=zeros), FedConfig())
-    result = finetune.finetune(model, ft, start, data)
+    data = finetune_loop.finetune_data(dataclasses.replace(stacked, semantics=zeros), FedConfig())
+    result = finetune_loop.finetune(model, ft, start, data)
     assert np.isfinite(result.best_valid).all()
     # it trained: the kept parameters differ from the random start and score better on
     # validation than that start did
@@ -174,7 +178,7 @@ def test_a_stopped_market_reports_what_it_keeps(stacked):
     best validation NDCG@10, never a value of parameters it discards."""
     ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
     seen = []
-    result = finetune.finetune(
+    result = finetune_loop.finetune(
         model, ft, start, data, on_epoch=lambda e, n, lo, a: seen.append((n.copy(), a.copy()))
     )
     stopped_after = 0
@@ -210,7 +214,7 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
     ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
     num = stacked.num_markets
     seq, batch = (
-        finetune.finetune(model, dataclasses.replace(ft, markets_per_step=k), start, data)
+        finetune_loop.finetune(model, dataclasses.replace(ft, markets_per_step=k), start, data)
         for k in (1, num)
     )
     same(seq, batch, rounding=True)
@@ -230,11 +234,11 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
     ]
     values = jax.tree.map(lambda *xs: np.stack(xs), *[f.values() for f in runs])
     starts = jax.tree.map(lambda *xs: np.stack(xs), start, start)
-    grouped = finetune.finetune(model, runs[0], starts, data, values=values)
+    grouped = finetune_loop.finetune(model, runs[0], starts, data, values=values)
     for i, f in enumerate(runs):
-        alone = seq if i == 0 else finetune.finetune(model, f, start, data)
+        alone = seq if i == 0 else finetune_loop.finetune(model, f, start, data)
         part = jax.tree.map(lambda x, i=i: x[i], grouped.params)
-        mine = finetune.FinetuneResult(
+        mine = finetune_loop.FinetuneResult(
             part, model, grouped.best_valid[i], grouped.best_epoch[i], grouped.stop_epoch[i], []
         )
         same(mine, alone, rounding=True)
@@ -244,10 +248,10 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
     # computes every pair and selects.
     for at_once, has_cond in ((1, True), (2 * num, False)):
         program = dataclasses.replace(ft, markets_per_step=at_once).program()
-        opt_state = finetune_epoch.start(program, 2, starts)[1]
+        opt_state = epoch_lib.start(program, 2, starts)[1]
         text = str(
             jax.make_jaxpr(
-                lambda p, o, a, d, v, program=program: finetune_epoch.run_epoch(
+                lambda p, o, a, d, v, program=program: epoch_lib.run_epoch(
                     model, program, 2, p, o, a, d, 1, v
                 )
             )(starts, opt_state, np.ones((2, num), bool), data, values)

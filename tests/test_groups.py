@@ -1,4 +1,4 @@
-"""fecosr_jax.groups: which runs may train together, the --run flag, and its errors."""
+"""fecosr_jax.runs.groups: which runs may train together, the --run flag, and its errors."""
 
 import subprocess
 import sys
@@ -6,7 +6,7 @@ import sys
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import groups
+from fecosr_jax.runs import groups
 from tests.conftest import ROOT
 
 

@@ -13,8 +13,8 @@ import jax
 import numpy as np
 
 from experiments.configs import test as test_config
-from fecosr_jax import experiment
 from fecosr_jax.federated import round as fed_round
+from fecosr_jax.runs import experiment
 from tests import multihost_worker
 from tests.conftest import ROOT
 

@@ -142,7 +142,7 @@ def test_private_round_is_deterministic_and_seeded(stacked):
 
 
 def test_markets_in_sequence_give_the_vmapped_private_round(stacked):
-    """federated.markets_per_step=1 (what README gives DP sweeps to bound the per-user
+    """federated.markets_per_step=1 (what docs/running.md gives DP sweeps to bound the per-user
     gradients' memory) trains the markets one after another: each draws the same users and the
     same noise (keys from the seed, round and market index) as in the vmapped round."""
     fed = dataclasses.replace(FED, local_steps=2, dp=dataclasses.replace(DP, noise_multiplier=1.0))
@@ -217,7 +217,7 @@ def test_dp_with_client_adam_is_warned_about():
 def test_the_warning_is_logged_only_when_a_method_pretrains(methods, caplog):
     """Nothing leaves a market under `local` alone, so its DP settings warn of nothing."""
     from experiments.configs import test as test_config
-    from fecosr_jax import experiment, runner
+    from fecosr_jax.runs import experiment, runner
 
     config = test_config.get_config()
     config.data.semantics = "none"
@@ -238,7 +238,7 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     import json
 
     from experiments.configs import test as test_config
-    from fecosr_jax import experiment
+    from fecosr_jax.runs import experiment
 
     config = test_config.get_config()
     config.methods, config.num_rounds, config.federated.clients_per_round = "fecosr", 4, 2
@@ -307,7 +307,7 @@ def test_a_group_over_privacy_budgets_reports_each_runs_own_epsilon(tmp_path):
     import json
 
     from experiments.configs import test as test_config
-    from fecosr_jax import experiment, groups
+    from fecosr_jax.runs import experiment, groups
 
     config = test_config.get_config()
     config.methods, config.num_rounds = "local,fecosr", 3

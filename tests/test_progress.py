@@ -5,7 +5,9 @@ import time
 import jax
 import jax.numpy as jnp
 
-from fecosr_jax import metrics_log, plots, progress
+from fecosr_jax import progress
+from fecosr_jax.report import plots
+from fecosr_jax.store import metrics_log
 
 
 def test_rate_and_eta_by_hand():

@@ -8,20 +8,17 @@ import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
-from fecosr_jax import (
-    checkpoint,
-    evaluation,
-    experiment,
-    finetune,
-    finetune_epoch,
-    groups,
-    paradigms,
-    runner,
-)
+from fecosr_jax import evaluation
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
+from fecosr_jax.federated import loop as fed_loop
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.finetune import epoch as epoch_lib
+from fecosr_jax.finetune import loop as finetune_loop
+from fecosr_jax.finetune.config import FinetuneConfig, model_config_for
 from fecosr_jax.model import ModelConfig, init_params
+from fecosr_jax.runs import experiment, groups, runner
+from fecosr_jax.store import checkpoint
 
 MODEL = ModelConfig(
     hidden=16, num_layers=1, num_heads=2, ffn_dim=32, max_len=8, num_experts=2, dropout=0.1
@@ -120,10 +117,10 @@ def test_grouped_round_equals_each_run_alone(stacked):
 
 
 def finetune_setup(stacked):
-    ft = finetune.FinetuneConfig(mode="adapt", batch_size=8, max_epochs=3, patience=1)
-    model = finetune.model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
+    ft = FinetuneConfig(mode="adapt", batch_size=8, max_epochs=3, patience=1)
+    model = model_config_for(MODEL, ft, stacked.item_mask.shape[1] - 1)
     shared = start(0)
-    data = paradigms.finetune_data(stacked, BASE)
+    data = finetune_loop.finetune_data(stacked, BASE)
     return ft, model, shared, data
 
 
@@ -135,15 +132,15 @@ def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
         dataclasses.replace(ft, seed=2, shared_lr_mult=0.5),
     ]
     starts = [
-        finetune.init_market_params(model, f, shared, stacked.num_markets, GEN.semantic_dim)
+        finetune_loop.init_market_params(model, f, shared, stacked.num_markets, GEN.semantic_dim)
         for f in runs
     ]
     alone = [
-        finetune.finetune(dataclasses.replace(model, dropout=d), f, p, data)
+        finetune_loop.finetune(dataclasses.replace(model, dropout=d), f, p, data)
         for f, p, d in zip(runs, starts, DROPOUT, strict=True)
     ]
     group_model, stacked_values = groups.together(model, [f.values() for f in runs], DROPOUT)
-    grouped = finetune.finetune(
+    grouped = finetune_loop.finetune(
         group_model,
         runs[0],
         jax.tree.map(lambda *xs: np.stack(xs), *starts),
@@ -180,7 +177,7 @@ def test_grouped_finetuning_and_evaluation_equal_each_run_alone(stacked):
 def test_a_non_finite_run_of_a_group_is_named(stacked):
     broken = dataclasses.replace(RUNS[0], seed=1, client_lr=float("inf"))
     with pytest.raises(checkpoint.NonFiniteError, match=r"round 1: broken: non-finite") as e:
-        paradigms.run_rounds(
+        fed_loop.run_rounds(
             MODEL,
             RUNS[0],
             stacked,
@@ -198,7 +195,7 @@ def compiled_programs() -> tuple[int, int, int]:
     """(rounds, fine-tuning epochs, evaluations) compiled so far in this process."""
     return (
         fr.round_program.cache_info().currsize,
-        finetune_epoch.train_epoch._cache_size(),
+        epoch_lib.train_epoch._cache_size(),
         evaluation._evaluate_jit._cache_size(),
     )
 
@@ -281,7 +278,7 @@ def test_finetuning_and_evaluation_split_over_devices_equal_one_device(runs):
     ft, model, shared, data = finetune_setup(padded)
     fts = [dataclasses.replace(ft, seed=s, lr=1e-3 * (s + 1)) for s in range(3 if runs else 1)]
     starts = [
-        finetune.init_market_params(model, f, shared, padded.num_markets, GEN.semantic_dim)
+        finetune_loop.init_market_params(model, f, shared, padded.num_markets, GEN.semantic_dim)
         for f in fts
     ]
     params = fr.stack_runs(starts) if runs else starts[0]
@@ -291,7 +288,7 @@ def test_finetuning_and_evaluation_split_over_devices_equal_one_device(runs):
     out = []
     for devices in (1, 4):
         mesh = fr.make_mesh(jax.devices()[:devices])
-        result = finetune.finetune(model, ft, params, data, values=values, mesh=mesh)
+        result = finetune_loop.finetune(model, ft, params, data, values=values, mesh=mesh)
         metrics = evaluation.evaluate(
             model, result.params, *test, per_market_params=True, protocol="sampled99",
             with_ranks=True, seed=seed, mesh=mesh,

@@ -6,7 +6,8 @@ import math
 import numpy as np
 import pytest
 
-from fecosr_jax import markdown, reporting, significance
+from fecosr_jax.report import markdown, significance
+from fecosr_jax.report import results as results_lib
 
 
 def test_per_user_metrics_from_ranks_by_hand():
@@ -82,12 +83,12 @@ def test_comparison_marks_only_significant_markets():
         "fecosr": {"a": hits, "b": np.roll(noisy, 1)},  # b: same mean, other users
     }
     methods = {"local": table({"a": 0.0, "b": 0.5}), "fecosr": table({"a": 1.0, "b": 0.5})}
-    comp = reporting.comparison(methods, names, ranks=ranks)["fecosr"]
+    comp = results_lib.comparison(methods, names, ranks=ranks)["fecosr"]
     assert comp["significance"]["a"]["verdict"] == "better"
     assert comp["significance"]["b"]["verdict"] == "same"
     assert comp["markets_significantly_better"] == 1 and comp["markets_significantly_worse"] == 0
     # Without ranks: gains only.
-    assert "significance" not in reporting.comparison(methods, names)["fecosr"]
+    assert "significance" not in results_lib.comparison(methods, names)["fecosr"]
 
 
 def test_benjamini_hochberg_over_a_methods_markets_by_hand():
@@ -118,7 +119,7 @@ def test_results_keep_raw_and_adjusted_p_and_name_the_correction():
         },
     }
     methods = {m: table(dict.fromkeys(names, 0.0)) for m in ranks}
-    comp = reporting.comparison(methods, names, ranks=ranks)["fecosr"]
+    comp = results_lib.comparison(methods, names, ranks=ranks)["fecosr"]
     assert comp["correction"] == "benjamini-hochberg"
     raw = {n: comp["significance"][n]["p_value"] for n in names}
     adjusted = {n: comp["significance"][n]["p_adjusted"] for n in names}
@@ -146,7 +147,7 @@ def test_combine_seeds_by_hand():
         }
 
     ranks = {"local": {"a": np.array([[0, 5], [1, 50]])}}
-    out = reporting.combine_seeds([result(0.2), result(0.4)], [0, 1], ranks)
+    out = results_lib.combine_seeds([result(0.2), result(0.4)], [0, 1], ranks)
     assert out["seeds"] == [0, 1]
     assert out["methods"]["local"]["a"]["ndcg@10"] == pytest.approx(0.3)
     assert out["std"]["local"]["a"]["ndcg@10"] == pytest.approx(
@@ -171,8 +172,8 @@ def test_five_seeds_or_more_test_the_market_mean_over_seeds(num_seeds):
 
     seeds = list(range(num_seeds))
     ranks = {m: {n: np.zeros((num_seeds, 3), int) for n in names} for m in ("local", "fecosr")}
-    out = reporting.combine_seeds([result(s) for s in seeds], seeds, ranks)
-    if num_seeds < reporting.SEED_TEST_MIN:
+    out = results_lib.combine_seeds([result(s) for s in seeds], seeds, ranks)
+    if num_seeds < results_lib.SEED_TEST_MIN:
         assert "over_seeds" not in out["vs_local"]["fecosr"]
         return
     t = out["vs_local"]["fecosr"]["over_seeds"]
@@ -205,7 +206,7 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
         "protocol": "full",
         "markets": names,
         "methods": methods,
-        "vs_local": reporting.comparison(methods, names, ranks=ranks),
+        "vs_local": results_lib.comparison(methods, names, ranks=ranks),
     }
     text = markdown.results_markdown(results)
     assert "| source | a | b | c | targets better (▲) | targets worse (▼) |" in text
@@ -215,7 +216,7 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
 
 
 def test_p_values_as_the_tables_show_them():
-    from fecosr_jax import markdown
+    from fecosr_jax.report import markdown
 
     assert markdown.p_text(0.012345) == "0.012"
     assert markdown.p_text(3.2e-5) == "3.2e-05"

@@ -9,7 +9,8 @@ import sys
 
 import pytest
 
-from fecosr_jax import metrics_log, plots, sweep_results
+from fecosr_jax.report import plots, sweep_results
+from fecosr_jax.store import metrics_log
 from tests.conftest import ROOT
 
 sys.path.insert(0, str(ROOT / "launch"))

@@ -3,32 +3,26 @@
 import itertools
 import json
 import math
-import re
 import shutil
 
 import pytest
 
-from experiments import privacy_tables, results_tables, run_tables, sweep_tables, tables
-from experiments.bench import tables as bench_tables
-from fecosr_jax import metrics_log, paradigms, reporting, sweep_results
-from fecosr_jax.files import read_json
-
-
-def readme_words() -> str:
-    """README.md with every run of whitespace as one space, so a quote may wrap anywhere."""
-    return " ".join((tables.ROOT / "README.md").read_text().split())
-
-
-def row_cells(line: str) -> list[str]:
-    """A Markdown table row's cells, without their padding or bold."""
-    return [c.strip().strip("*") for c in line.strip("|").split("|")]
+from experiments.tables import docs, registry
+from experiments.tables import privacy as privacy_tables
+from experiments.tables import results as results_tables
+from experiments.tables import runs as run_tables
+from experiments.tables import sweeps as sweep_tables
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.report import sweep_results
+from fecosr_jax.store.files import read_json
+from tests.conftest import row_cells
 
 
 def test_every_table_in_the_docs_is_its_regeneration():
-    assert tables.check() == []
+    assert docs.check() == []
     # every table the command knows is in a document, once
-    names = [b["name"] for doc in tables.DOCS for b in tables.blocks(doc.read_text())]
-    assert sorted(names) == sorted(tables.TABLES)
+    names = [b["name"] for doc in docs.DOCS for b in docs.blocks(doc.read_text())]
+    assert sorted(names) == sorted(registry.TABLES)
 
 
 def test_a_changed_raw_row_or_table_cell_is_found(tmp_path, monkeypatch):
@@ -37,16 +31,16 @@ def test_a_changed_raw_row_or_table_cell_is_found(tmp_path, monkeypatch):
     changed = tmp_path / "claim2.json"
     changed.write_text(json.dumps(raw))
     monkeypatch.setattr(sweep_tables, "CLAIM2", changed)
-    (problem,) = tables.check()
+    (problem,) = docs.check()
     assert "docs/results.md:" in problem and "table claim2_gains differs" in problem
     assert "| 0.0 | 0.0 | 0.1740 ± " in sweep_tables.claim2_gains()  # 0.1730 + 0.003 / 3
     # and a hand edit of a document's cell
     monkeypatch.setattr(sweep_tables, "CLAIM2", results_tables.RAW / "claim2_heterogeneity.json")
     doc = tmp_path / "results.md"
-    shutil.copy(tables.DOCS[0], doc)
+    shutil.copy(docs.DOCS[0], doc)
     doc.write_text(doc.read_text().replace("| 5, 3, 6 |", "| 5, 3, 7 |", 1))
-    monkeypatch.setattr(tables, "DOCS", (doc,))
-    problems = tables.check()
+    monkeypatch.setattr(docs, "DOCS", (doc,))
+    problems = docs.check()
     assert problems == [
         f"{doc}:{line}: table claim2_significance differs from "
         "`python -m experiments.tables claim2_significance`"
@@ -61,9 +55,9 @@ def test_a_table_name_the_command_does_not_know_is_reported(tmp_path, monkeypatc
     doc.write_text(
         "<!-- table nothing: python -m experiments.tables nothing -->\n| a |\n<!-- end table -->\n"
     )
-    monkeypatch.setattr(tables, "DOCS", (doc,))
-    monkeypatch.setattr(tables, "ROOT", tmp_path)
-    assert tables.check() == ["doc.md:1: no table named 'nothing' (experiments/tables.py)"]
+    monkeypatch.setattr(docs, "DOCS", (doc,))
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    assert docs.check() == ["doc.md:1: no table named 'nothing' (experiments/tables/registry.py)"]
 
 
 def test_a_table_without_raw_files_must_say_why(tmp_path, monkeypatch):
@@ -74,69 +68,15 @@ def test_a_table_without_raw_files_must_say_why(tmp_path, monkeypatch):
         "- item\n\n  <!-- markdown only: indented -->\n  | a |\n  | :--- |\n"  # in a list
         "  | c |\n  | --- |\n"  # rows that look like a header and rule: the same table
         "<!-- table bench_dp: python -m experiments.tables bench_dp -->\n"
-        + tables.TABLES["bench_dp"]()
+        + registry.TABLES["bench_dp"]()
         + "<!-- end table -->\n"
     )
-    monkeypatch.setattr(tables, "DOCS", (doc,))
-    monkeypatch.setattr(tables, "ROOT", tmp_path)
-    assert tables.unlabelled(doc) == ["doc.md:3"]
-    assert tables.check() == [
+    monkeypatch.setattr(docs, "DOCS", (doc,))
+    monkeypatch.setattr(docs, "ROOT", tmp_path)
+    assert docs.unlabelled(doc) == ["doc.md:3"]
+    assert docs.check() == [
         "doc.md:3: a table with no raw files and no `<!-- markdown only: REASON -->` above it"
     ]
-
-
-def test_the_readme_quotes_the_main_jobs_committed_results():
-    readme = (tables.ROOT / "README.md").read_text()
-    quoted = re.search(
-        r"On one seed the mean test NDCG@10\s+is:\s+(.*?)\s+\(docs/results\.md", readme, re.S
-    )
-    pairs = re.findall(r"(\w+) (0\.\d{3})", quoted[1])
-    assert len(pairs) >= 5, quoted[1]
-    methods = run_tables.retested(results_tables.DEFAULT)["methods"]
-    for method, value in pairs:
-        assert f"{methods[method]['mean']['ndcg@10']:.3f}" == value, method
-    # and its time from a fresh clone: the benchmark's record of that run
-    took = re.search(r"it took \*\*(\d+) min (\d+) s\*\* from a fresh clone", readme)
-    wall = read_json(bench_tables.BENCH / "main_job_2026-11-30.json")["wall_s"]
-    assert int(took[1]) * 60 + int(took[2]) == round(wall)
-
-
-def test_the_readme_quotes_the_alpha_grids_best_setting():
-    # README: "on synthetic markets alpha = A, tau_s = T is best, above CE on all N seeds
-    # (+G validation NDCG@10)": the bold (best) row of the regenerated 3-seed table.
-    readme = readme_words()
-    quoted = re.search(
-        r"on synthetic markets alpha = ([\d.]+), tau_s = ([\d.]+) is best, above CE on all "
-        r"(\d) seeds \(\+(0\.\d{4}) validation NDCG@10\)",
-        readme,
-    )
-    assert quoted, "README no longer quotes the alpha grid's best setting"
-    best = next(line for line in sweep_tables.alpha_seeds().splitlines() if line.startswith("| **"))
-    cells = row_cells(best)
-    alpha, tau, gain = cells[0], cells[1], cells[3]
-    assert (alpha, tau) == quoted.group(1, 2)
-    assert gain == f"+{quoted[4]} ({quoted[3]}/{quoted[3]})"  # above CE on every seed
-
-
-def test_the_readme_says_what_the_ml100k_alpha_grid_shows():
-    # README: "on ml-100k regions every alpha at tau_s = 0.1 is within D of CE over N seeds":
-    # every gain-over-CE cell of the regenerated table at τ_s 0.1 is that small, none of them
-    # on every seed.
-    readme = readme_words()
-    quoted = re.search(
-        r"on ml-100k regions every alpha at tau_s = 0.1 is within (0\.\d{4}) of CE over "
-        r"(\d) seeds",
-        readme,
-    )
-    assert quoted, "README no longer says what the ml-100k alpha grid shows"
-    lines = sweep_tables.alpha_ml100k().splitlines()[2:]
-    rows = [row_cells(line) for line in lines]
-    gains = [r[3] for r in rows if r[1] == "0.1"]
-    assert len(gains) == 3  # α 0.2, 0.5, 0.8
-    for gain in gains:
-        value, seeds = re.fullmatch(r"([+−]0\.\d{4}) \((\d)/(\d)\)", gain).group(1, 3)
-        assert abs(float(value.replace("−", "-"))) <= float(quoted[1])
-        assert seeds == quoted[2] and not gain.endswith(f"({seeds}/{seeds})")
 
 
 def test_pairs_over_seeds_says_what_the_claim2_table_says():
@@ -171,8 +111,10 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         raw["privacy"] = {"federated_id_ce": {"ca": {"epsilon": 0.97}, "de": {"epsilon": 1.0}}}
         del raw["methods"]["local"]
         (copy / "results.json").write_text(json.dumps(raw))
-        ranks = reporting.read_ranks(copy / "ranks.npz")
-        reporting.write_ranks(copy / "ranks.npz", {m: r for m, r in ranks.items() if m != "local"})
+        ranks = results_lib.read_ranks(copy / "ranks.npz")
+        results_lib.write_ranks(
+            copy / "ranks.npz", {m: r for m, r in ranks.items() if m != "local"}
+        )
         private.append(copy)
     columns = {1.0: private, math.inf: plain}
     text = run_tables.privacy_curve(columns, seeds, "fedavg_id", local=plain)
@@ -186,31 +128,11 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
     # A `local` of other test users is refused, not paired with the wrong users.
     other = tmp_path / "other_seed0"
     shutil.copytree(plain[0], other)
-    ranks = reporting.read_ranks(other / "ranks.npz")
+    ranks = results_lib.read_ranks(other / "ranks.npz")
     ranks["local"]["ca"] = ranks["local"]["ca"][1:]
-    reporting.write_ranks(other / "ranks.npz", ranks)
+    results_lib.write_ranks(other / "ranks.npz", ranks)
     with pytest.raises(ValueError, match="test users differ"):
         run_tables.privacy_points(columns, seeds, "fedavg_id", local=[other, *plain[1:]])
-
-
-def test_the_readme_quotes_the_main_jobs_five_seeds():
-    # README: "Over 5 seeds every method with the item-ID adaptation module is significantly
-    # above `local` in all 8 markets, and every method without it is below".
-    readme = readme_words()
-    assert re.search(
-        r"Over 5 seeds .*? every method with the item-ID adaptation module is significantly "
-        r"above `local` in all 8 markets, and every method without it is below",
-        readme,
-    ), "README no longer says what the main job's 5 seeds show"
-    results = run_tables.combined(results_tables.DEFAULT_SEEDS, range(5))
-    assert len(results["markets"]) == 8
-    for method, against in results["vs_local"].items():
-        spec = paradigms.SPECS.get(method)
-        if spec is not None and spec.finetune == "adapt":
-            assert against["markets_significantly_better"] == 8, method
-            assert against["over_seeds"]["verdict"] == "better", method
-        else:
-            assert against["over_seeds"]["verdict"] == "worse", method
 
 
 def test_a_dp_recipe_reads_as_its_config_says():
@@ -234,78 +156,6 @@ def test_a_dp_recipe_reads_as_its_config_says():
     assert privacy_tables.recipe({"federated": fed})[::3] == ["- / 32 / 5", "off"]
 
 
-def test_the_readme_says_what_the_dp_recipes_show():
-    # README: the DP defaults (client Adam) learned nothing; client SGD at sigma 0.6 learned
-    # almost as much as without noise. The pretraining loss from round 1 to 20 says so.
-    readme = readme_words()
-    assert "On XMRec the DP defaults learned nothing at any ε" in readme
-    assert (
-        "Client SGD learned with a larger expected batch and one local step, at σ = 0.6" in readme
-    )
-
-    def loss(run, step):
-        logged = metrics_log.read_lines(privacy_tables.PROBES["dp_recipes"].folder / run)
-        (x,) = [x for x in logged if x["stage"] == "pretrain" and x["step"] == step]
-        return x["loss"]
-
-    for adam in ("default", "adam1e-3", "adam1e-4"):
-        assert loss(adam, 20) > loss(adam, 1) - 0.05, adam  # no better than the first round
-    assert loss("default_sigma0", 20) < loss("default_sigma0", 1) - 0.5  # clipping alone learns
-    learned = loss("sgd3_sigma0", 1) - loss("sgd3_sigma0", 20)
-    assert learned > 0.5
-    assert loss("sgd3", 20) - loss("sgd3_sigma0", 20) < 0.1 * learned  # the noise costs < 10%
-
-
-def test_the_readme_says_what_the_xmrec_privacy_curve_shows():
-    readme = readme_words()
-    assert (
-        "`fedavg_id` equal to `local` within noise at every ε from 1 to 8, in every market, "
-        "where without DP it is above `local` in two markets significantly" in readme
-    )
-    curve = privacy_tables.CURVES["privacy_xmrec"]
-    points = curve.points()
-    assert sorted(points) == [1.0, 2.0, 4.0, 8.0, math.inf]
-    verdicts = {e: [m["verdict"] for m in p["markets"].values()] for e, p in points.items()}
-    for epsilon in (1.0, 2.0, 4.0, 8.0):
-        assert verdicts[epsilon] == ["same"] * 4, epsilon
-    assert sorted(verdicts[math.inf]) == ["better", "better", "same", "same"]
-    assert (
-        "With the client-SGD settings above it is significantly above `local` at ε = 1 and at "
-        "ε = 8 in the two smaller markets (de, fr: ~2,400 test users each), and not in the two "
-        "larger ones." in readme
-    )
-    sgd = privacy_tables.CURVES["privacy_xmrec_sgd"]
-    points = sgd.points()
-    for epsilon in (1.0, 8.0):
-        markets = points[epsilon]["markets"]
-        better = sorted(m for m, t in markets.items() if t["verdict"] == "better")
-        assert better == ["de", "fr"], epsilon
-        assert all(markets[m]["users"] < 2500 < markets[n]["users"] for m in better
-                   for n in ("ca", "uk"))  # fmt: skip
-
-
-def test_the_readme_says_what_the_ml100k_privacy_curve_shows():
-    readme = readme_words()
-    assert (
-        "On ml-100k regions (markets of 18-170 users, client SGD at E = 16, K = 1) the DP "
-        "pretraining diverged at every ε from 1 to 8, and `fecosr` is below `local` in the "
-        "market mean at every ε on every seed, significantly in 5 of 11 markets at ε = 1" in readme
-    )
-    curve = privacy_tables.CURVES["privacy_ml100k_sgd"]
-    points = curve.points()
-    for epsilon in (1.0, 2.0, 4.0, 8.0):
-        assert all(g < 0 for g in points[epsilon]["seed_gains"]), epsilon
-        assert all(t["verdict"] != "better" for t in points[epsilon]["markets"].values())
-    worse = [m for m, t in points[1.0]["markets"].items() if t["verdict"] == "worse"]
-    assert len(worse) == 5 and len(points[1.0]["markets"]) == 11
-    assert all(g > 0 for g in points[math.inf]["seed_gains"])  # without DP: above `local`
-    private = [run for e in curve.budgets for run in curve.columns()[e]]
-    assert len(private) == 12
-    for run in private:
-        pretrain = [x for x in metrics_log.read_lines(run) if x["stage"] == "pretrain"]
-        assert pretrain[-1]["loss"] > pretrain[0]["loss"] + 0.5, run  # it diverged
-
-
 def test_one_to_one_runs_made_apart_join_the_run_over_the_same_seeds(tmp_path):
     # Each source's one-to-one method (transfer_id@ca, transfer_id@de) is run apart and joined
     # to `local` and `fedavg_id` of the run over the same seeds. Here the "one-to-one" methods
@@ -321,9 +171,9 @@ def test_one_to_one_runs_made_apart_join_the_run_over_the_same_seeds(tmp_path):
         raw = read_json(copy / "results.json")
         raw["methods"] = {f"transfer_id@{source}": raw["methods"]["fedavg_id"]}
         (copy / "results.json").write_text(json.dumps(raw))
-        ranks = reporting.read_ranks(copy / "ranks.npz")
+        ranks = results_lib.read_ranks(copy / "ranks.npz")
         ranks = {f"transfer_id@{source}": ranks["fedavg_id"], "popularity": ranks["popularity"]}
-        reporting.write_ranks(copy / "ranks.npz", ranks)
+        results_lib.write_ranks(copy / "ranks.npz", ranks)
         config = read_json(copy / "config.json") | {"methods": f"transfer_id@{source}"}
         (copy / "config.json").write_text(json.dumps(config))
     text = run_tables.over_seeds(base, seeds, joined)
@@ -343,9 +193,9 @@ def test_one_to_one_runs_made_apart_join_the_run_over_the_same_seeds(tmp_path):
     assert "| fedavg_id | transfer_id@ca | many-to-many vs one-to-one from ca | +0.0000" in compared
     # A joined run must be of the same test users ...
     seed_3 = tmp_path / "de" / "seed_3"
-    ranks = reporting.read_ranks(seed_3 / "ranks.npz")
+    ranks = results_lib.read_ranks(seed_3 / "ranks.npz")
     ranks["transfer_id@de"]["fr"] = ranks["transfer_id@de"]["fr"][1:]
-    reporting.write_ranks(seed_3 / "ranks.npz", ranks)
+    results_lib.write_ranks(seed_3 / "ranks.npz", ranks)
     with pytest.raises(ValueError, match="test users differ"):
         run_tables.over_seeds(base, seeds, joined)
     # ... and of the same config but for its methods.

@@ -12,9 +12,10 @@ import time
 
 from absl import app, flags
 
-from experiments.bench import common, tables
-from fecosr_jax import reporting
+from experiments.bench import common
+from experiments.tables import bench as bench_tables
 from fecosr_jax.federated import privacy
+from fecosr_jax.report import results as results_lib
 
 # (discretisation, users U, truncation T, steps); the default 1e-4 timed once, on the small one.
 SETTINGS = (
@@ -45,9 +46,9 @@ def main(argv):
     del argv
     rows = [measure(*s) for s in SETTINGS]
     result = {"machine": common.machine(), "rows": rows}
-    print(tables.accountant_table(result))
+    print(bench_tables.accountant_table(result))
     if flags.FLAGS.json:
-        reporting.write_json_atomic(flags.FLAGS.json, result)
+        results_lib.write_json_atomic(flags.FLAGS.json, result)
 
 
 if __name__ == "__main__":

@@ -49,7 +49,8 @@ class BenchConfig:
 
 
 CONFIGS = {
-    # The issue's reference: hidden 64, L 50, 2 layers, 2 heads, catalogue 2,000, batch 32, K 5.
+    # The performance targets' reference: hidden 64, L 50, 2 layers, 2 heads, catalogue 2,000,
+    # batch 32, K 5.
     "reference": BenchConfig(
         "reference", hidden=64, max_len=50, num_items=2000, batch_size=32, local_steps=5
     ),

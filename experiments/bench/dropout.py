@@ -23,7 +23,7 @@ import statistics
 
 from absl import app, flags
 
-from experiments.bench.tables import dropout_table
+from experiments.tables.bench import dropout_table
 
 _ROUNDS = flags.DEFINE_integer("rounds", 4, "Interleaved timing rounds per variant.")
 _SECONDS = flags.DEFINE_float("seconds", 1.0, "Minimum timed seconds per variant and round.")

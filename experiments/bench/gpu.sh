@@ -68,7 +68,7 @@ print(\"jax\", jax.__version__, jax.devices(), \"flax\", flax.__version__, \
         --markets=1,64,256 --backends=vmap --seconds=1 ;;
     runs_bf16)
       # Runs stacked on a leading axis (R seeds x 64 markets in one compiled round): the
-      # extra parallel work that one round's small products lack (issue target: >= 25% MFU).
+      # extra parallel work that one round's small products lack (the project's target: >= 25% MFU).
       # R = 64 needs ~60 GB of activations; a run that fails keeps the smaller R in the JSON.
       bench runs_bf16 200 experiments.bench.round --config=reference --dtype=bfloat16 \
         --markets=64 --runs=1,4,16,64 --backends=vmap --seconds=1 ;;

@@ -1,5 +1,5 @@
 """A group's checkpoint save: R runs' slices of one grouped training state, each saved in its
-run's own orbax checkpoint (fecosr_jax.checkpoint.GroupPhase), against slicing each run on the
+run's own orbax checkpoint (fecosr_jax.store.checkpoint.GroupPhase), against slicing each run on the
 device first (the code before 2026-11-29: R slicing programs and R transfers per save).
 
   python -m experiments.bench.group_save [--runs=4] [--steps=30]
@@ -19,8 +19,8 @@ import jax.numpy as jnp
 import optax
 from absl import app, flags
 
-from fecosr_jax import checkpoint
 from fecosr_jax.model import ModelConfig, init_params
+from fecosr_jax.store import checkpoint
 
 _RUNS = flags.DEFINE_integer("runs", 4, "R, runs in the group.")
 _STEPS = flags.DEFINE_integer("steps", 30, "Saves timed per measurement.")

@@ -18,8 +18,10 @@ from __future__ import annotations
 
 from absl import app, flags
 
-from experiments.bench import common, tables
-from fecosr_jax import files, metrics_log, reporting
+from experiments.bench import common
+from experiments.tables import bench as bench_tables
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.store import files, metrics_log
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished run's workdir", required=True)
 _WALL = flags.DEFINE_float("wall_s", None, "the command's wall seconds, installation included")
@@ -42,9 +44,9 @@ def record(workdir: str, wall_s: float | None, commit: str) -> dict:
 def main(argv):
     del argv
     result = record(_WORKDIR.value, _WALL.value, _COMMIT.value)
-    print(tables.main_job_table(result))
+    print(bench_tables.main_job_table(result))
     if _JSON.value:
-        reporting.write_json_atomic(_JSON.value, result)
+        results_lib.write_json_atomic(_JSON.value, result)
 
 
 if __name__ == "__main__":

@@ -29,8 +29,8 @@ import numpy as np
 from absl import app, flags
 
 from experiments.bench import common
-from experiments.bench.tables import round_table, scaling_table
-from fecosr_jax import files
+from experiments.tables.bench import round_table, scaling_table
+from fecosr_jax.store import files
 
 _CONFIG = flags.DEFINE_enum("config", "reference", list(common.CONFIGS), "Benchmark config.")
 _MARKETS = flags.DEFINE_list("markets", ["1", "8", "64", "256"], "Numbers of markets M.")

@@ -17,7 +17,7 @@ import time
 
 from absl import app, flags
 
-from experiments.bench.tables import s2ce_table
+from experiments.tables.bench import s2ce_table
 
 _ITEMS = flags.DEFINE_list("items", ["1000", "10000", "100000", "1000000"], "Catalogue sizes.")
 _POSITIONS = flags.DEFINE_list("positions", ["1600"], "Positions P (batch x max length).")
@@ -113,7 +113,7 @@ def plot(runs: list[dict], path: str):
 def main(argv):
     del argv
     from experiments.bench import common
-    from fecosr_jax import files
+    from fecosr_jax.store import files
 
     runs = []
     for p in [int(x) for x in _POSITIONS.value]:

@@ -19,7 +19,7 @@ from fecosr_jax.data.sources import DataConfig
 from fecosr_jax.data.synthetic import SyntheticConfig
 from fecosr_jax.evaluation import EvalConfig
 from fecosr_jax.federated.config import FedConfig
-from fecosr_jax.finetune import FinetuneConfig
+from fecosr_jax.finetune.config import FinetuneConfig
 from fecosr_jax.model import ModelConfig
 
 
@@ -41,17 +41,17 @@ def get_config() -> ml_collections.ConfigDict:
     del fed["seed"]
     config.federated = ml_collections.ConfigDict(fed)
     config.num_rounds = 40  # the main job's budget (docstring; full.py: 100)
-    # Stage 2 (fecosr_jax.finetune.FinetuneConfig; mode is set per method, seed = config.seed).
+    # Stage 2 (fecosr_jax.finetune.loop.FinetuneConfig; mode is set per method, seed = config.seed).
     ft = dataclasses.asdict(FinetuneConfig())
     del ft["mode"], ft["seed"], ft["eval_batch_size"]  # eval_batch_size = eval.batch_size
     config.finetune = ml_collections.ConfigDict(ft)
     # Evaluation (fecosr_jax.evaluation.EvalConfig): protocol "full" (whole catalogue) or
     # "sampled99"; mask_seen masks the items of the user's input sequence.
     config.eval = ml_collections.ConfigDict(dataclasses.asdict(EvalConfig()))
-    # Methods (fecosr_jax.paradigms.METHODS), comma-separated or "all".
+    # Methods (fecosr_jax.runs.paradigms.METHODS), comma-separated or "all".
     config.methods = "all"
     config.transfer_source = ""  # "" = the market with the most training targets
-    # Orbax checkpoints under WORKDIR/checkpoints (fecosr_jax.checkpoint): saved every `every`
+    # Orbax checkpoints under WORKDIR/checkpoints (fecosr_jax.store.checkpoint): saved every `every`
     # rounds / epochs (and at the last one), the latest `keep` kept plus each fine-tuning's
     # best epoch. Re-running the same command with the same workdir resumes.
     config.checkpoint = ml_collections.ConfigDict(

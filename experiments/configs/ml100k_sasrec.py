@@ -1,6 +1,6 @@
 r"""Peer check against RecBole's SASRec: all of ml-100k as one market, ID-only local SASRec.
 
-RecBole's settings (issue 6): hidden 64, 2 layers, 2 heads, dropout 0.2, Adam 1e-3, batch 256,
+RecBole's settings: hidden 64, 2 layers, 2 heads, dropout 0.2, Adam 1e-3, batch 256,
 CE, max length 50, leave-one-out, full ranking, no masking of seen items, post-LN blocks. Same
 here except the batch (see below) and the details listed in docs/results.md. Every training
 interaction is a target (train_windows = 0), as RecBole's prefix augmentation makes it.
@@ -29,7 +29,7 @@ def get_config():
     # prefixes with one target each; 256 windows (12,800 targets) took too few steps per epoch.
     config.finetune.batch_size = 64
     config.finetune.adapter_dim = 0
-    # At most 35 epochs (~2 min on a 2-core CPU, the time-to-quality budget of issue 6).
+    # At most 35 epochs (~2 min on a 2-core CPU, the peer check's time budget).
     config.finetune.max_epochs = 35
     config.finetune.patience = 5
     return config

@@ -34,6 +34,6 @@ def get_config():
     config.tensorboard = True
     config.xla_flags = FAST_COMPILE
     # Three tiny markets gain nothing from being split over devices: one device computes them
-    # (over 8 forced CPU devices a run took 92 s instead of 70 s: README, num_devices).
+    # (over 8 forced CPU devices a run took 92 s instead of 70 s: docs/running.md, num_devices).
     config.num_devices = 1
     return config

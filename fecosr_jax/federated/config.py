@@ -37,7 +37,7 @@ class FedValues:
       client_lr, server_lr: float32 learning rates.
       fedprox_mu: float32 FedProx weight (used when the program has FedProx on).
       dropout_keep: float32 keep probability of the model's dropout, for runs whose rates
-        differ (fecosr_jax.groups.dropout); None = the model config's rate, a constant.
+        differ (fecosr_jax.runs.groups.dropout); None = the model config's rate, a constant.
       dp_noise: [M] float32 noise multipliers (sigma per market; [R, M] on a run axis) for
         runs whose sigmas differ (a sweep over the privacy budget); None = the round data's
         dp_noise, the same for every run.

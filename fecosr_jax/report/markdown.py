@@ -1,0 +1,176 @@
+"""results.md: the Markdown of a results dict (fecosr_jax.report.results builds the dict), and the
+writer of a run's result files (results.json, results.md, plots)."""
+
+from __future__ import annotations
+
+from etils import epath
+
+from fecosr_jax.data import summary
+from fecosr_jax.report import significance
+from fecosr_jax.report.results import GAIN_METRIC, write_json_atomic
+from fecosr_jax.store.files import write_text_atomic
+
+# How the markers decide, for the Markdown: the family's adjusted p
+# (fecosr_jax.report.significance).
+TESTED = f"p < {significance.ALPHA} after Benjamini-Hochberg over the method's markets"
+
+
+def p_text(p: float | None) -> str:
+    """A p-value as the tables show it: two significant digits, "<1e-6" below what results.json
+    keeps (reporting.clean rounds to 6 decimals), "-" when there is none."""
+    return "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
+
+
+def privacy_markdown(report: dict) -> list[str]:
+    """results.md's lines on user-level DP: one per pretraining and market."""
+    lines = ["", "User-level differential privacy of what left each market (pretraining):"]
+    for kind, markets in report.items():
+        for name, e in markets.items():
+            lines.append(
+                f"- `{kind}` {name}: epsilon {e['epsilon']:.3g} at delta {e['delta']:.2g} "
+                f"(sigma {e['noise_multiplier']:.3g}, C {e['clip_norm']:g}, "
+                f"q {e['sampling_rate']:.3g}, {e['steps']} steps)"
+            )
+    return lines
+
+
+MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
+
+
+def transfer_matrix(results: dict) -> list[str]:
+    """Markdown lines: for each one-to-one method run from several sources (METHOD@MARKET),
+    its gain over `local` with one row per source and one column per target market, the
+    source's own cell in brackets, and the targets made better / worse (paired test). Empty
+    when `local` did not run."""
+    names, comp = results["markets"], results.get("vs_local", {})
+    bases = dict.fromkeys(m.partition("@")[0] for m in comp if "@" in m)
+    lines = []
+    for base in bases:
+        sources = [n for n in names if f"{base}@{n}" in comp]
+        lines += [
+            "",
+            f"One-to-one `{base}` from each source (rows) to each target market (columns): "
+            f"{GAIN_METRIC} gain over `local`, [the source itself], ▲ / ▼ as above.",
+            "",
+            "| source | " + " | ".join(names) + " | targets better (▲) | targets worse (▼) |",
+            "| --- |" + " ---: |" * (len(names) + 2),
+        ]
+        for source in sources:
+            c = comp[f"{base}@{source}"]
+            tests = c.get("significance", {})
+            cells, better, worse, up, down = [], 0, 0, 0, 0
+            for n in names:
+                gain, verdict = c["gain"][n], tests.get(n, {}).get("verdict", "same")
+                cell = "-" if gain is None else f"{gain:+.4f}{MARKS[verdict]}"
+                if n == source:
+                    cells.append(f"[{cell}]")
+                    continue
+                cells.append(cell)
+                better += gain is not None and gain > 0
+                worse += gain is not None and gain < 0
+                up += verdict == "better"
+                down += verdict == "worse"
+            lines.append(
+                f"| {source} | " + " | ".join(cells) + f" | {better} ({up}) | {worse} ({down}) |"
+            )
+    return lines
+
+
+def results_markdown(results: dict) -> str:
+    methods = results["methods"]
+    names = results["markets"]
+    std = results.get("std")
+    seeds = results.get("seeds")
+    over = f"mean ± std over seeds {', '.join(map(str, seeds))}" if seeds else "one seed"
+    lines = [
+        f"# {results['dataset']}",
+        "",
+        f"Test {GAIN_METRIC}, {results['protocol']} ranking, {over} ({len(names)} markets).",
+        "",
+    ]
+    comp = results.get("vs_local", {})
+    if any("significance" in c for c in comp.values()):
+        lines += [
+            f"▲ / ▼: significantly better / worse than `local` in that market (paired t-test "
+            f"over its test users' {GAIN_METRIC}; {TESTED}).",
+            "",
+        ]
+    cols = list(methods)
+    lines += ["| market | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
+    for row in [*names, "mean", "market_mean"]:
+        cells = []
+        for c in cols:
+            v = methods[c][row][GAIN_METRIC]
+            cell = "-" if v is None else f"{v:.4f}"
+            if v is not None and std and std[c][row][GAIN_METRIC]:
+                cell += f" ± {std[c][row][GAIN_METRIC]:.4f}"
+            test = comp.get(c, {}).get("significance", {}).get(row)
+            cells.append(cell + (MARKS[test["verdict"]] if test else ""))
+        lines.append(f"| {row} | " + " | ".join(cells) + " |")
+    if comp:
+        lines += [
+            "",
+            f"Against `local` ({GAIN_METRIC} per market; 'significantly': paired t-test, "
+            f"{TESTED}):",
+            "",
+            "| method | mean gain | markets better | markets worse | significantly better "
+            "| significantly worse |",
+            "| --- | ---: | ---: | ---: | ---: | ---: |",
+        ]
+        for method, c in comp.items():
+            lines.append(
+                f"| {method} | {c['mean_gain']:+.4f} | {c['markets_better']} | "
+                f"{c['markets_worse']} | {c.get('markets_significantly_better', '-')} | "
+                f"{c.get('markets_significantly_worse', '-')} |"
+            )
+    tested = {m: c["over_seeds"] for m, c in comp.items() if "over_seeds" in c}
+    if tested:
+        lines += [
+            "",
+            f"Over seeds (each method's mean over markets of {GAIN_METRIC} against `local`'s, "
+            f"paired by seed, two-sided t-test over {len(seeds)} seeds, p < "
+            f"{significance.ALPHA}):",
+            "",
+            "| method | mean difference | p | verdict |",
+            "| --- | ---: | ---: | --- |",
+        ]
+        for method, t in tested.items():
+            lines.append(
+                f"| {method} | {t['diff']:+.4f} | {p_text(t['p_value'])} | {t['verdict']} |"
+            )
+    lines += transfer_matrix(results)
+    if results.get("transfer_source"):
+        lines += [
+            "",
+            f"`transfer` / `transfer_id` pretrain on the source market "
+            f"`{results['transfer_source']}` only (`METHOD@m`: on market m); the source's row "
+            "shows what transfer gives the source itself.",
+        ]
+    for method, reason in results.get("skipped", {}).items():
+        lines += ["", f"Skipped `{method}`: {reason}"]
+    if results.get("soft_labels"):
+        lines += ["", summary.soft_labels_markdown(results["soft_labels"])]
+    if results.get("privacy"):
+        lines += privacy_markdown(results["privacy"])
+    lines += [
+        "",
+        "HR@10 / MRR@10 (user-weighted mean): "
+        + ", ".join(
+            f"{m} {methods[m]['mean']['hr@10']:.4f} / {methods[m]['mean']['mrr@10']:.4f}"
+            for m in cols
+        ),
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def write_results(workdir: str, results: dict, curves: dict, *, plots: bool) -> str:
+    """Writes results.json, results.md and (with `plots`) the plots; returns the Markdown."""
+    root = epath.Path(workdir)
+    table = results_markdown(results)
+    write_json_atomic(root / "results.json", results)
+    write_text_atomic(root / "results.md", table)
+    if plots:
+        from fecosr_jax.report import plots as plots_lib  # matplotlib: only when plotting
+
+        plots_lib.plot(results, curves, workdir)
+    return table

@@ -1,0 +1,86 @@
+"""Any two methods of a finished run compared per market, from its per-user test ranks
+(experiments.compare; launch/sweep.py --compare parses its pairs here): the NDCG@10
+difference and the paired t-test, as results.json compares every method with `local`."""
+
+from __future__ import annotations
+
+from fecosr_jax.report import markdown
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.report.results import GAIN_METRIC
+
+
+def parse_pairs(text: str) -> list[tuple[str, str]]:
+    """Method pairs from text: A:B,C:D -> [(A, B), (C, D)]; ValueError on a malformed one."""
+    pairs = [tuple(p.strip().split(":")) for p in text.split(",") if p.strip()]
+    bad = [":".join(p) for p in pairs if len(p) != 2 or not all(p) or p[0] == p[1]]
+    if bad or not pairs:
+        raise ValueError(
+            f"expected comma-separated METHOD:METHOD pairs of two different methods, got {text!r}"
+        )
+    return pairs
+
+
+def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) -> list[dict]:
+    """Method A against method B (not `local`) for each pair (A, B): per market the NDCG@10
+    gain and the paired t-test over the same test users, as `comparison` computes against
+    `local` (ranks: {method: {market: [S, U] or [U]}}, averaged over seeds per user).
+
+    Returns:
+      [{"method": A, "reference": B, "gain", "mean_gain", "markets_better", "markets_worse",
+      "significance", "markets_significantly_better", "markets_significantly_worse"}], in the
+      order of `pairs`.
+    """
+    methods, names = results["methods"], results["markets"]
+    for name in {m for pair in pairs for m in pair}:
+        if name not in methods:
+            raise ValueError(f"no method {name!r} in this run; it has {', '.join(methods)}")
+        if name not in ranks:
+            raise ValueError(f"no per-user test ranks of {name!r} (its run did not finish)")
+    out = []
+    for a, b in pairs:
+        both = {a: methods[a], b: methods[b]}
+        comp = results_lib.comparison(both, names, reference=b, ranks={a: ranks[a], b: ranks[b]})
+        out.append({"method": a, "reference": b, **comp[a]})
+    return out
+
+
+def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None = None) -> str:
+    """One row per pair A:B, one column per market: the NDCG@10 difference A - B, ▲ / ▼ where
+    the paired t-test finds A significantly better / worse than B, and its p-value."""
+    over = (
+        f"per-user {GAIN_METRIC} averaged over seeds {', '.join(map(str, seeds))}"
+        if seeds
+        else f"per-user {GAIN_METRIC}, one seed"
+    )
+    lines = [
+        f"Method A against method B, per market: {GAIN_METRIC} of A − B, ▲ / ▼ where A is "
+        f"significantly better / worse than B (paired t-test over the market's test users, "
+        f"{over}; {markdown.TESTED}, each pair a family; p in brackets, before the "
+        "adjustment).",
+        "",
+        "| A | B | " + " | ".join(names) + " | mean | A better (▲) | A worse (▼) |",
+        "| --- | --- |" + " ---: |" * (len(names) + 3),
+    ]
+    for c in pairs:
+        cells = []
+        for n in names:
+            t = c["significance"][n]
+            gain = c["gain"][n]
+            cells.append(
+                "-"
+                if gain is None
+                else f"{gain:+.4f}{markdown.MARKS[t['verdict']]} ({markdown.p_text(t['p_value'])})"
+            )
+        lines.append(
+            f"| {c['method']} | {c['reference']} | "
+            + " | ".join(cells)
+            + f" | {c['mean_gain']:+.4f} | {c['markets_better']} "
+            f"({c['markets_significantly_better']}) | {c['markets_worse']} "
+            f"({c['markets_significantly_worse']}) |"
+        )
+    lines += [
+        "",
+        "mean: the mean over markets of the per-market differences. A better / worse: markets "
+        "by the sign of the difference (significant ones in brackets).",
+    ]
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,254 @@
+"""The results of a run: the results dict (results.json) of one seed or of several combined,
+its statistics against `local` (fecosr_jax.report.significance), and the per-user ranks
+(ranks.npz).
+
+results.json is a pure function of the config and seed (no timings); timings and training
+curves go to metrics.jsonl and TensorBoard (fecosr_jax.store.metrics_log); its Markdown and
+plots are fecosr_jax.report.markdown and fecosr_jax.report.plots.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+
+import numpy as np
+from etils import epath
+
+from fecosr_jax.report import significance
+from fecosr_jax.store.files import write_bytes_atomic, write_text_atomic
+
+REPORTED = ("hr@10", "ndcg@10", "mrr@10")
+GAIN_METRIC = "ndcg@10"
+
+
+def write_ranks(path, ranks: dict[str, dict[str, list[int]]]) -> None:
+    """Per-user test ranks {method: {market: [U]}} as RANKS.npz, one int32 array per
+    "method/market" (what the paired tests and experiments.compare read)."""
+    buffer = io.BytesIO()
+    arrays = {f"{m}/{n}": np.asarray(r, np.int32) for m, by in ranks.items() for n, r in by.items()}
+    np.savez(buffer, **arrays)
+    write_bytes_atomic(path, buffer.getvalue())
+
+
+def read_ranks(path) -> dict[str, dict[str, list[int]]]:
+    """The inverse of write_ranks."""
+    out: dict[str, dict[str, list[int]]] = {}
+    with np.load(epath.Path(path).open("rb")) as data:
+        for key in data.files:
+            method, _, market = key.partition("/")
+            out.setdefault(method, {})[market] = data[key].tolist()
+    return out
+
+
+def write_json_atomic(path: str, obj) -> None:
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
+
+
+def clean(x) -> float | None:
+    """A JSON-safe rounded float (None for None, NaN or Inf)."""
+    if x is None:
+        return None
+    x = float(x)
+    return None if not np.isfinite(x) else round(x, 6)
+
+
+def per_market_table(names, metrics: dict[str, np.ndarray]) -> dict:
+    """{market: {metric: value}, "mean": user-weighted mean, "market_mean": plain mean}."""
+    m = len(names)
+    counts = np.asarray(metrics["count"][:m], np.float64)
+    keys = sorted(k for k in metrics if k != "count")
+    out = {n: {k: clean(metrics[k][i]) for k in keys} for i, n in enumerate(names)}
+    w = counts / max(counts.sum(), 1.0)
+    out["mean"] = {k: clean(np.sum(np.asarray(metrics[k][:m]) * w)) for k in keys}
+    out["market_mean"] = {k: clean(np.mean(metrics[k][:m])) for k in keys}
+    return out
+
+
+def comparison(methods: dict, names, reference: str = "local", ranks: dict | None = None) -> dict:
+    """Per method: gain in NDCG@10 over `reference` per market, the markets better / worse by
+    the sign of the gain and, where both methods' per-user test ranks are known (`ranks`:
+    {method: {market: [S, U] or [U] ranks, arrays or lists}}, S seeds), a paired t-test per
+    market over the same test users (fecosr_jax.report.significance) with the markets significantly
+    better / worse."""
+    if reference not in methods:
+        return {}
+    ref = methods[reference]
+    ranks = ranks or {}
+    out = {}
+    for method, table in methods.items():
+        if method == reference:
+            continue
+        gains = {n: clean(table[n][GAIN_METRIC] - ref[n][GAIN_METRIC]) for n in names}
+        values = np.asarray([g for g in gains.values()], np.float64)
+        out[method] = {
+            "gain": gains,
+            "mean_gain": clean(values.mean()),
+            "markets_better": int((values > 0).sum()),
+            "markets_worse": int((values < 0).sum()),
+        }
+        if method in ranks and reference in ranks:
+            tests = {}
+            for n in names:
+                a, b = (
+                    np.nanmean(np.atleast_2d(significance.per_user(r[n], GAIN_METRIC)), axis=0)
+                    for r in (ranks[method], ranks[reference])
+                )
+                tests[n] = significance.paired_test(a, b)
+            tests = {
+                n: {
+                    "diff": clean(t["diff"]),
+                    "p_value": clean(t["p_value"]),
+                    "p_adjusted": clean(t["p_adjusted"]),
+                    "users": t["users"],
+                    "verdict": t["verdict"],
+                }
+                for n, t in significance.correct(tests).items()
+            }
+            verdicts = [t["verdict"] for t in tests.values()]
+            out[method]["correction"] = significance.CORRECTION
+            out[method]["significance"] = tests
+            out[method]["markets_significantly_better"] = verdicts.count("better")
+            out[method]["markets_significantly_worse"] = verdicts.count("worse")
+    return out
+
+
+def pool_ranks(per_seed: list[dict]) -> dict:
+    """Per-user test ranks of several seeds, {method: {market: [ranks]}} each, as
+    {method: {market: [S_m, U] array}} (S_m: the seeds that have the method)."""
+    pooled: dict = {}
+    for ranks in per_seed:
+        for method, by_market in ranks.items():
+            for market, r in by_market.items():
+                pooled.setdefault(method, {}).setdefault(market, []).append(r)
+    return {m: {n: np.asarray(r) for n, r in by.items()} for m, by in pooled.items()}
+
+
+def results(
+    *,
+    dataset: str,
+    protocol: str,
+    markets: list[str],
+    methods: dict,
+    ranks: dict,
+    skipped: dict,
+    transfer_source: str | None,
+    soft_labels: dict,
+    privacy: dict | None = None,
+    seeds: list[int] | None = None,
+    std: dict | None = None,
+    over_seeds: dict | None = None,
+) -> dict:
+    """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
+    `std` in the shape of `methods`, and with SEED_TEST_MIN or more seeds `over_seeds`,
+    {method: the test over seeds}): the one place its fields are put together. "vs_local"
+    comes from `methods` and the per-user test `ranks` ({method: {market: [U] or [S, U]}}:
+    `comparison`)."""
+    out = {
+        "dataset": dataset,
+        "protocol": protocol,
+        "markets": markets,
+        "methods": methods,
+        "vs_local": comparison(methods, markets, ranks=ranks),
+        "skipped": skipped,
+        "transfer_source": transfer_source,
+        "soft_labels": soft_labels,
+    }
+    if seeds is not None:
+        out["seeds"], out["std"] = list(seeds), std
+    for method, test in (over_seeds or {}).items():
+        out["vs_local"][method]["over_seeds"] = test
+    if privacy is not None:
+        out["privacy"] = privacy
+    return out
+
+
+def mean_std(values) -> tuple[float | None, float | None]:
+    """The mean over seeds and the standard deviation (ddof 1; 0 for one seed), rounded; a
+    mean of None where a seed lacks the value (None or NaN): nothing is averaged over fewer
+    seeds than were run."""
+    v = np.asarray([np.nan if x is None else x for x in values], np.float64)
+    return clean(v.mean()), clean(v.std(ddof=1)) if len(v) > 1 else 0.0
+
+
+def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
+    """One results dict from the results of several seeds on the same markets and users:
+    "methods" holds the mean over seeds of every metric, "std" the standard deviation (ddof 1),
+    and "vs_local" the paired tests on the per-user metric averaged over seeds."""
+    first = per_seed[0]
+    names = first["markets"]
+    rows = [*names, "mean", "market_mean"]
+    methods = [m for m in first["methods"] if all(m in r["methods"] for r in per_seed)]
+    means, stds = {}, {}
+    for m in methods:
+        means[m], stds[m] = {}, {}
+        for row in rows:
+            means[m][row], stds[m][row] = {}, {}
+            for k in first["methods"][m][row]:
+                v = [r["methods"][m][row][k] for r in per_seed]
+                means[m][row][k], stds[m][row][k] = mean_std(v)
+    skipped = {}
+    for r in per_seed:
+        skipped.update(r.get("skipped", {}))
+    over_seeds = None
+    if len(per_seed) >= SEED_TEST_MIN and "local" in methods:
+        over_seeds = {m: seed_test(per_seed, m) for m in methods if m != "local"}
+    return results(
+        dataset=first["dataset"],
+        protocol=first["protocol"],
+        markets=names,
+        methods=means,
+        ranks=ranks,
+        skipped=skipped,
+        transfer_source=first.get("transfer_source"),
+        soft_labels=first.get("soft_labels", {}),
+        privacy=(
+            worst_privacy([r.get("privacy", {}) for r in per_seed])
+            if any("privacy" in r for r in per_seed)
+            else None
+        ),
+        seeds=seeds,
+        std=stds,
+        over_seeds=over_seeds,
+    )
+
+
+# Seeds from which a method's market-mean is also tested over seeds (combine_seeds).
+SEED_TEST_MIN = 5
+
+
+def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> dict:
+    """The method against `reference` over seeds: per seed the plain mean over markets of
+    the test GAIN_METRIC (each seed's "market_mean"), paired by seed, two-sided t-test
+    (significance.paired_test; one test per method, so no family to adjust).
+
+    Returns:
+      {"metric": "market_mean <GAIN_METRIC>", "diff": mean over seeds of the difference,
+      "p_value", "seeds": n, "verdict"}.
+    """
+    a, b = (
+        [np.nan if (v := r["methods"][m]["market_mean"][GAIN_METRIC]) is None else v
+         for r in per_seed]
+        for m in (method, reference)
+    )  # fmt: skip
+    t = significance.paired_test(np.asarray(a), np.asarray(b))
+    return {
+        "metric": f"market_mean {GAIN_METRIC}",
+        "diff": clean(t["diff"]),
+        "p_value": clean(t["p_value"]),
+        "seeds": t["users"],
+        "verdict": t["verdict"],
+    }
+
+
+def worst_privacy(reports: list[dict]) -> dict:
+    """Per pretraining and market, the seed's entry with the largest epsilon (with partial
+    participation each seed's markets train in different rounds)."""
+    out: dict[str, dict] = {}
+    for report in reports:
+        for kind, markets in report.items():
+            for name, entry in markets.items():
+                kept = out.setdefault(kind, {}).get(name)
+                if kept is None or entry["epsilon"] > kept["epsilon"]:
+                    out[kind][name] = entry
+    return out

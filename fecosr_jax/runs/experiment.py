@@ -1,0 +1,349 @@
+"""The experiment: `train_and_evaluate(config, workdir)`, and for a group of runs
+`train_and_evaluate_group([(config, workdir), ...])` (fecosr_jax.runs.groups).
+
+Loads the markets of `config.data`, splits and stacks them once, runs every method of
+`config.methods` (fecosr_jax.runs.paradigms, trained by fecosr_jax.runs.runner) on the same
+splits for every run of the group, and writes to each run's workdir: config.json, metrics.jsonl (one
+line per pretraining round and fine-tuning epoch), TensorBoard events (tensorboard/),
+results.json + results.md (per market x method, with the gain over `local`),
+markets_ndcg10.png and curves.png.
+"""
+
+from __future__ import annotations
+
+import os
+
+import ml_collections
+import numpy as np
+from etils import epath
+
+from fecosr_jax import distributed, evaluation, mesh, progress
+from fecosr_jax.data import leave_one_out, stack_markets, summary
+from fecosr_jax.data.market import Market
+from fecosr_jax.data.sources import markets_from_config
+from fecosr_jax.data.split import MarketSplit, StackedMarkets
+from fecosr_jax.errors import ConfigError
+from fecosr_jax.report import markdown
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.runs import groups, paradigms, runner, typed_configs
+from fecosr_jax.store import checkpoint, metrics_log, resume
+from fecosr_jax.store.files import read_json
+
+
+def prepare_markets(
+    config: ml_collections.ConfigDict, *, num_markets_multiple: int = 1
+) -> tuple[list[Market], list[MarketSplit], StackedMarkets]:
+    """Loads the markets of `config.data`, splits them and stacks them on the market axis."""
+    markets = markets_from_config(typed_configs.data(config), typed_configs.synthetic(config))
+    splits = [
+        leave_one_out(
+            m,
+            config.data.max_len,
+            min_interactions=config.data.min_interactions,
+            train_windows=config.data.train_windows,
+        )
+        for m in markets
+    ]
+    return markets, splits, stack_markets(splits, num_markets_multiple=num_markets_multiple)
+
+
+def dataset_name(config: ml_collections.ConfigDict) -> str:
+    if config.data.format == "synthetic":
+        s = config.synthetic
+        return (
+            f"synthetic (M={s.num_markets}, overlap={s.overlap}, "
+            f"heterogeneity={s.heterogeneity}, seed={s.seed})"
+        )
+    return f"{config.data.format}: {os.path.basename(str(config.data.path).rstrip('/'))}"
+
+
+def _ranks_by_market(names: list[str], ranks: np.ndarray) -> dict[str, list[int]]:
+    """[M, U] ranks (-1 = no user) -> {market: its test users' ranks, in order}."""
+    return {n: [int(r) for r in ranks[i] if r >= 0] for i, n in enumerate(names)}
+
+
+def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
+    """Runs every method of `config` on its markets; writes the outputs under `workdir`.
+
+    With several seeds (config.seeds) each seed is a whole single-seed run with its own
+    outputs and checkpoints in WORKDIR/seed_<s>/, and WORKDIR gets the combined results: mean
+    and std over seeds, and per market a paired t-test against `local` on the per-user NDCG@10
+    averaged over seeds. The seeds train together, `config.runs_per_step` at a time (0 = all),
+    on a leading run axis of the same compiled programs. Resumes from the checkpoints when
+    they exist (module fecosr_jax.store.checkpoint): finished methods and seeds are not run again,
+    a method in progress continues from its newest good checkpoint, and a finished run only
+    reports.
+
+    Returns:
+      The results dict written to workdir/results.json.
+
+    Raises:
+      resume.IncompatibleCheckpoint: the workdir holds a run with a different config.
+      checkpoint.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
+      checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
+    """
+    return train_and_evaluate_group([(config, workdir)])[0]
+
+
+def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]) -> list[dict]:
+    """`train_and_evaluate` of several (config, workdir) points as one group: their runs
+    (every seed of every point) train together on the run axis, so their configs may differ
+    only in per-run values (fecosr_jax.runs.groups.VALUE_FIELDS; groups.GroupError names the
+    field otherwise). Each point's outputs are exactly those of its own train_and_evaluate.
+
+    Returns:
+      Each point's results dict, in order.
+    """
+    for config, _ in points:
+        typed_configs.check(config)
+    workdirs = [str(w).rstrip("/") if "://" in str(w) else os.path.abspath(w) for _, w in points]
+    if len(set(workdirs)) != len(workdirs):
+        raise groups.GroupError(f"two runs of one group share a workdir: {sorted(workdirs)}")
+    for config, workdir in points:
+        _check_layout(workdir, groups.parse_seeds(config))
+    several_points = len(points) > 1
+    expanded = []  # (config of one seed, workdir, label), per point its seeds
+    point_seeds = []
+    for config, workdir in points:
+        seeds = groups.parse_seeds(config)
+        point_seeds.append(seeds)
+        name = os.path.basename(os.path.normpath(workdir)) if several_points else ""
+        if len(seeds) == 1:
+            expanded.append((groups.with_seed(config, seeds[0]), workdir, name))
+            continue
+        dirs = [os.path.join(workdir, f"seed_{seed}") for seed in seeds]
+        print(
+            f"===== {len(seeds)} seeds ({', '.join(map(str, seeds))}), each in its own folder: "
+            + ", ".join(dirs),
+            flush=True,
+        )
+        expanded += [
+            (groups.with_seed(config, s), d, f"{name} seed {s}".strip())
+            for s, d in zip(seeds, dirs, strict=True)
+        ]
+    configs, run_dirs, labels = (list(x) for x in zip(*expanded, strict=True))
+    groups.check_group(configs, labels)
+    finished = iter(_run_group(configs, run_dirs, labels))
+    out = []
+    for (config, workdir), seeds in zip(points, point_seeds, strict=True):
+        mine = [next(finished) for _ in seeds]
+        if len(seeds) == 1:
+            out.append(mine[0][0])
+            continue
+        per_seed = [results for results, _ in mine]
+        per_seed_ranks = [ranks for _, ranks in mine]
+        combined = results_lib.combine_seeds(
+            per_seed, seeds, results_lib.pool_ranks(per_seed_ranks)
+        )
+        if distributed.is_primary():
+            results_lib.write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
+            table = markdown.write_results(workdir, combined, {}, plots=config.plots)
+        else:
+            table = markdown.results_markdown(combined)
+        print(f"\n===== {workdir}: {len(seeds)} seeds\n\n" + table, flush=True)
+        out.append(combined)
+    return out
+
+
+def _check_layout(workdir: str, seeds: list[int]) -> None:
+    """Refuses a run whose results would overwrite another layout's in `workdir`: a
+    single-seed run where several seeds' combined results are, or the reverse, or combined
+    results of other seeds."""
+    root = epath.Path(workdir)
+    single = (root / "checkpoints" / "progress.json").exists()
+    results = root / "results.json"
+    saved = read_json(results).get("seeds") if results.exists() and not single else None
+    several = any(root.glob("seed_*")) if root.exists() else False
+    problem = None
+    if len(seeds) > 1 and single:
+        problem = "a single-seed run; the combined results of several seeds would replace its"
+    elif len(seeds) == 1 and not single and (saved or several):
+        problem = "a run of several seeds; a single-seed run would replace its combined results"
+    elif len(seeds) > 1 and saved and saved != seeds:
+        problem = f"the combined results of seeds {saved}, not of {seeds}"
+    if problem:
+        raise resume.IncompatibleCheckpoint(
+            f"{workdir} holds {problem}. Use a new --workdir, or --overwrite to move it aside"
+        )
+
+
+def _run_group(
+    configs: list[ml_collections.ConfigDict], workdirs: list[str], labels: list[str]
+) -> list[tuple[dict, dict]]:
+    """The runs of one group (a single-seed config, a workdir and a label for its log lines
+    each): [(results dict, {method: {market: per-user test ranks}})], one per run. Finished
+    runs only report; the others train their methods together, config.runs_per_step runs at
+    a time."""
+    config = configs[0]  # what the runs share: data, sizes, methods
+    methods = paradigms.parse_methods(config.methods)
+    primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
+    finished: dict[str, tuple[dict, dict]] = {}
+    runs: list[groups.Run] = []
+    for run_config, workdir, label in zip(configs, workdirs, labels, strict=True):
+        root = epath.Path(workdir)
+        checkpoints = resume.RunCheckpoints(  # reads only: the run's input is not checked
+            workdir,
+            run_config.to_dict(),
+            run_config.get("checkpoint", {"enabled": False}),
+            writes=primary,
+            start=False,
+        )
+        results_path = root / "results.json"
+        if checkpoints.progress["done"] and results_path.exists():
+            print(f"{workdir}: this run has finished; its results:\n", flush=True)
+            print((root / "results.md").read_text(), flush=True)
+            finished[workdir] = (
+                read_json(results_path),
+                checkpoints.progress["ranks"],
+            )
+            checkpoints.close()
+            continue
+        runs.append(groups.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
+    if not runs:
+        return [finished[w] for w in workdirs]
+    times = progress.PhaseTimes()
+    # The data, and what depends on it, is checked before any workdir is touched.
+    with times.phase("loading"):
+        markets, splits, stacked = prepare_markets(
+            config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
+        )
+    names = [m.name for m in markets]
+    methods = paradigms.expand_sources(methods, names)
+    clients = config.federated.clients_per_round
+    if clients > len(markets):
+        raise ConfigError(
+            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
+            "markets (0 = all of them every round)"
+        )
+    trainer = runner.Runner(config, splits, stacked, names, methods, times)
+    trainer.pretrainer.check_privacy([run.config for run in runs])
+    data = resume.data_fingerprints(splits)
+    for run in runs:
+        run.checkpoints.check_data(data)
+    for run in runs:
+        if run.checkpoints.resuming:
+            print(f"{run.workdir}: resuming from {run.checkpoints.root}", flush=True)
+        if primary:
+            epath.Path(run.workdir).mkdir(parents=True, exist_ok=True)
+            results_lib.write_json_atomic(
+                epath.Path(run.workdir) / "config.json", run.config.to_dict()
+            )
+        run.checkpoints.start()
+    print(summary.format_tables(markets), flush=True)
+    profiles: dict[float, dict] = {}  # soft-label profiles per tau_s
+    for run in runs:
+        fed = run.config.federated
+        if fed.alpha > 0 and any(paradigms.uses_s2ce(m) for m in methods):
+            if fed.temperature not in profiles:
+                profiles[fed.temperature] = summary.soft_label_profiles(markets, fed.temperature)
+                if profiles[fed.temperature]:
+                    print(
+                        "\n" + summary.soft_labels_markdown(profiles[fed.temperature]), flush=True
+                    )
+            run.soft_labels = profiles[fed.temperature]
+        run.log = metrics_log.RunLog(
+            run.workdir, tensorboard=config.tensorboard, writes=primary, label=run.label
+        )
+    try:
+        with checkpoint.PreemptionHandler():
+            batches: dict[tuple, list[tuple[str, groups.Run]]] = {}  # program -> (method, run)
+            for method in methods:
+                todo = []
+                for run in runs:
+                    done = run.checkpoints.progress
+                    if method in done["methods"] or method in done["skipped"]:
+                        label = f"{run.label}: " if run.label else ""
+                        print(f"{label}{method}: finished before the resume", flush=True)
+                    else:
+                        todo.append(run)
+                if not todo:
+                    continue
+                reason = paradigms.refusal(method, stacked, splits)
+                if reason is not None:
+                    print(f"skipping {method}: {reason}", flush=True)
+                    for run in todo:
+                        run.checkpoints.finished_method(method, skipped=reason)
+                    continue
+                key = trainer.program_key(method)
+                batches.setdefault(key, []).extend((method, run) for run in todo)
+            # Methods that fine-tune with one program train together, config.runs_per_step
+            # (method, run) pairs at a time.
+            steps = [
+                chunk
+                for items in batches.values()
+                for chunk in groups.chunks(items, config.get("runs_per_step", 0))
+            ]
+            for i, chunk in enumerate(steps, 1):
+                names_ = ", ".join(dict.fromkeys(m for m, _ in chunk))
+                label = ", ".join(dict.fromkeys(r.label for _, r in chunk if r.label))
+                print(
+                    f"\n== [{i}/{len(steps)}] {names_}{f' ({label})' if label else ''}", flush=True
+                )
+                metrics = trainer.run(chunk)
+                for method, run in chunk:
+                    result = metrics[(method, run.workdir)]
+                    ranks = _ranks_by_market(names, result.pop("ranks"))
+                    table = results_lib.per_market_table(names, result)
+                    run.checkpoints.finished_method(method, table, ranks=ranks)
+                checkpoint.raise_if_preempted(f"after {names_}")
+    finally:
+        for run in runs:
+            if run.log is not None:
+                run.log.close()
+            run.checkpoints.close()
+    with times.phase("evaluating"):
+        pop = evaluation.evaluate_popularity(
+            stacked.train, stacked.test_targets, stacked.item_mask, with_ranks=True
+        )
+    pop_ranks = _ranks_by_market(names, pop.pop("ranks"))
+    pop_table = results_lib.per_market_table(names, pop)
+    for run in runs:
+        finished[run.workdir] = _finish_run(run, methods, names, pop_table, pop_ranks, trainer)
+    print(times.summary(), flush=True)
+    return [finished[w] for w in workdirs]
+
+
+def _finish_run(
+    run: groups.Run,
+    methods: list[str],
+    names: list[str],
+    pop_table: dict,
+    pop_ranks: dict,
+    trainer: runner.Runner,
+) -> tuple[dict, dict]:
+    """One run's results.json / results.md / ranks.npz / training.json / plots from its
+    finished methods."""
+    done = run.checkpoints.progress
+    tables = {m: done["methods"][m] for m in methods if m in done["methods"]}
+    ranks = {m: done["ranks"][m] for m in tables if m in done["ranks"]}
+    ranks["popularity"] = pop_ranks
+    done["ranks"]["popularity"] = pop_ranks  # saved with the finished run
+    tables["popularity"] = pop_table
+    private = trainer.pretrainer.privacy_report(run, [m for m in tables if m != "popularity"])
+    results = results_lib.results(
+        dataset=dataset_name(run.config),
+        protocol="full" if run.config.eval.protocol == "full" else "sampled99",
+        markets=names,
+        methods=tables,
+        ranks=ranks,
+        skipped={m: done["skipped"][m] for m in methods if m in done["skipped"]},
+        transfer_source=(
+            trainer.pretrainer.transfer_source
+            if paradigms.takes_the_default_source(tables)
+            else None
+        ),
+        soft_labels=run.soft_labels,
+        privacy=private or None,
+    )
+    if distributed.is_primary():
+        results_lib.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
+        results_lib.write_json_atomic(
+            epath.Path(run.workdir) / metrics_log.TRAINING,
+            {**metrics_log.training_record(run.log.lines), "time": trainer.times.record()},
+        )
+        table = markdown.write_results(run.workdir, results, run.log.curves, plots=run.config.plots)
+    else:
+        table = markdown.results_markdown(results)
+    run.checkpoints.finished_run()
+    print("\n" + table, flush=True)
+    return results, ranks

@@ -1,0 +1,291 @@
+"""Pretrainings for a group of runs (fecosr_jax.runs.groups): what each kind of pretraining
+(fecosr_jax.runs.paradigms.PRETRAININGS) trains, its privacy plan with DP on, and training it.
+
+`Pretrainer.pretrain(kind, source, runs)` trains a kind for runs that will fine-tune from it,
+once per run: runs with equal values train once, the runs of a group train together on a
+leading run axis of one compiled round, and a pretraining that shares the round's program
+(S²CE and CE, paradigms.share_a_round) trains with them. The pretraining loop itself (resume,
+NaN check, preemption) is fecosr_jax.federated.loop.run_rounds over fecosr_jax.federated.round.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+from collections.abc import Callable
+
+import ml_collections
+from absl import logging
+from jax.sharding import Mesh
+
+from fecosr_jax import progress
+from fecosr_jax.data import stack_markets
+from fecosr_jax.data.split import MarketSplit, StackedMarkets
+from fecosr_jax.errors import ConfigError
+from fecosr_jax.federated import loop as fed_loop
+from fecosr_jax.federated import privacy
+from fecosr_jax.federated import round as fed_round
+from fecosr_jax.federated.config import FedConfig
+from fecosr_jax.model import ModelConfig
+from fecosr_jax.report import results as results_lib
+from fecosr_jax.runs import groups, paradigms, typed_configs
+from fecosr_jax.store import checkpoint
+
+
+@dataclasses.dataclass
+class Pretraining:
+    """What a pretraining kind trains: the model, each run's federated settings
+    (`adjust(its own)`), the markets it trains on and for how many rounds, and the stacked
+    markets that fine-tuning and evaluation then use."""
+
+    key: str  # its name in the logs and checkpoints
+    model: ModelConfig
+    adjust: Callable[[FedConfig], FedConfig]
+    train: StackedMarkets
+    names: list[str]
+    num_rounds: int
+    stacked: StackedMarkets
+
+
+class Pretrainer:
+    """Trains the pretrainings a group's methods need, each once per run, and keeps them."""
+
+    def __init__(
+        self,
+        config: ml_collections.ConfigDict,
+        splits: list[MarketSplit],
+        stacked: StackedMarkets,
+        names: list[str],
+        methods: list[str],
+        mesh: Mesh,
+        times: progress.PhaseTimes,
+    ):
+        self.config, self.splits, self.stacked, self.names = config, splits, stacked, names
+        self.methods, self.mesh, self.times = methods, mesh, times
+        self.multiple = mesh.devices.size  # markets are padded to a multiple of the devices
+        self.model = typed_configs.model(config)
+        # The group's program (its values are the first run's).
+        self.fed = typed_configs.federated(config)
+        self.pretrainings: dict[tuple[str, str | None], Pretraining] = {}
+        self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
+        self.plans: dict[tuple, privacy.Plan] = {}  # (pretraining key, DP settings) -> plan
+        self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
+        self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
+        if self.transfer_source not in names:
+            raise ConfigError(
+                f"config.transfer_source={config.transfer_source!r} is not a market "
+                f"of this dataset ({', '.join(names)})"
+            )
+
+    def pretraining(self, kind: str, source: str | None) -> Pretraining:
+        """What pretraining `kind` (paradigms.PRETRAININGS) trains: a source kind on `source`
+        (default config.transfer_source), item-ID kinds on the union vocabulary."""
+        source = source or self.transfer_source
+        if (kind, source) in self.pretrainings:
+            return self.pretrainings[(kind, source)]
+        spec, multiple, names = paradigms.PRETRAININGS[kind], self.multiple, self.names
+        key = kind
+        if spec.scope == "source" and source != self.transfer_source:
+            key = f"{kind}@{source}"  # its own name in the logs and checkpoints
+        if spec.items == "id":
+            if self.id_stacked is None:  # one object: the ID methods fine-tune together
+                self.id_stacked = paradigms.id_stacked(self.splits, multiple)
+            stacked = self.id_stacked
+            model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
+        else:
+            stacked, model = self.stacked, self.model
+        train, trained_on = stacked, names
+        if spec.scope == "source":
+            trained_on, keep = [source], names.index(source)
+            train = (
+                paradigms.id_stacked(self.splits, multiple, keep=[keep])
+                if spec.items == "id"
+                else stack_markets([self.splits[keep]], num_markets_multiple=multiple)
+            )
+        rounds = self.config.num_rounds
+        if spec.scope == "pooled":
+            rounds *= self.fed.local_steps  # as many gradient steps per market
+        adjust = functools.partial(paradigms.adjust, spec)
+        self.pretrainings[(kind, source)] = Pretraining(
+            key, model, adjust, train, trained_on, rounds, stacked
+        )
+        return self.pretrainings[(kind, source)]
+
+    def privacy_plan(self, p: Pretraining, fed: FedConfig) -> privacy.Plan | None:
+        """The privacy plan of pretraining `p` with settings `fed` (None with DP off): planned
+        once per pretraining and DP settings (runs of a group may differ in their privacy
+        budget)."""
+        if not fed.dp.enabled:
+            return None
+        if (p.key, fed.dp) not in self.plans:
+            self.plans[(p.key, fed.dp)] = privacy.plan(
+                fed.dp,
+                p.names,
+                p.train.num_train_rows[: len(p.names)],
+                batch_size=fed.batch_size,
+                local_steps=fed.local_steps,
+                num_rounds=p.num_rounds,
+                train_windows=self.config.data.train_windows,
+            )
+        return self.plans[(p.key, fed.dp)]
+
+    def _dp_pretrainings(self, methods: list[str]) -> list[Pretraining]:
+        """The pretrainings `methods` need, each once."""
+        out: dict[str, Pretraining] = {}
+        for method in methods:
+            base, source = paradigms.split_method(method)
+            kind = paradigms.SPECS[base].pretraining
+            if kind is not None:
+                p = self.pretraining(kind, source)
+                out[p.key] = p
+        return list(out.values())
+
+    def check_privacy(self, configs: list[ml_collections.ConfigDict]):
+        """Refuses (ConfigError) DP settings that cannot hold on this data, before anything
+        is written: every pretraining the methods need is planned for every run's settings
+        (`configs`, the group's). Logs privacy.advice's warning when a method pretrains."""
+        if not self.fed.dp.enabled:  # the program's: the same for every run of the group
+            return
+        private = self._dp_pretrainings(self.methods)
+        if private and (advice := privacy.advice(self.fed)):  # the group's optimiser kinds
+            logging.warning(advice)
+        for p in private:
+            for config in configs:
+                self.privacy_plan(p, p.adjust(typed_configs.federated(config)))
+
+    def privacy_report(self, run: groups.Run, methods: list[str]) -> dict[str, dict]:
+        """results.json's "privacy" of `run`: per private pretraining of `methods`, each
+        market's epsilon over the rounds it trained in (a function of the config, so a
+        resumed run reports what the uninterrupted one would)."""
+        out = {}
+        if not self.fed.dp.enabled:
+            return out
+        for p in self._dp_pretrainings(methods):
+            fed = p.adjust(typed_configs.federated(run.config))
+            plan = self.privacy_plan(p, fed)
+            if plan is not None:
+                trained = fed_round.rounds_trained(fed, len(p.names), p.num_rounds)
+                out[p.key] = plan.report(trained[-1])
+        return out
+
+    def fed_values(self, p: Pretraining, run: groups.Run) -> tuple[float, ...]:
+        """What decides how `run` pretrains `p`: its federated values, dropout rate and, with
+        DP on, its noise multipliers."""
+        fed = p.adjust(typed_configs.federated(run.config))
+        plan = self.privacy_plan(p, fed)
+        sigma = () if plan is None else tuple(plan.noise_multiplier.tolist())
+        return (*groups.identity(fed.values()), float(run.config.model.dropout), *sigma)
+
+    def _will_need(self, kind: str, run: groups.Run) -> bool:
+        """Whether a method of the group that `run` has not finished pretrains `kind`."""
+        done = run.checkpoints.progress
+        return any(
+            paradigms.SPECS[paradigms.split_method(m)[0]].pretraining == kind
+            and m not in done["methods"]
+            and m not in done["skipped"]
+            for m in self.methods
+        )
+
+    def pretrain(self, kind: str, source: str | None, runs: list[groups.Run]):
+        """(model config, shared params, stacked markets for fine-tuning) of a kind for a
+        group of runs (params [R, ...] for several). Each run's params are kept; runs with
+        equal values train once, and a pretraining of the same round (paradigms.share_a_round)
+        that the runs will need trains with them."""
+        p = self.pretraining(kind, source)
+        members = [(p, run) for run in runs if (p.key, run.workdir) not in self.pretrained]
+        bound = self.config.get("runs_per_step", 0)  # runs trained at once (0 = no bound)
+        partners = [
+            k for k in paradigms.PRETRAININGS if k != kind and paradigms.share_a_round(k, kind)
+        ]
+        for partner in partners if members else ():
+            q = self.pretraining(partner, source)
+            wanted = [
+                (q, run)
+                for run in runs
+                if (q.key, run.workdir) not in self.pretrained and self._will_need(partner, run)
+            ]
+            members += wanted[: max(0, bound - len(members)) if bound else None]
+        if members:
+            classes = groups.classes(members, lambda m: self.fed_values(*m))
+            params = self._rounds(classes)
+            for i, same in enumerate(classes):
+                for q, run in same:
+                    self.pretrained[(q.key, run.workdir)] = groups.run_part(
+                        params, i, len(classes) > 1
+                    )
+        return (
+            p.model,
+            groups.stack([self.pretrained[(p.key, run.workdir)] for run in runs]),
+            p.stacked,
+        )
+
+    def _rounds(self, classes: list[list[tuple[Pretraining, groups.Run]]]):
+        """Trains the first (pretraining, run) of each class (params [R, ...] for several;
+        the pretrainings share one round), logged for every member of the class."""
+        reps = [members[0] for members in classes]
+        p = reps[0][0]  # what the pretrainings share: model, markets, rounds
+        every = max(1, p.num_rounds // 10)
+        grouped = len(reps) > 1
+        kinds = list(dict.fromkeys(q.key for q, _ in reps))
+
+        semantic_dim = p.train.semantics.shape[-1]
+        starts = [paradigms.initial_params(q.model, run.seed, semantic_dim) for q, run in reps]
+        feds = [q.adjust(typed_configs.federated(run.config)) for q, run in reps]
+        assert len({f.program() for f in feds}) == 1, "only values may differ in one round"
+        model, values = groups.together(
+            p.model, [f.values() for f in feds], [run.config.model.dropout for _, run in reps]
+        )
+        plans = [self.privacy_plan(q, f) for (q, _), f in zip(reps, feds, strict=True)]
+        private = feds[0].dp.enabled  # the program's: on or off for every run
+        if private:  # [rounds, M] rounds trained so far, per class of runs
+            trained = [fed_round.rounds_trained(f, len(p.names), p.num_rounds) for f in feds]
+
+        def spent(i: int, r: int) -> dict[str, float]:
+            """Each market's epsilon after round r (the rounds it trained in count)."""
+            plan = plans[i]
+            return {n: plan.epsilon(j, int(trained[i][r - 1, j])) for j, n in enumerate(p.names)}
+
+        def on_round(r, metrics):
+            for i, members in enumerate(classes):
+                m = groups.run_part(metrics, i, grouped)
+                values = {
+                    "loss": results_lib.clean(m["loss"]),
+                    "delta_cosine": results_lib.clean(m["delta_cosine"]),
+                    "delta_agreement": results_lib.clean(m["delta_agreement"]),
+                    "market_loss": {
+                        n: results_lib.clean(m["market_loss"][j]) for j, n in enumerate(p.names)
+                    },
+                    "market_drift": {
+                        n: results_lib.clean(m["market_drift"][j]) for j, n in enumerate(p.names)
+                    },
+                }
+                show = r % every == 0 or r == p.num_rounds
+                if private and show:
+                    epsilon = spent(i, r)
+                    values["epsilon"] = max(epsilon.values())
+                    values["market_epsilon"] = epsilon
+                for q, run in members:
+                    run.log.log(
+                        q.key, "pretrain", r, values, curve="loss", progress=show,
+                        total=p.num_rounds,
+                    )  # fmt: skip
+
+        if grouped:
+            print(f"-- pretraining {' + '.join(kinds)}: {len(reps)} runs in one round", flush=True)
+        phases = [run.checkpoints.phase(f"pretrain_{q.key}") for q, run in reps]
+        with self.times.phase("pretraining"):
+            return fed_loop.run_rounds(
+                model,
+                feds[0],
+                p.train,
+                p.names,
+                p.num_rounds,
+                groups.stack(starts),
+                self.mesh,
+                on_round,
+                checkpoints=checkpoint.group_phase(phases),
+                phase="pretrain_" + "+".join(kinds),
+                values=values,
+                run_names=[f"{run.label} {q.key}".strip() for q, run in reps],
+                privacy=plans if private else (),
+            )

@@ -1,0 +1,2 @@
+"""Persistence: checkpoints (checkpoint, checkpoint_layout), resuming a run (resume), atomic
+files on local disks and gs:// (files), and the metrics log (metrics_log)."""

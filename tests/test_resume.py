@@ -1,0 +1,311 @@
+"""Resuming a run: exact resume after SIGKILL and SIGTERM, a non-finite loss, a corrupt newest
+checkpoint, a finished run, an incompatible config, and the log of a resumed phase.
+
+The reference is one uninterrupted in-process run of `fecosr` on the tiny config; every
+interrupted run must end with the same results.json bytes and bitwise-equal final states."""
+
+import json
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from experiments.configs import test as test_config
+from fecosr_jax.federated import round as fed_round
+from fecosr_jax.runs import experiment
+from fecosr_jax.store import checkpoint, metrics_log, resume
+from tests.conftest import ROOT
+
+ROUNDS = 12
+
+
+EPOCHS = 4
+
+
+PRETRAIN = "pretrain_federated_s2ce"
+
+
+FINETUNE = "finetune_fecosr"
+
+
+OVERRIDES = {
+    "methods": "fecosr",
+    "num_rounds": ROUNDS,
+    "finetune.max_epochs": EPOCHS,
+    "finetune.patience": EPOCHS,
+    "plots": False,
+    "tensorboard": False,
+}
+
+
+def make_config():
+    config = test_config.get_config()
+    config.update_from_flattened_dict(OVERRIDES)
+    return config
+
+
+def command(workdir) -> list[str]:
+    flags = [f"--config.{k}={v}" for k, v in OVERRIDES.items()]
+    return [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/test.py",
+        f"--workdir={workdir}",
+        *flags,
+    ]
+
+
+def start(workdir) -> subprocess.Popen:
+    """The run as a subprocess; its output goes to WORKDIR.log (a pipe could fill up)."""
+    workdir.mkdir(parents=True, exist_ok=True)
+    log = open(f"{workdir}.log", "w")
+    return subprocess.Popen(command(workdir), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT)
+
+
+def output(workdir) -> str:
+    return pathlib.Path(f"{workdir}.log").read_text()
+
+
+def wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = 300):
+    deadline = time.monotonic() + timeout
+    while not path.exists():
+        assert proc.poll() is None, f"the run ended before {path} appeared"
+        assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
+        time.sleep(0.01)
+
+
+def final_state(workdir, phase: str) -> tuple[int, list[np.ndarray]]:
+    """(step, leaves) of a phase's newest checkpoint, read back with orbax."""
+    directory = pathlib.Path(workdir) / "checkpoints" / phase
+    with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
+        step = manager.latest_step()
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, [np.asarray(x) for x in jax.tree.leaves(state["state"])]
+
+
+def assert_same_run(workdir, ref_dir):
+    got = (pathlib.Path(workdir) / "results.json").read_bytes()
+    assert got == (ref_dir / "results.json").read_bytes()
+    for phase in (PRETRAIN, FINETUNE):
+        step, leaves = final_state(workdir, phase)
+        ref_step, ref_leaves = final_state(ref_dir, phase)
+        assert step == ref_step, phase
+        assert len(leaves) == len(ref_leaves)
+        for a, b in zip(leaves, ref_leaves, strict=True):
+            assert a.dtype == b.dtype and np.array_equal(a, b), phase  # bitwise on CPU
+
+
+def kill_round() -> int:
+    """A random round to kill at, from a seed that is printed (pytest shows it with a
+    failure) and can be set again: FECOSR_KILL_SEED=... reruns the same kill."""
+    seed = int(os.environ.get("FECOSR_KILL_SEED", time.time_ns() % 1_000_000))
+    kill_after = random.Random(seed).randint(2, ROUNDS - 2)
+    print(f"FECOSR_KILL_SEED={seed}: kill after round {kill_after}")
+    return kill_after
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    workdir = tmp_path_factory.mktemp("reference")
+    return workdir, experiment.train_and_evaluate(make_config(), str(workdir))
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
+    proc = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / FINETUNE / "1", proc)
+    proc.send_signal(signal.SIGTERM)
+    proc.wait(timeout=300)
+    out = output(tmp_path)
+    assert proc.returncode == checkpoint.EXIT_PREEMPTED, out
+    assert "Re-run the same command to resume" in out
+    stopped = int(out.split("stopped after finetune_fecosr step ")[1].split(",")[0])
+    assert (tmp_path / "checkpoints" / FINETUNE / str(stopped) / "commit_success.txt").exists()
+    progress = json.loads((tmp_path / "checkpoints" / "progress.json").read_text())
+    assert not progress["done"] and "fecosr" not in progress["methods"]
+    # The same run resumed in this process, whose reference run compiled the programs already.
+    experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert_same_run(tmp_path, reference[0])
+
+
+def poison_market(monkeypatch, market: int, from_round: int):
+    """From round `from_round` on, market `market`'s item vectors are NaN (bad data)."""
+    original = fed_round.CompiledRound.__post_init__
+
+    def patched(self):
+        original(self)
+        step = self.step
+
+        def poisoned(state, data, values=None):
+            if int(np.max(state.round)) + 1 >= from_round:
+                data = {**data, "semantics": data["semantics"].at[market].set(jnp.nan)}
+            return step(state, data, values)
+
+        self.step = poisoned
+
+    monkeypatch.setattr(fed_round.CompiledRound, "__post_init__", patched)
+
+
+def test_nan_stops_naming_round_and_market_and_the_checkpoint_resumes(
+    reference, tmp_path, monkeypatch
+):
+    with monkeypatch.context() as m:
+        poison_market(m, market=1, from_round=5)
+        with pytest.raises(
+            checkpoint.NonFiniteError, match=r"round 5: non-finite loss in market\(s\) m0001\."
+        ):
+            experiment.train_and_evaluate(make_config(), str(tmp_path))
+    step, _ = final_state(tmp_path, PRETRAIN)
+    assert step == 4
+    results = experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert results == reference[1]
+    assert_same_run(tmp_path, reference[0])
+
+
+@pytest.mark.parametrize("damage", ["flip", "truncate"])
+def test_corrupt_newest_checkpoint_falls_back_with_a_warning(
+    reference, tmp_path, monkeypatch, damage
+):
+    with monkeypatch.context() as m:
+        poison_market(m, market=0, from_round=6)
+        with pytest.raises(checkpoint.NonFiniteError, match="m0000"):
+            experiment.train_and_evaluate(make_config(), str(tmp_path))
+    newest = tmp_path / "checkpoints" / PRETRAIN / "5" / "state"
+    files = sorted(p for p in newest.rglob("*") if p.is_file() and "/d/" in str(p))
+    assert files
+    for path in files:
+        data = path.read_bytes()
+        if damage == "truncate":
+            path.write_bytes(data[: len(data) // 2])
+        else:
+            path.write_bytes(bytes(b ^ 0x5A for b in data))
+    with pytest.warns(UserWarning, match=r"5: checkpoint unreadable or corrupt"):
+        experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert_same_run(tmp_path, reference[0])
+
+
+def test_finished_run_only_reports(reference, tmp_path):
+    ref_dir, results = reference
+    metrics = (ref_dir / "metrics.jsonl").read_bytes()
+    assert experiment.train_and_evaluate(make_config(), str(ref_dir)) == results
+    assert (ref_dir / "metrics.jsonl").read_bytes() == metrics
+
+
+def test_incompatible_config_names_the_fields(reference):
+    ref_dir, _ = reference
+    config = make_config()
+    config.federated.alpha = 0.5
+    config.num_rounds = ROUNDS + 1
+    with pytest.raises(resume.IncompatibleCheckpoint) as e:
+        experiment.train_and_evaluate(config, str(ref_dir))
+    assert "federated.alpha (checkpoint 0.2, now 0.5)" in str(e.value)
+    assert f"num_rounds (checkpoint {ROUNDS}, now {ROUNDS + 1})" in str(e.value)
+    assert "Use a new --workdir, --overwrite to move this run aside" in str(e.value)  # ways out
+    # Fields that do not change results may differ.
+    config = make_config()
+    config.plots = True
+    config.checkpoint.keep = 5
+    resume.RunCheckpoints(str(ref_dir), config.to_dict(), config.checkpoint.to_dict())
+
+
+def test_checkpoints_hold_no_pickles(reference):
+    ref_dir, _ = reference
+    files = [p for p in (ref_dir / "checkpoints").rglob("*") if p.is_file()]
+    assert len(files) > 10
+    for path in files:
+        data = path.read_bytes()
+        is_pickle = data[:1] == b"\x80" and data[1:2] in (b"\x02", b"\x03", b"\x04", b"\x05")
+        assert not is_pickle and path.suffix not in (".pkl", ".pickle"), path
+
+
+def test_log_drops_the_steps_a_resumed_phase_repeats(tmp_path):
+    log = metrics_log.RunLog(str(tmp_path), tensorboard=False)
+    for step in range(1, 6):
+        log.log("p", "pretrain", step, {"loss": 1.0 / step}, curve="loss")
+    log.log("p", "finetune", 1, {"loss": 0.5})
+    log.close()
+    log = metrics_log.RunLog(str(tmp_path), tensorboard=False)  # a resume from step 2
+    log.log("p", "pretrain", 3, {"loss": 0.25}, curve="loss")
+    log.close()
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert [(x["stage"], x["step"]) for x in lines] == [
+        ("pretrain", 1),
+        ("pretrain", 2),
+        ("finetune", 1),
+        ("pretrain", 3),
+    ]
+    assert log.curves["p pretrain loss"] == [(1, 1.0), (2, 0.5), (3, 0.25)]
+
+
+def test_config_fields_added_later_match_their_default_when_absent():
+    old = {"seed": 0, "federated": {"alpha": 0.2}}  # a run made before config.seeds existed
+    assert resume.config_differences(old, {**old, "seeds": "1"}) == []
+    assert resume.config_differences(old, {**old, "seeds": "3"}) == [
+        "seeds (checkpoint '1', now '3')"
+    ]
+    assert resume.config_differences(old, {**old, "extra": 1}) == [
+        "extra (checkpoint '<absent>', now 1)"
+    ]
+    # Nested fields added later (model.norm) count as their default too.
+    saved = {"model": {"hidden": 64}}
+    assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "pre"}}) == []
+    assert resume.config_differences(saved, {"model": {"hidden": 64, "norm": "post"}}) == [
+        "model.norm (checkpoint 'pre', now 'post')"
+    ]
+    # A run made before the minimum fine-tuning budget stopped on patience alone: resuming
+    # it under today's default would change its rule, so it is refused, naming the field.
+    saved = {"finetune": {"patience": 3}}
+    assert resume.config_differences(saved, {"finetune": {"patience": 3, "min_budget": 0.0}}) == []
+    assert resume.config_differences(saved, {"finetune": {"patience": 3, "min_budget": 0.5}}) == [
+        "finetune.min_budget (checkpoint 0.0, now 0.5)"
+    ]
+
+
+# Two seeds on one run axis, with user-level DP on (its noise state is part of the round's).
+GROUP = {"seeds": "2", "federated.dp.enabled": True, "federated.dp.noise_multiplier": 1.0}
+
+
+def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory, capsys):
+    """Two seeds train together (one run axis) with DP on: killed at a random round, the
+    same command ends with the results.json bytes of the uninterrupted group, for each seed
+    and combined, and bitwise-equal final states; metrics.jsonl holds every round once."""
+    ref_dir = tmp_path_factory.mktemp("group_reference")
+    config = make_config()
+    config.update_from_flattened_dict(GROUP)
+    experiment.train_and_evaluate(config, str(ref_dir))
+    workdir = tmp_path_factory.mktemp("group_killed")
+    flags = [f"--config.{k}={v}" for k, v in GROUP.items()]
+    kill_after = kill_round()
+    log = open(f"{workdir}.log", "w")
+    proc = subprocess.Popen(
+        command(workdir) + flags, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+    )
+    # seed 0 saves before seed 1: killing here may leave seed 1 one round behind.
+    wait_for(workdir / "seed_0" / "checkpoints" / PRETRAIN / str(kill_after), proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
+    assert not (workdir / "results.json").exists()
+    assert "resuming from" not in output(workdir)  # a fresh workdir is not a resume
+    # Resumed in this process, whose reference run compiled the programs already; the command
+    # line's config (the flags) and this one must agree, or the resume is refused.
+    capsys.readouterr()
+    experiment.train_and_evaluate(config, str(workdir))
+    assert "resuming from" in capsys.readouterr().out
+    got, want = (workdir / "results.json").read_bytes(), (ref_dir / "results.json").read_bytes()
+    assert got == want, f"combined results.json, killed after round {kill_after}"
+    for seed in ("seed_0", "seed_1"):
+        assert_same_run(workdir / seed, ref_dir / seed)
+        results = json.loads((workdir / seed / "results.json").read_text())
+        assert results["privacy"]["federated_s2ce"]["m0000"]["noise_multiplier"] == 1.0
+        lines = (workdir / seed / "metrics.jsonl").read_text().splitlines()
+        rounds = [x["step"] for x in map(json.loads, lines) if x["stage"] == "pretrain"]
+        assert rounds == list(range(1, ROUNDS + 1)), f"{seed}, killed after round {kill_after}"
