@@ -2,15 +2,8 @@
 
 Each market trains its own copy of the model on its own data with CE, every market in one
 compiled epoch function (fecosr_jax/finetune/epoch.py), each with its own early stopping on
-validation NDCG@10 (its best parameters kept). Modes:
-
-  "adapt":   the market-specific adaptation module: an item-ID embedding table added to A(s_i)
-             (zero-initialised) and bottleneck adapters after each block (up-projection
-             zero-initialised), so fine-tuning starts exactly at the pretrained model. The shared
-             part is frozen (shared_lr_mult = 0) or trained with lr * shared_lr_mult.
-  "plain":   the pretrained model itself, all of it trained with lr (no adaptation module).
-  "scratch": the adapt-mode architecture from a random init, all of it trained with lr: the
-             `local` paradigm (each market alone).
+validation NDCG@10 (its best parameters kept), in one of the modes of
+fecosr_jax/finetune/config.py (adapt, plain, scratch).
 
 Per-market parameters are one pytree whose leaves carry the leading market axis M. Over a
 mesh of several devices (fecosr_jax.mesh) the market axis is sharded: each device fine-tunes
