@@ -64,8 +64,11 @@ def compare(workdir: str, pairs_text: str) -> str:
         table = method_pairs.pair_comparison(results, load_ranks(workdir, seeds), pairs)
     except ValueError as e:
         raise errors.BadInput(f"--pairs={pairs_text}: {e}") from e
-    text = f"# {results['dataset']}: paired comparisons\n\n" + method_pairs.pairs_markdown(
-        table, results["markets"], seeds
+    text = (
+        f"# {results['dataset']}: paired comparisons\n\n"
+        + method_pairs.pairs_markdown(table, results["markets"], seeds)
+        + "\n"
+        + method_pairs.pairs_seed_aware_markdown(table, results["markets"])
     )
     results_lib.write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})
     write_text_atomic(workdir / "pairs.md", text)

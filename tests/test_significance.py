@@ -222,3 +222,68 @@ def test_p_values_as_the_tables_show_them():
     assert markdown.p_text(3.2e-5) == "3.2e-05"
     assert markdown.p_text(0.0) == "<1e-6"  # below what results.json keeps, not zero
     assert markdown.p_text(None) == "-"
+
+
+def test_seed_aware_interval_by_hand():
+    # D = [[1, 2, 3], [3, 4, 5]] (S = 2 seeds, U = 3 users): mean 3; seed means 2, 4 ->
+    # MS_seed = 3 ((-1)^2 + 1^2) / 1 = 6; user means 2, 3, 4 -> MS_user = 2 (1 + 0 + 1) / 2 = 2;
+    # every residual is 0 -> MS_error = 0. Var = (6 + 2 - 0) / 6 = 4/3, and Satterthwaite's
+    # df = 8^2 / (6^2 / 1 + 2^2 / 2) = 64 / 38.
+    d = np.array([[1.0, 2, 3], [3, 4, 5]])
+    out = significance.seed_aware_test(d, np.zeros_like(d))
+    assert out["diff"] == 3.0 and out["df"] == pytest.approx(64 / 38)
+    assert (out["seeds"], out["users"], out["test"]) == (2, 3, significance.SEED_AWARE)
+    from scipy import stats
+
+    half = stats.t.ppf(0.975, 64 / 38) * math.sqrt(4 / 3)
+    assert out["ci"] == pytest.approx([3 - half, 3 + half])
+    assert out["p_value"] == pytest.approx(2 * stats.t.sf(3 / math.sqrt(4 / 3), 64 / 38))
+    # the smallest effect found with 80% power: (t_0.975 + t_0.8) x SE
+    power = stats.t.ppf(0.975, 64 / 38) + stats.t.ppf(0.8, 64 / 38)
+    assert out["detectable"] == pytest.approx(power * math.sqrt(4 / 3))
+    # One seed: the paired t-test over users, said to be about one trained model.
+    one = significance.seed_aware_test(d[:1], np.zeros((1, 3)))
+    assert one["test"] == significance.ONE_MODEL and one["df"] == 2
+    assert one["p_value"] == pytest.approx(significance.paired_test(d[0], np.zeros(3))["p_value"])
+
+
+def one_market_results(method: np.ndarray, local: np.ndarray) -> dict:
+    """The results dict of one market "a" where a method and `local` have these [S, U] test
+    ranks (the metric tables are placeholders: the tests read only the ranks)."""
+    ranks = {m: {"a": r} for m, r in (("m", method), ("local", local))}
+    table = {"a": {"ndcg@10": 0.0}, "mean": {}, "market_mean": {}}
+    return results_lib.results(
+        dataset="d", protocol="full", markets=["a"], skipped={}, transfer_source=None,
+        soft_labels={}, ranks=ranks, methods={m: table for m in ranks},
+    )  # fmt: skip
+
+
+def test_seeds_that_disagree_are_significant_pooled_but_not_seed_aware():
+    # 40 users, `local` at rank 3 on every seed. Seed 0 puts every user at rank 0 (+0.569);
+    # seeds 1-4 put half the users at rank 4 (-0.022 each). Averaged over the seeds first,
+    # every user is above `local`: the per-user test is sure. The seeds are not.
+    local = np.full((5, 40), 3)
+    method = np.tile(np.resize([3, 4], 40), (5, 1))
+    method[0] = 0
+    results = one_market_results(method, local)
+    pooled = results["vs_local"]["m"]["significance"]["a"]
+    aware = results["vs_local"]["m"]["seed_aware"]["markets"]["a"]
+    assert pooled["verdict"] == "better" and pooled["p_adjusted"] < 1e-6
+    assert aware["verdict"] == "same" and aware["p_adjusted"] > 0.05
+    assert aware["ci"][0] < 0 < aware["ci"][1] and aware["seeds"] == 5
+    assert aware["diff"] == pytest.approx(pooled["diff"])
+    # Without seed 0 the four agreeing seeds are significantly worse: the verdict is fragile.
+    assert aware["robust"] is False
+    assert "-0." in markdown.interval_cell(aware) and markdown.interval_cell(aware).endswith("†")
+
+
+def test_seeds_that_agree_are_seed_aware_significant():
+    # Seed s puts 16 + 2 s of the 40 users at rank 2 (the rest at `local`'s rank 3): every
+    # seed gains 0.028 to 0.042.
+    local = np.full((5, 40), 3)
+    method = np.array([[2] * (16 + 2 * s) + [3] * (24 - 2 * s) for s in range(5)])
+    aware = one_market_results(method, local)["vs_local"]["m"]["seed_aware"]
+    test = aware["markets"]["a"]
+    assert test["verdict"] == "better" and test["ci"][0] > 0 and test["robust"] is True
+    assert aware["test"] == significance.SEED_AWARE
+    assert aware["family"] == results_lib.SEED_AWARE_FAMILY

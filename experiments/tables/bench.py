@@ -233,9 +233,10 @@ def bench_dropout() -> str:
     return dropout_table(read_json(BENCH / "dropout_2026-11-30.json")["rows"]) + "\n"
 
 
-def bench_main_job() -> str:
-    """experiments.bench.main_job on the main job's fresh-clone run (main_job_2026-11-30.json)."""
-    return main_job_table(read_json(BENCH / "main_job_2026-11-30.json")) + "\n"
+def bench_main_job(date: str) -> str:
+    """experiments.bench.main_job on the main job's fresh-clone run of that date
+    (main_job_DATE.json)."""
+    return main_job_table(read_json(BENCH / f"main_job_{date}.json")) + "\n"
 
 
 def bench_accountant() -> str:

@@ -103,6 +103,13 @@ def xmrec_one_to_one() -> str:
     return run_tables.over_seeds(XMREC_SEEDS, range(5), one_to_one_runs())
 
 
+def xmrec_one_to_one_seed_aware() -> str:
+    """The seed-aware tests of XMRec's one-to-one and many-to-many methods against `local`,
+    seeds 0-4 (fecosr_jax.report.results.seed_aware)."""
+    methods = (*(f"transfer_id@{s}" for s in ONE_TO_ONE_SOURCES), "fedavg_id")
+    return run_tables.seed_aware_over_seeds(XMREC_SEEDS, range(5), one_to_one_runs(), methods)
+
+
 def xmrec_one_to_one_stops() -> str:
     """Where fine-tuning stopped on XMRec, seeds 0-4, the one-to-one methods included."""
     return run_tables.stop_epochs(XMREC_SEEDS, range(5), one_to_one_runs())

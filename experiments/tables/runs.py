@@ -122,6 +122,40 @@ def over_seeds(folder: pathlib.Path, seeds, joined: tuple[Joined, ...] = ()) -> 
     return tables(results_lib.combine_seeds(per_seed, list(seeds), ranks))
 
 
+def seed_aware_over_seeds(
+    folder: pathlib.Path, seeds, joined: tuple[Joined, ...] = (), methods: tuple[str, ...] = ()
+) -> str:
+    """The seed-aware tests against `local` of a run over `seeds` (with the `joined`
+    methods; only `methods` when given): a row per method, a column per market, each cell
+    the mean difference [95% interval] with ▲ / ▼ and † (report.markdown.interval_cell),
+    then the per-user test's markers for the same cells, and the smallest effect each
+    market's test finds with 80% power."""
+    per_seed, ranks = seed_runs(folder, seeds, joined)
+    names = per_seed[0]["markets"]
+    aware = results_lib.seed_aware(ranks, names)
+    pooled_tests = results_lib.combine_seeds(per_seed, list(seeds), ranks)["vs_local"]
+    rows = [m for m in aware if not methods or m in methods]
+    lines = [
+        "| method | " + " | ".join(names) + " | per-user test ▲ / ▼ | detectable |",
+        "| --- |" + " ---: |" * len(names) + " ---: | ---: |",
+    ]
+    for m in rows:
+        tests = aware[m]["markets"]
+        marks = [pooled_tests[m]["significance"][n]["verdict"] for n in names]
+        detectable = [tests[n]["detectable"] for n in names]
+        lines.append(
+            row(
+                [
+                    m,
+                    *(markdown.interval_cell(tests[n]) for n in names),
+                    f"{marks.count('better')} / {marks.count('worse')}",
+                    f"{min(detectable):.4f} to {max(detectable):.4f}",
+                ]
+            )
+        )
+    return "\n".join(lines).replace("-0.", "−0.") + "\n"
+
+
 def pairs_over_seeds(
     folder: pathlib.Path,
     seeds,

@@ -76,6 +76,49 @@ def transfer_matrix(results: dict) -> list[str]:
     return lines
 
 
+def interval_cell(test: dict) -> str:
+    """A seed-aware test as a cell: the mean difference, its 95% interval, ▲ / ▼ by the
+    adjusted p, and † where leaving out one seed changes the verdict."""
+    if test["ci"] is None:
+        return f"{test['diff']:+.4f}"
+    low, high = test["ci"]
+    fragile = " †" if test["robust"] is False else ""
+    return f"{test['diff']:+.4f} [{low:+.4f}, {high:+.4f}]{MARKS[test['verdict']]}{fragile}"
+
+
+def seed_aware_markdown(results: dict) -> list[str]:
+    """The seed-aware tests against `local` (report.results.seed_aware): a row per method, a
+    column per market."""
+    comp = {m: c["seed_aware"] for m, c in results.get("vs_local", {}).items() if "seed_aware" in c}
+    if not comp:
+        return []
+    names = results["markets"]
+    first = next(iter(comp.values()))
+    seeds = next(iter(first["markets"].values()))["seeds"]
+    if seeds > 1:
+        about = (
+            f"over {seeds} seeds and the test users ({first['test']}), so the training's "
+            "randomness counts; † = the verdict changes when any one seed is left out"
+        )
+    else:
+        about = (
+            "about one trained model: one seed, so the test counts the test users and not the "
+            "training's randomness"
+        )
+    lines = [
+        "",
+        f"Seed-aware tests against `local` ({GAIN_METRIC}, mean difference [95% interval]), "
+        f"{about}. ▲ / ▼: {TESTED}.",
+        "",
+        "| seed-aware | " + " | ".join(names) + " |",
+        "| --- |" + " ---: |" * len(names),
+    ]
+    for method, test in comp.items():
+        cells = [interval_cell(test["markets"][n]) for n in names]
+        lines.append(f"| {method} | " + " | ".join(cells) + " |")
+    return lines
+
+
 def results_markdown(results: dict) -> str:
     methods = results["methods"]
     names = results["markets"]
@@ -138,6 +181,7 @@ def results_markdown(results: dict) -> str:
             lines.append(
                 f"| {method} | {t['diff']:+.4f} | {p_text(t['p_value'])} | {t['verdict']} |"
             )
+    lines += seed_aware_markdown(results)
     lines += transfer_matrix(results)
     if results.get("transfer_source"):
         lines += [

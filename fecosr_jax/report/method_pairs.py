@@ -27,8 +27,9 @@ def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) ->
 
     Returns:
       [{"method": A, "reference": B, "gain", "mean_gain", "markets_better", "markets_worse",
-      "significance", "markets_significantly_better", "markets_significantly_worse"}], in the
-      order of `pairs`.
+      "significance", "markets_significantly_better", "markets_significantly_worse",
+      "seed_aware": the seed-aware tests of A against B (results.seed_aware; each pair a
+      family)}], in the order of `pairs`.
     """
     methods, names = results["methods"], results["markets"]
     for name in {m for pair in pairs for m in pair}:
@@ -39,8 +40,10 @@ def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) ->
     out = []
     for a, b in pairs:
         both = {a: methods[a], b: methods[b]}
-        comp = results_lib.comparison(both, names, reference=b, ranks={a: ranks[a], b: ranks[b]})
-        out.append({"method": a, "reference": b, **comp[a]})
+        pair_ranks = {a: ranks[a], b: ranks[b]}
+        comp = results_lib.comparison(both, names, reference=b, ranks=pair_ranks)
+        aware = results_lib.seed_aware(pair_ranks, names, reference=b)
+        out.append({"method": a, "reference": b, **comp[a], "seed_aware": aware[a]})
     return out
 
 
@@ -83,4 +86,28 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
         "mean: the mean over markets of the per-market differences. A better / worse: markets "
         "by the sign of the difference (significant ones in brackets).",
     ]
+    return "\n".join(lines) + "\n"
+
+
+def pairs_seed_aware_markdown(pairs: list[dict], names: list[str]) -> str:
+    """One row per pair A:B, one column per market: the seed-aware test of A − B (mean
+    difference [95% interval], ▲ / ▼ after Benjamini-Hochberg over the pair's markets, † where
+    leaving out one seed changes the verdict)."""
+    first = next(iter(pairs[0]["seed_aware"]["markets"].values()))
+    about = (
+        f"over {first['seeds']} seeds and the test users, so the training's randomness counts"
+        if first["seeds"] > 1
+        else "about one trained model (one seed)"
+    )
+    lines = [
+        f"Seed-aware tests of A − B ({GAIN_METRIC}, mean difference [95% interval]), {about}; "
+        "each pair a family.",
+        "",
+        "| A | B | " + " | ".join(names) + " |",
+        "| --- | --- |" + " ---: |" * len(names),
+    ]
+    for c in pairs:
+        tests = c["seed_aware"]["markets"]
+        cells = [markdown.interval_cell(tests[n]) for n in names]
+        lines.append(f"| {c['method']} | {c['reference']} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"

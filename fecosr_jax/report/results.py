@@ -113,6 +113,97 @@ def comparison(methods: dict, names, reference: str = "local", ranks: dict | Non
     return out
 
 
+# The family of the seed-aware tests: one method's tests against `local` over the run's
+# markets, adjusted together (docs/design.md §5). So a method's verdicts do not depend on
+# which other methods ran beside it, and a pair of methods compared apart is the same family.
+SEED_AWARE_FAMILY = "the method's tests against the reference over the markets"
+
+
+def _seed_aware_family(values: dict, reference: str, seeds) -> dict:
+    """The seed-aware tests of each method against `reference` ({method: {market: [S, U]
+    per-user values}}) on the seeds `seeds` (indices), each method's markets adjusted together
+    with Benjamini-Hochberg: {method: {market: test}}."""
+    out: dict = {}
+    for m, by_market in values.items():
+        if m == reference:
+            continue
+        tests = {
+            n: significance.seed_aware_test(v[seeds], values[reference][n][seeds])
+            for n, v in by_market.items()
+        }
+        adjusted = significance.adjust([t["p_value"] for t in tests.values()])
+        out[m] = {
+            n: {**t, "p_adjusted": q, "verdict": significance.verdict(t["diff"], q)}
+            for (n, t), q in zip(tests.items(), adjusted, strict=True)
+        }
+    return out
+
+
+def seed_aware(ranks: dict, names, reference: str = "local") -> dict:
+    """Per method, the seed-aware test against `reference` in every market
+    (significance.seed_aware_test on the per-user GAIN_METRIC of each seed), each method's
+    markets one family adjusted together (SEED_AWARE_FAMILY), each test with `robust`: whether
+    its verdict stays the same when any one seed is left out (the family adjusted again; None
+    with one seed).
+
+    Args:
+      ranks: {method: {market: [S, U] or [U] per-user test ranks}}, the same S seeds for
+        every method.
+
+    Returns:
+      {method: {"test", "family", "correction", "markets": {market: {"diff", "ci",
+      "detectable", "p_value", "p_adjusted", "df", "seeds", "users", "verdict", "robust"}}}}.
+    """
+    if reference not in ranks:
+        return {}
+    values = {
+        m: {n: np.atleast_2d(significance.per_user(by_market[n], GAIN_METRIC)) for n in names}
+        for m, by_market in ranks.items()
+        if all(n in by_market for n in names)
+    }
+    if reference not in values:
+        return {}
+    num_seeds = next(iter(values[reference].values())).shape[0]
+    values = {  # a method paired with `reference` seed by seed (joined runs have them all)
+        m: by_market
+        for m, by_market in values.items()
+        if all(v.shape[0] == num_seeds for v in by_market.values())
+    }
+    full = _seed_aware_family(values, reference, np.arange(num_seeds))
+    left_out = [
+        _seed_aware_family(values, reference, np.delete(np.arange(num_seeds), s))
+        for s in range(num_seeds)
+        if num_seeds > 1
+    ]
+    out = {}
+    for m, by_market in full.items():
+        markets = {}
+        for n, t in by_market.items():
+            robust = (
+                all(lo[m][n]["verdict"] == t["verdict"] for lo in left_out) if left_out else None
+            )
+            markets[n] = {
+                "diff": clean(t["diff"]),
+                "ci": None if t["ci"] is None else [clean(x) for x in t["ci"]],
+                "detectable": clean(t["detectable"]),
+                "p_value": clean(t["p_value"]),
+                "p_adjusted": clean(t["p_adjusted"]),
+                "df": None if t["df"] is None else round(float(t["df"]), 2),
+                "seeds": t["seeds"],
+                "users": t["users"],
+                "verdict": t["verdict"],
+                "robust": robust,
+            }
+        test = next(iter(by_market.values()))["test"]
+        out[m] = {
+            "test": test,
+            "family": SEED_AWARE_FAMILY,
+            "correction": significance.CORRECTION,
+            "markets": markets,
+        }
+    return out
+
+
 def pool_ranks(per_seed: list[dict]) -> dict:
     """Per-user test ranks of several seeds, {method: {market: [ranks]}} each, as
     {method: {market: [S_m, U] array}} (S_m: the seeds that have the method)."""
@@ -154,6 +245,9 @@ def results(
         "transfer_source": transfer_source,
         "soft_labels": soft_labels,
     }
+    for method, test in seed_aware(ranks, markets).items():
+        if method in out["vs_local"]:
+            out["vs_local"][method]["seed_aware"] = test
     if seeds is not None:
         out["seeds"], out["std"] = list(seeds), std
     for method, test in (over_seeds or {}).items():
