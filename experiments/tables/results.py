@@ -74,6 +74,11 @@ def default_seeds() -> str:
     return run_tables.over_seeds(DEFAULT_SEEDS, range(5))
 
 
+def default_seeds_seed_aware() -> str:
+    """The seed-aware tests against `local` of the main job over seeds 0-4."""
+    return run_tables.seed_aware_over_seeds(DEFAULT_SEEDS, range(5))
+
+
 def xmrec_seeds() -> str:
     """XMRec over seeds 0-4, exact duplicate rows dropped (docs/results/xmrec_seeds/)."""
     return run_tables.over_seeds(XMREC_SEEDS, range(5))
@@ -144,6 +149,11 @@ ML100K_PAIRS = [
 def ml100k_seeds() -> str:
     """ml-100k regions over seeds 0-4 (docs/results/ml100k_seeds5/)."""
     return run_tables.over_seeds(ML100K_SEEDS, range(5))
+
+
+def ml100k_seed_aware() -> str:
+    """The seed-aware tests against `local` on ml-100k regions, seeds 0-4."""
+    return run_tables.seed_aware_over_seeds(ML100K_SEEDS, range(5))
 
 
 def ml100k_pairs() -> str:
