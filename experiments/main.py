@@ -42,8 +42,9 @@ _RUNS = flags.DEFINE_multi_string(
 _OVERWRITE = flags.DEFINE_bool(
     "overwrite",
     False,
-    "Move an existing WORKDIR aside (to WORKDIR.moved-<UTC time>; nothing is deleted) and "
-    "start a new run there, instead of resuming it or refusing a changed config or data.",
+    "Once the config and the data are checked, move an existing WORKDIR aside (to "
+    "WORKDIR.moved-<UTC time>; nothing is deleted) and start a new run there, instead of "
+    "resuming it or refusing a changed config or data.",
 )
 _DISTRIBUTED = flags.DEFINE_bool(
     "distributed",
@@ -100,18 +101,6 @@ def main(argv):
     from fecosr_jax.runs import groups
 
     try:
-        if _OVERWRITE.value:
-            from fecosr_jax import distributed
-            from fecosr_jax.store import files
-
-            if distributed.is_primary():
-                moved = files.move_aside(_WORKDIR.value)
-                if moved:
-                    print(f"--overwrite: the previous run is now in {moved}", flush=True)
-            if _DISTRIBUTED.value:
-                from jax.experimental import multihost_utils
-
-                multihost_utils.sync_global_devices("overwrite")
         points = []
         for text in _RUNS.value:
             try:
@@ -120,6 +109,20 @@ def main(argv):
             except groups.GroupError as e:
                 raise groups.GroupError(f"--run={text}: {e}") from e
             points.append((run_config, os.path.join(_WORKDIR.value, name)))
+        if _OVERWRITE.value:
+            from fecosr_jax import distributed
+            from fecosr_jax.store import files
+
+            # The config and the data are checked first: a bad value leaves the old run.
+            experiment.check_inputs([c for c, _ in points] or [config])
+            if distributed.is_primary():
+                moved = files.move_aside(_WORKDIR.value)
+                if moved:
+                    print(f"--overwrite: the previous run is now in {moved}", flush=True)
+            if _DISTRIBUTED.value:
+                from jax.experimental import multihost_utils
+
+                multihost_utils.sync_global_devices("overwrite")
         if points:
             experiment.train_and_evaluate_group(points)
         else:

@@ -225,6 +225,20 @@ def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, n
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
 
 
+def test_overwrite_with_a_bad_value_leaves_the_old_run_where_it_was(tmp_path):
+    workdir = tmp_path / "w"
+    workdir.mkdir()
+    (workdir / "results.json").write_text("old")
+    out = run_main(workdir, "--overwrite", "--config.finetune.lr=-0.001")
+    assert out.returncode == 2 and "config.finetune.lr=-0.001" in out.stderr
+    out = run_main(
+        workdir, "--overwrite", "--config.data.format=xmrec", f"--config.data.path={tmp_path}/none"
+    )
+    assert out.returncode == 2 and "--overwrite" not in out.stdout
+    assert [p.name for p in tmp_path.iterdir()] == ["w"]  # nothing moved aside
+    assert (workdir / "results.json").read_text() == "old"
+
+
 def test_overwrite_moves_a_run_aside_and_deletes_nothing(tmp_path):
     from fecosr_jax.store import files
 

@@ -4,6 +4,7 @@ checkpoint, a finished run, an incompatible config, and the log of a resumed pha
 The reference is one uninterrupted in-process run of `fecosr` on the tiny config; every
 interrupted run must end with the same results.json bytes and bitwise-equal final states."""
 
+import copy
 import json
 import os
 import pathlib
@@ -309,3 +310,48 @@ def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory, caps
         lines = (workdir / seed / "metrics.jsonl").read_text().splitlines()
         rounds = [x["step"] for x in map(json.loads, lines) if x["stage"] == "pretrain"]
         assert rounds == list(range(1, ROUNDS + 1)), f"{seed}, killed after round {kill_after}"
+
+
+def write_xmrec(folder, changed: bool = False):
+    """Two tiny XMRec markets, a and b (8 users of 6 ratings each over 10 shared items);
+    `changed` moves one rating of b to another item."""
+    folder.mkdir(exist_ok=True)
+    for market in ("a", "b"):
+        rows = [
+            f"{market}{u} i{(u + k) % 10} 5.0 2020-01-{k + 1:02d}"
+            for u in range(8)
+            for k in range(6)
+        ]
+        if changed and market == "b":
+            rows[3] = rows[3].replace(" i", " i9", 1)
+        (folder / f"ratings_{market}_x.txt").write_text("\n".join(rows) + "\n")
+
+
+def test_a_finished_run_checks_its_inputs_with_checkpoints_off(tmp_path):
+    """A finished run records its inputs beside results.json (inputs.json). Re-run, it only
+    reports while config and data are the same, and refuses a changed config or data file,
+    naming them, with checkpoints off as with them on; nothing in the workdir changes."""
+    data = tmp_path / "data"
+    write_xmrec(data)
+    config = test_config.get_config()
+    config.update_from_flattened_dict(
+        {"data.format": "xmrec", "data.path": str(data), "data.markets": "a,b",
+         "data.semantics": "none",
+         "methods": "local", "finetune.max_epochs": 1, "plots": False, "tensorboard": False,
+         "checkpoint.enabled": False}
+    )  # fmt: skip
+    workdir = tmp_path / "w"
+    first = experiment.train_and_evaluate(config, str(workdir))
+    files = {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()}
+    assert {"results.json", "inputs.json", "ranks.npz"} <= set(files)
+    assert experiment.train_and_evaluate(config, str(workdir)) == first  # reports
+    changed = copy.deepcopy(config)
+    changed.finetune.lr = 0.01
+    with pytest.raises(
+        resume.IncompatibleCheckpoint, match=r"finetune\.lr \(checkpoint 0\.001, now 0\.01\)"
+    ):
+        experiment.train_and_evaluate(changed, str(workdir))
+    write_xmrec(data, changed=True)
+    with pytest.raises(resume.IncompatibleCheckpoint, match=r"market\(s\) b changed"):
+        experiment.train_and_evaluate(config, str(workdir))
+    assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == files

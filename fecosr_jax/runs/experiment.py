@@ -145,6 +145,19 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     return out
 
 
+def check_inputs(configs: list[ml_collections.ConfigDict]) -> None:
+    """What a run checks before it writes anything, without touching any workdir: every
+    config (typed_configs.check) and the data they load (the configs of one group load the
+    same data). `--overwrite` runs it before it moves the old run aside, so a bad value or
+    file leaves the old run where it was."""
+    for config in configs:
+        typed_configs.check(config)
+    config = configs[0]
+    prepare_markets(
+        config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
+    )
+
+
 def _check_layout(workdir: str, seeds: list[int]) -> None:
     """Refuses a run whose results would overwrite another layout's in `workdir`: a
     single-seed run where several seeds' combined results are, or the reverse, or combined
@@ -178,6 +191,7 @@ def _run_group(
     methods = paradigms.parse_methods(config.methods)
     primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
     finished: dict[str, tuple[dict, dict]] = {}
+    recorded: dict[str, dict] = {}  # a finished run's inputs (resume.INPUTS), by workdir
     runs: list[groups.Run] = []
     for run_config, workdir, label in zip(configs, workdirs, labels, strict=True):
         root = epath.Path(workdir)
@@ -188,25 +202,44 @@ def _run_group(
             writes=primary,
             start=False,
         )
-        results_path = root / "results.json"
-        if checkpoints.progress["done"] and results_path.exists():
-            print(f"{workdir}: this run has finished; its results:\n", flush=True)
-            print((root / "results.md").read_text(), flush=True)
+        results_path, inputs_path = root / "results.json", root / resume.INPUTS
+        if results_path.exists() and (checkpoints.progress["done"] or inputs_path.exists()):
+            recorded[workdir] = (
+                read_json(inputs_path)
+                if inputs_path.exists()  # runs before it: their progress.json has the same
+                else {k: checkpoints.progress.get(k) for k in ("config", "data")}
+            )
+            resume.check_finished(workdir, run_config.to_dict(), recorded[workdir])
             finished[workdir] = (
                 read_json(results_path),
-                checkpoints.progress["ranks"],
+                checkpoints.progress["ranks"]
+                if checkpoints.progress["done"]
+                else results_lib.read_ranks(root / "ranks.npz"),
             )
             checkpoints.close()
             continue
+        if results_path.exists() and not checkpoints.resuming:
+            raise resume.IncompatibleCheckpoint(
+                f"{results_path}: a run's results, with no record of its inputs (a run made "
+                "with checkpoints off before runs recorded them). Use a new --workdir, or "
+                "--overwrite to move it aside"
+            )
         runs.append(groups.Run(run_config.seed, run_config, workdir, label, None, checkpoints))
-    if not runs:
-        return [finished[w] for w in workdirs]
     times = progress.PhaseTimes()
-    # The data, and what depends on it, is checked before any workdir is touched.
+    # The data, and what depends on it, is checked before any workdir is touched: a finished
+    # run's too, which only reports if the data are still those it was made from.
     with times.phase("loading"):
         markets, splits, stacked = prepare_markets(
             config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
         )
+    data = resume.data_fingerprints(splits)
+    for workdir, inputs in recorded.items():
+        resume.compare_data(workdir, inputs["data"], data)
+    for workdir in finished:
+        print(f"{workdir}: this run has finished; its results:\n", flush=True)
+        print((epath.Path(workdir) / "results.md").read_text(), flush=True)
+    if not runs:
+        return [finished[w] for w in workdirs]
     names = [m.name for m in markets]
     methods = paradigms.expand_sources(methods, names)
     clients = config.federated.clients_per_round
@@ -217,7 +250,6 @@ def _run_group(
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
     trainer.pretrainer.check_privacy([run.config for run in runs])
-    data = resume.data_fingerprints(splits)
     for run in runs:
         run.checkpoints.check_data(data)
     for run in runs:
@@ -336,6 +368,11 @@ def _finish_run(
         privacy=private or None,
     )
     if distributed.is_primary():
+        # The inputs first: results.json beside them marks the run finished.
+        results_lib.write_json_atomic(
+            epath.Path(run.workdir) / resume.INPUTS,
+            {k: run.checkpoints.progress[k] for k in ("config", "data")},
+        )
         results_lib.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         results_lib.write_json_atomic(
             epath.Path(run.workdir) / metrics_log.TRAINING,

@@ -4,7 +4,8 @@ progress.json holds the run's config, each market's data fingerprint and every f
 method's per-market results and per-user test ranks, so a resumed run skips finished methods
 and a finished run only reports. A re-run whose config (outside RESUMABLE_FIELDS) or data
 differs is refused, naming what changed; each phase's arrays are in its own
-checkpoint.PhaseCheckpoints.
+checkpoint.PhaseCheckpoints. A finished run also records its config and data fingerprints
+beside its results.json (INPUTS), so the same holds with checkpoints off.
 """
 
 from __future__ import annotations
@@ -99,6 +100,36 @@ def data_fingerprints(splits) -> dict[str, str]:
     return out
 
 
+def compare_data(where, saved: dict[str, str] | None, data: dict[str, str]) -> None:
+    """Refuses data whose fingerprints (`data_fingerprints`) differ from the ones a run in
+    `where` recorded (None: a run of an older version, which recorded none), naming the
+    markets."""
+    changed = sorted(m for m in {*(saved or {}), *data} if (saved or data).get(m) != data.get(m))
+    if changed:
+        raise IncompatibleCheckpoint(
+            f"{where}: this workdir holds a run on other data: market(s) "
+            f"{', '.join(changed)} changed since it started (their files, or the split "
+            "settings). Use a new --workdir, or --overwrite to move this run aside"
+        )
+
+
+# Beside a finished run's results.json: the inputs it was made from, {"config", "data"}.
+INPUTS = "inputs.json"
+
+
+def check_finished(workdir, config_dict: dict, recorded: dict) -> None:
+    """Refuses a re-run of a finished run (its `recorded` inputs, INPUTS) with a config that
+    differs in fields that change results, naming them, as a resume does."""
+    diffs = config_differences(recorded["config"], _json_ready(config_dict))
+    if diffs:
+        raise IncompatibleCheckpoint(
+            f"{workdir}: this workdir holds a finished run with a different config: "
+            + "; ".join(diffs)
+            + ". Use a new --workdir, or --overwrite to move this run aside (nothing is "
+            "deleted)."
+        )
+
+
 class RunCheckpoints:
     """WORKDIR/checkpoints: one PhaseCheckpoints per phase plus progress.json."""
 
@@ -133,16 +164,7 @@ class RunCheckpoints:
     def check_data(self, data: dict[str, str]):
         """Records each market's fingerprint (`data_fingerprints`). A run resumed on other
         data is refused, naming the markets, so results of old and new data never mix."""
-        saved = self.progress.get("data")  # absent from runs of older versions
-        changed = sorted(
-            m for m in {*(saved or {}), *data} if (saved or data).get(m) != data.get(m)
-        )
-        if changed:
-            raise IncompatibleCheckpoint(
-                f"{self.root}: this workdir holds a run on other data: market(s) "
-                f"{', '.join(changed)} changed since it started (their files, or the split "
-                "settings). Use a new --workdir, or --overwrite to move this run aside"
-            )
+        compare_data(self.root, self.progress.get("data"), data)
         self.progress["data"] = data
 
     def start(self):
