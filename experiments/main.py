@@ -21,11 +21,24 @@ import os
 import signal
 import sys
 
-from absl import app, flags, logging
-from ml_collections import config_flags
 
-from fecosr_jax import errors
-from fecosr_jax.runs import experiment
+def _stopped_while_starting(signum, frame):
+    # SIGTERM before main() runs (importing JAX takes seconds): nothing has been written.
+    print(
+        "stopped by SIGTERM while starting, before anything was written. Re-run the same "
+        "command to start (exit 75).",
+        flush=True,
+    )
+    os._exit(75)  # fecosr_jax.errors.EXIT_PREEMPTED, not imported yet
+
+
+signal.signal(signal.SIGTERM, _stopped_while_starting)
+
+from absl import app, flags, logging  # noqa: E402
+from ml_collections import config_flags  # noqa: E402
+
+from fecosr_jax import errors  # noqa: E402
+from fecosr_jax.runs import experiment  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
@@ -70,10 +83,15 @@ def _stopped(signum, frame):
     raise errors.Preempted("stopped by SIGTERM outside a training step")
 
 
+def _usage(message: str):
+    """A command line that cannot run: one line, exit 2, before anything is written."""
+    sys.exit(errors.report(errors.BadInput(message)))
+
+
 def main(argv):
-    if len(argv) > 1:
-        raise app.UsageError(f"unexpected arguments: {argv[1:]}")
     signal.signal(signal.SIGTERM, _stopped)  # the training loops install their own handler
+    if len(argv) > 1:
+        _usage(f"unexpected arguments {argv[1:]}: every argument is a --flag")
     if not flags.FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     config = _CONFIG.value
@@ -95,9 +113,7 @@ def main(argv):
 
         distributed.initialize(_COORDINATOR.value, _NUM_PROCESSES.value, _PROCESS_ID.value)
     elif any(f.value is not None for f in (_COORDINATOR, _NUM_PROCESSES, _PROCESS_ID)):
-        raise app.UsageError(
-            "--coordinator_address, --num_processes and --process_id need --distributed"
-        )
+        _usage("--coordinator_address, --num_processes and --process_id need --distributed")
     from fecosr_jax.runs import groups
 
     try:

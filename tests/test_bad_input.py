@@ -225,6 +225,38 @@ def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, n
     assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
 
 
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["extra"], "unexpected arguments ['extra']"),
+        (["--coordinator_address=127.0.0.1:1"], "need --distributed"),
+    ],
+)
+def test_a_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path, args, named):
+    out = run_main(tmp_path / "w", *args)
+    assert out.returncode == 2, out.stderr
+    assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
+
+
+def test_sigterm_while_starting_exits_75_and_writes_nothing(tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from tests.conftest import ROOT
+
+    command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/test.py",
+               f"--workdir={tmp_path / 'w'}"]  # fmt: skip
+    proc = subprocess.Popen(command, cwd=ROOT, stdout=subprocess.PIPE, text=True)
+    time.sleep(0.5)  # Python has started; JAX is still importing (or main() has begun)
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=120)
+    assert proc.returncode == 75, out
+    assert "Re-run the same command" in out and not (tmp_path / "w").exists()
+
+
 def test_overwrite_with_a_bad_value_leaves_the_old_run_where_it_was(tmp_path):
     workdir = tmp_path / "w"
     workdir.mkdir()

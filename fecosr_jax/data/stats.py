@@ -42,7 +42,7 @@ _JSON = flags.DEFINE_bool("json", False, "Print JSON instead of tables.")
 def main(argv: Sequence[str]) -> int:
     del argv
     if _FORMAT.value is None:
-        raise app.UsageError(f"--format is required, one of {FORMATS}")
+        return errors.report(errors.BadInput(f"--format is required, one of {FORMATS}"))
     try:
         markets = load_source(
             _FORMAT.value,
