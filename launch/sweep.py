@@ -18,7 +18,9 @@ The other axes change the data or the program: a process each. Processes run one
 another; a process's output goes to DIR/logs/<process>.log, linked from each of its runs as
 runs/<name>/sweep.log. A run that already finished only reports (experiments.main resumes
 from its workdir), so re-running the sweep after an interruption continues where it stopped.
-A failed process is reported and the others go on; the sweep then exits 1. Flags are absl
+Every point's config and each process's data are checked before anything is written (a bad
+one: one line naming the run, exit 2). A failed process is reported and the others go on; the
+sweep then exits 1. Flags are absl
 flags, as for experiments/main.py (--helpfull lists them; the config file and its
 --config.FIELD overrides are checked before anything runs); a flag that does not parse, or
 an axis or --compare value the sweep cannot use, exits 2 with one line, before anything is
@@ -58,7 +60,7 @@ import shlex
 import subprocess
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 from fecosr_jax import errors
@@ -183,6 +185,33 @@ def axis_overrides(flag: str, value) -> list[str]:
     return [f"--config.{field}={value}"]
 
 
+def point_config(config, point: dict):
+    """The config one grid point runs with: `config` (the file and its --config overrides)
+    with the point's axis values, as its --config flags (axis_overrides) set them."""
+    out = config.copy_and_resolve_references()
+    kinds = {flag: kind for flag, _, _, kind in AXES}
+    for flag, value in point.items():
+        for override in axis_overrides(flag, value):
+            field, _, text = override.removeprefix("--config.").partition("=")
+            typed = text == "True" if text in ("True", "False") else kinds[flag](text)
+            out.update_from_flattened_dict({field: typed})
+    return out
+
+
+def check_points(config, batches: list[list[dict]]) -> None:
+    """Every point's config and the data of each process, checked before the sweep writes
+    anything (fecosr_jax.runs.experiment.check_inputs; the points of one process load the
+    same data). A bad value or data file raises BadInput naming it."""
+    from fecosr_jax.runs import experiment  # imports JAX: only when the sweep runs
+
+    for members in batches:
+        configs = [point_config(config, point) for point in members]
+        try:
+            experiment.check_inputs(configs)
+        except errors.BadInput as e:
+            raise errors.BadInput(f"run {run_name(members[0])}: {e}") from e
+
+
 def command(
     config: str, root: pathlib.Path, members: list[dict], overrides: list[str], python="python"
 ) -> list[str]:
@@ -216,6 +245,8 @@ def _error(message: str) -> int:
 
 def main(argv: list[str]) -> int:
     FLAGS = flags.FLAGS
+    if not FLAGS["verbosity"].present:
+        logging.set_verbosity(logging.WARNING)  # as experiments.main: JAX logs at INFO
     if len(argv) > 1:
         return _error(
             f"unexpected arguments {argv[1:]}: only --config.FIELD=VALUE goes to the runs"
@@ -249,6 +280,11 @@ def main(argv: list[str]) -> int:
         return 0
     if FLAGS.collect_only and not any((d / "results.json").exists() for d, _ in runs):
         return _error(f"--collect_only: no finished run of this grid under {root / 'runs'}")
+    if not FLAGS.collect_only:
+        try:
+            check_points(config, batches)
+        except errors.BadInput as e:
+            return errors.report(e)
     root.joinpath("runs").mkdir(parents=True, exist_ok=True)
     failed = []
     if not FLAGS.collect_only:
@@ -269,7 +305,10 @@ def main(argv: list[str]) -> int:
             if rc != 0:
                 failed.append(log_path.name)
                 print(f"  failed (exit {rc}); its output: {log_path}", flush=True)
-    rows = [sweep_results.collect(run_dir, point) for run_dir, point in runs]
+    try:
+        rows = [sweep_results.collect(run_dir, point) for run_dir, point in runs]
+    except errors.BadInput as e:  # a run's file cut or broken: one line naming it
+        return errors.report(e)
     summary = sweep_results.summarise(rows, axes, pairs)
     write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
     table = sweep_results.markdown(summary, rows, axes, spec)

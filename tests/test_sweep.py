@@ -259,21 +259,51 @@ def test_sweep_over_markets_and_alpha_groups_the_alphas_and_collects_every_run(t
 
 
 def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
+    # A learning rate that passes every check and overflows while training: the run fails.
     out = subprocess.run(
         [
             *SWEEP,
             "--markets=2",
             f"--config={TEST_CONFIG}",
             f"--workdir={tmp_path}",
-            "--config.methods=no_such_method",
+            "--config.methods=fecosr",
+            "--config.federated.client_lr=1e30",
         ],
         cwd=ROOT,
         capture_output=True,
         text=True,
     )
     assert out.returncode == 1
-    assert "failed (exit" in out.stdout and "Runs without results: M2" in out.stdout
-    assert "no_such_method" in (tmp_path / "runs" / "M2" / "sweep.log").read_text()
+    assert "failed (exit 1)" in out.stdout and "Runs without results: M2" in out.stdout
+    assert "non-finite loss" in (tmp_path / "runs" / "M2" / "sweep.log").read_text()
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--config.methods=no_such_method"], "run M2: config.methods: unknown methods"),
+        (["--config.finetune.lr=-1"], "run M2: config.finetune.lr=-1.0: expected a positive"),
+        (
+            [
+                "--epsilon=1",
+                "--config.federated.batch_size=64",
+                "--config.federated.dp.expected_batch_size=60",
+                "--config.federated.client_optimizer=sgd",
+            ],
+            "run M2_eps1.0: config.federated.dp.expected_batch_size=60: market m0001 has only",
+        ),
+    ],
+)
+def test_every_point_is_checked_before_the_sweep_writes_anything(tmp_path, flags, named):
+    out = subprocess.run(
+        [*SWEEP, "--markets=2", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 'w'}", *flags],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+    )
+    assert out.returncode == 2, out.stderr
+    assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "w").exists()
 
 
 def test_collect_by_hand(tmp_path):

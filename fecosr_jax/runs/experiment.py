@@ -145,17 +145,36 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     return out
 
 
+def _checked_runner(configs, markets, splits, stacked, times) -> runner.Runner:
+    """The group's runner, once what depends on the data is checked: the methods' source
+    markets, the participation, and every run's privacy settings (`configs`, the group's)."""
+    config = configs[0]
+    names = [m.name for m in markets]
+    methods = paradigms.expand_sources(paradigms.parse_methods(config.methods), names)
+    clients = config.federated.clients_per_round
+    if clients > len(markets):
+        raise ConfigError(
+            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
+            "markets (0 = all of them every round)"
+        )
+    trainer = runner.Runner(config, splits, stacked, names, methods, times)
+    trainer.pretrainer.check_privacy(configs)
+    return trainer
+
+
 def check_inputs(configs: list[ml_collections.ConfigDict]) -> None:
     """What a run checks before it writes anything, without touching any workdir: every
-    config (typed_configs.check) and the data they load (the configs of one group load the
-    same data). `--overwrite` runs it before it moves the old run aside, so a bad value or
-    file leaves the old run where it was."""
+    config (typed_configs.check), the data they load (the configs of one group load the same
+    data) and what depends on it (`_checked_runner`). `--overwrite` runs it before it moves
+    the old run aside, so a bad value or file leaves the old run where it was; launch/sweep.py
+    before it writes anything."""
     for config in configs:
         typed_configs.check(config)
     config = configs[0]
-    prepare_markets(
+    markets, splits, stacked = prepare_markets(
         config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
     )
+    _checked_runner(configs, markets, splits, stacked, progress.PhaseTimes())
 
 
 def _check_layout(workdir: str, seeds: list[int]) -> None:
@@ -188,7 +207,6 @@ def _run_group(
     runs only report; the others train their methods together, config.runs_per_step runs at
     a time."""
     config = configs[0]  # what the runs share: data, sizes, methods
-    methods = paradigms.parse_methods(config.methods)
     primary = distributed.is_primary()  # in a multi-process run, process 0 writes the files
     finished: dict[str, tuple[dict, dict]] = {}
     recorded: dict[str, dict] = {}  # a finished run's inputs (resume.INPUTS), by workdir
@@ -241,15 +259,8 @@ def _run_group(
     if not runs:
         return [finished[w] for w in workdirs]
     names = [m.name for m in markets]
-    methods = paradigms.expand_sources(methods, names)
-    clients = config.federated.clients_per_round
-    if clients > len(markets):
-        raise ConfigError(
-            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
-            "markets (0 = all of them every round)"
-        )
-    trainer = runner.Runner(config, splits, stacked, names, methods, times)
-    trainer.pretrainer.check_privacy([run.config for run in runs])
+    trainer = _checked_runner(configs, markets, splits, stacked, times)
+    methods = trainer.methods
     for run in runs:
         run.checkpoints.check_data(data)
     for run in runs:
