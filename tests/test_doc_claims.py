@@ -167,3 +167,21 @@ def test_the_results_say_what_the_ml100k_privacy_curve_shows():
     for run in private:
         pretrain = [x for x in metrics_log.read_lines(run) if x["stage"] == "pretrain"]
         assert pretrain[-1]["loss"] > pretrain[0]["loss"] + 0.5, run  # it diverged
+
+
+def test_the_readmes_claims_table_is_the_results_summary():
+    # Each README claim's verdict, and every figure its row quotes, is in docs/results.md's
+    # "Findings" (its one-screen summary), so the front page cannot drift from the results.
+    readme = (docs.ROOT / "README.md").read_text()
+    results = (docs.ROOT / "docs" / "results.md").read_text()
+    findings = " ".join(results[: results.index("## How to read this document")].split())
+    rows = [line for line in readme.splitlines() if re.match(r"\| \d\. ", line)]
+    assert len(rows) == 3, rows
+    for line in rows:
+        claim, verdict = row_cells(line)[:2]
+        headline = re.search(r"\*\*(.+?)\.?\*\*", line)[1].rstrip(".")
+        assert headline.lower() in findings.lower(), (claim, headline)
+        numbers = re.findall(r"[+−±-]?\d+\.\d+|\d+ of (?:the )?\d+", verdict)
+        assert numbers, claim
+        for number in numbers:
+            assert number in findings, (claim, number)
