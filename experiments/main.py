@@ -18,6 +18,7 @@ SIGTERM after a checkpoint (re-run the same command to resume).
 """
 
 import os
+import re
 import signal
 import sys
 
@@ -147,7 +148,24 @@ def main(argv):
         print(f"{e}. Re-run the same command to resume (exit {errors.EXIT_PREEMPTED}).")
         sys.exit(errors.EXIT_PREEMPTED)
     except Exception as e:  # one line for a person; the traceback with --verbosity=1
+        if isinstance(e, errors.ConfigError) and (source := _config_source(str(e))):
+            e.args = (f"{e} ({source})",)
         sys.exit(errors.report(e, verbosity=flags.FLAGS.verbosity))
+
+
+def _config_source(message: str) -> str | None:
+    """Where the config field a ConfigError names was set: the --config. flag(s) that set it
+    or a field under it, else the config file."""
+    named = re.search(r"\bconfig\.([\w.]+)", message)
+    if named is None:
+        return None
+    field = named[1].rstrip(".")
+    given = config_flags.get_override_values(flags.FLAGS["config"])
+    flagged = [f"--config.{f}" for f in given if f == field or f.startswith(f"{field}.")]
+    flagged += [f"--run={t}" for t in _RUNS.value if re.search(rf"[:,]{re.escape(field)}=", t)]
+    if flagged:
+        return "set by " + ", ".join(flagged)
+    return f"set in {flags.FLAGS['config'].config_filename}"
 
 
 if __name__ == "__main__":

@@ -113,7 +113,8 @@ def test_the_command_line_says_one_line_and_exits_2(tmp_path):
     out = run_main(workdir, "--config.finetune.lr=-0.001")
     assert out.returncode == 2
     assert out.stderr.strip() == (
-        "error: config.finetune.lr=-0.001: expected a positive learning rate"
+        "error: config.finetune.lr=-0.001: expected a positive learning rate "
+        "(set by --config.finetune.lr)"
     )
     assert not workdir.exists()
     # The traceback only when asked for.
@@ -237,6 +238,20 @@ def test_a_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path, args, n
     assert out.returncode == 2, out.stderr
     assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1
     assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
+
+
+def test_a_config_error_says_where_the_value_was_set(tmp_path):
+    # in the config file, by a --config. flag, or by a --run value
+    config = tmp_path / "bad.py"
+    config.write_text(
+        "from experiments.configs import test\n\n\ndef get_config():\n"
+        "    config = test.get_config()\n    config.num_rounds = 0\n    return config\n"
+    )
+    out = run_main(tmp_path / "w", f"--config={config}")
+    assert out.stderr.strip().endswith(f"expected at least 1 federated round (set in {config})")
+    out = run_main(tmp_path / "w", "--run=a:finetune.lr=-1")
+    assert out.stderr.strip().endswith("(set by --run=a:finetune.lr=-1)")
+    assert out.returncode == 2 and not (tmp_path / "w").exists()
 
 
 def test_sigterm_while_starting_exits_75_and_writes_nothing(tmp_path):
