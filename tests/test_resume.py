@@ -23,7 +23,7 @@ import pytest
 from experiments.configs import test as test_config
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.runs import experiment
-from fecosr_jax.store import checkpoint, metrics_log, resume
+from fecosr_jax.store import checkpoint, lease, metrics_log, resume
 from tests.conftest import ROOT
 
 ROUNDS = 12
@@ -355,3 +355,45 @@ def test_a_finished_run_checks_its_inputs_with_checkpoints_off(tmp_path):
     with pytest.raises(resume.IncompatibleCheckpoint, match=r"market\(s\) b changed"):
         experiment.train_and_evaluate(config, str(workdir))
     assert {p.name: p.read_bytes() for p in workdir.iterdir() if p.is_file()} == files
+
+
+def test_a_lease_from_another_host_is_live_until_its_heartbeat_stops(tmp_path):
+    held = {"host": "elsewhere", "pid": 1, "started": time.time() - 600}
+    (tmp_path / lease.LEASE).write_text(json.dumps({**held, "heartbeat": time.time() - 5}))
+    with pytest.raises(lease.WorkdirInUse, match="another run is writing here .pid 1 on elsewhere"):
+        lease.Lease(tmp_path).acquire()
+    stale = time.time() - lease.STALE_S - 1
+    (tmp_path / lease.LEASE).write_text(json.dumps({**held, "heartbeat": stale}))
+    mine = lease.Lease(tmp_path)
+    assert "its heartbeat stopped" in mine.acquire()
+    assert json.loads((tmp_path / lease.LEASE).read_text())["pid"] == os.getpid()
+    mine.release()
+    assert not (tmp_path / lease.LEASE).exists()
+
+
+def test_a_second_process_on_a_live_workdir_is_refused_then_takes_over_a_killed_one(tmp_path):
+    workdir = tmp_path / "w"
+    first = subprocess.Popen(
+        [
+            *command(workdir)[: -len(OVERRIDES)],
+            "--config.num_rounds=400",
+            "--config.methods=fecosr",
+        ],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        wait_for(workdir / lease.LEASE, first)
+        second = subprocess.run(command(workdir)[:-len(OVERRIDES)] + [
+            "--config.num_rounds=400", "--config.methods=fecosr"], cwd=ROOT, capture_output=True,
+            text=True)  # fmt: skip
+        assert second.returncode == 2, second.stderr
+        assert f"another run is writing here (pid {first.pid} on " in second.stderr
+        assert len(second.stderr.strip().splitlines()) == 1
+    finally:
+        first.send_signal(signal.SIGKILL)
+        first.wait()
+    took = lease.Lease(workdir)  # the killed run's lease is left behind, its process gone
+    assert "its process is gone" in took.acquire()
+    took.release()

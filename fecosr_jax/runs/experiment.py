@@ -27,6 +27,7 @@ from fecosr_jax.report import markdown
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, paradigms, runner, typed_configs
 from fecosr_jax.store import checkpoint, metrics_log, resume
+from fecosr_jax.store import lease as lease_lib
 from fecosr_jax.store.files import read_json
 
 
@@ -258,11 +259,41 @@ def _run_group(
         print((epath.Path(workdir) / "results.md").read_text(), flush=True)
     if not runs:
         return [finished[w] for w in workdirs]
-    names = [m.name for m in markets]
     trainer = _checked_runner(configs, markets, splits, stacked, times)
-    methods = trainer.methods
     for run in runs:
         run.checkpoints.check_data(data)
+    # One writer per workdir: a second process on a live run's workdir stops here.
+    acquired: list[lease_lib.Lease] = []
+    try:
+        for run in runs if primary else []:
+            held = lease_lib.Lease(run.workdir)
+            taken_over = held.acquire()
+            acquired.append(held)
+            if taken_over:
+                print(taken_over, flush=True)
+        _train(config, runs, markets, splits, stacked, trainer, times, finished)
+    finally:
+        for held in acquired:
+            held.release()
+    print(times.summary(), flush=True)
+    return [finished[w] for w in workdirs]
+
+
+def _train(
+    config: ml_collections.ConfigDict,
+    runs: list[groups.Run],
+    markets: list[Market],
+    splits: list[MarketSplit],
+    stacked: StackedMarkets,
+    trainer: runner.Runner,
+    times: progress.PhaseTimes,
+    finished: dict[str, tuple[dict, dict]],
+) -> None:
+    """Trains and evaluates the runs of a checked group, whose workdirs this process holds,
+    and puts each run's (results, ranks) in `finished`."""
+    primary = distributed.is_primary()
+    names = [m.name for m in markets]
+    methods = trainer.methods
     for run in runs:
         if run.checkpoints.resuming:
             print(f"{run.workdir}: resuming from {run.checkpoints.root}", flush=True)
@@ -342,8 +373,6 @@ def _run_group(
     pop_table = results_lib.per_market_table(names, pop)
     for run in runs:
         finished[run.workdir] = _finish_run(run, methods, names, pop_table, pop_ranks, trainer)
-    print(times.summary(), flush=True)
-    return [finished[w] for w in workdirs]
 
 
 def _finish_run(

@@ -1,0 +1,115 @@
+"""One writer per workdir: a lease file that a run holds while it writes there.
+
+A run that trains writes `WORKDIR/lease.json`: its owner (host, pid, when it started) and a
+heartbeat, the time it last renewed the lease, every HEARTBEAT_S seconds from a thread. Files
+work the same on a local disk and on gs://, where there is no flock. A second process that
+finds a live lease is refused with one line naming the owner, before it writes anything. A
+lease is stale, and is taken over with a message, when its heartbeat is older than STALE_S,
+or when its owner ran on this host and that process no longer exists (a run killed with
+SIGKILL). The run removes its lease when it ends, whether it finished or failed.
+"""
+
+from __future__ import annotations
+
+import datetime
+import json
+import os
+import socket
+import threading
+import time
+
+from etils import epath
+
+from fecosr_jax.errors import BadInput
+from fecosr_jax.store.files import write_text_atomic
+
+LEASE = "lease.json"
+HEARTBEAT_S = 30.0  # how often a holder renews its lease
+STALE_S = 3 * HEARTBEAT_S  # a heartbeat older than this: the holder is gone
+
+
+class WorkdirInUse(BadInput):
+    """Another live process holds the workdir's lease."""
+
+
+def _now() -> float:
+    return time.time()
+
+
+def _stamp(seconds: float) -> str:
+    return datetime.datetime.fromtimestamp(seconds, datetime.UTC).strftime("%Y-%m-%d %H:%M:%S")
+
+
+def _alive_here(owner: dict) -> bool | None:
+    """Whether the owner's process still runs, when it ran on this host (None: another host)."""
+    if owner.get("host") != socket.gethostname():
+        return None
+    try:
+        os.kill(int(owner["pid"]), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # it exists, under another user
+        return True
+    return True
+
+
+class Lease:
+    """The lease on one workdir (`acquire`, then `release`); the heartbeat thread renews it."""
+
+    def __init__(self, workdir):
+        self.path = epath.Path(workdir) / LEASE
+        self.owner = {"host": socket.gethostname(), "pid": os.getpid(), "started": _now()}
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _write(self) -> None:
+        write_text_atomic(self.path, json.dumps({**self.owner, "heartbeat": _now()}) + "\n")
+
+    def acquire(self) -> str | None:
+        """Takes the lease, or raises WorkdirInUse naming the live owner. Returns a message
+        when it took over a stale lease (None otherwise)."""
+        taken_over = None
+        if self.path.exists():
+            try:
+                held = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, OSError):
+                held = None  # cut by a crash while it was written: nobody holds it
+            mine = held is not None and all(held.get(k) == self.owner[k] for k in ("host", "pid"))
+            if held is not None and not mine:
+                alive = _alive_here(held)
+                fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
+                who = (
+                    f"pid {held.get('pid')} on {held.get('host')}, started "
+                    f"{_stamp(float(held.get('started', 0)))} UTC"
+                )
+                if alive or (alive is None and fresh):
+                    raise WorkdirInUse(
+                        f"{self.path.parent}: another run is writing here ({who}; its lease "
+                        f"{self.path}). Wait for it, stop it, or use another --workdir"
+                    )
+                reason = "its process is gone" if alive is False else "its heartbeat stopped"
+                taken_over = f"{self.path}: took over the lease of {who}: {reason}"
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+        self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
+        self._thread.start()
+        return taken_over
+
+    def _beat(self) -> None:
+        while not self._stop.wait(HEARTBEAT_S):
+            try:
+                self._write()
+            except OSError:  # a full disk or a lost bucket: the run's own writes will say so
+                pass
+
+    def release(self) -> None:
+        """Stops the heartbeat and removes the lease, if it is still this process's."""
+        self._stop.set()
+        if self._thread is not None:
+            self._thread.join()
+        try:
+            held = json.loads(self.path.read_text())
+        except (json.JSONDecodeError, OSError):
+            return
+        if held.get("pid") == self.owner["pid"] and held.get("host") == self.owner["host"]:
+            self.path.unlink(missing_ok=True)
