@@ -39,7 +39,7 @@ from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
 
 from fecosr_jax import errors  # noqa: E402
-from fecosr_jax.runs import experiment  # noqa: E402
+from fecosr_jax.runs import experiment, inputs  # noqa: E402
 
 _CONFIG = config_flags.DEFINE_config_file("config", None, "Python config file (get_config()).")
 _WORKDIR = flags.DEFINE_string("workdir", None, "Folder for the run's outputs.")
@@ -131,7 +131,7 @@ def main(argv):
             from fecosr_jax.store import files
 
             # The config and the data are checked first: a bad value leaves the old run.
-            experiment.check_inputs([c for c, _ in points] or [config])
+            inputs.check_inputs([c for c, _ in points] or [config])
             if distributed.is_primary():
                 moved = files.move_aside(_WORKDIR.value)
                 if moved:

@@ -200,14 +200,14 @@ def point_config(config, point: dict):
 
 def check_points(config, batches: list[list[dict]]) -> None:
     """Every point's config and the data of each process, checked before the sweep writes
-    anything (fecosr_jax.runs.experiment.check_inputs; the points of one process load the
+    anything (fecosr_jax.runs.inputs.check_inputs; the points of one process load the
     same data). A bad value or data file raises BadInput naming it."""
-    from fecosr_jax.runs import experiment  # imports JAX: only when the sweep runs
+    from fecosr_jax.runs import inputs  # imports JAX: only when the sweep runs
 
     for members in batches:
         configs = [point_config(config, point) for point in members]
         try:
-            experiment.check_inputs(configs)
+            inputs.check_inputs(configs)
         except errors.BadInput as e:
             raise errors.BadInput(f"run {run_name(members[0])}: {e}") from e
 

@@ -9,7 +9,7 @@ from experiments import compare
 from experiments.configs import test as test_config
 from fecosr_jax import progress
 from fecosr_jax.report import significance
-from fecosr_jax.runs import experiment, groups, paradigms
+from fecosr_jax.runs import experiment, groups, inputs, paradigms
 
 FILES = (
     "config.json",
@@ -45,7 +45,7 @@ def test_every_file_and_every_method(full_run):
                 assert row[f"mrr@{k}"] <= row[f"ndcg@{k}"] + 1e-6 <= row[f"hr@{k}"] + 2e-6
     # popularity by hand: a target's rank lies between the items counted strictly more often
     # in training and those plus the ties (broken at random)
-    _, _, stacked = experiment.prepare_markets(test_config.get_config())
+    _, _, stacked = inputs.prepare_markets(test_config.get_config())
     for m, name in enumerate(names):
         counts = np.bincount(stacked.train[m].ravel(), minlength=stacked.item_mask.shape[1])
         counts = np.where(stacked.item_mask[m], counts, -1)

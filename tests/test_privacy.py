@@ -217,13 +217,13 @@ def test_dp_with_client_adam_is_warned_about():
 def test_the_warning_is_logged_only_when_a_method_pretrains(methods, caplog):
     """Nothing leaves a market under `local` alone, so its DP settings warn of nothing."""
     from experiments.configs import test as test_config
-    from fecosr_jax.runs import experiment, runner
+    from fecosr_jax.runs import inputs, runner
 
     config = test_config.get_config()
     config.data.semantics = "none"
     config.federated.dp.enabled = True
     config.federated.dp.noise_multiplier = 1.0
-    _, splits, stacked = experiment.prepare_markets(config)
+    _, splits, stacked = inputs.prepare_markets(config)
     names = [f"m{i}" for i in range(stacked.item_mask.shape[0])]
     trainer = runner.Runner(config, splits, stacked, names, methods)
     trainer.pretrainer.check_privacy([config])

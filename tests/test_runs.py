@@ -17,7 +17,7 @@ from fecosr_jax.finetune import epoch as epoch_lib
 from fecosr_jax.finetune import loop as finetune_loop
 from fecosr_jax.finetune.config import FinetuneConfig, model_config_for
 from fecosr_jax.model import ModelConfig, init_params
-from fecosr_jax.runs import experiment, groups, runner
+from fecosr_jax.runs import experiment, groups, inputs, runner
 from fecosr_jax.store import checkpoint
 
 MODEL = ModelConfig(
@@ -314,7 +314,7 @@ def test_a_methods_program_key_holds_for_the_runners_life(semantics):
     the freed object's address was taken (AssertionError "one program per call")."""
     config = test_config.get_config()
     config.data.semantics = semantics
-    _, splits, stacked = experiment.prepare_markets(config)
+    _, splits, stacked = inputs.prepare_markets(config)
     names = [f"m{i}" for i in range(stacked.item_mask.shape[0])]
     methods = ["local", "fedavg_id", "transfer_id"]
     trainer = runner.Runner(config, splits, stacked, names, methods)

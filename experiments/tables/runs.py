@@ -132,16 +132,15 @@ def seed_aware_over_seeds(
     market's test finds with 80% power."""
     per_seed, ranks = seed_runs(folder, seeds, joined)
     names = per_seed[0]["markets"]
-    aware = results_lib.seed_aware(ranks, names)
-    pooled_tests = results_lib.combine_seeds(per_seed, list(seeds), ranks)["vs_local"]
-    rows = [m for m in aware if not methods or m in methods]
+    against = results_lib.combine_seeds(per_seed, list(seeds), ranks)["vs_local"]
+    rows = [m for m in ranks if m in against and (not methods or m in methods)]
     lines = [
         "| method | " + " | ".join(names) + " | per-user test ▲ / ▼ | detectable |",
         "| --- |" + " ---: |" * len(names) + " ---: | ---: |",
     ]
     for m in rows:
-        tests = aware[m]["markets"]
-        marks = [pooled_tests[m]["significance"][n]["verdict"] for n in names]
+        tests = against[m]["seed_aware"]["markets"]
+        marks = [against[m]["significance"][n]["verdict"] for n in names]
         detectable = [tests[n]["detectable"] for n in names]
         lines.append(
             row(

@@ -86,6 +86,21 @@ def interval_cell(test: dict) -> str:
     return f"{test['diff']:+.4f} [{low:+.4f}, {high:+.4f}]{MARKS[test['verdict']]}{fragile}"
 
 
+def seed_aware_about(tests: dict) -> str:
+    """What one method's seed-aware tests (report.results.seed_aware) count, for the line
+    above their table."""
+    seeds = next(iter(tests["markets"].values()))["seeds"]
+    if seeds > 1:
+        return (
+            f"over {seeds} seeds and the test users ({tests['test']}), so the training's "
+            "randomness counts; † = the verdict changes when any one seed is left out"
+        )
+    return (
+        "about one trained model: one seed, so the test counts the test users and not the "
+        "training's randomness"
+    )
+
+
 def seed_aware_markdown(results: dict) -> list[str]:
     """The seed-aware tests against `local` (report.results.seed_aware): a row per method, a
     column per market."""
@@ -93,22 +108,10 @@ def seed_aware_markdown(results: dict) -> list[str]:
     if not comp:
         return []
     names = results["markets"]
-    first = next(iter(comp.values()))
-    seeds = next(iter(first["markets"].values()))["seeds"]
-    if seeds > 1:
-        about = (
-            f"over {seeds} seeds and the test users ({first['test']}), so the training's "
-            "randomness counts; † = the verdict changes when any one seed is left out"
-        )
-    else:
-        about = (
-            "about one trained model: one seed, so the test counts the test users and not the "
-            "training's randomness"
-        )
     lines = [
         "",
         f"Seed-aware tests against `local` ({GAIN_METRIC}, mean difference [95% interval]), "
-        f"{about}. ▲ / ▼: {TESTED}.",
+        f"{seed_aware_about(next(iter(comp.values())))}. ▲ / ▼: {TESTED}.",
         "",
         "| seed-aware | " + " | ".join(names) + " |",
         "| --- |" + " ---: |" * len(names),

@@ -93,12 +93,7 @@ def pairs_seed_aware_markdown(pairs: list[dict], names: list[str]) -> str:
     """One row per pair A:B, one column per market: the seed-aware test of A − B (mean
     difference [95% interval], ▲ / ▼ after Benjamini-Hochberg over the pair's markets, † where
     leaving out one seed changes the verdict)."""
-    first = next(iter(pairs[0]["seed_aware"]["markets"].values()))
-    about = (
-        f"over {first['seeds']} seeds and the test users, so the training's randomness counts"
-        if first["seeds"] > 1
-        else "about one trained model (one seed)"
-    )
+    about = markdown.seed_aware_about(pairs[0]["seed_aware"])
     lines = [
         f"Seed-aware tests of A − B ({GAIN_METRIC}, mean difference [95% interval]), {about}; "
         "each pair a family.",

@@ -17,35 +17,16 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from fecosr_jax import distributed, evaluation, mesh, progress
-from fecosr_jax.data import leave_one_out, stack_markets, summary
+from fecosr_jax import distributed, evaluation, progress
+from fecosr_jax.data import summary
 from fecosr_jax.data.market import Market
-from fecosr_jax.data.sources import markets_from_config
 from fecosr_jax.data.split import MarketSplit, StackedMarkets
-from fecosr_jax.errors import ConfigError
 from fecosr_jax.report import markdown
 from fecosr_jax.report import results as results_lib
-from fecosr_jax.runs import groups, paradigms, runner, typed_configs
+from fecosr_jax.runs import groups, inputs, paradigms, runner, typed_configs
 from fecosr_jax.store import checkpoint, metrics_log, resume
 from fecosr_jax.store import lease as lease_lib
 from fecosr_jax.store.files import read_json
-
-
-def prepare_markets(
-    config: ml_collections.ConfigDict, *, num_markets_multiple: int = 1
-) -> tuple[list[Market], list[MarketSplit], StackedMarkets]:
-    """Loads the markets of `config.data`, splits them and stacks them on the market axis."""
-    markets = markets_from_config(typed_configs.data(config), typed_configs.synthetic(config))
-    splits = [
-        leave_one_out(
-            m,
-            config.data.max_len,
-            min_interactions=config.data.min_interactions,
-            train_windows=config.data.train_windows,
-        )
-        for m in markets
-    ]
-    return markets, splits, stack_markets(splits, num_markets_multiple=num_markets_multiple)
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -101,7 +82,7 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     if len(set(workdirs)) != len(workdirs):
         raise groups.GroupError(f"two runs of one group share a workdir: {sorted(workdirs)}")
     for config, workdir in points:
-        _check_layout(workdir, groups.parse_seeds(config))
+        inputs.check_layout(workdir, groups.parse_seeds(config))
     several_points = len(points) > 1
     expanded = []  # (config of one seed, workdir, label), per point its seeds
     point_seeds = []
@@ -144,60 +125,6 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
         print(f"\n===== {workdir}: {len(seeds)} seeds\n\n" + table, flush=True)
         out.append(combined)
     return out
-
-
-def _checked_runner(configs, markets, splits, stacked, times) -> runner.Runner:
-    """The group's runner, once what depends on the data is checked: the methods' source
-    markets, the participation, and every run's privacy settings (`configs`, the group's)."""
-    config = configs[0]
-    names = [m.name for m in markets]
-    methods = paradigms.expand_sources(paradigms.parse_methods(config.methods), names)
-    clients = config.federated.clients_per_round
-    if clients > len(markets):
-        raise ConfigError(
-            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
-            "markets (0 = all of them every round)"
-        )
-    trainer = runner.Runner(config, splits, stacked, names, methods, times)
-    trainer.pretrainer.check_privacy(configs)
-    return trainer
-
-
-def check_inputs(configs: list[ml_collections.ConfigDict]) -> None:
-    """What a run checks before it writes anything, without touching any workdir: every
-    config (typed_configs.check), the data they load (the configs of one group load the same
-    data) and what depends on it (`_checked_runner`). `--overwrite` runs it before it moves
-    the old run aside, so a bad value or file leaves the old run where it was; launch/sweep.py
-    before it writes anything."""
-    for config in configs:
-        typed_configs.check(config)
-    config = configs[0]
-    markets, splits, stacked = prepare_markets(
-        config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
-    )
-    _checked_runner(configs, markets, splits, stacked, progress.PhaseTimes())
-
-
-def _check_layout(workdir: str, seeds: list[int]) -> None:
-    """Refuses a run whose results would overwrite another layout's in `workdir`: a
-    single-seed run where several seeds' combined results are, or the reverse, or combined
-    results of other seeds."""
-    root = epath.Path(workdir)
-    single = (root / "checkpoints" / "progress.json").exists()
-    results = root / "results.json"
-    saved = read_json(results).get("seeds") if results.exists() and not single else None
-    several = any(root.glob("seed_*")) if root.exists() else False
-    problem = None
-    if len(seeds) > 1 and single:
-        problem = "a single-seed run; the combined results of several seeds would replace its"
-    elif len(seeds) == 1 and not single and (saved or several):
-        problem = "a run of several seeds; a single-seed run would replace its combined results"
-    elif len(seeds) > 1 and saved and saved != seeds:
-        problem = f"the combined results of seeds {saved}, not of {seeds}"
-    if problem:
-        raise resume.IncompatibleCheckpoint(
-            f"{workdir} holds {problem}. Use a new --workdir, or --overwrite to move it aside"
-        )
 
 
 def _run_group(
@@ -248,18 +175,16 @@ def _run_group(
     # The data, and what depends on it, is checked before any workdir is touched: a finished
     # run's too, which only reports if the data are still those it was made from.
     with times.phase("loading"):
-        markets, splits, stacked = prepare_markets(
-            config, num_markets_multiple=len(mesh.run_devices(config.get("num_devices", 0)))
-        )
+        markets, splits, stacked = inputs.load(config)
     data = resume.data_fingerprints(splits)
-    for workdir, inputs in recorded.items():
-        resume.compare_data(workdir, inputs["data"], data)
+    for workdir, record in recorded.items():
+        resume.compare_data(workdir, record["data"], data)
     for workdir in finished:
         print(f"{workdir}: this run has finished; its results:\n", flush=True)
         print((epath.Path(workdir) / "results.md").read_text(), flush=True)
     if not runs:
         return [finished[w] for w in workdirs]
-    trainer = _checked_runner(configs, markets, splits, stacked, times)
+    trainer = inputs.checked_runner(configs, markets, splits, stacked, times)
     for run in runs:
         run.checkpoints.check_data(data)
     # One writer per workdir: a second process on a live run's workdir stops here.

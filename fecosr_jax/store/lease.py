@@ -62,6 +62,10 @@ class Lease:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
 
+    def _mine(self, held: dict) -> bool:
+        """Whether a lease read back is this process's."""
+        return all(held.get(k) == self.owner[k] for k in ("host", "pid"))
+
     def _write(self) -> None:
         write_text_atomic(self.path, json.dumps({**self.owner, "heartbeat": _now()}) + "\n")
 
@@ -74,8 +78,7 @@ class Lease:
                 held = json.loads(self.path.read_text())
             except (json.JSONDecodeError, OSError):
                 held = None  # cut by a crash while it was written: nobody holds it
-            mine = held is not None and all(held.get(k) == self.owner[k] for k in ("host", "pid"))
-            if held is not None and not mine:
+            if held is not None and not self._mine(held):
                 alive = _alive_here(held)
                 fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
                 who = (
@@ -111,5 +114,5 @@ class Lease:
             held = json.loads(self.path.read_text())
         except (json.JSONDecodeError, OSError):
             return
-        if held.get("pid") == self.owner["pid"] and held.get("host") == self.owner["host"]:
+        if self._mine(held):
             self.path.unlink(missing_ok=True)
