@@ -66,7 +66,7 @@ def compare(workdir: str, pairs_text: str) -> str:
         raise errors.BadInput(f"--pairs={pairs_text}: {e}") from e
     text = (
         f"# {results['dataset']}: paired comparisons\n\n"
-        + method_pairs.pairs_markdown(table, results["markets"], seeds)
+        + method_pairs.pairs_markdown(table, results["markets"])
         + "\n"
         + method_pairs.pairs_seed_aware_markdown(table, results["markets"])
     )

@@ -28,8 +28,10 @@ written.
 
 DIR then holds sweep.json (one row per run, from the run's results.json and training.json:
 the grid values, per method the mean test NDCG@10 / HR@10, the validation NDCG@10 and the
-markets significantly better / worse than local, the time per federated round and the mean
-client-update cosine), sweep.md (mean ± std over seeds, fecosr_jax.report.results.mean_std) and
+markets better / worse than local for that run's one trained model, the time per federated
+round and the mean client-update cosine; per grid point the mean ± std over seeds,
+fecosr_jax.report.results.mean_std, and the seed-aware tests against local over its seeds),
+sweep.md (the grid points' table, and their markers against local) and
 sweep.png (against the first swept axis, error bars = std over seeds: NDCG@10 per method,
 seconds per round, the --compare gaps, the client-update cosines).
 
@@ -307,9 +309,10 @@ def main(argv: list[str]) -> int:
                 print(f"  failed (exit {rc}); its output: {log_path}", flush=True)
     try:
         rows = [sweep_results.collect(run_dir, point) for run_dir, point in runs]
+        ranks = {d.name: sweep_results.read_ranks(d) for d, _ in runs}
     except errors.BadInput as e:  # a run's file cut or broken: one line naming it
         return errors.report(e)
-    summary = sweep_results.summarise(rows, axes, pairs)
+    summary = sweep_results.summarise(rows, axes, pairs, ranks)
     write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
     table = sweep_results.markdown(summary, rows, axes, spec)
     write_text_atomic(root / "sweep.md", table)

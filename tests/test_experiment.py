@@ -184,9 +184,11 @@ def test_per_user_ranks_reproduce_the_tables_and_feed_the_paired_tests(full_run)
             per_user = significance.per_user(np.asarray(ranks[method][market]), "ndcg@10")
             assert per_user.mean() == pytest.approx(table[market]["ndcg@10"], abs=2e-6)
     for method, comp in results["vs_local"].items():
-        tests = comp["significance"]
-        assert set(tests) == set(results["markets"])
-        assert comp["correction"] == "benjamini-hochberg"
+        # One seed: the seed-aware test is the paired test over users, about one model.
+        tests = comp["seed_aware"]["markets"]
+        assert comp["trained_models"]["markets"].keys() == tests.keys() == set(results["markets"])
+        assert comp["seed_aware"]["correction"] == "benjamini-hochberg"
+        assert comp["seed_aware"]["test"] == significance.ONE_MODEL
         family = significance.correct(
             {
                 market: significance.paired_test(
@@ -223,8 +225,8 @@ def test_compare_any_two_methods_equals_the_test_against_local(full_run, tmp_pat
     mirrored = compare.compare(str(workdir), "fedavg_ce:fecosr")
     (back,) = json.loads((workdir / "pairs.json").read_text())["pairs"]
     flip = {"better": "worse", "worse": "better", "same": "same"}
-    for market, t in pairs[2]["significance"].items():
-        u = back["significance"][market]
+    for market, t in pairs[2]["seed_aware"]["markets"].items():
+        u = back["seed_aware"]["markets"][market]
         assert u["p_value"] == t["p_value"] and u["verdict"] == flip[t["verdict"]]
         assert u["diff"] == pytest.approx(-t["diff"], abs=1e-6)
     assert "| fedavg_ce | fecosr |" in mirrored and (workdir / "pairs.md").read_text() == mirrored
@@ -249,14 +251,16 @@ def test_compare_any_two_methods_equals_the_test_against_local(full_run, tmp_pat
 def test_several_seeds_report_mean_std_and_resume(tmp_path):
     config = test_config.get_config()
     config.methods = "local"
-    config.seeds = "2"
+    config.seeds = "3"
     config.seed = 3
     config.finetune.max_epochs = 1
     config.plots = False
     config.tensorboard = False
     results = experiment.train_and_evaluate(config, str(tmp_path))
-    assert results["seeds"] == [3, 4]
-    per_seed = [json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (3, 4)]
+    assert results["seeds"] == [3, 4, 5]
+    per_seed = [
+        json.loads((tmp_path / f"seed_{s}" / "results.json").read_text()) for s in (3, 4, 5)
+    ]
     for market in [*results["markets"], "mean"]:
         values = [r["methods"]["local"][market]["ndcg@10"] for r in per_seed]
         assert results["methods"]["local"][market]["ndcg@10"] == pytest.approx(
@@ -266,16 +270,25 @@ def test_several_seeds_report_mean_std_and_resume(tmp_path):
             np.std(values, ddof=1), abs=1e-6
         )
     assert per_seed[0] != per_seed[1]  # the seed reaches the model, not only the name
-    assert "mean ± std over seeds 3, 4" in (tmp_path / "results.md").read_text()
-    # Popularity does not depend on the seed; its test against local pools both seeds.
+    md = (tmp_path / "results.md").read_text()
+    assert "mean ± std over seeds 3, 4, 5" in md
+    # Popularity does not depend on the seed; its tests against local count the 3 seeds: in
+    # results.json each market's has its test's name, a 95% interval and `robust`.
     assert results["std"]["popularity"]["mean"]["ndcg@10"] == 0.0
-    assert set(results["vs_local"]["popularity"]["significance"]) == set(results["markets"])
+    aware = results["vs_local"]["popularity"]["seed_aware"]
+    assert aware["test"] == significance.SEED_AWARE and set(aware["markets"]) == set(
+        results["markets"]
+    )
+    for t in aware["markets"].values():
+        assert t["seeds"] == 3 and t["ci"][0] <= t["diff"] <= t["ci"][1]
+        assert isinstance(t["robust"], bool)
+    assert "▲ / ▼: significantly better / worse than `local` in that market over 3 seeds" in md
     # A finished multi-seed run only reports, with the same results.
     assert experiment.train_and_evaluate(config, str(tmp_path)) == results
     # Paired comparisons of any two methods pool the seeds' ranks as the runner does.
     compare.compare(str(tmp_path), "popularity:local")
     (pair,) = json.loads((tmp_path / "pairs.json").read_text())["pairs"]
-    assert pair["significance"] == results["vs_local"]["popularity"]["significance"]
+    assert pair["seed_aware"] == aware
 
 
 @pytest.mark.parametrize(

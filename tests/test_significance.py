@@ -84,11 +84,22 @@ def test_comparison_marks_only_significant_markets():
     }
     methods = {"local": table({"a": 0.0, "b": 0.5}), "fecosr": table({"a": 1.0, "b": 0.5})}
     comp = results_lib.comparison(methods, names, ranks=ranks)["fecosr"]
-    assert comp["significance"]["a"]["verdict"] == "better"
-    assert comp["significance"]["b"]["verdict"] == "same"
+    aware = comp["seed_aware"]["markets"]
+    assert aware["a"]["verdict"] == "better" and aware["b"]["verdict"] == "same"
     assert comp["markets_significantly_better"] == 1 and comp["markets_significantly_worse"] == 0
+    # One seed: the seed-aware test is the paired test over users, about one trained model,
+    # so it agrees with the per-user test here, and the table marks it hollow (△, not ▲).
+    assert comp["seed_aware"]["test"] == significance.ONE_MODEL and aware["a"]["robust"] is None
+    assert comp["trained_models"]["markets"]["a"]["p_value"] == aware["a"]["p_value"]
+    md = markdown.results_markdown(
+        {"dataset": "d", "markets": names, "protocol": "full", "methods": methods,
+         "vs_local": {"fecosr": comp}}
+    )  # fmt: skip
+    assert "| a | 0.0000 | 1.0000 △ |" in md and "▲" not in md.split("\n\n")[3]
+    assert "△ / ▽: better / worse than `local` in that market for this one trained model" in md
     # Without ranks: gains only.
-    assert "significance" not in results_lib.comparison(methods, names)["fecosr"]
+    plain = results_lib.comparison(methods, names)["fecosr"]
+    assert "seed_aware" not in plain and "trained_models" not in plain
 
 
 def test_benjamini_hochberg_over_a_methods_markets_by_hand():
@@ -120,12 +131,13 @@ def test_results_keep_raw_and_adjusted_p_and_name_the_correction():
     }
     methods = {m: table(dict.fromkeys(names, 0.0)) for m in ranks}
     comp = results_lib.comparison(methods, names, ranks=ranks)["fecosr"]
-    assert comp["correction"] == "benjamini-hochberg"
-    raw = {n: comp["significance"][n]["p_value"] for n in names}
-    adjusted = {n: comp["significance"][n]["p_adjusted"] for n in names}
+    assert comp["seed_aware"]["correction"] == "benjamini-hochberg"
+    tests = comp["seed_aware"]["markets"]
+    raw = {n: tests[n]["p_value"] for n in names}
+    adjusted = {n: tests[n]["p_adjusted"] for n in names}
     assert raw["b"] < 0.05 <= adjusted["b"] == pytest.approx(1.5 * raw["b"], rel=1e-5)
-    assert comp["significance"]["a"]["verdict"] == "better"
-    assert comp["significance"]["b"]["verdict"] == "same"  # significant only uncorrected
+    assert tests["a"]["verdict"] == "better"
+    assert tests["b"]["verdict"] == "same"  # significant only uncorrected
     assert comp["markets_significantly_better"] == 1
     md = markdown.results_markdown(
         {"dataset": "d", "markets": names, "protocol": "full", "methods": methods,
@@ -184,8 +196,39 @@ def test_five_seeds_or_more_test_the_market_mean_over_seeds(num_seeds):
     assert t["diff"] == pytest.approx(0.03, abs=1e-6) and t["seeds"] == 5
     assert t["p_value"] == pytest.approx(1 - x * (3 - x * x) / 2, abs=2e-6)
     assert t["verdict"] == "better" and t["metric"] == "market_mean ndcg@10"
+    # The interval: 0.03 ± t_{0.975, 4} sd / sqrt 5, t_{0.975, 4} = 2.7764451.
+    half = 2.7764451 * 0.01 * math.sqrt(2.5) / math.sqrt(5)
+    assert t["ci"] == pytest.approx([0.03 - half, 0.03 + half], abs=2e-6)
+    assert t["p_adjusted"] == t["p_value"]  # one method against local: a family of one
     md = markdown.results_markdown(out)
-    assert "| fecosr | +0.0300 | 0.013 | better |" in md
+    assert "| fecosr | +0.0300 [+0.0104, +0.0496] | 0.013 | 0.013 |" in md
+
+
+def test_the_tests_over_seeds_are_one_family_over_the_runs_methods():
+    """Three methods against local over 5 seeds, their market means above local's by
+    d_k(s): raw p 0.013 (the test above), 0.013 and 1 (d = 0). Benjamini-Hochberg over the
+    three: sorted p_(1) = p_(2) = 0.0131, p_(3) = 1 -> adjusted 0.0131 x 3 / 2 = 0.0197 for
+    both, 1 for the third."""
+    names = ["a"]
+
+    def result(seed):
+        base = 0.2 + 0.1 * (seed % 2)
+        methods = {m: table({"a": 0.1}) for m in ("local", "x", "y", "z")}
+        for m, gain in (("local", 0.0), ("x", 0.01 * (seed + 1)), ("y", 0.01 * (seed + 1)),
+                        ("z", 0.0)):  # fmt: skip
+            methods[m]["market_mean"]["ndcg@10"] = base + gain
+        return {"dataset": "d", "protocol": "full", "markets": names, "skipped": {},
+                "methods": methods}  # fmt: skip
+
+    seeds = list(range(5))
+    ranks = {m: {"a": np.zeros((5, 3), int)} for m in ("local", "x", "y", "z")}
+    out = results_lib.combine_seeds([result(s) for s in seeds], seeds, ranks)["vs_local"]
+    raw = out["x"]["over_seeds"]["p_value"]
+    assert out["y"]["over_seeds"]["p_value"] == raw and out["z"]["over_seeds"]["p_value"] == 1.0
+    for m in ("x", "y"):
+        assert out[m]["over_seeds"]["p_adjusted"] == pytest.approx(raw * 3 / 2, abs=2e-6)
+        assert out[m]["over_seeds"]["family"] == results_lib.OVER_SEEDS_FAMILY
+    assert out["z"]["over_seeds"]["p_adjusted"] == 1.0
 
 
 def test_transfer_matrix_rows_are_sources_and_columns_targets():
@@ -209,9 +252,10 @@ def test_transfer_matrix_rows_are_sources_and_columns_targets():
         "vs_local": results_lib.comparison(methods, names, ranks=ranks),
     }
     text = markdown.results_markdown(results)
-    assert "| source | a | b | c | targets better (▲) | targets worse (▼) |" in text
-    # The source's own cell in brackets; its targets counted without it.
-    assert "| a | [+1.0000 ▲] | +1.0000 ▲ | -1.0000 ▼ | 1 (1) | 1 (1) |" in text
+    assert "| source | a | b | c | targets better (marked) | targets worse (marked) |" in text
+    # The source's own cell in brackets; its targets counted without it. One seed: the
+    # markers are about one trained model (△ / ▽).
+    assert "| a | [+1.0000 △] | +1.0000 △ | -1.0000 ▽ | 1 (1) | 1 (1) |" in text
     assert "| b | +0.0000 | [+0.0000] | +0.0000 | 0 (0) | 0 (0) |" in text
 
 
@@ -266,7 +310,7 @@ def test_seeds_that_disagree_are_significant_pooled_but_not_seed_aware():
     method = np.tile(np.resize([3, 4], 40), (5, 1))
     method[0] = 0
     results = one_market_results(method, local)
-    pooled = results["vs_local"]["m"]["significance"]["a"]
+    pooled = results["vs_local"]["m"]["trained_models"]["markets"]["a"]
     aware = results["vs_local"]["m"]["seed_aware"]["markets"]["a"]
     assert pooled["verdict"] == "better" and pooled["p_adjusted"] < 1e-6
     assert aware["verdict"] == "same" and aware["p_adjusted"] > 0.05
@@ -275,6 +319,17 @@ def test_seeds_that_disagree_are_significant_pooled_but_not_seed_aware():
     # Without seed 0 the four agreeing seeds are significantly worse: the verdict is fragile.
     assert aware["robust"] is False
     assert "-0." in markdown.interval_cell(aware) and markdown.interval_cell(aware).endswith("†")
+    # The run's table marks nothing: ▲ / ▼ come from the seed-aware test only.
+    methods = {"local": table({"a": 0.0}), "m": table({"a": 0.1})}
+    vs_local = results_lib.comparison(
+        methods, ["a"], ranks={"m": {"a": method}, "local": {"a": local}}
+    )
+    md = markdown.results_markdown(
+        {"dataset": "d", "markets": ["a"], "protocol": "full", "methods": methods,
+         "vs_local": vs_local}
+    )  # fmt: skip
+    assert "| a | 0.0000 | 0.1000 † |" in md
+    assert "| m | +0.1000 | 1 | 0 | 0 | 0 | 0 | 1 / 0 |" in md  # these models: better
 
 
 def test_seeds_that_agree_are_seed_aware_significant():

@@ -7,9 +7,11 @@ import pathlib
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from fecosr_jax.report import plots, sweep_results
+from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import metrics_log
 from tests.conftest import ROOT
 
@@ -176,6 +178,32 @@ def test_summary_is_mean_and_std_over_seeds_by_hand():
     (summary,) = sweep_results.summarise(rows, ["markets", "seeds"])
     assert summary["methods"]["local"]["hr@10"] is None
     assert "Runs without results: s2" in table
+
+
+def test_a_grid_point_is_tested_against_local_over_its_seeds():
+    # Two seeds of one point: `fecosr` ranks every user first in market a (local: rank 30)
+    # and agrees with local in b. Its seed-aware tests pool the two runs' ranks, as a run
+    # over seeds would.
+    rows = [
+        {"run": f"s{seed}", "markets": 2, "seeds": seed, "status": "done", "methods": {},
+         "round_s": {}, "delta_cosine": {}}
+        for seed in (0, 1)
+    ]  # fmt: skip
+    hits, misses = np.zeros(30, int), np.resize([0, 30, 5], 30)
+    ranks = {f"s{seed}": {"local": {"a": misses + seed, "b": hits},
+                          "fecosr": {"a": hits, "b": hits}} for seed in (0, 1)}  # fmt: skip
+    (summary,) = sweep_results.summarise(rows, ["markets", "seeds"], ranks=ranks)
+    pooled = results_lib.pool_ranks([ranks["s0"], ranks["s1"]])
+    assert summary["vs_local"] == results_lib.seed_aware(pooled, ["a", "b"])
+    tests = summary["vs_local"]["fecosr"]["markets"]
+    assert tests["a"]["verdict"] == "better" and tests["a"]["seeds"] == 2
+    assert tests["b"]["verdict"] == "same"
+    table = sweep_results.markdown([summary], rows, ["markets", "seeds"], "c.py")
+    assert "| markets | seeds | fecosr |" in table and "| 2 | 2 | ▲ 1 / ▼ 0 |" in table
+    # Runs of other test users are not paired: no test rather than a wrong one.
+    ranks["s1"]["local"]["a"] = ranks["s1"]["local"]["a"][1:]
+    (summary,) = sweep_results.summarise(rows, ["markets", "seeds"], ranks=ranks)
+    assert summary["vs_local"] == {}
 
 
 def test_print_only_runs_nothing(tmp_path):

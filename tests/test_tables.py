@@ -12,8 +12,8 @@ from experiments.tables import privacy as privacy_tables
 from experiments.tables import results as results_tables
 from experiments.tables import runs as run_tables
 from experiments.tables import sweeps as sweep_tables
+from fecosr_jax.report import markdown, sweep_results
 from fecosr_jax.report import results as results_lib
-from fecosr_jax.report import sweep_results
 from fecosr_jax.store.files import read_json
 from tests.conftest import row_cells
 
@@ -119,9 +119,8 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
     columns = {1.0: private, math.inf: plain}
     text = run_tables.privacy_curve(columns, seeds, "fedavg_id", local=plain)
     tests = run_tables.combined(results_tables.XMREC_SEEDS, seeds)["vs_local"]["fedavg_id"]
-    marks = {"better": " ▲", "worse": " ▼", "same": ""}
-    for market, t in tests["significance"].items():
-        cell = run_tables.signed(t["diff"]) + marks[t["verdict"]]
+    for market, t in tests["seed_aware"]["markets"].items():
+        cell = run_tables.signed(t["diff"]) + markdown.mark(t)  # the seed-aware test's
         assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
     assert text.startswith("| market (test users) | ε = 1 | ε = ∞ |\n")
     assert text.endswith("| epsilon spent (most of any market) | 1.00 | - |\n")
@@ -183,9 +182,8 @@ def test_one_to_one_runs_made_apart_join_the_run_over_the_same_seeds(tmp_path):
         if line.startswith(("| ca |", "| fr |", "| mean |")) and "[" not in line:
             cells = line.split(" | ")
             assert cells[2] == cells[3] == cells[4], line
-    tests = run_tables.combined(base, seeds)["vs_local"]["fedavg_id"]
-    marks = {"better": " ▲", "worse": " ▼", "same": ""}
-    gains = [f"{t['diff']:+.4f}{marks[t['verdict']]}" for t in tests["significance"].values()]
+    tests = run_tables.combined(base, seeds)["vs_local"]["fedavg_id"]["seed_aware"]["markets"]
+    gains = [f"{t['diff']:+.4f}{markdown.mark(t)}" for t in tests.values()]
     assert f"| ca | [{gains[0]}] | {' | '.join(gains[1:])} |" in text  # the matrix's rows
     assert f"| de | {gains[0]} | [{gains[1]}] | {' | '.join(gains[2:])} |" in text
     pairs = [("fedavg_id", "transfer_id@ca", "many-to-many vs one-to-one from ca")]

@@ -77,7 +77,7 @@ def combined(folder: pathlib.Path, seeds) -> dict:
 # with 5 seeds or more, the test over seeds, and a one-to-one method's matrix of sources and
 # targets (not the market sizes or the soft labels).
 RUN_PARTS = (
-    "▲ / ▼", "| market |", "Against `local`", "| method |", "Over seeds", "One-to-one",
+    "▲ / ▼", "△ / ▽", "| market |", "Against `local`", "| method |", "Over seeds", "One-to-one",
     "| source |",
 )  # fmt: skip
 
@@ -128,19 +128,19 @@ def seed_aware_over_seeds(
     """The seed-aware tests against `local` of a run over `seeds` (with the `joined`
     methods; only `methods` when given): a row per method, a column per market, each cell
     the mean difference [95% interval] with ▲ / ▼ and † (report.markdown.interval_cell),
-    then the per-user test's markers for the same cells, and the smallest effect each
-    market's test finds with 80% power."""
+    then what the per-user test of these trained models finds in the same cells (it marks
+    nothing), and the smallest effect each market's test finds with 80% power."""
     per_seed, ranks = seed_runs(folder, seeds, joined)
     names = per_seed[0]["markets"]
     against = results_lib.combine_seeds(per_seed, list(seeds), ranks)["vs_local"]
     rows = [m for m in ranks if m in against and (not methods or m in methods)]
     lines = [
-        "| method | " + " | ".join(names) + " | per-user test ▲ / ▼ | detectable |",
+        "| method | " + " | ".join(names) + " | these models: better / worse | detectable |",
         "| --- |" + " ---: |" * len(names) + " ---: | ---: |",
     ]
     for m in rows:
         tests = against[m]["seed_aware"]["markets"]
-        marks = [against[m]["significance"][n]["verdict"] for n in names]
+        marks = [against[m]["trained_models"]["markets"][n]["verdict"] for n in names]
         detectable = [tests[n]["detectable"] for n in names]
         lines.append(
             row(
@@ -163,8 +163,8 @@ def pairs_over_seeds(
 ) -> str:
     """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
     paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
-    pooled per-user tests (method_pairs, Benjamini-Hochberg over the markets): how many
-    markets A is above B by sign, and which it is significantly better / worse in. With
+    seed-aware tests (method_pairs, Benjamini-Hochberg over the markets): how many markets A
+    is above B by sign, and which it is significantly better / worse in (†: fragile). With
     `joined` runs, their methods join each seed's (seed_runs)."""
     per_seed, ranks = seed_runs(folder, seeds, joined)
     results = results_lib.combine_seeds(per_seed, list(seeds), ranks)
@@ -180,7 +180,12 @@ def pairs_over_seeds(
     ]  # fmt: skip
 
     def markets(pair: dict, verdict: str) -> str:
-        named = [m for m in names if pair["significance"][m]["verdict"] == verdict]
+        tests = pair["seed_aware"]["markets"]
+        named = [
+            m + (markdown.FRAGILE if tests[m]["robust"] is False else "")
+            for m in names
+            if tests[m]["verdict"] == verdict
+        ]
         return f"{len(named)} ({', '.join(named)})" if named else "0"
 
     for (a, b, question), pair in zip(pairs, compared, strict=True):
@@ -225,10 +230,11 @@ def privacy_points(
 ) -> dict:
     """`method` against `local` at each privacy budget: columns {epsilon (inf: DP off): the run
     folders of its seeds}; `local`: run folders (one per seed, in the same order) whose `local`
-    every budget is compared with (None: each run's own). Per budget: per market the pooled
-    per-user test against `local` (its "diff", "verdict" after Benjamini-Hochberg over the
-    markets, "users"), the market-mean gain of each seed and its [mean, std] over seeds
-    ("gain"), and the epsilon spent (the largest over markets and seeds; None without DP)."""
+    every budget is compared with (None: each run's own). Per budget: per market the
+    seed-aware test against `local` (results_lib.seed_aware: its "diff", "verdict" after
+    Benjamini-Hochberg over the markets, "robust", "users"), the market-mean gain of each seed
+    and its [mean, std] over seeds ("gain"), and the epsilon spent (the largest over markets
+    and seeds; None without DP)."""
     baselines = None if local is None else [read_run(f) for f in local]
     points = {}
     for epsilon, folders in columns.items():
@@ -245,7 +251,7 @@ def privacy_points(
             for r in per_seed
         ]
         points[epsilon] = {
-            "markets": results["vs_local"][method]["significance"],
+            "markets": results["vs_local"][method]["seed_aware"]["markets"],
             "seed_gains": gains,
             "gain": results_lib.mean_std(gains),
             "spent": max(budgets) if budgets else None,
@@ -260,9 +266,9 @@ def privacy_curve(
     local: list[pathlib.Path] | None = None,
 ) -> str:
     """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
-    `local`, ▲ / ▼ by the pooled per-user test; then the market-mean gain (mean over seeds,
-    and on how many seeds it is positive) and the epsilon spent (the most of any market; "-"
-    without DP)."""
+    `local` with the seed-aware test's marker (markdown.mark); then the market-mean gain
+    (mean over seeds, and on how many seeds it is positive) and the epsilon spent (the most of
+    any market; "-" without DP)."""
     points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
     lines = [
@@ -271,7 +277,7 @@ def privacy_curve(
     ]
     for market, test in first.items():
         cells = [
-            signed(p["markets"][market]["diff"]) + markdown.MARKS[p["markets"][market]["verdict"]]
+            signed(p["markets"][market]["diff"]) + markdown.mark(p["markets"][market])
             for p in points.values()
         ]
         lines.append(row([f"{market} ({test['users']:,})", *cells]))

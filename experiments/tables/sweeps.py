@@ -272,11 +272,12 @@ STOPPING_SEEDS = ((0, 1, 2, 3, 4), (5, 6, 7, 8, 9), tuple(range(10)))
 
 def stopping() -> str:
     """Per rule and set of seeds: each method's market-mean test NDCG@10 (mean ± std over
-    seeds), `fecosr` against `local` over seeds and per market (pooled per-user tests,
-    Benjamini-Hochberg), the markets it is significantly better in, and the mean stop epoch."""
+    seeds), `fecosr` against `local` over seeds and per market (seed-aware tests,
+    Benjamini-Hochberg over the markets), the markets it is significantly better / worse in
+    (†: fragile), and the mean stop epoch."""
     lines = [
         row(["rule (`finetune.min_budget`)", "seeds", "local", "fecosr",
-             "fecosr − local over seeds (p)", "markets ▲ / ▼", "stop epoch local / fecosr"]),
+             "fecosr − local over seeds (p; adj.)", "markets ▲ / ▼", "stop epoch local / fecosr"]),
         "| --- | --- | ---: | ---: | ---: | --- | ---: |",
     ]  # fmt: skip
     for rule, label in STOPPING_RULES:
@@ -285,8 +286,12 @@ def stopping() -> str:
             names, methods, std = res["markets"], res["methods"], res["std"]
             vs = res["vs_local"]["fecosr"]
             test = vs["over_seeds"]
-            better = [n for n in names if vs["significance"][n]["verdict"] == "better"]
-            worse = [n for n in names if vs["significance"][n]["verdict"] == "worse"]
+            tests = vs["seed_aware"]["markets"]
+            better, worse = (
+                [n + markdown.FRAGILE * (tests[n]["robust"] is False) for n in names
+                 if tests[n]["verdict"] == verdict]
+                for verdict in ("better", "worse")
+            )  # fmt: skip
             ndcg = [
                 mean_std([methods[m]["market_mean"]["ndcg@10"], std[m]["market_mean"]["ndcg@10"]])
                 for m in ("local", "fecosr")
@@ -300,8 +305,7 @@ def stopping() -> str:
                         label,
                         f"{seeds[0]}-{seeds[-1]}",
                         *ndcg,
-                        f"{signed(test['diff'])} ({markdown.p_text(test['p_value'])}) "
-                        f"{test['verdict']}",
+                        f"{_test(test)} {test['verdict']}",
                         f"▲ {', '.join(better) or '-'} / ▼ {', '.join(worse) or '-'}",
                         f"{stops[0]:.1f} / {stops[1]:.1f}",
                     ]

@@ -34,14 +34,42 @@ def privacy_markdown(report: dict) -> list[str]:
     return lines
 
 
+# Markers of a seed-aware test (report.results.seed_aware): ▲ / ▼ with two seeds or more;
+# with one seed the verdict is about one trained model and gets hollow markers.
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
+ONE_MODEL_MARKS = {"better": " △", "worse": " ▽", "same": ""}
+FRAGILE = " †"  # the verdict changes when any one seed is left out
+
+
+def mark(test: dict) -> str:
+    """A seed-aware test's marker: ▲ / ▼ (△ / ▽ with one seed), and † where leaving out any
+    one seed changes the verdict."""
+    marks = MARKS if test["seeds"] > 1 else ONE_MODEL_MARKS
+    return marks[test["verdict"]] + (FRAGILE if test["robust"] is False else "")
+
+
+def marks_legend(tests: dict) -> str:
+    """What a method's seed-aware markers mean (tests: its report.results.seed_aware entry)."""
+    seeds = next(iter(tests["markets"].values()))["seeds"]
+    if seeds > 1:
+        return (
+            f"▲ / ▼: significantly better / worse than `local` in that market over {seeds} "
+            f"seeds and its test users (seed-aware test: {tests['test']}; {TESTED}); † the "
+            "verdict changes when any one seed is left out"
+        )
+    return (
+        "△ / ▽: better / worse than `local` in that market for this one trained model (one "
+        f"seed: {tests['test']}; {TESTED}). The training's randomness is not counted: a "
+        "verdict about the method needs two seeds or more (`--config.seeds`), which mark "
+        "▲ / ▼"
+    )
 
 
 def transfer_matrix(results: dict) -> list[str]:
     """Markdown lines: for each one-to-one method run from several sources (METHOD@MARKET),
     its gain over `local` with one row per source and one column per target market, the
-    source's own cell in brackets, and the targets made better / worse (paired test). Empty
-    when `local` did not run."""
+    source's own cell in brackets, and the targets made better / worse (by sign, and by the
+    seed-aware test in brackets). Empty when `local` did not run."""
     names, comp = results["markets"], results.get("vs_local", {})
     bases = dict.fromkeys(m.partition("@")[0] for m in comp if "@" in m)
     lines = []
@@ -50,18 +78,22 @@ def transfer_matrix(results: dict) -> list[str]:
         lines += [
             "",
             f"One-to-one `{base}` from each source (rows) to each target market (columns): "
-            f"{GAIN_METRIC} gain over `local`, [the source itself], ▲ / ▼ as above.",
+            f"{GAIN_METRIC} gain over `local`, [the source itself], markers as above.",
             "",
-            "| source | " + " | ".join(names) + " | targets better (▲) | targets worse (▼) |",
+            "| source | "
+            + " | ".join(names)
+            + " | targets better (marked) | targets worse (marked) |",
             "| --- |" + " ---: |" * (len(names) + 2),
         ]
         for source in sources:
             c = comp[f"{base}@{source}"]
-            tests = c.get("significance", {})
+            tests = c.get("seed_aware", {}).get("markets", {})
             cells, better, worse, up, down = [], 0, 0, 0, 0
             for n in names:
-                gain, verdict = c["gain"][n], tests.get(n, {}).get("verdict", "same")
-                cell = "-" if gain is None else f"{gain:+.4f}{MARKS[verdict]}"
+                gain, verdict = c["gain"][n], tests[n]["verdict"] if n in tests else "same"
+                cell = (
+                    "-" if gain is None else f"{gain:+.4f}" + (mark(tests[n]) if n in tests else "")
+                )
                 if n == source:
                     cells.append(f"[{cell}]")
                     continue
@@ -77,13 +109,12 @@ def transfer_matrix(results: dict) -> list[str]:
 
 
 def interval_cell(test: dict) -> str:
-    """A seed-aware test as a cell: the mean difference, its 95% interval, ▲ / ▼ by the
-    adjusted p, and † where leaving out one seed changes the verdict."""
+    """A seed-aware test as a cell: the mean difference, its 95% interval and its marker
+    (`mark`: by the adjusted p)."""
     if test["ci"] is None:
         return f"{test['diff']:+.4f}"
     low, high = test["ci"]
-    fragile = " †" if test["robust"] is False else ""
-    return f"{test['diff']:+.4f} [{low:+.4f}, {high:+.4f}]{MARKS[test['verdict']]}{fragile}"
+    return f"{test['diff']:+.4f} [{low:+.4f}, {high:+.4f}]{mark(test)}"
 
 
 def seed_aware_about(tests: dict) -> str:
@@ -111,7 +142,7 @@ def seed_aware_markdown(results: dict) -> list[str]:
     lines = [
         "",
         f"Seed-aware tests against `local` ({GAIN_METRIC}, mean difference [95% interval]), "
-        f"{seed_aware_about(next(iter(comp.values())))}. ▲ / ▼: {TESTED}.",
+        f"{seed_aware_about(next(iter(comp.values())))}; markers as above.",
         "",
         "| seed-aware | " + " | ".join(names) + " |",
         "| --- |" + " ---: |" * len(names),
@@ -135,12 +166,9 @@ def results_markdown(results: dict) -> str:
         "",
     ]
     comp = results.get("vs_local", {})
-    if any("significance" in c for c in comp.values()):
-        lines += [
-            f"▲ / ▼: significantly better / worse than `local` in that market (paired t-test "
-            f"over its test users' {GAIN_METRIC}; {TESTED}).",
-            "",
-        ]
+    aware = next((c["seed_aware"] for c in comp.values() if "seed_aware" in c), None)
+    if aware is not None:
+        lines += [f"{marks_legend(aware)}.", ""]
     cols = list(methods)
     lines += ["| market | " + " | ".join(cols) + " |", "| --- |" + " ---: |" * len(cols)]
     for row in [*names, "mean", "market_mean"]:
@@ -150,39 +178,47 @@ def results_markdown(results: dict) -> str:
             cell = "-" if v is None else f"{v:.4f}"
             if v is not None and std and std[c][row][GAIN_METRIC]:
                 cell += f" ± {std[c][row][GAIN_METRIC]:.4f}"
-            test = comp.get(c, {}).get("significance", {}).get(row)
-            cells.append(cell + (MARKS[test["verdict"]] if test else ""))
+            test = comp.get(c, {}).get("seed_aware", {}).get("markets", {}).get(row)
+            cells.append(cell + (mark(test) if test else ""))
         lines.append(f"| {row} | " + " | ".join(cells) + " |")
     if comp:
         lines += [
             "",
-            f"Against `local` ({GAIN_METRIC} per market; 'significantly': paired t-test, "
-            f"{TESTED}):",
+            f"Against `local` ({GAIN_METRIC} per market; 'significantly': the seed-aware test "
+            f"of the markers above, † of them fragile; 'these models': the per-user test of "
+            f"these trained models, which never marks a cell):",
             "",
             "| method | mean gain | markets better | markets worse | significantly better "
-            "| significantly worse |",
-            "| --- | ---: | ---: | ---: | ---: | ---: |",
+            "| significantly worse | fragile (†) | these models: better / worse |",
+            "| --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: |",
         ]
         for method, c in comp.items():
+            pooled = [t["verdict"] for t in c.get("trained_models", {}).get("markets", {}).values()]
+            these = f"{pooled.count('better')} / {pooled.count('worse')}" if pooled else "-"
             lines.append(
                 f"| {method} | {c['mean_gain']:+.4f} | {c['markets_better']} | "
                 f"{c['markets_worse']} | {c.get('markets_significantly_better', '-')} | "
-                f"{c.get('markets_significantly_worse', '-')} |"
+                f"{c.get('markets_significantly_worse', '-')} | {c.get('markets_fragile', '-')} | "
+                f"{these} |"
             )
     tested = {m: c["over_seeds"] for m, c in comp.items() if "over_seeds" in c}
     if tested:
         lines += [
             "",
             f"Over seeds (each method's mean over markets of {GAIN_METRIC} against `local`'s, "
-            f"paired by seed, two-sided t-test over {len(seeds)} seeds, p < "
-            f"{significance.ALPHA}):",
+            f"paired by seed, two-sided t-test over {len(seeds)} seeds; p < "
+            f"{significance.ALPHA} after Benjamini-Hochberg over the run's methods; detectable: "
+            f"the smallest difference the test finds with {significance.POWER:.0%} power):",
             "",
-            "| method | mean difference | p | verdict |",
-            "| --- | ---: | ---: | --- |",
+            "| method | mean difference [95% interval] | p | adjusted p | detectable | verdict |",
+            "| --- | ---: | ---: | ---: | ---: | --- |",
         ]
         for method, t in tested.items():
+            low, high = t["ci"]
             lines.append(
-                f"| {method} | {t['diff']:+.4f} | {p_text(t['p_value'])} | {t['verdict']} |"
+                f"| {method} | {t['diff']:+.4f} [{low:+.4f}, {high:+.4f}] | "
+                f"{p_text(t['p_value'])} | {p_text(t['p_adjusted'])} | "
+                f"{t['detectable']:.4f} | {t['verdict']} |"
             )
     lines += seed_aware_markdown(results)
     lines += transfer_matrix(results)

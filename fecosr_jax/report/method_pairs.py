@@ -1,6 +1,6 @@
 """Any two methods of a finished run compared per market, from its per-user test ranks
 (experiments.compare; launch/sweep.py --compare parses its pairs here): the NDCG@10
-difference and the paired t-test, as results.json compares every method with `local`."""
+difference and the tests, as results.json compares every method with `local`."""
 
 from __future__ import annotations
 
@@ -22,14 +22,13 @@ def parse_pairs(text: str) -> list[tuple[str, str]]:
 
 def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) -> list[dict]:
     """Method A against method B (not `local`) for each pair (A, B): per market the NDCG@10
-    gain and the paired t-test over the same test users, as `comparison` computes against
-    `local` (ranks: {method: {market: [S, U] or [U]}}, averaged over seeds per user).
+    gain and the tests over the same test users, as `comparison` computes them against
+    `local` (ranks: {method: {market: [S, U] or [U]}}; each pair a family).
 
     Returns:
       [{"method": A, "reference": B, "gain", "mean_gain", "markets_better", "markets_worse",
-      "significance", "markets_significantly_better", "markets_significantly_worse",
-      "seed_aware": the seed-aware tests of A against B (results.seed_aware; each pair a
-      family)}], in the order of `pairs`.
+      "seed_aware", "markets_significantly_better", "markets_significantly_worse",
+      "markets_fragile", "trained_models"}], in the order of `pairs`.
     """
     methods, names = results["methods"], results["markets"]
     for name in {m for pair in pairs for m in pair}:
@@ -42,37 +41,30 @@ def pair_comparison(results: dict, ranks: dict, pairs: list[tuple[str, str]]) ->
         both = {a: methods[a], b: methods[b]}
         pair_ranks = {a: ranks[a], b: ranks[b]}
         comp = results_lib.comparison(both, names, reference=b, ranks=pair_ranks)
-        aware = results_lib.seed_aware(pair_ranks, names, reference=b)
-        out.append({"method": a, "reference": b, **comp[a], "seed_aware": aware[a]})
+        out.append({"method": a, "reference": b, **comp[a]})
     return out
 
 
-def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None = None) -> str:
-    """One row per pair A:B, one column per market: the NDCG@10 difference A - B, ▲ / ▼ where
-    the paired t-test finds A significantly better / worse than B, and its p-value."""
-    over = (
-        f"per-user {GAIN_METRIC} averaged over seeds {', '.join(map(str, seeds))}"
-        if seeds
-        else f"per-user {GAIN_METRIC}, one seed"
-    )
+def pairs_markdown(pairs: list[dict], names: list[str]) -> str:
+    """One row per pair A:B, one column per market: the NDCG@10 difference A - B, the
+    seed-aware test's marker (markdown.mark) and its p-value."""
+    legend = markdown.marks_legend(pairs[0]["seed_aware"]).replace("`local`", "B")
     lines = [
-        f"Method A against method B, per market: {GAIN_METRIC} of A − B, ▲ / ▼ where A is "
-        f"significantly better / worse than B (paired t-test over the market's test users, "
-        f"{over}; {markdown.TESTED}, each pair a family; p in brackets, before the "
-        "adjustment).",
+        f"Method A against method B, per market: {GAIN_METRIC} of A − B. {legend}; each pair "
+        "a family; p in brackets, before the adjustment.",
         "",
-        "| A | B | " + " | ".join(names) + " | mean | A better (▲) | A worse (▼) |",
+        "| A | B | " + " | ".join(names) + " | mean | A better | A worse |",
         "| --- | --- |" + " ---: |" * (len(names) + 3),
     ]
     for c in pairs:
         cells = []
         for n in names:
-            t = c["significance"][n]
+            t = c["seed_aware"]["markets"][n]
             gain = c["gain"][n]
             cells.append(
                 "-"
                 if gain is None
-                else f"{gain:+.4f}{markdown.MARKS[t['verdict']]} ({markdown.p_text(t['p_value'])})"
+                else f"{gain:+.4f}{markdown.mark(t)} ({markdown.p_text(t['p_value'])})"
             )
         lines.append(
             f"| {c['method']} | {c['reference']} | "
@@ -84,15 +76,14 @@ def pairs_markdown(pairs: list[dict], names: list[str], seeds: list[int] | None 
     lines += [
         "",
         "mean: the mean over markets of the per-market differences. A better / worse: markets "
-        "by the sign of the difference (significant ones in brackets).",
+        "by the sign of the difference (marked ones in brackets).",
     ]
     return "\n".join(lines) + "\n"
 
 
 def pairs_seed_aware_markdown(pairs: list[dict], names: list[str]) -> str:
     """One row per pair A:B, one column per market: the seed-aware test of A − B (mean
-    difference [95% interval], ▲ / ▼ after Benjamini-Hochberg over the pair's markets, † where
-    leaving out one seed changes the verdict)."""
+    difference [95% interval] and its marker, markdown.interval_cell)."""
     about = markdown.seed_aware_about(pairs[0]["seed_aware"])
     lines = [
         f"Seed-aware tests of A − B ({GAIN_METRIC}, mean difference [95% interval]), {about}; "

@@ -65,16 +65,54 @@ def per_market_table(names, metrics: dict[str, np.ndarray]) -> dict:
     return out
 
 
+# What the pooled per-user test answers: whether these trained models rank these test users
+# better. It never sets ▲ / ▼ (the seed-aware test does).
+TRAINED_MODELS = (
+    "these trained models: each user's mean over seeds, paired t-test over the users "
+    "(the models taken as fixed)"
+)
+
+
+def trained_models_tests(method_ranks: dict, reference_ranks: dict, names) -> dict:
+    """The pooled per-user test of a method against a reference in every market (ranks
+    {market: [S, U] or [U]}, each user averaged over seeds), Benjamini-Hochberg over the
+    markets: {"test": TRAINED_MODELS, "correction", "markets": {market: {"diff", "p_value",
+    "p_adjusted", "users", "verdict"}}}."""
+    tests = {}
+    for n in names:
+        a, b = (
+            np.nanmean(np.atleast_2d(significance.per_user(r[n], GAIN_METRIC)), axis=0)
+            for r in (method_ranks, reference_ranks)
+        )
+        tests[n] = significance.paired_test(a, b)
+    return {
+        "test": TRAINED_MODELS,
+        "correction": significance.CORRECTION,
+        "markets": {
+            n: {
+                "diff": clean(t["diff"]),
+                "p_value": clean(t["p_value"]),
+                "p_adjusted": clean(t["p_adjusted"]),
+                "users": t["users"],
+                "verdict": t["verdict"],
+            }
+            for n, t in significance.correct(tests).items()
+        },
+    }
+
+
 def comparison(methods: dict, names, reference: str = "local", ranks: dict | None = None) -> dict:
     """Per method: gain in NDCG@10 over `reference` per market, the markets better / worse by
     the sign of the gain and, where both methods' per-user test ranks are known (`ranks`:
-    {method: {market: [S, U] or [U] ranks, arrays or lists}}, S seeds), a paired t-test per
-    market over the same test users (fecosr_jax.report.significance) with the markets significantly
-    better / worse."""
+    {method: {market: [S, U] or [U] ranks, arrays or lists}}, S seeds), the tests per market
+    over the same test users: "seed_aware" (`seed_aware`: the verdicts, ▲ / ▼, and the markets
+    significantly better / worse, of which "markets_fragile" change when one seed is left out)
+    and "trained_models" (`trained_models_tests`: about these trained models only)."""
     if reference not in methods:
         return {}
     ref = methods[reference]
     ranks = ranks or {}
+    aware = seed_aware({m: r for m, r in ranks.items() if m in methods}, names, reference)
     out = {}
     for method, table in methods.items():
         if method == reference:
@@ -87,29 +125,19 @@ def comparison(methods: dict, names, reference: str = "local", ranks: dict | Non
             "markets_better": int((values > 0).sum()),
             "markets_worse": int((values < 0).sum()),
         }
-        if method in ranks and reference in ranks:
-            tests = {}
-            for n in names:
-                a, b = (
-                    np.nanmean(np.atleast_2d(significance.per_user(r[n], GAIN_METRIC)), axis=0)
-                    for r in (ranks[method], ranks[reference])
-                )
-                tests[n] = significance.paired_test(a, b)
-            tests = {
-                n: {
-                    "diff": clean(t["diff"]),
-                    "p_value": clean(t["p_value"]),
-                    "p_adjusted": clean(t["p_adjusted"]),
-                    "users": t["users"],
-                    "verdict": t["verdict"],
-                }
-                for n, t in significance.correct(tests).items()
-            }
-            verdicts = [t["verdict"] for t in tests.values()]
-            out[method]["correction"] = significance.CORRECTION
-            out[method]["significance"] = tests
+        if method in aware:
+            tests = aware[method]["markets"].values()
+            verdicts = [t["verdict"] for t in tests]
+            out[method]["seed_aware"] = aware[method]
             out[method]["markets_significantly_better"] = verdicts.count("better")
             out[method]["markets_significantly_worse"] = verdicts.count("worse")
+            out[method]["markets_fragile"] = sum(
+                t["verdict"] != "same" and t["robust"] is False for t in tests
+            )
+        if method in ranks and reference in ranks:
+            out[method]["trained_models"] = trained_models_tests(
+                ranks[method], ranks[reference], names
+            )
     return out
 
 
@@ -233,8 +261,8 @@ def results(
     """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
     `std` in the shape of `methods`, and with SEED_TEST_MIN or more seeds `over_seeds`,
     {method: the test over seeds}): the one place its fields are put together. "vs_local"
-    comes from `methods` and the per-user test `ranks` ({method: {market: [U] or [S, U]}}:
-    `comparison`)."""
+    comes from `methods` and the per-user test ranks `ranks` ({method: {market: [U] or
+    [S, U]}}: `comparison`)."""
     out = {
         "dataset": dataset,
         "protocol": protocol,
@@ -245,9 +273,6 @@ def results(
         "transfer_source": transfer_source,
         "soft_labels": soft_labels,
     }
-    for method, test in seed_aware(ranks, markets).items():
-        if method in out["vs_local"]:
-            out["vs_local"][method]["seed_aware"] = test
     if seeds is not None:
         out["seeds"], out["std"] = list(seeds), std
     for method, test in (over_seeds or {}).items():
@@ -268,7 +293,8 @@ def mean_std(values) -> tuple[float | None, float | None]:
 def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
     """One results dict from the results of several seeds on the same markets and users:
     "methods" holds the mean over seeds of every metric, "std" the standard deviation (ddof 1),
-    and "vs_local" the paired tests on the per-user metric averaged over seeds."""
+    and "vs_local" the tests of `comparison` on every seed's per-user metric and, with
+    SEED_TEST_MIN seeds or more, the tests over seeds of the market means (over_seeds_tests)."""
     first = per_seed[0]
     names = first["markets"]
     rows = [*names, "mean", "market_mean"]
@@ -286,7 +312,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         skipped.update(r.get("skipped", {}))
     over_seeds = None
     if len(per_seed) >= SEED_TEST_MIN and "local" in methods:
-        over_seeds = {m: seed_test(per_seed, m) for m in methods if m != "local"}
+        over_seeds = over_seeds_tests(per_seed, methods)
     return results(
         dataset=first["dataset"],
         protocol=first["protocol"],
@@ -309,29 +335,53 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
 
 # Seeds from which a method's market-mean is also tested over seeds (combine_seeds).
 SEED_TEST_MIN = 5
+# The family of the tests over seeds: every method of the run against the reference, adjusted
+# together (docs/design.md §5).
+OVER_SEEDS_FAMILY = "the run's methods against the reference"
+OVER_SEEDS = f"market means paired by seed, t-test over the seeds ({GAIN_METRIC})"
 
 
 def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> dict:
     """The method against `reference` over seeds: per seed the plain mean over markets of
-    the test GAIN_METRIC (each seed's "market_mean"), paired by seed, two-sided t-test
-    (significance.paired_test; one test per method, so no family to adjust).
+    the test GAIN_METRIC (each seed's "market_mean"), paired by seed, two-sided t-test with its
+    95% interval and the smallest effect it finds with 80% power (significance.seed_aware_test
+    over one row of seeds; `over_seeds_tests` adjusts a family of them).
 
     Returns:
-      {"metric": "market_mean <GAIN_METRIC>", "diff": mean over seeds of the difference,
-      "p_value", "seeds": n, "verdict"}.
+      {"metric": "market_mean <GAIN_METRIC>", "test": OVER_SEEDS, "diff": mean over seeds of
+      the difference, "ci", "detectable", "p_value", "seeds": n, "verdict"}.
     """
     a, b = (
         [np.nan if (v := r["methods"][m]["market_mean"][GAIN_METRIC]) is None else v
          for r in per_seed]
         for m in (method, reference)
     )  # fmt: skip
-    t = significance.paired_test(np.asarray(a), np.asarray(b))
+    t = significance.seed_aware_test(np.asarray(a)[None, :], np.asarray(b)[None, :])
     return {
         "metric": f"market_mean {GAIN_METRIC}",
+        "test": OVER_SEEDS,
         "diff": clean(t["diff"]),
+        "ci": None if t["ci"] is None else [clean(x) for x in t["ci"]],
+        "detectable": clean(t["detectable"]),
         "p_value": clean(t["p_value"]),
-        "seeds": t["users"],
+        "seeds": t["users"],  # the seeds are the test's units here
         "verdict": t["verdict"],
+    }
+
+
+def over_seeds_tests(per_seed: list[dict], methods, reference: str = "local") -> dict:
+    """`seed_test` of each method against `reference`, one family (OVER_SEEDS_FAMILY) adjusted
+    with Benjamini-Hochberg, each verdict by its adjusted p: {method: test + "p_adjusted",
+    "family", "correction"}."""
+    tests = {m: seed_test(per_seed, m, reference) for m in methods if m != reference}
+    return {
+        m: {
+            **t,
+            "p_adjusted": clean(t["p_adjusted"]),
+            "family": OVER_SEEDS_FAMILY,
+            "correction": significance.CORRECTION,
+        }
+        for m, t in significance.correct(tests).items()
     }
 
 

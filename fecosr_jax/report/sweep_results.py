@@ -4,7 +4,10 @@ grouped over seeds (mean ± std, results_lib.mean_std), and the Markdown table."
 from __future__ import annotations
 
 import pathlib
+import zipfile
 
+from fecosr_jax import errors
+from fecosr_jax.report import markdown as markdown_lib
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import metrics_log
 from fecosr_jax.store.files import read_json
@@ -58,12 +61,42 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     return row
 
 
+def read_ranks(run_dir: pathlib.Path) -> dict | None:
+    """A finished run's per-user test ranks (ranks.npz), None where it has none."""
+    path = run_dir / "ranks.npz"
+    if not path.exists():
+        return None
+    try:
+        return results_lib.read_ranks(path)
+    except (OSError, ValueError, zipfile.BadZipFile) as e:
+        raise errors.BadInput(f"{path}: unreadable ({e}); re-run that point") from e
+
+
+def seed_aware(members: list[dict], ranks: dict) -> dict:
+    """A group's seed-aware tests against `local` (results_lib.seed_aware) over its members'
+    seeds, from each run's ranks ({run name: {method: {market: [U]}}}): {} where a member has
+    no ranks or the members' test users differ."""
+    per_run = [ranks.get(r["run"]) for r in members]
+    if not per_run or any(r is None or "local" not in r for r in per_run):
+        return {}
+    names = list(per_run[0]["local"])
+    users = {n: len(per_run[0]["local"][n]) for n in names}
+    if any({n: len(v) for n, v in r["local"].items()} != users for r in per_run):
+        return {}
+    return results_lib.seed_aware(results_lib.pool_ranks(per_run), names)
+
+
 def summarise(
-    rows: list[dict], axes: list[str], pairs: list[tuple[str, str]] | None = None
+    rows: list[dict],
+    axes: list[str],
+    pairs: list[tuple[str, str]] | None = None,
+    ranks: dict | None = None,
 ) -> list[dict]:
     """Rows grouped over seeds: per group the mean and std over seeds (results_lib.mean_std:
     ddof 1, 0 for one seed; None where a seed lacks the value) of every method's metrics,
-    the seconds per round, the update cosines and, per pair (A, B), the NDCG@10 gap A - B."""
+    the seconds per round, the update cosines, per pair (A, B) the NDCG@10 gap A - B and,
+    given the runs' per-user ranks ({run name: ranks}, `read_ranks`), every method's
+    seed-aware tests against `local` over the group's seeds ("vs_local", `seed_aware`)."""
     keys = [a for a in axes if a != "seeds"]
     groups: dict[tuple, list[dict]] = {}
     for row in rows:
@@ -96,6 +129,7 @@ def summarise(
                 "gaps": {
                     f"{a} - {b}": stats([_gap(r, a, b) for r in members]) for a, b in pairs or []
                 },
+                "vs_local": seed_aware(members, ranks or {}),
             }
         )
     return out
@@ -105,6 +139,22 @@ def _gap(row: dict, a: str, b: str) -> float | None:
     va = row["methods"].get(a, {}).get("ndcg@10")
     vb = row["methods"].get(b, {}).get("ndcg@10")
     return None if va is None or vb is None else va - vb
+
+
+def _marks(test: dict | None) -> str:
+    """A method's seed-aware verdicts at one grid point: ▲ n / ▼ n (fragile ones)."""
+    if not test:
+        return "-"
+    tests = test["markets"].values()
+    up, down = markdown_lib.MARKS["better"].strip(), markdown_lib.MARKS["worse"].strip()
+    if next(iter(tests))["seeds"] < 2:
+        up, down = (markdown_lib.ONE_MODEL_MARKS[v].strip() for v in ("better", "worse"))
+    counts = []
+    for symbol, verdict in ((up, "better"), (down, "worse")):
+        marked = [t for t in tests if t["verdict"] == verdict]
+        fragile = sum(t["robust"] is False for t in marked)
+        counts.append(f"{symbol} {len(marked)}" + (f" ({fragile} †)" if fragile else ""))
+    return " / ".join(counts)
 
 
 def _cell(s) -> str:
@@ -153,6 +203,22 @@ def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str
         for s in summary:
             cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
             cells += [_cell(s["methods"].get(m, {}).get("valid_ndcg@10")) for m in valid]
+            lines.append("| " + " | ".join(cells) + " |")
+    aware = sorted({m for s in summary for m in s.get("vs_local", {})})
+    if aware:
+        first = next(s["vs_local"] for s in summary if s.get("vs_local"))
+        lines += [
+            "",
+            "Against `local`, per grid point: the markets significantly better / worse "
+            f"({markdown_lib.marks_legend(next(iter(first.values())))}; "
+            "fragile ones in brackets).",
+            "",
+            "| " + " | ".join([*keys, "seeds", *aware]) + " |",
+            "|" + " --- |" * (len(keys) + 1 + len(aware)),
+        ]
+        for s in summary:
+            cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
+            cells += [_marks(s.get("vs_local", {}).get(m)) for m in aware]
             lines.append("| " + " | ".join(cells) + " |")
     failed = [r["run"] for r in rows if r["status"] != "done"]
     if failed:
