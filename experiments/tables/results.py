@@ -83,6 +83,18 @@ def default_seeds_seed_aware() -> str:
     return run_tables.seed_aware_over_seeds(DEFAULT_SEEDS, range(5))
 
 
+DEFAULT_PAIRS = [
+    ("centralized", "fecosr", "pooled data vs federated"),
+    ("fecosr", "transfer", "federated vs one-to-one from the largest market"),
+    ("fecosr", "fecosr_no_s2ce", "S²CE vs CE, with the adaptation module"),
+]
+
+
+def default_seeds_pairs() -> str:
+    """Three pairs of the main job not against `local`, seeds 0-4."""
+    return run_tables.pairs_over_seeds(DEFAULT_SEEDS, range(5), DEFAULT_PAIRS)
+
+
 def xmrec_seeds() -> str:
     """XMRec over seeds 0-4, exact duplicate rows dropped (docs/results/xmrec_seeds/)."""
     return run_tables.over_seeds(XMREC_SEEDS, range(5))
