@@ -162,7 +162,8 @@ def pairs_over_seeds(
     joined: tuple[Joined, ...] = (),
 ) -> str:
     """Method A against method B for each (A, B, question): the market-mean A − B over seeds,
-    paired by seed (p, and Benjamini-Hochberg over the table's pairs), and per market the
+    paired by seed (its 95% interval, p, Benjamini-Hochberg over the table's pairs, and the
+    smallest difference it finds with 80% power), and per market the
     seed-aware tests (method_pairs, Benjamini-Hochberg over the markets): how many markets A
     is above B by sign, and which it is significantly better / worse in (†: fragile). With
     `joined` runs, their methods join each seed's (seed_runs)."""
@@ -174,9 +175,9 @@ def pairs_over_seeds(
         {(a, b): results_lib.seed_test(per_seed, a, reference=b) for a, b, _ in pairs}
     )
     lines = [
-        row(["A", "B", "question", "A − B over seeds (p; adj.)", "markets A > B by sign",
-             "▲ (markets)", "▼ (markets)"]),
-        "| --- | --- | --- |" + " ---: |" * 4,
+        row(["A", "B", "question", "A − B over seeds [95% interval] (p; adj.)", "detectable",
+             "markets A > B by sign", "▲ (markets)", "▼ (markets)"]),
+        "| --- | --- | --- |" + " ---: |" * 5,
     ]  # fmt: skip
 
     def markets(pair: dict, verdict: str) -> str:
@@ -190,11 +191,23 @@ def pairs_over_seeds(
 
     for (a, b, question), pair in zip(pairs, compared, strict=True):
         t = over[(a, b)]
-        test = f"{signed(t['diff'])} ({markdown.p_text(t['p_value'])}; "
-        test += f"{markdown.p_text(t['p_adjusted'])})"
+        low, high = t["ci"]
+        test = f"{signed(t['diff'])} [{signed(low)}, {signed(high)}] "
+        test += f"({markdown.p_text(t['p_value'])}; {markdown.p_text(t['p_adjusted'])})"
         by_sign = f"{pair['markets_better']} of {len(names)}"
         lines.append(
-            row([a, b, question, test, by_sign, markets(pair, "better"), markets(pair, "worse")])
+            row(
+                [
+                    a,
+                    b,
+                    question,
+                    test,
+                    f"{t['detectable']:.4f}",
+                    by_sign,
+                    markets(pair, "better"),
+                    markets(pair, "worse"),
+                ]
+            )  # fmt: skip
         )
     return "\n".join(lines) + "\n"
 
