@@ -245,9 +245,10 @@ def privacy_points(
     folders of its seeds}; `local`: run folders (one per seed, in the same order) whose `local`
     every budget is compared with (None: each run's own). Per budget: per market the
     seed-aware test against `local` (results_lib.seed_aware: its "diff", "verdict" after
-    Benjamini-Hochberg over the markets, "robust", "users"), the market-mean gain of each seed
-    and its [mean, std] over seeds ("gain"), and the epsilon spent (the largest over markets
-    and seeds; None without DP)."""
+    Benjamini-Hochberg over the markets, "robust", "users"), the per-user test of these
+    trained models ("trained_models"), the market-mean gain of each seed and its [mean, std]
+    over seeds ("gain"), and the epsilon spent (the largest over markets and seeds; None
+    without DP)."""
     baselines = None if local is None else [read_run(f) for f in local]
     points = {}
     for epsilon, folders in columns.items():
@@ -265,6 +266,7 @@ def privacy_points(
         ]
         points[epsilon] = {
             "markets": results["vs_local"][method]["seed_aware"]["markets"],
+            "trained_models": results["vs_local"][method]["trained_models"]["markets"],
             "seed_gains": gains,
             "gain": results_lib.mean_std(gains),
             "spent": max(budgets) if budgets else None,
