@@ -55,14 +55,14 @@ class FinetuneConfig:
     batch_size: training rows per step.
     steps_per_epoch: optimiser steps between validations; 0 = one pass over the largest
       market's training rows.
-    max_epochs, patience, min_budget: early stopping on validation NDCG@10, per market: a
-      market stops once `patience` epochs have passed without a new best and it has trained
-      `min_epochs` = ceil(min_budget * max_epochs) epochs, a minimum budget the same for every
-      method (a noisy validation set cannot end a market's training before it: without it,
-      `local` stopping early on some seeds decided a verdict, docs/results.md "Early
-      stopping"); its best epoch's parameters are kept. 0 = patience alone; 1 = every market
-      trains max_epochs. An epoch is `steps_per_epoch` optimiser steps, the same for every
-      market and method on the same data, so patience and budget count the same steps.
+    max_epochs, patience, min_budget: each market keeps its best validation NDCG@10 epoch's
+      parameters. By default (min_budget 1) every market of every method trains all
+      max_epochs, so the stopping rule cannot decide a comparison (docs/results.md "Early
+      stopping"). Early stopping is an opt-in for speed: with min_budget < 1 a market stops
+      once `patience` epochs have passed without a new best and it has trained `min_epochs` =
+      ceil(min_budget * max_epochs) epochs, the same for every method (0 = patience alone).
+      An epoch is `steps_per_epoch` optimiser steps, the same for every market and method on
+      the same data, so patience and budget count the same steps.
     loss_impl, block_size: dense or blockwise CE (large catalogues).
     markets_per_step: (run, market) pairs a device fine-tunes together (vmapped); the rest
       follow in sequence inside the same compiled epoch. 0 = one at a time on a CPU (there a
@@ -82,7 +82,7 @@ class FinetuneConfig:
     steps_per_epoch: int = 0
     max_epochs: int = 30
     patience: int = 3
-    min_budget: float = 0.5
+    min_budget: float = 1.0
     loss_impl: str = "dense"
     block_size: int = 4096
     markets_per_step: int = 0
