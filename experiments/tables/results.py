@@ -23,6 +23,9 @@ RAW = pathlib.Path(__file__).resolve().parents[2] / "docs" / "results"
 
 DEFAULT = RAW / "default"  # the main job (experiments/configs/default.py)
 DEFAULT_SEEDS = RAW / "default_seeds"  # the main job with --config.seeds=5: seed_0 ... seed_4
+# The same before 2026-12-06, when fine-tuning stopped early after half the budget
+# (finetune.min_budget 0.5): seed_0 ... seed_4.
+DEFAULT_SEEDS_HALF = RAW / "default_seeds_half"
 FULL = RAW / "full"  # its generator at the full budget (experiments/configs/full.py)
 XMREC_SEEDS = RAW / "xmrec_seeds"  # XMRec ca/de/fr/uk, local and fedavg_id, seeds 0-4
 
@@ -81,6 +84,35 @@ def default_seeds() -> str:
 def default_seeds_seed_aware() -> str:
     """The seed-aware tests against `local` of the main job over seeds 0-4."""
     return run_tables.seed_aware_over_seeds(DEFAULT_SEEDS, range(5))
+
+
+def default_seeds_stopping() -> str:
+    """The main job over seeds 0-4 with early stopping after half the budget and with the
+    whole budget, side by side per method: the markets the seed-aware tests mark better /
+    worse than `local` (fragile in brackets), the test over seeds of the market mean, and the
+    mean epoch each market stopped."""
+    rules = {"half (0.5)": DEFAULT_SEEDS_HALF, "whole (1)": DEFAULT_SEEDS}
+    combined = {rule: run_tables.combined(folder, range(5)) for rule, folder in rules.items()}
+    header = ["method"]
+    for rule in rules:
+        header += [f"{rule}: ▲ / ▼", f"{rule}: over seeds", f"{rule}: stop epoch"]
+    lines = [row(header), "| --- |" + " ---: |" * (len(header) - 1)]
+    first = next(iter(combined.values()))
+    order = run_tables.run_order(DEFAULT_SEEDS / "seed_0", first)
+    for method in (m for m in order if m in first["vs_local"]):
+        cells = [method]
+        for res in combined.values():
+            c = res["vs_local"][method]
+            marks = f"{c['markets_significantly_better']} / {c['markets_significantly_worse']}"
+            marks += f" ({c['markets_fragile']} †)" if c["markets_fragile"] else ""
+            t = c["over_seeds"]
+            low, high = t["ci"]
+            over = f"{signed(t['diff'])} [{signed(low)}, {signed(high)}] {t['verdict']}"
+            stops = [res["methods"][method][n].get("stop_epoch") for n in res["markets"]]
+            stop = "-" if None in stops else f"{sum(stops) / len(stops):.1f}"
+            cells += [marks, over, stop]
+        lines.append(row(cells))
+    return "\n".join(lines).replace("-0.", "−0.") + "\n"
 
 
 DEFAULT_PAIRS = [

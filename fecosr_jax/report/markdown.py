@@ -90,10 +90,9 @@ def transfer_matrix(results: dict) -> list[str]:
             tests = c.get("seed_aware", {}).get("markets", {})
             cells, better, worse, up, down = [], 0, 0, 0, 0
             for n in names:
-                gain, verdict = c["gain"][n], tests[n]["verdict"] if n in tests else "same"
-                cell = (
-                    "-" if gain is None else f"{gain:+.4f}" + (mark(tests[n]) if n in tests else "")
-                )
+                gain, test = c["gain"][n], tests.get(n)
+                verdict = test["verdict"] if test else "same"
+                cell = "-" if gain is None else f"{gain:+.4f}" + (mark(test) if test else "")
                 if n == source:
                     cells.append(f"[{cell}]")
                     continue
