@@ -202,3 +202,35 @@ def test_accountant_benchmark_is_the_runs_accountant_at_its_discretisation():
     assert fine["epsilon_truncated"] <= coarse["epsilon_truncated"]
     text = bench_tables.accountant_table({"rows": [coarse]})
     assert text.splitlines()[2].startswith("| 1e-2 | 40, 8, 8 | 1.8477 |")
+
+
+def test_the_soak_names_where_each_kill_landed_and_checks_each_step_once(tmp_path):
+    from experiments.bench import soak
+
+    header = "===== 3 seeds\n| market | users |\n| m0000 | 12 |\n"
+    group = "== [2/5] transfer, fecosr (seed 0)\n"
+    pretrain = "[ 10.6s] seed 0 federated_s2ce pretrain 2/3: loss 4.69\n"
+    epoch = "[ 23.9s] seed 0 fecosr finetune {}/2: valid_ndcg@10 0.09\n"
+    assert soak.phase("") == soak.phase(header) == "start-up"  # data tables before any group
+    assert soak.phase(header + group) == "between groups"
+    assert soak.phase(header + group + pretrain) == "pretraining"
+    assert soak.phase(header + group + pretrain + epoch.format(1)) == "fine-tuning"
+    assert soak.phase(header + group + epoch.format(2)) == "evaluation"  # the last epoch done
+    assert soak.phase(header + group + epoch.format(2) + "| method | gain |\n") == "writing"
+    # A resumed phase that logged a step twice, or lost one, is found.
+    for s in range(2):
+        (tmp_path / f"seed_{s}").mkdir()
+    lines = [{"stage": "pretrain", "paradigm": "p", "curve": "loss", "step": k} for k in (1, 2)]
+
+    def write(rows):
+        for s in range(2):
+            text = "".join(json.dumps(r) + "\n" for r in rows)
+            (tmp_path / f"seed_{s}" / "metrics.jsonl").write_text(text)
+
+    write(lines)
+    want = soak.logged_steps(tmp_path, 2)
+    assert soak.steps_once(tmp_path, want)
+    write([*lines, lines[1]])
+    assert not soak.steps_once(tmp_path, want)
+    write(lines[:1])
+    assert not soak.steps_once(tmp_path, want)

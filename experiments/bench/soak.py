@@ -1,0 +1,193 @@
+r"""Faults at random moments: a grouped job of several runs killed with SIGKILL again and again,
+resumed by the same command each time, must end with the bytes of the uninterrupted job.
+
+  python -m experiments.bench.soak --kills=20 --json=docs/bench/soak_DATE.json
+
+The job is the test config with `--config.seeds=3` (three runs on one run axis: pretraining,
+fine-tuning, evaluation and the writing of results, every method). First it runs once
+uninterrupted (the reference, and its wall time T). Then, in a fresh workdir, the same command
+is started and killed with SIGKILL at a time drawn uniformly from [0, T] after its start, and
+started again, until it finishes on its own; each such job is a trial, and trials follow one
+another until `--kills` kills have been made. A kill's moment is recorded by the phase the
+process had printed last (`phase`: start-up, pretraining, fine-tuning, evaluation, between
+groups of methods, or writing the results). At the
+end of every trial each results.json (combined and per seed) and each seed's ranks.npz must
+equal the reference's byte for byte, and each metrics.jsonl must hold every round and epoch
+once (a resumed phase drops the steps it repeats). The script prints a table and exits 1 on
+any difference.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import pathlib
+import random
+import re
+import subprocess
+import sys
+import tempfile
+import time
+
+from absl import app, flags
+
+from fecosr_jax.store.files import write_text_atomic
+
+_KILLS = flags.DEFINE_integer("kills", 20, "SIGKILLs to make in all")
+_SEEDS = flags.DEFINE_integer("seeds", 3, "runs of the grouped job (--config.seeds)")
+_SEED = flags.DEFINE_integer("seed", 0, "seed of the kill times")
+_JSON = flags.DEFINE_string("json", None, "write the record here")
+_WORKDIR = flags.DEFINE_string("workdir", None, "where the jobs run (default: a temporary one)")
+
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+# Where a kill can land, by the last line the run had printed (see `phase`).
+PHASES = ("start-up", "pretraining", "fine-tuning", "evaluation", "between groups", "writing")
+
+
+def command(workdir: pathlib.Path, seeds: int) -> list[str]:
+    return [
+        sys.executable,
+        "-m",
+        "experiments.main",
+        "--config=experiments/configs/test.py",
+        f"--workdir={workdir}",
+        f"--config.seeds={seeds}",
+        "--config.plots=False",
+        "--config.tensorboard=False",
+    ]
+
+
+def phase(log: str) -> str:
+    """Where a run was when it was killed, by the last line it had printed: a pretraining
+    round; a fine-tuning epoch (its last epoch: evaluation follows); the header of the next
+    group of methods; the results tables printed at the end (writing); or nothing of those
+    yet (start-up: loading, the data summary, compiling the first program)."""
+    lines = [line for line in log.splitlines() if line.strip()]
+    started = any(line.startswith("== [") for line in lines)
+    for line in reversed(lines):
+        if match := re.search(r" finetune (\d+)/(\d+)", line):
+            return "evaluation" if match[1] == match[2] else "fine-tuning"
+        if "pretrain" in line:
+            return "pretraining"
+        if line.startswith("== ["):
+            return "between groups"
+        if line.startswith("|") and started:
+            return "writing"
+    return "start-up"
+
+
+def outputs(workdir: pathlib.Path, seeds: int) -> dict[str, bytes]:
+    """The files a finished job must reproduce byte for byte."""
+    files = {"results.json": workdir / "results.json"}
+    for s in range(seeds):
+        for name in ("results.json", "ranks.npz"):
+            files[f"seed_{s}/{name}"] = workdir / f"seed_{s}" / name
+    return {k: p.read_bytes() for k, p in files.items()}
+
+
+def logged_steps(workdir: pathlib.Path, seeds: int) -> list[list[tuple]]:
+    """Each seed's metrics.jsonl as its (stage, paradigm, curve, step) keys, in order."""
+    out = []
+    for s in range(seeds):
+        lines = (workdir / f"seed_{s}" / "metrics.jsonl").read_text().splitlines()
+        keys = [
+            (x["stage"], x["paradigm"], x.get("curve"), x["step"]) for x in map(json.loads, lines)
+        ]
+        out.append(keys)
+    return out
+
+
+def steps_once(workdir: pathlib.Path, want: list[list[tuple]]) -> bool:
+    """Every seed's metrics.jsonl holds each round and epoch of the reference's once."""
+    got = logged_steps(workdir, len(want))
+    return all(len(g) == len(set(g)) and set(g) == set(w) for g, w in zip(got, want, strict=True))
+
+
+def run_once(workdir: pathlib.Path, seeds: int, kill_at: float | None) -> tuple[int, str]:
+    """The job's command in `workdir`, killed with SIGKILL `kill_at` seconds after its start
+    (None: not killed). Returns its exit code (-9 when killed) and its output."""
+    log_path = workdir.parent / f"{workdir.name}.log"
+    with open(log_path, "w") as log:
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every line out before a kill
+        proc = subprocess.Popen(
+            command(workdir, seeds), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
+        )
+        try:
+            rc = proc.wait(timeout=kill_at)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            rc = proc.wait()
+    return rc, log_path.read_text()
+
+
+def soak(root: pathlib.Path, kills: int, seeds: int, seed: int) -> dict:
+    """The reference job, then trials of killed and resumed jobs until `kills` kills."""
+    rng = random.Random(seed)
+    reference = root / "reference"
+    start = time.perf_counter()
+    rc, log = run_once(reference, seeds, None)
+    wall = time.perf_counter() - start
+    if rc != 0:
+        raise RuntimeError(f"the reference job failed (exit {rc}):\n{log[-2000:]}")
+    want, want_steps = outputs(reference, seeds), logged_steps(reference, seeds)
+    trials, made = [], 0
+    while made < kills:
+        workdir = root / f"trial_{len(trials)}"
+        trial = {"kills": [], "restarts": 0}
+        while True:
+            kill_at = rng.uniform(0.0, wall) if made < kills else None
+            rc, log = run_once(workdir, seeds, kill_at)
+            if rc == -9:
+                made += 1
+                trial["kills"].append({"after_s": round(kill_at, 2), "phase": phase(log)})
+                continue
+            if rc != 0:
+                raise RuntimeError(f"{workdir}: exit {rc} after a kill:\n{log[-2000:]}")
+            break
+        got = outputs(workdir, seeds)
+        trial["differ"] = sorted(k for k in want if got[k] != want[k])
+        trial["steps_once"] = steps_once(workdir, want_steps)
+        trials.append(trial)
+    return {"seeds": seeds, "reference_s": round(wall, 1), "kills": made, "trials": trials}
+
+
+def table(record: dict) -> str:
+    """The record as docs/benchmarks.md shows it: kills per phase, and per trial whether the
+    job ended byte-identical to the uninterrupted one."""
+    by_phase: dict[str, int] = {}
+    for trial in record["trials"]:
+        for kill in trial["kills"]:
+            by_phase[kill["phase"]] = by_phase.get(kill["phase"], 0) + 1
+    names = list(PHASES)
+    lines = [
+        "| trial | kills | " + " | ".join(names) + " | byte-identical | steps once |",
+        "| --- | ---: |" + " ---: |" * len(names) + " --- | --- |",
+    ]
+    for i, trial in enumerate(record["trials"]):
+        counts = [sum(k["phase"] == n for k in trial["kills"]) for n in names]
+        same = "yes" if not trial["differ"] else "no: " + ", ".join(trial["differ"])
+        lines.append(
+            f"| {i} | {len(trial['kills'])} | "
+            + " | ".join(map(str, counts))
+            + f" | {same} | {'yes' if trial['steps_once'] else 'no'} |"
+        )
+    total = [str(by_phase.get(n, 0)) for n in names]
+    lines.append(f"| all | {record['kills']} | " + " | ".join(total) + " | | |")
+    return "\n".join(lines)
+
+
+def main(argv):
+    del argv
+    with tempfile.TemporaryDirectory() as tmp:
+        root = pathlib.Path(_WORKDIR.value or tmp)
+        root.mkdir(parents=True, exist_ok=True)
+        record = soak(root, _KILLS.value, _SEEDS.value, _SEED.value)
+    print(table(record))
+    if _JSON.value:
+        write_text_atomic(_JSON.value, json.dumps(record, indent=1) + "\n")
+    ok = all(not t["differ"] and t["steps_once"] for t in record["trials"])
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    app.run(main)
