@@ -138,6 +138,22 @@ def test_sigterm_saves_a_checkpoint_and_exits_cleanly(reference, tmp_path):
     assert_same_run(tmp_path, reference[0])
 
 
+def test_sigkill_of_a_single_run_in_fine_tuning_then_resume_is_exact(reference, tmp_path):
+    """One run killed with SIGKILL after a random fine-tuning epoch: the same command ends
+    with the uninterrupted run's results.json bytes and bitwise-equal final states (the
+    grouped runs' kills across every phase: experiments/bench/soak.py)."""
+    seed = int(os.environ.get("FECOSR_KILL_SEED", time.time_ns() % 1_000_000))
+    epoch = random.Random(seed).randint(1, EPOCHS - 1)
+    print(f"FECOSR_KILL_SEED={seed}: kill after fine-tuning epoch {epoch}")
+    proc = start(tmp_path)
+    wait_for(tmp_path / "checkpoints" / FINETUNE / str(epoch), proc)
+    proc.send_signal(signal.SIGKILL)
+    assert proc.wait() == -signal.SIGKILL
+    assert not (tmp_path / "results.json").exists()
+    experiment.train_and_evaluate(make_config(), str(tmp_path))
+    assert_same_run(tmp_path, reference[0])
+
+
 def poison_market(monkeypatch, market: int, from_round: int):
     """From round `from_round` on, market `market`'s item vectors are NaN (bad data)."""
     original = fed_round.CompiledRound.__post_init__
