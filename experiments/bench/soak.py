@@ -6,15 +6,17 @@ resumed by the same command each time, must end with the bytes of the uninterrup
 The job is the test config with `--config.seeds=3` (three runs on one run axis: pretraining,
 fine-tuning, evaluation and the writing of results, every method). First it runs once
 uninterrupted (the reference, and its wall time T). Then, in a fresh workdir, the same command
-is started and killed with SIGKILL at a time drawn uniformly from [0, T] after its start, and
-started again, until it finishes on its own; each such job is a trial, and trials follow one
-another until `--kills` kills have been made. A kill's moment is recorded by the phase the
-process had printed last (`phase`: start-up, pretraining, fine-tuning, evaluation, between
-groups of methods, or writing the results). At the
-end of every trial each results.json (combined and per seed) and each seed's ranks.npz must
+is started and killed with SIGKILL, and started again, until it finishes on its own. The
+kills take turns (`trigger`): at a time drawn uniformly from [0, T] after the start; as soon
+as a new fine-tuning epoch is saved; at a random time again; as soon as the first seed's
+results.json exists, while the rest of the results are written. Each such job is a trial,
+and trials follow one another until `--kills` kills have been made. A kill's moment is
+recorded by the phase the process had printed last (`phase`: start-up, pretraining,
+fine-tuning, evaluation, between groups of methods, or writing the results). At the end of
+every trial each results.json (combined and per seed) and each seed's ranks.npz must
 equal the reference's byte for byte, and each metrics.jsonl must hold every round and epoch
-once (a resumed phase drops the steps it repeats). The script prints a table and exits 1 on
-any difference.
+once (a resumed phase drops the steps it repeats). The script prints a table
+(experiments.tables.bench.soak_table) and exits 1 on any difference.
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ import time
 
 from absl import app, flags
 
+from experiments.tables import bench as bench_tables
 from fecosr_jax.store.files import write_text_atomic
 
 _KILLS = flags.DEFINE_integer("kills", 20, "SIGKILLs to make in all")
@@ -40,8 +43,6 @@ _JSON = flags.DEFINE_string("json", None, "write the record here")
 _WORKDIR = flags.DEFINE_string("workdir", None, "where the jobs run (default: a temporary one)")
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
-# Where a kill can land, by the last line the run had printed (see `phase`).
-PHASES = ("start-up", "pretraining", "fine-tuning", "evaluation", "between groups", "writing")
 
 
 def command(workdir: pathlib.Path, seeds: int) -> list[str]:
@@ -58,7 +59,8 @@ def command(workdir: pathlib.Path, seeds: int) -> list[str]:
 
 
 def phase(log: str) -> str:
-    """Where a run was when it was killed, by the last line it had printed: a pretraining
+    """Where a run was when it was killed (one of bench_tables.SOAK_PHASES), by the last line
+    it had printed: a pretraining
     round; a fine-tuning epoch (its last epoch: evaluation follows); the header of the next
     group of methods; the results tables printed at the end (writing); or nothing of those
     yet (start-up: loading, the data summary, compiling the first program)."""
@@ -103,26 +105,55 @@ def steps_once(workdir: pathlib.Path, want: list[list[tuple]]) -> bool:
     return all(len(g) == len(set(g)) and set(g) == set(w) for g, w in zip(got, want, strict=True))
 
 
-def run_once(workdir: pathlib.Path, seeds: int, kill_at: float | None) -> tuple[int, str]:
-    """The job's command in `workdir`, killed with SIGKILL `kill_at` seconds after its start
-    (None: not killed). Returns its exit code (-9 when killed) and its output."""
+def checkpoints(workdir: pathlib.Path, prefix: str) -> int:
+    """How many saved steps the phases `prefix*` of every seed hold (their step folders)."""
+    return sum(
+        1
+        for phase in workdir.glob(f"seed_*/checkpoints/{prefix}*")
+        for step in phase.iterdir()
+        if step.name.isdigit()
+    )
+
+
+def trigger(kind: str, workdir: pathlib.Path, after: float):
+    """When to kill: "time" `after` seconds from the start; "fine-tuning" as soon as a new
+    fine-tuning epoch is saved; "writing" as soon as the first seed's results.json exists
+    (the other seeds' and the combined results are being written; never if it existed at the
+    start)."""
+    if kind == "time":
+        start = time.perf_counter()
+        return lambda: time.perf_counter() - start >= after
+    if kind == "fine-tuning":
+        saved = checkpoints(workdir, "finetune_")
+        return lambda: checkpoints(workdir, "finetune_") > saved
+    written = workdir / "seed_0" / "results.json"
+    if written.exists():  # written before this start: nothing of the kind left to hit
+        return lambda: False
+    return written.exists
+
+
+def run_once(workdir: pathlib.Path, seeds: int, kill) -> tuple[int, str]:
+    """The job's command in `workdir`, killed with SIGKILL as soon as `kill()` is true (None:
+    not killed). Returns its exit code (-9 when killed) and its output."""
     log_path = workdir.parent / f"{workdir.name}.log"
     with open(log_path, "w") as log:
         env = {**os.environ, "PYTHONUNBUFFERED": "1"}  # every line out before a kill
         proc = subprocess.Popen(
             command(workdir, seeds), cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env=env
         )
-        try:
-            rc = proc.wait(timeout=kill_at)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            rc = proc.wait()
+        while proc.poll() is None:
+            if kill is not None and kill():
+                proc.kill()
+                break
+            time.sleep(0.01)
+        rc = proc.wait()
     return rc, log_path.read_text()
 
 
 def soak(root: pathlib.Path, kills: int, seeds: int, seed: int) -> dict:
     """The reference job, then trials of killed and resumed jobs until `kills` kills."""
     rng = random.Random(seed)
+    kinds = ("time", "fine-tuning", "time", "writing")  # in turn: every phase is reached
     reference = root / "reference"
     start = time.perf_counter()
     rc, log = run_once(reference, seeds, None)
@@ -133,13 +164,17 @@ def soak(root: pathlib.Path, kills: int, seeds: int, seed: int) -> dict:
     trials, made = [], 0
     while made < kills:
         workdir = root / f"trial_{len(trials)}"
-        trial = {"kills": [], "restarts": 0}
+        trial = {"kills": []}
         while True:
-            kill_at = rng.uniform(0.0, wall) if made < kills else None
-            rc, log = run_once(workdir, seeds, kill_at)
+            kind, after = kinds[made % len(kinds)], rng.uniform(0.0, wall)
+            started = time.perf_counter()
+            rc, log = run_once(
+                workdir, seeds, trigger(kind, workdir, after) if made < kills else None
+            )
             if rc == -9:
                 made += 1
-                trial["kills"].append({"after_s": round(kill_at, 2), "phase": phase(log)})
+                elapsed = round(time.perf_counter() - started, 2)
+                trial["kills"].append({"trigger": kind, "after_s": elapsed, "phase": phase(log)})
                 continue
             if rc != 0:
                 raise RuntimeError(f"{workdir}: exit {rc} after a kill:\n{log[-2000:]}")
@@ -151,38 +186,13 @@ def soak(root: pathlib.Path, kills: int, seeds: int, seed: int) -> dict:
     return {"seeds": seeds, "reference_s": round(wall, 1), "kills": made, "trials": trials}
 
 
-def table(record: dict) -> str:
-    """The record as docs/benchmarks.md shows it: kills per phase, and per trial whether the
-    job ended byte-identical to the uninterrupted one."""
-    by_phase: dict[str, int] = {}
-    for trial in record["trials"]:
-        for kill in trial["kills"]:
-            by_phase[kill["phase"]] = by_phase.get(kill["phase"], 0) + 1
-    names = list(PHASES)
-    lines = [
-        "| trial | kills | " + " | ".join(names) + " | byte-identical | steps once |",
-        "| --- | ---: |" + " ---: |" * len(names) + " --- | --- |",
-    ]
-    for i, trial in enumerate(record["trials"]):
-        counts = [sum(k["phase"] == n for k in trial["kills"]) for n in names]
-        same = "yes" if not trial["differ"] else "no: " + ", ".join(trial["differ"])
-        lines.append(
-            f"| {i} | {len(trial['kills'])} | "
-            + " | ".join(map(str, counts))
-            + f" | {same} | {'yes' if trial['steps_once'] else 'no'} |"
-        )
-    total = [str(by_phase.get(n, 0)) for n in names]
-    lines.append(f"| all | {record['kills']} | " + " | ".join(total) + " | | |")
-    return "\n".join(lines)
-
-
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
         root = pathlib.Path(_WORKDIR.value or tmp)
         root.mkdir(parents=True, exist_ok=True)
         record = soak(root, _KILLS.value, _SEEDS.value, _SEED.value)
-    print(table(record))
+    print(bench_tables.soak_table(record))
     if _JSON.value:
         write_text_atomic(_JSON.value, json.dumps(record, indent=1) + "\n")
     ok = all(not t["differ"] and t["steps_once"] for t in record["trials"])

@@ -242,3 +242,32 @@ def bench_main_job(date: str) -> str:
 def bench_accountant() -> str:
     """experiments.bench.accountant (docs/bench/accountant_2026-11-30.json)."""
     return accountant_table(read_json(BENCH / "accountant_2026-11-30.json")) + "\n"
+
+
+SOAK_PHASES = ("start-up", "pretraining", "fine-tuning", "evaluation", "between groups", "writing")
+
+
+def soak_table(record: dict) -> str:
+    """experiments.bench.soak's record as a table: per trial the kills by the phase each
+    landed in, and whether the job ended byte-identical to the uninterrupted one with each
+    round and epoch logged once."""
+    lines = [
+        row(["trial", "kills", *SOAK_PHASES, "byte-identical", "steps once"]),
+        "| --- | ---: |" + " ---: |" * len(SOAK_PHASES) + " --- | --- |",
+    ]
+    for i, trial in enumerate(record["trials"]):
+        counts = [sum(k["phase"] == n for k in trial["kills"]) for n in SOAK_PHASES]
+        same = "yes" if not trial["differ"] else "no: " + ", ".join(trial["differ"])
+        lines.append(
+            row([i, len(trial["kills"]), *counts, same, "yes" if trial["steps_once"] else "no"])
+        )
+    total = [
+        sum(k["phase"] == n for t in record["trials"] for k in t["kills"]) for n in SOAK_PHASES
+    ]
+    lines.append(row(["all", record["kills"], *total, "", ""]))
+    return "\n".join(lines)
+
+
+def bench_soak() -> str:
+    """experiments.bench.soak (docs/bench/soak_2026-12-06.json)."""
+    return soak_table(read_json(BENCH / "soak_2026-12-06.json")) + "\n"
