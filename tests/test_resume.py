@@ -10,6 +10,7 @@ import os
 import pathlib
 import random
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -413,3 +414,44 @@ def test_a_second_process_on_a_live_workdir_is_refused_then_takes_over_a_killed_
     took = lease.Lease(workdir)  # the killed run's lease is left behind, its process gone
     assert "its process is gone" in took.acquire()
     took.release()
+
+
+def _race(workdir: str, start, done, results) -> None:
+    """One of several processes that take a workdir's lease at the same instant."""
+    taken = lease.Lease(workdir)
+    start.wait()
+    try:
+        taken.acquire()
+    except lease.WorkdirInUse as e:
+        results.put(("refused", str(e)))
+        done.wait()
+        return
+    results.put(("took", os.getpid()))
+    done.wait()  # hold it until every racer has tried
+    taken.release()
+
+
+@pytest.mark.parametrize("stale", [False, True], ids=["fresh workdir", "stale lease"])
+def test_processes_that_start_at_the_same_instant_get_one_lease(tmp_path, stale):
+    # Three processes released by one barrier. On a fresh local workdir the lease is created
+    # exclusively; over a stale lease (its process gone) each writes, waits and reads back.
+    import multiprocessing
+
+    if stale:
+        gone = {"host": socket.gethostname(), "pid": 2**22 + 7, "started": 0, "heartbeat": 0}
+        (tmp_path / lease.LEASE).write_text(json.dumps(gone))
+    ctx = multiprocessing.get_context("spawn")
+    start, done, results = ctx.Barrier(3), ctx.Barrier(3), ctx.Queue()
+    racers = [
+        ctx.Process(target=_race, args=(str(tmp_path), start, done, results)) for _ in range(3)
+    ]
+    for p in racers:
+        p.start()
+    outcomes = [results.get(timeout=120) for _ in racers]
+    for p in racers:
+        p.join(timeout=120)
+    took = [who for kind, who in outcomes if kind == "took"]
+    assert len(took) == 1, outcomes
+    refused = [message for kind, message in outcomes if kind == "refused"]
+    assert all("another run is writing here" in m for m in refused) and len(refused) == 2
+    assert not (tmp_path / lease.LEASE).exists()  # the holder released it

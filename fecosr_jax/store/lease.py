@@ -7,6 +7,12 @@ finds a live lease is refused with one line naming the owner, before it writes a
 lease is stale, and is taken over with a message, when its heartbeat is older than STALE_S,
 or when its owner ran on this host and that process no longer exists (a run killed with
 SIGKILL). The run removes its lease when it ends, whether it finished or failed.
+
+Two processes that start at the same instant cannot both take it: on a local disk the lease
+is created exclusively (O_EXCL), so one creation fails; where that is not available (gs://)
+and when a stale lease is taken over, a process writes its lease, waits SETTLE_S, and reads it
+back: of writers within that window only the last one's lease remains, and the others are
+refused.
 """
 
 from __future__ import annotations
@@ -26,6 +32,7 @@ from fecosr_jax.store.files import write_text_atomic
 LEASE = "lease.json"
 HEARTBEAT_S = 30.0  # how often a holder renews its lease
 STALE_S = 3 * HEARTBEAT_S  # a heartbeat older than this: the holder is gone
+SETTLE_S = 1.0  # how long a writer waits before it reads its lease back (module docstring)
 
 
 class WorkdirInUse(BadInput):
@@ -53,6 +60,18 @@ def _alive_here(owner: dict) -> bool | None:
     return True
 
 
+def _who(held: dict) -> str:
+    return (
+        f"pid {held.get('pid')} on {held.get('host')}, started "
+        f"{_stamp(float(held.get('started', 0)))} UTC"
+    )
+
+
+def _local(path: epath.Path) -> bool:
+    """Whether a path is on a local disk (O_EXCL works there), not in a bucket."""
+    return "://" not in os.fspath(path)
+
+
 class Lease:
     """The lease on one workdir (`acquire`, then `release`); the heartbeat thread renews it."""
 
@@ -69,31 +88,61 @@ class Lease:
     def _write(self) -> None:
         write_text_atomic(self.path, json.dumps({**self.owner, "heartbeat": _now()}) + "\n")
 
+    def _read(self) -> dict | None:
+        """The lease on disk; None where there is none or it was cut by a crash while it was
+        written (nobody holds it then)."""
+        try:
+            return json.loads(self.path.read_text())
+        except (FileNotFoundError, json.JSONDecodeError, OSError):
+            return None
+
+    def _refuse(self, held: dict) -> None:
+        """Raises WorkdirInUse naming the holder of `held`."""
+        raise WorkdirInUse(
+            f"{self.path.parent}: another run is writing here ({_who(held)}; its lease "
+            f"{self.path}). Wait for it, stop it, or use another --workdir"
+        )
+
+    def _create(self) -> bool:
+        """Creates the lease exclusively (a local disk): False when another process created
+        it first."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        text = json.dumps({**self.owner, "heartbeat": _now()}) + "\n"
+        try:
+            fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        return True
+
+    def _settle(self) -> None:
+        """Writes the lease, waits SETTLE_S and reads it back; refuses when another writer's
+        lease replaced it (module docstring)."""
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._write()
+        time.sleep(SETTLE_S)
+        held = self._read()
+        if held is not None and not self._mine(held):
+            self._refuse(held)
+
     def acquire(self) -> str | None:
         """Takes the lease, or raises WorkdirInUse naming the live owner. Returns a message
         when it took over a stale lease (None otherwise)."""
+        held = self._read() if self.path.exists() else None
         taken_over = None
-        if self.path.exists():
-            try:
-                held = json.loads(self.path.read_text())
-            except (json.JSONDecodeError, OSError):
-                held = None  # cut by a crash while it was written: nobody holds it
-            if held is not None and not self._mine(held):
-                alive = _alive_here(held)
-                fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
-                who = (
-                    f"pid {held.get('pid')} on {held.get('host')}, started "
-                    f"{_stamp(float(held.get('started', 0)))} UTC"
-                )
-                if alive or (alive is None and fresh):
-                    raise WorkdirInUse(
-                        f"{self.path.parent}: another run is writing here ({who}; its lease "
-                        f"{self.path}). Wait for it, stop it, or use another --workdir"
-                    )
-                reason = "its process is gone" if alive is False else "its heartbeat stopped"
-                taken_over = f"{self.path}: took over the lease of {who}: {reason}"
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._write()
+        if held is not None and not self._mine(held):
+            alive = _alive_here(held)
+            fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
+            if alive or (alive is None and fresh):
+                self._refuse(held)
+            reason = "its process is gone" if alive is False else "its heartbeat stopped"
+            taken_over = f"{self.path}: took over the lease of {_who(held)}: {reason}"
+        if held is None and not self.path.exists() and _local(self.path):
+            if not self._create():  # another process created it this instant
+                self._refuse(self._read() or {"host": "?", "pid": "?"})
+        else:
+            self._settle()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
         self._thread.start()
         return taken_over
