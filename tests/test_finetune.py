@@ -176,7 +176,8 @@ def test_scratch_id_only_model_without_semantics(stacked):
 def test_a_stopped_market_reports_what_it_keeps(stacked):
     """After a market stops, the per-epoch callback (what metrics.jsonl logs) shows its kept
     best validation NDCG@10, never a value of parameters it discards."""
-    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
+    # Early stopping on (it is opt-in): half the budget, then patience 1.
+    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1, min_budget=0.5)
     seen = []
     result = finetune_loop.finetune(
         model, ft, start, data, on_epoch=lambda e, n, lo, a: seen.append((n.copy(), a.copy()))
@@ -211,7 +212,7 @@ def test_markets_one_at_a_time_equal_all_at_once_and_skip_stopped_ones(stacked):
     one vmapped batch gives, and two runs on a run axis what each run gives alone, up to
     rounding (separate programs: XLA may fuse and order them differently). A stopped market
     is skipped: a real conditional, not a select of computed values."""
-    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1)
+    ft, shared, model, start, data = setup(stacked, max_epochs=6, patience=1, min_budget=0.5)
     num = stacked.num_markets
     seq, batch = (
         finetune_loop.finetune(model, dataclasses.replace(ft, markets_per_step=k), start, data)
