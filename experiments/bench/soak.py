@@ -36,11 +36,18 @@ from absl import app, flags
 from experiments.tables import bench as bench_tables
 from fecosr_jax.store.files import write_text_atomic
 
-_KILLS = flags.DEFINE_integer("kills", 20, "SIGKILLs to make in all")
-_SEEDS = flags.DEFINE_integer("seeds", 3, "runs of the grouped job (--config.seeds)")
-_SEED = flags.DEFINE_integer("seed", 0, "seed of the kill times")
-_JSON = flags.DEFINE_string("json", None, "write the record here")
-_WORKDIR = flags.DEFINE_string("workdir", None, "where the jobs run (default: a temporary one)")
+FLAGS = flags.FLAGS
+
+
+def define_flags() -> None:
+    """The script's flags (defined when it runs, so that tests can import its functions
+    beside other benchmarks' flags)."""
+    flags.DEFINE_integer("kills", 20, "SIGKILLs to make in all")
+    flags.DEFINE_integer("seeds", 3, "runs of the grouped job (--config.seeds)")
+    flags.DEFINE_integer("seed", 0, "seed of the kill times")
+    flags.DEFINE_string("json", None, "write the record here")
+    flags.DEFINE_string("workdir", None, "where the jobs run (default: a temporary one)")
+
 
 ROOT = pathlib.Path(__file__).resolve().parents[2]
 
@@ -189,15 +196,16 @@ def soak(root: pathlib.Path, kills: int, seeds: int, seed: int) -> dict:
 def main(argv):
     del argv
     with tempfile.TemporaryDirectory() as tmp:
-        root = pathlib.Path(_WORKDIR.value or tmp)
+        root = pathlib.Path(FLAGS.workdir or tmp)
         root.mkdir(parents=True, exist_ok=True)
-        record = soak(root, _KILLS.value, _SEEDS.value, _SEED.value)
+        record = soak(root, FLAGS.kills, FLAGS.seeds, FLAGS.seed)
     print(bench_tables.soak_table(record))
-    if _JSON.value:
-        write_text_atomic(_JSON.value, json.dumps(record, indent=1) + "\n")
+    if FLAGS.json:
+        write_text_atomic(FLAGS.json, json.dumps(record, indent=1) + "\n")
     ok = all(not t["differ"] and t["steps_once"] for t in record["trials"])
     return 0 if ok else 1
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(main)
