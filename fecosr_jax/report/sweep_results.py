@@ -146,11 +146,10 @@ def _marks(test: dict | None) -> str:
     if not test:
         return "-"
     tests = test["markets"].values()
-    up, down = markdown_lib.MARKS["better"].strip(), markdown_lib.MARKS["worse"].strip()
-    if next(iter(tests))["seeds"] < 2:
-        up, down = (markdown_lib.ONE_MODEL_MARKS[v].strip() for v in ("better", "worse"))
+    seeds = next(iter(tests))["seeds"]
     counts = []
-    for symbol, verdict in ((up, "better"), (down, "worse")):
+    for verdict in ("better", "worse"):
+        symbol = markdown_lib.mark({"seeds": seeds, "verdict": verdict, "robust": None}).strip()
         marked = [t for t in tests if t["verdict"] == verdict]
         fragile = sum(t["robust"] is False for t in marked)
         counts.append(f"{symbol} {len(marked)}" + (f" ({fragile} †)" if fragile else ""))
