@@ -104,3 +104,41 @@ def xmrec_dir():
 @pytest.fixture
 def ml100k_dir():
     return require(ML100K_DIR)
+
+
+def run_entry_point(main, argv: list[str]) -> tuple[int, str, str]:
+    """A command line run through an entry point's `main` as `python -m` would run it
+    (absl's app.run, sys.argv = argv), in a fork of the test process: no new interpreter, no
+    new imports, and absl's flags (a config file's --config.FIELD overrides among them) parsed
+    afresh. Returns (exit code, stdout, stderr)."""
+    import sys
+
+    from absl import app
+
+    from fecosr_jax import errors
+
+    out_r, out_w = os.pipe()
+    err_r, err_w = os.pipe()
+    pid = os.fork()
+    if pid == 0:  # the child: the command line, then exit with its code
+        code = 0
+        try:
+            os.dup2(out_w, 1)
+            os.dup2(err_w, 2)
+            sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+            sys.argv = list(argv)
+            app.run(main, flags_parser=errors.parse_flags)
+        except SystemExit as e:
+            code = e.code if isinstance(e.code, int) else 1
+        except BaseException:  # noqa: BLE001 - anything else is the harness's failure
+            code = 99
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(code)
+    os.close(out_w)
+    os.close(err_w)
+    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
+        stdout, stderr = out.read(), err.read()
+    _, status = os.waitpid(pid, 0)
+    return os.waitstatus_to_exitcode(status), stdout, stderr

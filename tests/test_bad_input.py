@@ -2,6 +2,8 @@
 and exit code 2: every config field, every shipped config, the command line, changed data, a
 run of another layout, --overwrite, and a cut results file."""
 
+import re
+
 import numpy as np
 import pytest
 
@@ -60,14 +62,25 @@ def _config(**fields):
     ids=lambda x: next(iter(x)) if isinstance(x, dict) else None,
 )
 def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, fields, named):
-    from fecosr_jax import errors
-    from fecosr_jax.runs import experiment
+    # Through the command line's entry point (experiments.main's main under absl, as
+    # `python -m experiments.main` runs it): exit 2, one line that names the field and the flag
+    # that set it, no traceback, and no workdir.
+    from experiments import main as entry
+    from tests.conftest import ROOT, run_entry_point
 
     workdir = tmp_path / "w"
-    with pytest.raises(errors.ConfigError) as e:
-        experiment.train_and_evaluate(_config(**fields), str(workdir))
-    assert named in str(e.value)
-    assert errors.exit_code(e.value) == errors.EXIT_BAD_INPUT
+    argv = [
+        "experiments.main",
+        f"--config={ROOT / 'experiments/configs/test.py'}",
+        f"--workdir={workdir}",
+        *(f"--config.{k.replace('__', '.')}={v}" for k, v in fields.items()),
+    ]
+    code, stdout, stderr = run_entry_point(entry.main, argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert named in stderr and "Traceback" not in stderr + stdout
+    source = re.search(r"\(set by --config\.([\w.]+)\)$", stderr.strip())
+    assert source and source[1] in {k.replace("__", ".") for k in fields}, stderr
     assert not workdir.exists()
 
 
