@@ -1,5 +1,6 @@
 """Every class of bad data file gets a DataError naming the file, line and field; nothing
-partial: ratings, RecBole atomic files, item vectors, metadata, encodings and duplicates."""
+partial: ratings, RecBole atomic files, item vectors, metadata, encodings and duplicates. The
+ratings' errors also through the command line (one line, exit 2, no workdir)."""
 
 import os
 
@@ -220,3 +221,43 @@ def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, caplog):
     assert f"{inter}: dropped 1 exact duplicate rows of 3" in caplog.text
     (market,) = recbole.load_markets(tmp_path, "d", duplicates="keep")
     assert market.num_interactions == 3
+
+
+@pytest.mark.parametrize(
+    "files, markets, named",
+    [
+        ({"a": "u1 i1 5.0 2020-01-01\nu2 i1 5.0\n"}, "a", r"a_5core\.txt:2: expected 4 columns"),
+        ({"a": "u1 i1 five 2020-01-01\n"}, "a", r"a_5core\.txt:1: field 'rate': rating 'five'"),
+        ({"a": "u1 i1 5.0 2020-01-01\nu1 i2 5.0 2020-13-45\n"}, "a",
+         r"a_5core\.txt:2: field 'date': date '2020-13-45'"),
+        ({"a": "userId itemId rate date\n"}, "a", r"a_5core\.txt: no interactions"),
+        ({"a": "u1 i1 5.0 2020-01-01\n"}, "zz", r"unknown market 'zz'.*found: a"),
+    ],
+    ids=["columns", "rating", "date", "empty", "unknown market"],
+)  # fmt: skip
+def test_a_bad_data_file_stops_the_command_line_in_one_line(tmp_path, files, markets, named):
+    # Through experiments.main's entry point (tests.conftest.run_entry_point): exit 2, one
+    # line naming the file, line and field, no traceback, and no workdir.
+    import re
+
+    from experiments import main as entry
+    from tests.conftest import ROOT, run_entry_point
+
+    data = tmp_path / "data"
+    data.mkdir()
+    for market, text in files.items():
+        write(data / f"{market}_5core.txt", text)
+    workdir = tmp_path / "w"
+    argv = [
+        "experiments.main",
+        f"--config={ROOT / 'experiments/configs/test.py'}",
+        f"--workdir={workdir}",
+        "--config.data.format=xmrec",
+        f"--config.data.path={data}",
+        f"--config.data.markets={markets}",
+    ]
+    code, stdout, stderr = run_entry_point(entry.main, argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert re.search(named, stderr) and "Traceback" not in stdout + stderr, stderr
+    assert not workdir.exists()
