@@ -106,14 +106,16 @@ def ml100k_dir():
     return require(ML100K_DIR)
 
 
-def run_entry_point(main, argv: list[str]) -> tuple[int, str, str]:
-    """A command line run through an entry point's `main` as `python -m` would run it
-    (absl's app.run, sys.argv = argv), in a fork of the test process: no new interpreter, no
-    new imports, and absl's flags (a config file's --config.FIELD overrides among them) parsed
-    afresh. Returns (exit code, stdout, stderr)."""
+def run_entry_point(module: str, argv: list[str]) -> tuple[int, str, str]:
+    """A command line run through an entry point's `main` as `python -m module` would run it
+    (absl's app.run, sys.argv = argv), in a fork of the test process: no new interpreter, and
+    absl's flags defined and parsed afresh (the flags other entry points imported into this
+    process are dropped in the fork, and `module` is imported there again). Returns (exit
+    code, stdout, stderr)."""
+    import importlib
     import sys
 
-    from absl import app
+    from absl import app, flags
 
     from fecosr_jax import errors
 
@@ -126,11 +128,24 @@ def run_entry_point(main, argv: list[str]) -> tuple[int, str, str]:
             os.dup2(out_w, 1)
             os.dup2(err_w, 2)
             sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+            names = {  # absl's own (--verbosity, ...) stay
+                flag.name
+                for owner, defined in flags.FLAGS.flags_by_module_dict().items()
+                if not owner.startswith("absl")
+                for flag in defined
+            }
+            for name in names & set(flags.FLAGS):
+                delattr(flags.FLAGS, name)
+            sys.modules.pop(module, None)
+            entry = importlib.import_module(module)
             sys.argv = list(argv)
-            app.run(main, flags_parser=errors.parse_flags)
+            app.run(entry.main, flags_parser=errors.parse_flags)
         except SystemExit as e:
             code = e.code if isinstance(e.code, int) else 1
         except BaseException:  # noqa: BLE001 - anything else is the harness's failure
+            import traceback
+
+            traceback.print_exc()
             code = 99
         finally:
             sys.stdout.flush()

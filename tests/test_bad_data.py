@@ -240,7 +240,6 @@ def test_a_bad_data_file_stops_the_command_line_in_one_line(tmp_path, files, mar
     # line naming the file, line and field, no traceback, and no workdir.
     import re
 
-    from experiments import main as entry
     from tests.conftest import ROOT, run_entry_point
 
     data = tmp_path / "data"
@@ -256,7 +255,7 @@ def test_a_bad_data_file_stops_the_command_line_in_one_line(tmp_path, files, mar
         f"--config.data.path={data}",
         f"--config.data.markets={markets}",
     ]
-    code, stdout, stderr = run_entry_point(entry.main, argv)
+    code, stdout, stderr = run_entry_point("experiments.main", argv)
     assert code == 2, (stdout, stderr)
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert re.search(named, stderr) and "Traceback" not in stdout + stderr, stderr

@@ -65,7 +65,6 @@ def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, f
     # Through the command line's entry point (experiments.main's main under absl, as
     # `python -m experiments.main` runs it): exit 2, one line that names the field and the flag
     # that set it, no traceback, and no workdir.
-    from experiments import main as entry
     from tests.conftest import ROOT, run_entry_point
 
     workdir = tmp_path / "w"
@@ -75,7 +74,7 @@ def test_bad_config_values_are_refused_before_the_workdir_is_touched(tmp_path, f
         f"--workdir={workdir}",
         *(f"--config.{k.replace('__', '.')}={v}" for k, v in fields.items()),
     ]
-    code, stdout, stderr = run_entry_point(entry.main, argv)
+    code, stdout, stderr = run_entry_point("experiments.main", argv)
     assert code == 2, (stdout, stderr)
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert named in stderr and "Traceback" not in stderr + stdout
