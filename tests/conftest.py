@@ -106,54 +106,64 @@ def ml100k_dir():
     return require(ML100K_DIR)
 
 
-def run_entry_point(module: str, argv: list[str]) -> tuple[int, str, str]:
+def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple[int, str, str]:
     """A command line run through an entry point's `main` as `python -m module` would run it
     (absl's app.run, sys.argv = argv), in a fork of the test process: no new interpreter, and
     absl's flags defined and parsed afresh (the flags other entry points imported into this
-    process are dropped in the fork, and `module` is imported there again). Returns (exit
-    code, stdout, stderr)."""
+    process are dropped in the fork, and `module` is imported there again). For commands
+    refused before they compute: a fork of a process that has run JAX must not use it. A fork
+    still running after `timeout` seconds is killed and the test fails. Returns (exit code,
+    stdout, stderr)."""
     import importlib
+    import signal
     import sys
+    import time
+    import warnings
 
     from absl import app, flags
 
     from fecosr_jax import errors
 
-    out_r, out_w = os.pipe()
-    err_r, err_w = os.pipe()
-    pid = os.fork()
-    if pid == 0:  # the child: the command line, then exit with its code
-        code = 0
-        try:
-            os.dup2(out_w, 1)
-            os.dup2(err_w, 2)
-            sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
-            names = {  # absl's own (--verbosity, ...) stay
-                flag.name
-                for owner, defined in flags.FLAGS.flags_by_module_dict().items()
-                if not owner.startswith("absl")
-                for flag in defined
-            }
-            for name in names & set(flags.FLAGS):
-                delattr(flags.FLAGS, name)
-            sys.modules.pop(module, None)
-            entry = importlib.import_module(module)
-            sys.argv = list(argv)
-            app.run(entry.main, flags_parser=errors.parse_flags)
-        except SystemExit as e:
-            code = e.code if isinstance(e.code, int) else 1
-        except BaseException:  # noqa: BLE001 - anything else is the harness's failure
-            import traceback
+    with tempfile.TemporaryDirectory() as folder:
+        out_path, err_path = os.path.join(folder, "out"), os.path.join(folder, "err")
+        with warnings.catch_warnings():  # JAX warns of any fork; this child never runs JAX
+            warnings.filterwarnings("ignore", "os.fork", RuntimeWarning)
+            pid = os.fork()
+        if pid == 0:  # the child: the command line, then exit with its code
+            code = 0
+            try:
+                for fd, path in ((1, out_path), (2, err_path)):
+                    os.dup2(os.open(path, os.O_WRONLY | os.O_CREAT), fd)
+                sys.stdout, sys.stderr = os.fdopen(1, "w"), os.fdopen(2, "w")
+                names = {  # absl's own (--verbosity, ...) stay
+                    flag.name
+                    for owner, defined in flags.FLAGS.flags_by_module_dict().items()
+                    if not owner.startswith("absl")
+                    for flag in defined
+                }
+                for name in names & set(flags.FLAGS):
+                    delattr(flags.FLAGS, name)
+                sys.modules.pop(module, None)
+                entry = importlib.import_module(module)
+                sys.argv = list(argv)
+                app.run(entry.main, flags_parser=errors.parse_flags)
+            except SystemExit as e:
+                code = e.code if isinstance(e.code, int) else 1
+            except BaseException:  # noqa: BLE001 - anything else is the harness's failure
+                import traceback
 
-            traceback.print_exc()
-            code = 99
-        finally:
-            sys.stdout.flush()
-            sys.stderr.flush()
-            os._exit(code)
-    os.close(out_w)
-    os.close(err_w)
-    with os.fdopen(out_r) as out, os.fdopen(err_r) as err:
-        stdout, stderr = out.read(), err.read()
-    _, status = os.waitpid(pid, 0)
-    return os.waitstatus_to_exitcode(status), stdout, stderr
+                traceback.print_exc()
+                code = 99
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(code)
+        deadline = time.monotonic() + timeout
+        while (done := os.waitpid(pid, os.WNOHANG))[0] == 0:
+            if time.monotonic() > deadline:
+                os.kill(pid, signal.SIGKILL)
+                os.waitpid(pid, 0)
+                raise AssertionError(f"{' '.join(argv)}: still running after {timeout} s")
+            time.sleep(0.01)
+        with open(out_path) as out, open(err_path) as err:
+            return os.waitstatus_to_exitcode(done[1]), out.read(), err.read()
