@@ -162,6 +162,25 @@ def _cell(s) -> str:
     return f"{s[0]:.4f}" if s[1] == 0 else f"{s[0]:.4f} ± {s[1]:.4f}"
 
 
+def _per_point(summary: list[dict], keys: list[str], about: str, methods: list[str], cell) -> list:
+    """Markdown lines of a table with a row per grid point (its axis values and seeds) and a
+    column per method, each cell `cell(point, method)`, under the line `about`; none without
+    methods."""
+    if not methods:
+        return []
+    lines = [
+        "",
+        about,
+        "",
+        "| " + " | ".join([*keys, "seeds", *methods]) + " |",
+        "|" + " --- |" * (len(keys) + 1 + len(methods)),
+    ]
+    for s in summary:
+        cells = [str(s[k]) for k in keys] + [str(s["seeds"])] + [cell(s, m) for m in methods]
+        lines.append("| " + " | ".join(cells) + " |")
+    return lines
+
+
 def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str) -> str:
     keys = [a for a in axes if a != "seeds"]
     methods = sorted({m for s in summary for m in s["methods"]})
@@ -190,35 +209,26 @@ def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str
     valid = [
         m for m in methods if any(s["methods"].get(m, {}).get("valid_ndcg@10") for s in summary)
     ]
-    if valid:
-        lines += [
-            "",
-            "Validation NDCG@10 of the fine-tuned methods (per market its best epoch, mean over "
-            "markets): the one to choose settings by.",
-            "",
-            "| " + " | ".join([*keys, "seeds", *valid]) + " |",
-            "|" + " --- |" * (len(keys) + 1 + len(valid)),
-        ]
-        for s in summary:
-            cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
-            cells += [_cell(s["methods"].get(m, {}).get("valid_ndcg@10")) for m in valid]
-            lines.append("| " + " | ".join(cells) + " |")
+    lines += _per_point(
+        summary,
+        keys,
+        "Validation NDCG@10 of the fine-tuned methods (per market its best epoch, mean over "
+        "markets): the one to choose settings by.",
+        valid,
+        lambda s, m: _cell(s["methods"].get(m, {}).get("valid_ndcg@10")),
+    )
     aware = sorted({m for s in summary for m in s.get("vs_local", {})})
     if aware:
         first = next(s["vs_local"] for s in summary if s.get("vs_local"))
-        lines += [
-            "",
+        lines += _per_point(
+            summary,
+            keys,
             "Against `local`, per grid point: the markets significantly better / worse "
             f"({markdown_lib.marks_legend(next(iter(first.values())))}; "
             "fragile ones in brackets).",
-            "",
-            "| " + " | ".join([*keys, "seeds", *aware]) + " |",
-            "|" + " --- |" * (len(keys) + 1 + len(aware)),
-        ]
-        for s in summary:
-            cells = [str(s[k]) for k in keys] + [str(s["seeds"])]
-            cells += [_marks(s.get("vs_local", {}).get(m)) for m in aware]
-            lines.append("| " + " | ".join(cells) + " |")
+            aware,
+            lambda s, m: _marks(s.get("vs_local", {}).get(m)),
+        )
     failed = [r["run"] for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", f"Runs without results: {', '.join(failed)} (see runs/<name>/sweep.log)."]
