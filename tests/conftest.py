@@ -167,3 +167,21 @@ def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple
             time.sleep(0.01)
         with open(out_path) as out, open(err_path) as err:
             return os.waitstatus_to_exitcode(done[1]), out.read(), err.read()
+
+
+def refused_by_main(workdir: pathlib.Path, *flags: str) -> str:
+    """experiments.main on the test config with `flags`, through its entry point
+    (`run_entry_point`), which must refuse it as bad input: exit 2, one line "error: ...", no
+    traceback, and no workdir. Returns that line."""
+    argv = [
+        "experiments.main",
+        f"--config={ROOT / 'experiments/configs/test.py'}",
+        f"--workdir={workdir}",
+        *flags,
+    ]
+    code, stdout, stderr = run_entry_point("experiments.main", argv)
+    assert code == 2, (stdout, stderr)
+    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
+    assert "Traceback" not in stdout + stderr, stderr
+    assert not workdir.exists()
+    return stderr

@@ -236,27 +236,20 @@ def test_exact_duplicate_rows_are_dropped_and_counted(tmp_path, caplog):
     ids=["columns", "rating", "date", "empty", "unknown market"],
 )  # fmt: skip
 def test_a_bad_data_file_stops_the_command_line_in_one_line(tmp_path, files, markets, named):
-    # Through experiments.main's entry point (tests.conftest.run_entry_point): exit 2, one
+    # Through experiments.main's entry point (tests.conftest.refused_by_main): exit 2, one
     # line naming the file, line and field, no traceback, and no workdir.
     import re
 
-    from tests.conftest import ROOT, run_entry_point
+    from tests.conftest import refused_by_main
 
     data = tmp_path / "data"
     data.mkdir()
     for market, text in files.items():
         write(data / f"{market}_5core.txt", text)
-    workdir = tmp_path / "w"
-    argv = [
-        "experiments.main",
-        f"--config={ROOT / 'experiments/configs/test.py'}",
-        f"--workdir={workdir}",
+    stderr = refused_by_main(
+        tmp_path / "w",
         "--config.data.format=xmrec",
         f"--config.data.path={data}",
         f"--config.data.markets={markets}",
-    ]
-    code, stdout, stderr = run_entry_point("experiments.main", argv)
-    assert code == 2, (stdout, stderr)
-    assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
-    assert re.search(named, stderr) and "Traceback" not in stdout + stderr, stderr
-    assert not workdir.exists()
+    )
+    assert re.search(named, stderr), stderr
