@@ -18,6 +18,7 @@ The package:
   runs.py       a run's raw files (results.json, ranks.npz, config.json) read into tables
   results.py    docs/results.md: the main job, XMRec, ml-100k and the RecBole peer check
   sweeps.py     docs/results.md: claim 2, alpha and tau_s, early stopping (sweeps' raw runs)
+  families.py   docs/results.md: one claim's tests from several runs as one family
   privacy.py    docs/results.md: which DP settings learn, the privacy-utility curves
   bench.py      docs/benchmarks.md, from the benchmarks' JSON (and what each script prints)
   bench_runs.py docs/benchmarks.md: runs as data (seeds, sweeps, groups)

@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 
 from experiments.tables import bench as bench_tables
-from experiments.tables import bench_h200, bench_runs
+from experiments.tables import bench_h200, bench_runs, families
 from experiments.tables import privacy as privacy_tables
 from experiments.tables import results as results_tables
 from experiments.tables import sweeps as sweep_tables
@@ -37,7 +37,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "claim2_gains": sweep_tables.claim2_gains,
     "claim2_significance": sweep_tables.claim2_significance,
     "claim2_seeds": sweep_tables.claim2_seeds,
-    "s2ce_family": sweep_tables.s2ce_family,
+    "s2ce_family": families.s2ce_family,
     "alpha_first_look": sweep_tables.alpha_first_look,
     "alpha_seeds": sweep_tables.alpha_seeds,
     "alpha_ml100k": sweep_tables.alpha_ml100k,

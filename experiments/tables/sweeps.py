@@ -12,7 +12,7 @@ import numpy as np
 
 from experiments.tables import runs as run_tables
 from experiments.tables.cells import mean_std, plain, row, signed
-from experiments.tables.results import DEFAULT_SEEDS, ML100K_SEEDS, RAW
+from experiments.tables.results import ML100K_SEEDS, RAW
 from fecosr_jax.report import markdown, method_pairs, significance, sweep_results
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store.files import read_json
@@ -384,48 +384,6 @@ def claim2_seeds() -> str:
                     _counts(p["results"]["vs_local"]["fecosr"]),
                     plain(_cosine(p["folder"], seeds, "federated_s2ce")),
                     plain(_cosine(p["folder"], seeds, "federated_ce")),
-                ]
-            )
-        )
-    return "\n".join(lines) + "\n"
-
-
-# -- Claim 2's family: every S²CE-vs-CE test over seeds in docs/results.md -------------------
-
-
-def s2ce_family() -> str:
-    """Every test of S²CE against CE over seeds the document makes, as one family (claim 2,
-    docs/design.md §5): the 6 points of the heterogeneity x overlap grid, the main job, and
-    ml-100k regions with and without the adaptation module; per test the market-mean
-    difference [95% interval] paired by seed, p, the Benjamini-Hochberg p over the 9 and the
-    smallest difference it finds with 80% power."""
-    seeds = range(5)
-    folders = {f"grid h {h}, overlap {o}": CLAIM2_SEEDS / f"h{h}_o{o}" for h, o in CLAIM2_POINTS}
-    folders["the main job (8 markets)"] = DEFAULT_SEEDS
-    tests = {}
-    for label, folder in folders.items():
-        per_seed, _ = run_tables.seed_runs(folder, seeds)
-        tests[(label, "fecosr")] = results_lib.seed_test(per_seed, "fecosr", "fecosr_no_s2ce")
-    per_seed, _ = run_tables.seed_runs(ML100K_SEEDS, seeds)
-    for a, b, what in (("fecosr", "fecosr_no_s2ce", "fecosr"),
-                       ("fecosr_no_adapt", "fedavg_ce", "fecosr_no_adapt")):  # fmt: skip
-        tests[("ml-100k regions", what)] = results_lib.seed_test(per_seed, a, b)
-    lines = [
-        row(["where", "S²CE method", "S²CE − CE [95% interval]", "p", "adjusted p (of 9)",
-             "detectable"]),
-        "| --- | --- | ---: | ---: | ---: | ---: |",
-    ]  # fmt: skip
-    for (where, method), t in significance.correct(tests).items():
-        low, high = t["ci"]
-        lines.append(
-            row(
-                [
-                    where,
-                    f"`{method}`",
-                    f"{signed(t['diff'])} [{signed(low)}, {signed(high)}]",
-                    markdown.p_text(t["p_value"]),
-                    markdown.p_text(t["p_adjusted"]),
-                    plain(t["detectable"]),
                 ]
             )
         )
