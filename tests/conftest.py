@@ -123,6 +123,7 @@ def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple
     from absl import app, flags
 
     from fecosr_jax import errors
+    from fecosr_jax.runs import experiment  # noqa: F401 - imported once here, not in each fork
 
     with tempfile.TemporaryDirectory() as folder:
         out_path, err_path = os.path.join(folder, "out"), os.path.join(folder, "err")
@@ -169,19 +170,34 @@ def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple
             return os.waitstatus_to_exitcode(done[1]), out.read(), err.read()
 
 
+def tree_state(path: pathlib.Path) -> dict[str, tuple[bytes, int]] | None:
+    """Every file under `path` (relative name -> (bytes, mtime in ns)); None where `path` is
+    absent. Two equal states: nothing was written, replaced, touched or removed there."""
+    if not path.exists():
+        return None
+    return {
+        str(p.relative_to(path)): (p.read_bytes(), p.stat().st_mtime_ns)
+        for p in sorted(path.rglob("*"))
+        if p.is_file()
+    }
+
+
 def refused_by_main(workdir: pathlib.Path, *flags: str) -> str:
     """experiments.main on the test config with `flags`, through its entry point
     (`run_entry_point`), which must refuse it as bad input: exit 2, one line "error: ...", no
-    traceback, and no workdir. Returns that line."""
+    traceback, and the workdir as it was: absent, or an old run byte for byte unchanged with
+    nothing moved aside beside it (--overwrite checks first). Returns that line."""
     argv = [
         "experiments.main",
         f"--config={ROOT / 'experiments/configs/test.py'}",
         f"--workdir={workdir}",
         *flags,
     ]
+    before, beside = tree_state(workdir), sorted(workdir.parent.iterdir())
     code, stdout, stderr = run_entry_point("experiments.main", argv)
     assert code == 2, (stdout, stderr)
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert "Traceback" not in stdout + stderr, stderr
-    assert not workdir.exists()
+    assert tree_state(workdir) == before, f"{workdir} changed"
+    assert sorted(workdir.parent.iterdir()) == beside, "something was written beside it"
     return stderr

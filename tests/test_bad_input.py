@@ -129,47 +129,24 @@ def test_the_command_line_says_one_line_and_exits_2(tmp_path):
     "flag, named",
     [
         ("--no_such_flag=1", "'no_such_flag'"),  # absl: unknown flag
-        ("--config=experiments/configs/nope.py", "--config=experiments/configs/nope.py:"),
+        ("--config={root}/experiments/configs/nope.py", "experiments/configs/nope.py:"),
         ("--workdir", "--workdir"),  # no value
-    ],
-)
-def test_a_flag_that_does_not_parse_is_one_line_and_exit_2(flag, named, capsys, monkeypatch):
-    from absl import flags
-    from ml_collections import config_flags
-
-    from fecosr_jax import errors
-    from tests.conftest import ROOT
-
-    monkeypatch.chdir(ROOT)
-    values = flags.FlagValues()  # the flags of experiments.main, apart from the global ones
-    config_flags.DEFINE_config_file("config", None, "", flag_values=values)
-    flags.DEFINE_string("workdir", None, "", flag_values=values)
-    argv = ["main", "--config=experiments/configs/test.py", "--workdir=w", flag]  # last wins
-    with pytest.raises(SystemExit) as e:
-        errors.parse_flags(argv, values)
-    err = capsys.readouterr().err
-    assert e.value.code == 2 and err.startswith("error: ") and err.count("\n") == 1, err
-    assert named in err and "Traceback" not in err
-    # The same flags without the bad one parse.
-    assert errors.parse_flags(argv[:-1], values) == ["main"]
-
-
-@pytest.mark.parametrize(
-    "flag, message",
-    [
         ("--config.federated.no_such_field=1", "--config.federated.no_such_field: the config "
-         "has no such field"),
+         "has no such field (--helpfull lists the flags)"),
         ("--config.num_rounds=many", "flag --config.num_rounds=many: invalid literal for int() "
-         "with base 10: 'many'"),
+         "with base 10: 'many' (--helpfull lists the flags)"),
+        ("extra", "unexpected arguments ['extra']: every argument is a --flag"),
+        ("--coordinator_address=127.0.0.1:1", "need --distributed"),
     ],
 )  # fmt: skip
-def test_experiments_main_parses_its_flags_so(tmp_path, flag, message):
-    # --config.FIELD flags exist only once config_flags has loaded the config: in a process.
-    workdir = tmp_path / "w"
-    out = run_main(workdir, flag)
-    assert out.returncode == 2
-    assert out.stderr == f"error: {message} (--helpfull lists the flags)\n"
-    assert not workdir.exists()
+def test_a_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path, flag, named):
+    # Through the entry point (the flags are parsed there, as `python -m experiments.main`
+    # parses them): exit 2, one line, no traceback, no workdir. The last --workdir or
+    # --config wins, so the bad one comes last.
+    from tests.conftest import ROOT, refused_by_main
+
+    stderr = refused_by_main(tmp_path / "w", flag.format(root=ROOT))
+    assert named in stderr, stderr
 
 
 # --- A workdir's results are never mixed or replaced. ----------------------------------------
@@ -213,8 +190,8 @@ def test_data_fingerprints_see_one_changed_item():
     ],
 )
 def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, named):
-    from fecosr_jax.runs import experiment
-    from fecosr_jax.store import resume
+    # Through the entry point: exit 2, one line, and the workdir byte for byte as it was.
+    from tests.conftest import refused_by_main
 
     workdir = tmp_path / "w"
     if layout == "single":
@@ -223,38 +200,22 @@ def test_a_run_never_replaces_another_layouts_results(tmp_path, layout, seeds, n
     else:
         (workdir / "seed_0").mkdir(parents=True)
         (workdir / "results.json").write_text('{"seeds": [0, 1, 2]}')
-    before = sorted(p.relative_to(workdir) for p in workdir.rglob("*"))
-    with pytest.raises(resume.IncompatibleCheckpoint, match=named.replace("[", r"\[")):
-        experiment.train_and_evaluate(_config(seeds=seeds), str(workdir))
-    assert sorted(p.relative_to(workdir) for p in workdir.rglob("*")) == before
-
-
-@pytest.mark.parametrize(
-    "args, named",
-    [
-        (["extra"], "unexpected arguments ['extra']"),
-        (["--coordinator_address=127.0.0.1:1"], "need --distributed"),
-    ],
-)
-def test_a_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path, args, named):
-    out = run_main(tmp_path / "w", *args)
-    assert out.returncode == 2, out.stderr
-    assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert "Traceback" not in out.stderr and not (tmp_path / "w").exists()
+    assert named in refused_by_main(workdir, f"--config.seeds={seeds}")
 
 
 def test_a_config_error_says_where_the_value_was_set(tmp_path):
-    # in the config file, by a --config. flag, or by a --run value
+    # in the config file, by a --config. flag (test_bad_config_values_...), or by a --run value
+    from tests.conftest import refused_by_main
+
     config = tmp_path / "bad.py"
     config.write_text(
         "from experiments.configs import test\n\n\ndef get_config():\n"
         "    config = test.get_config()\n    config.num_rounds = 0\n    return config\n"
     )
-    out = run_main(tmp_path / "w", f"--config={config}")
-    assert out.stderr.strip().endswith(f"expected at least 1 federated round (set in {config})")
-    out = run_main(tmp_path / "w", "--run=a:finetune.lr=-1")
-    assert out.stderr.strip().endswith("(set by --run=a:finetune.lr=-1)")
-    assert out.returncode == 2 and not (tmp_path / "w").exists()
+    stderr = refused_by_main(tmp_path / "w", f"--config={config}")  # the last --config wins
+    assert stderr.strip().endswith(f"expected at least 1 federated round (set in {config})")
+    stderr = refused_by_main(tmp_path / "w", "--run=a:finetune.lr=-1")
+    assert stderr.strip().endswith("(set by --run=a:finetune.lr=-1)")
 
 
 def test_sigterm_while_starting_exits_75_and_writes_nothing(tmp_path):
@@ -276,17 +237,17 @@ def test_sigterm_while_starting_exits_75_and_writes_nothing(tmp_path):
 
 
 def test_overwrite_with_a_bad_value_leaves_the_old_run_where_it_was(tmp_path):
+    # refused_by_main: the old run byte for byte unchanged, nothing moved aside (bad data
+    # files under --overwrite: test_bad_data).
+    from tests.conftest import refused_by_main
+
     workdir = tmp_path / "w"
     workdir.mkdir()
     (workdir / "results.json").write_text("old")
-    out = run_main(workdir, "--overwrite", "--config.finetune.lr=-0.001")
-    assert out.returncode == 2 and "config.finetune.lr=-0.001" in out.stderr
-    out = run_main(
-        workdir, "--overwrite", "--config.data.format=xmrec", f"--config.data.path={tmp_path}/none"
-    )
-    assert out.returncode == 2 and "--overwrite" not in out.stdout
-    assert [p.name for p in tmp_path.iterdir()] == ["w"]  # nothing moved aside
-    assert (workdir / "results.json").read_text() == "old"
+    stderr = refused_by_main(workdir, "--overwrite", "--config.finetune.lr=-0.001")
+    assert "config.finetune.lr=-0.001" in stderr
+    flags = ("--config.data.format=xmrec", f"--config.data.path={tmp_path}/none")
+    assert "none: data folder not found" in refused_by_main(workdir, "--overwrite", *flags)
 
 
 def test_overwrite_moves_a_run_aside_and_deletes_nothing(tmp_path):

@@ -198,7 +198,13 @@ def find_market_file(
 
 
 def available_markets(data_dir: str | os.PathLike) -> list[str]:
-    """Market names that have a ratings file under data_dir."""
+    """Market names that have a ratings file under data_dir.
+
+    Raises:
+      DataError: data_dir is not a folder.
+    """
+    if not os.path.isdir(data_dir):
+        raise DataError("data folder not found", path=data_dir)
     names = set()
     for path in glob.glob(os.path.join(os.fspath(data_dir), "**", "*"), recursive=True):
         base = os.path.basename(path)
