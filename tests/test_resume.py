@@ -1,5 +1,7 @@
-"""Resuming a run: exact resume after SIGKILL and SIGTERM, a non-finite loss, a corrupt newest
-checkpoint, a finished run, an incompatible config, and the log of a resumed phase.
+"""Resuming a run: exact resume after SIGKILL (one run in fine-tuning; a group of 3 seeds in
+pretraining, fine-tuning and evaluation) and SIGTERM, a non-finite loss, a corrupt newest
+checkpoint, a finished run, an incompatible config, the log of a resumed phase, and one writer
+per workdir.
 
 The reference is one uninterrupted in-process run of `fecosr` on the tiny config; every
 interrupted run must end with the same results.json bytes and bitwise-equal final states."""
@@ -288,14 +290,17 @@ def test_config_fields_added_later_match_their_default_when_absent():
     ]
 
 
-# Two seeds on one run axis, with user-level DP on (its noise state is part of the round's).
-GROUP = {"seeds": "2", "federated.dp.enabled": True, "federated.dp.noise_multiplier": 1.0}
+# Three seeds on one run axis, with user-level DP on (its noise state is part of the round's).
+GROUP = {"seeds": "3", "federated.dp.enabled": True, "federated.dp.noise_multiplier": 1.0}
 
 
-def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory, capsys):
-    """Two seeds train together (one run axis) with DP on: killed at a random round, the
-    same command ends with the results.json bytes of the uninterrupted group, for each seed
-    and combined, and bitwise-equal final states; metrics.jsonl holds every round once."""
+def test_sigkill_of_a_group_of_seeds_in_every_phase_then_resume_is_exact(tmp_path_factory, capsys):
+    """Three seeds train together (one run axis) with DP on. The same command is killed with
+    SIGKILL three times: after a random pretraining round, after a random fine-tuning epoch,
+    and once the last seed's last fine-tuning epoch is saved (evaluating the test users, or
+    writing the results). The resume then ends with the results.json bytes of the
+    uninterrupted group, for each seed and combined, and bitwise-equal final states;
+    metrics.jsonl holds every round and epoch once."""
     ref_dir = tmp_path_factory.mktemp("group_reference")
     config = make_config()
     config.update_from_flattened_dict(GROUP)
@@ -303,30 +308,48 @@ def test_sigkill_of_a_group_of_seeds_then_resume_is_exact(tmp_path_factory, caps
     workdir = tmp_path_factory.mktemp("group_killed")
     flags = [f"--config.{k}={v}" for k, v in GROUP.items()]
     kill_after = kill_round()
-    log = open(f"{workdir}.log", "w")
-    proc = subprocess.Popen(
-        command(workdir) + flags, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
-    )
-    # seed 0 saves before seed 1: killing here may leave seed 1 one round behind.
-    wait_for(workdir / "seed_0" / "checkpoints" / PRETRAIN / str(kill_after), proc)
-    proc.send_signal(signal.SIGKILL)
-    assert proc.wait() == -signal.SIGKILL, f"killed after round {kill_after}"
-    assert not (workdir / "results.json").exists()
-    assert "resuming from" not in output(workdir)  # a fresh workdir is not a resume
+    epoch = random.Random(kill_after).randint(1, EPOCHS - 1)
+    print(f"and after fine-tuning epoch {epoch}")
+    seeds = ("seed_0", "seed_1", "seed_2")
+    kills = [  # (what, the file it waits for); the seeds save in order: the others may lag
+        (
+            f"after round {kill_after}",
+            workdir / seeds[0] / "checkpoints" / PRETRAIN / str(kill_after),
+        ),
+        (f"after epoch {epoch}", workdir / seeds[1] / "checkpoints" / FINETUNE / str(epoch)),
+        ("in evaluation", workdir / seeds[2] / "checkpoints" / FINETUNE / str(EPOCHS)),
+    ]
+    for i, (when, saved) in enumerate(kills):
+        log = open(f"{workdir}.log", "a")
+        proc = subprocess.Popen(
+            command(workdir) + flags, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT
+        )
+        wait_for(saved, proc)
+        proc.send_signal(signal.SIGKILL)
+        assert proc.wait() == -signal.SIGKILL, f"killed {when}"
+        assert not (workdir / "results.json").exists(), f"killed {when}"
+        assert output(workdir).count("resuming from") >= i, when  # a fresh workdir is no resume
     # Resumed in this process, whose reference run compiled the programs already; the command
     # line's config (the flags) and this one must agree, or the resume is refused.
     capsys.readouterr()
     experiment.train_and_evaluate(config, str(workdir))
     assert "resuming from" in capsys.readouterr().out
     got, want = (workdir / "results.json").read_bytes(), (ref_dir / "results.json").read_bytes()
-    assert got == want, f"combined results.json, killed after round {kill_after}"
-    for seed in ("seed_0", "seed_1"):
+    assert got == want, f"combined results.json, killed after round {kill_after}, epoch {epoch}"
+    for seed in seeds:
         assert_same_run(workdir / seed, ref_dir / seed)
         results = json.loads((workdir / seed / "results.json").read_text())
         assert results["privacy"]["federated_s2ce"]["m0000"]["noise_multiplier"] == 1.0
-        lines = (workdir / seed / "metrics.jsonl").read_text().splitlines()
-        rounds = [x["step"] for x in map(json.loads, lines) if x["stage"] == "pretrain"]
-        assert rounds == list(range(1, ROUNDS + 1)), f"{seed}, killed after round {kill_after}"
+        # Every step logged once: the same lines as the reference's, but for their times.
+        assert logged_steps(workdir / seed) == logged_steps(ref_dir / seed), seed
+
+
+def logged_steps(workdir) -> list[tuple]:
+    """metrics.jsonl's lines as (paradigm, stage, step, curve), sorted."""
+    lines = (pathlib.Path(workdir) / "metrics.jsonl").read_text().splitlines()
+    return sorted(
+        (x["paradigm"], x["stage"], x["step"], x.get("curve", "")) for x in map(json.loads, lines)
+    )
 
 
 def write_xmrec(folder, changed: bool = False):
