@@ -146,6 +146,8 @@ def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple
                     delattr(flags.FLAGS, name)
                 sys.modules.pop(module, None)
                 entry = importlib.import_module(module)
+                if hasattr(entry, "define_flags"):  # a script defines its flags when run
+                    entry.define_flags()
                 sys.argv = list(argv)
                 app.run(entry.main, flags_parser=errors.parse_flags)
             except SystemExit as e:
@@ -182,19 +184,20 @@ def tree_state(path: pathlib.Path) -> dict[str, tuple[bytes, int]] | None:
     }
 
 
-def refused_by_main(workdir: pathlib.Path, *flags: str) -> str:
-    """experiments.main on the test config with `flags`, through its entry point
+def refused_by_main(workdir: pathlib.Path, *flags: str, module="experiments.main") -> str:
+    """experiments.main (or another entry point `module` with --config and --workdir: the
+    sweep's launch.sweep) on the test config with `flags`, through its entry point
     (`run_entry_point`), which must refuse it as bad input: exit 2, one line "error: ...", no
     traceback, and the workdir as it was: absent, or an old run byte for byte unchanged with
     nothing moved aside beside it (--overwrite checks first). Returns that line."""
     argv = [
-        "experiments.main",
+        module,
         f"--config={ROOT / 'experiments/configs/test.py'}",
         f"--workdir={workdir}",
         *flags,
     ]
     before, beside = tree_state(workdir), sorted(workdir.parent.iterdir())
-    code, stdout, stderr = run_entry_point("experiments.main", argv)
+    code, stdout, stderr = run_entry_point(module, argv)
     assert code == 2, (stdout, stderr)
     assert stderr.startswith("error: ") and stderr.count("\n") == 1, stderr
     assert "Traceback" not in stdout + stderr, stderr

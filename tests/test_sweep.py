@@ -121,31 +121,28 @@ def test_bad_arguments_are_named():
     with pytest.raises(sweep.BadFlag, match="--seeds=,: no values"):
         sweep.grid({"seeds": ["", ""]})
 
-    def sweep_with(*flags):
-        return subprocess.run(
-            [*SWEEP, f"--config={TEST_CONFIG}", "--workdir=/tmp/never_written", *flags],
-            cwd=ROOT,
-            capture_output=True,
-            text=True,
-        )
+
+def test_a_sweep_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path):
+    # Through launch/sweep.py's entry point (tests.conftest.refused_by_main): exit 2, one line,
+    # no traceback, no workdir.
+    from tests.conftest import refused_by_main
+
+    def refused(*flags):
+        return refused_by_main(tmp_path / "w", *flags, module="launch.sweep")
 
     # absl checks the flags and the config's fields before anything runs (errors.parse_flags)
-    out = sweep_with("--markets=2", "--config.no_such_field=3")
-    assert out.returncode == 2 and out.stderr.startswith("error: --config.no_such_field:")
-    out = subprocess.run(
-        [*SWEEP, "--markets=2", "--config=experiments/configs/xmrec.py", "--workdir=/tmp/x"],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
+    assert refused("--markets=2", "--config.no_such_field=3").startswith(
+        "error: --config.no_such_field:"
     )
-    assert out.returncode == 2 and "data.format='xmrec'" in out.stderr
+    xmrec = f"--config={ROOT}/experiments/configs/xmrec.py"  # the last --config wins
+    assert "data.format='xmrec'" in refused("--markets=2", xmrec)
     # --epsilon decides DP for each run; the same field set for every run would overrule it.
-    out = sweep_with("--epsilon=1,inf", "--config.federated.dp.enabled=True")
-    assert out.returncode == 2 and out.stderr == (
+    assert refused("--epsilon=1,inf", "--config.federated.dp.enabled=True") == (
         "error: --epsilon sets config.federated.dp.enabled for each run: drop "
         "--config.federated.dp.enabled\n"
     )
-    assert not pathlib.Path("/tmp/never_written").exists() and not pathlib.Path("/tmp/x").exists()
+    assert "--collect_only: no finished run" in refused("--markets=1,2", "--collect_only")
+    assert "unexpected arguments ['extra']" in refused("--markets=2", "extra")
 
 
 def test_summary_is_mean_and_std_over_seeds_by_hand():
@@ -309,29 +306,31 @@ def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
 @pytest.mark.parametrize(
     "flags, named",
     [
-        (["--config.methods=no_such_method"], "run M2: config.methods: unknown methods"),
-        (["--config.finetune.lr=-1"], "run M2: config.finetune.lr=-1.0: expected a positive"),
-        (
-            [
-                "--epsilon=1",
-                "--config.federated.batch_size=64",
-                "--config.federated.dp.expected_batch_size=60",
-                "--config.federated.client_optimizer=sgd",
-            ],
-            "run M2_eps1.0: config.federated.dp.expected_batch_size=60: market m0001 has only",
-        ),
+        (["--markets=2", "--config.methods=no_such_method"],
+         "run M2: config.methods: unknown methods"),
+        (["--markets=2", "--config.finetune.lr=-1"],
+         "run M2: config.finetune.lr=-1.0: expected a positive"),
+        (["--markets=2", "--epsilon=1", "--config.federated.batch_size=64",
+          "--config.federated.dp.expected_batch_size=60",
+          "--config.federated.client_optimizer=sgd"],
+         "run M2_eps1.0: config.federated.dp.expected_batch_size=60: market m0001 has only"),
+        (["--alpha=0.2,0.8", "--config.data.format=xmrec", "--config.data.path={data}",
+          "--config.data.markets=a"],
+         "run alpha0.2: {data}/a_5core.txt:2: field 'date': date '2020-13-45'"),
     ],
-)
+    ids=["method", "lr", "dp", "data file"],
+)  # fmt: skip
 def test_every_point_is_checked_before_the_sweep_writes_anything(tmp_path, flags, named):
-    out = subprocess.run(
-        [*SWEEP, "--markets=2", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 'w'}", *flags],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-    )
-    assert out.returncode == 2, out.stderr
-    assert named in out.stderr and len(out.stderr.strip().splitlines()) == 1
-    assert not (tmp_path / "w").exists()
+    # Through launch/sweep.py's entry point: exit 2, one line naming the run and what to fix,
+    # no traceback, no workdir (tests.conftest.refused_by_main).
+    from tests.conftest import refused_by_main
+
+    data = tmp_path / "data"
+    data.mkdir()
+    (data / "a_5core.txt").write_text("u1 i1 5.0 2020-01-01\nu1 i2 5.0 2020-13-45\n")
+    flags = [f.format(data=data) for f in flags]
+    stderr = refused_by_main(tmp_path / "w", *flags, module="launch.sweep")
+    assert named.format(data=data) in stderr, stderr
 
 
 def test_collect_by_hand(tmp_path):
@@ -369,13 +368,3 @@ def test_collect_by_hand(tmp_path):
     assert sweep_results.collect(tmp_path, {"markets": 2})["epsilon_spent"] == {
         "federated_s2ce": 2.0
     }
-
-
-def test_collect_only_without_finished_runs_writes_nothing(tmp_path):
-    out = subprocess.run(
-        [*SWEEP, "--markets=1,2", f"--config={TEST_CONFIG}", f"--workdir={tmp_path / 's'}",
-         "--collect_only"],
-        cwd=ROOT, capture_output=True, text=True,
-    )  # fmt: skip
-    assert out.returncode == 2 and "--collect_only: no finished run" in out.stderr
-    assert not (tmp_path / "s").exists()
