@@ -75,6 +75,7 @@ SLOWEST_FIRST = (
     "test_model",  # 24
     "test_colab",  # 15
     "test_losses",  # 14
+    "test_newcomers",  # 20
     "test_bad_input",  # 10
     "test_groups",  # 9
 )
@@ -170,6 +171,19 @@ def run_entry_point(module: str, argv: list[str], timeout: float = 120) -> tuple
             time.sleep(0.01)
         with open(out_path) as out, open(err_path) as err:
             return os.waitstatus_to_exitcode(done[1]), out.read(), err.read()
+
+
+def final_state(workdir, phase: str) -> tuple[int, list]:
+    """(step, leaves as numpy arrays) of a phase's newest checkpoint in a run's workdir, read
+    back with orbax."""
+    import numpy as np
+    import orbax.checkpoint as ocp
+
+    directory = pathlib.Path(workdir) / "checkpoints" / phase
+    with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
+        step = manager.latest_step()
+        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
+    return step, [np.asarray(x) for x in jax.tree.leaves(state["state"])]
 
 
 def tree_state(path: pathlib.Path) -> dict[str, tuple[bytes, int]] | None:

@@ -17,17 +17,15 @@ import subprocess
 import sys
 import time
 
-import jax
 import jax.numpy as jnp
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
 from experiments.configs import test as test_config
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.runs import experiment
 from fecosr_jax.store import checkpoint, lease, metrics_log, resume
-from tests.conftest import ROOT
+from tests.conftest import ROOT, final_state
 
 ROUNDS = 12
 
@@ -86,15 +84,6 @@ def wait_for(path: pathlib.Path, proc: subprocess.Popen, timeout: float = 300):
         assert proc.poll() is None, f"the run ended before {path} appeared"
         assert time.monotonic() < deadline, f"{path} did not appear in {timeout} s"
         time.sleep(0.01)
-
-
-def final_state(workdir, phase: str) -> tuple[int, list[np.ndarray]]:
-    """(step, leaves) of a phase's newest checkpoint, read back with orbax."""
-    directory = pathlib.Path(workdir) / "checkpoints" / phase
-    with ocp.CheckpointManager(directory, item_names=("state", "meta")) as manager:
-        step = manager.latest_step()
-        state = manager.restore(step, args=ocp.args.Composite(state=ocp.args.StandardRestore()))
-    return step, [np.asarray(x) for x in jax.tree.leaves(state["state"])]
 
 
 def assert_same_run(workdir, ref_dir):

@@ -34,6 +34,10 @@ class DataConfig:
       format: one of FORMATS.
       path: the data folder (real formats).
       markets: comma-separated market names, each once; "" = all.
+      pretrain_markets: the markets that take part in pretraining, comma-separated, each
+        once; "" = every market. The others are newcomers: they never send anything to
+        pretraining, then fine-tune from the model the others pretrained and are evaluated
+        like every market (docs/design.md §2, "Newcomer markets").
       dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
       metadata_path: the XMRec metadata folder (item titles); "" = none.
       kcore: k-core filter per market when > 1.
@@ -54,6 +58,7 @@ class DataConfig:
     format: str = "synthetic"
     path: str = ""
     markets: str = ""
+    pretrain_markets: str = ""
     dataset: str = "ml-100k"
     metadata_path: str = ""
     kcore: int = 0
@@ -86,14 +91,37 @@ class DataConfig:
             "random_dim": (self.random_dim >= 1, "at least 1"),
         }
         check_ranges("config.data", self, checks)
-        names = self.market_names()
-        repeated = sorted({m for m in names if names.count(m) > 1})
-        if repeated:
-            raise ConfigError(f"config.data.markets={self.markets!r}: {', '.join(repeated)} twice")
+        for field in ("markets", "pretrain_markets"):
+            names = _names(getattr(self, field))
+            repeated = sorted({m for m in names if names.count(m) > 1})
+            if repeated:
+                raise ConfigError(
+                    f"config.data.{field}={getattr(self, field)!r}: {', '.join(repeated)} twice"
+                )
 
     def market_names(self) -> list[str]:
         """The markets asked for, in order ([] = all)."""
-        return [m for m in str(self.markets).split(",") if m]
+        return _names(self.markets)
+
+    def pretrain_market_names(self, markets: Sequence[str]) -> list[str]:
+        """The markets of `markets` (the data's, in order) that take part in pretraining.
+
+        Raises:
+          ConfigError: pretrain_markets names a market the data does not have.
+        """
+        wanted = _names(self.pretrain_markets)
+        unknown = [m for m in wanted if m not in markets]
+        if unknown:
+            raise ConfigError(
+                f"config.data.pretrain_markets={self.pretrain_markets!r}: {', '.join(unknown)} "
+                f"is not a market of this data ({', '.join(markets)})"
+            )
+        return [m for m in markets if m in wanted] if wanted else list(markets)
+
+
+def _names(text: str) -> list[str]:
+    """Comma-separated names, in order."""
+    return [m for m in str(text).split(",") if m]
 
 
 def _kcore_market(market: Market, k: int) -> Market:

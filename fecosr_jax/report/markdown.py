@@ -164,6 +164,13 @@ def results_markdown(results: dict) -> str:
         f"Test {GAIN_METRIC}, {results['protocol']} ranking, {over} ({len(names)} markets).",
         "",
     ]
+    if results.get("newcomers"):
+        lines += [
+            f"Newcomer markets: {', '.join(results['newcomers'])}. They took no part in "
+            "pretraining and fine-tune from the model the other markets pretrained "
+            "(config.data.pretrain_markets).",
+            "",
+        ]
     comp = results.get("vs_local", {})
     aware = next((c["seed_aware"] for c in comp.values() if "seed_aware" in c), None)
     if aware is not None:

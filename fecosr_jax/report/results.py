@@ -257,12 +257,14 @@ def results(
     seeds: list[int] | None = None,
     std: dict | None = None,
     over_seeds: dict | None = None,
+    newcomers: list[str] | None = None,
 ) -> dict:
     """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
     `std` in the shape of `methods`, and with SEED_TEST_MIN or more seeds `over_seeds`,
     {method: the test over seeds}): the one place its fields are put together. "vs_local"
     comes from `methods` and the per-user test ranks `ranks` ({method: {market: [U] or
-    [S, U]}}: `comparison`)."""
+    [S, U]}}: `comparison`). `newcomers`: the markets that took no part in pretraining
+    (config.data.pretrain_markets), recorded only when there are some."""
     out = {
         "dataset": dataset,
         "protocol": protocol,
@@ -279,6 +281,8 @@ def results(
         out["vs_local"][method]["over_seeds"] = test
     if privacy is not None:
         out["privacy"] = privacy
+    if newcomers:
+        out["newcomers"] = list(newcomers)
     return out
 
 
@@ -322,6 +326,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         skipped=skipped,
         transfer_source=first.get("transfer_source"),
         soft_labels=first.get("soft_labels", {}),
+        newcomers=first.get("newcomers"),
         privacy=(
             worst_privacy([r.get("privacy", {}) for r in per_seed])
             if any("privacy" in r for r in per_seed)

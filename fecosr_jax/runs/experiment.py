@@ -257,7 +257,7 @@ def _train(
                         todo.append(run)
                 if not todo:
                     continue
-                reason = paradigms.refusal(method, stacked, splits)
+                reason = paradigms.refusal(method, stacked, splits, trainer.pretrainer.newcomers)
                 if reason is not None:
                     print(f"skipping {method}: {reason}", flush=True)
                     for run in todo:
@@ -331,6 +331,7 @@ def _finish_run(
         ),
         soft_labels=run.soft_labels,
         privacy=private or None,
+        newcomers=trainer.pretrainer.newcomers,
     )
     if distributed.is_primary():
         # The inputs first: results.json beside them marks the run finished.

@@ -50,12 +50,14 @@ def checked_runner(configs, markets, splits, stacked, times) -> runner.Runner:
     markets, the participation, and every run's privacy settings (`configs`, the group's)."""
     config = configs[0]
     names = [m.name for m in markets]
-    methods = paradigms.expand_sources(paradigms.parse_methods(config.methods), names)
+    members = typed_configs.data(config).pretrain_market_names(names)
+    methods = paradigms.expand_sources(paradigms.parse_methods(config.methods), names, members)
     clients = config.federated.clients_per_round
-    if clients > len(markets):
+    if clients > len(members):
+        among = "markets" if len(members) == len(names) else "markets that pretrain"
         raise ConfigError(
-            f"config.federated.clients_per_round={clients}: this data has {len(markets)} "
-            "markets (0 = all of them every round)"
+            f"config.federated.clients_per_round={clients}: this data has {len(members)} "
+            f"{among} (0 = all of them every round)"
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
     trainer.pretrainer.check_privacy(configs)

@@ -158,19 +158,27 @@ def parse_methods(text: str) -> list[str]:
     return names
 
 
-def expand_sources(methods: list[str], markets: list[str]) -> list[str]:
-    """Replaces METHOD@each by one METHOD@MARKET per market; a named source must be a
-    market."""
+def expand_sources(
+    methods: list[str], markets: list[str], members: list[str] | None = None
+) -> list[str]:
+    """Replaces METHOD@each by one METHOD@MARKET per market that pretrains (`members`,
+    default every market); a named source must be such a market."""
+    members = markets if members is None else members
     out = []
     for method in methods:
         base, source = split_method(method)
         if source == "each":
-            out += [f"{base}@{m}" for m in markets]
+            out += [f"{base}@{m}" for m in members]
             continue
         if source is not None and source not in markets:
             raise ConfigError(
                 f"config.methods: {method}: {source!r} is not a market of this dataset "
                 f"({', '.join(markets)})"
+            )
+        if source is not None and source not in members:
+            raise ConfigError(
+                f"config.methods: {method}: {source!r} does not take part in pretraining "
+                f"(config.data.pretrain_markets: {', '.join(members)})"
             )
         out.append(method)
     return list(dict.fromkeys(out))
@@ -183,9 +191,22 @@ def takes_the_default_source(methods: Sequence[str]) -> bool:
     return any(base in SOURCE_METHODS and source is None for base, source in parts)
 
 
-def refusal(method: str, stacked: StackedMarkets, splits: list[MarketSplit]) -> str | None:
-    """Why a method cannot run on this data, or None."""
+def refusal(
+    method: str,
+    stacked: StackedMarkets,
+    splits: list[MarketSplit],
+    newcomers: Sequence[str] = (),
+) -> str | None:
+    """Why a method cannot run on this data (with these markets absent from pretraining),
+    or None."""
     method = split_method(method)[0]
+    kind = SPECS[method].pretraining
+    if newcomers and kind is not None and PRETRAININGS[kind].items == "id":
+        return (
+            f"{method} cannot pretrain without markets {', '.join(newcomers)} yet: its "
+            "vocabulary is the union of every market's catalogue "
+            "(config.data.pretrain_markets)"
+        )
     if SPECS[method].needs_semantics and stacked.semantics is None:
         return (
             f"{method} needs item semantic vectors (S²CE / text model) and this dataset "
@@ -237,9 +258,13 @@ def centralized_config(fed: FedConfig) -> FedConfig:
     )
 
 
-def default_source(stacked: StackedMarkets) -> int:
-    """The transfer source by default: the real market with the most training targets."""
-    return int(np.argmax(np.where(stacked.market_mask, stacked.num_train_targets, -1)))
+def default_source(stacked: StackedMarkets, among: Sequence[int] | None = None) -> int:
+    """The transfer source by default: the real market with the most training targets (of
+    the markets `among`, default all)."""
+    allowed = np.asarray(stacked.market_mask, bool).copy()
+    if among is not None:
+        allowed &= np.isin(np.arange(allowed.size), among)
+    return int(np.argmax(np.where(allowed, stacked.num_train_targets, -1)))
 
 
 def initial_params(model_config: ModelConfig, seed: int, semantic_dim: int):

@@ -70,11 +70,21 @@ class Pretrainer:
         self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
         self.plans: dict[tuple, privacy.Plan] = {}  # (pretraining key, DP settings) -> plan
         self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
-        self.transfer_source = config.transfer_source or names[paradigms.default_source(stacked)]
+        # The markets that pretrain (config.data.pretrain_markets); the others are newcomers.
+        self.members = typed_configs.data(config).pretrain_market_names(names)
+        self.newcomers = [n for n in names if n not in self.members]
+        self._keep = [names.index(n) for n in self.members]
+        default = names[paradigms.default_source(stacked, among=self._keep)]
+        self.transfer_source = config.transfer_source or default
         if self.transfer_source not in names:
             raise ConfigError(
                 f"config.transfer_source={config.transfer_source!r} is not a market "
                 f"of this dataset ({', '.join(names)})"
+            )
+        if self.transfer_source in self.newcomers:
+            raise ConfigError(
+                f"config.transfer_source={config.transfer_source!r} does not take part in "
+                f"pretraining (config.data.pretrain_markets={config.data.pretrain_markets!r})"
             )
 
     def pretraining(self, kind: str, source: str | None) -> Pretraining:
@@ -102,6 +112,11 @@ class Pretrainer:
                 if spec.items == "id"
                 else stack_markets([self.splits[keep]], num_markets_multiple=multiple)
             )
+        elif self.newcomers:  # only the members' data: newcomers send nothing
+            assert spec.items == "text", "paradigms.refusal skips item-ID methods here"
+            trained_on = self.members
+            members = [self.splits[i] for i in self._keep]
+            train = stack_markets(members, num_markets_multiple=multiple)
         rounds = self.config.num_rounds
         if spec.scope == "pooled":
             rounds *= self.fed.local_steps  # as many gradient steps per market

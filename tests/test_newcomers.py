@@ -1,0 +1,109 @@
+"""Newcomer markets (config.data.pretrain_markets): markets that take no part in pretraining,
+then fine-tune from the model the others pretrained and are evaluated like every market.
+
+Whether a newcomer's data reach pretraining is checked by the data, not by names: changing
+only the newcomer's interactions leaves the pretrained parameters bit for bit the same, while
+the same change to a market that pretrains changes them."""
+
+import json
+
+import numpy as np
+import pytest
+
+from experiments.configs import test as test_config
+from fecosr_jax.runs import experiment
+from tests.conftest import final_state, refused_by_main
+
+PRETRAIN = "pretrain_federated_s2ce"
+
+
+def write_markets(folder, changed: bool = False):
+    """Three tiny XMRec markets: a and b share their 10 items; c has 12 items of its own
+    (unseen in a and b). `changed` moves two of c's ratings to other items."""
+    folder.mkdir(exist_ok=True)
+    for market, items in (("a", 10), ("b", 10), ("c", 12)):
+        prefix = "c-" if market == "c" else ""
+        rows = [
+            f"{market}{u} {prefix}i{(u + 2 * k) % items} 5.0 2020-01-{k + 1:02d}"
+            for u in range(10)
+            for k in range(6)
+        ]
+        if changed and market == "c":
+            rows[1] = rows[1].replace(" c-i", " c-i1", 1)
+            rows[20] = rows[20].replace(" c-i", " c-i1", 1)
+        (folder / f"ratings_{market}_x.txt").write_text("\n".join(rows) + "\n")
+
+
+def config_for(data, pretrain_markets: str):
+    config = test_config.get_config()
+    config.update_from_flattened_dict(
+        {"data.format": "xmrec", "data.path": str(data), "data.markets": "a,b,c",
+         "data.semantics": "random", "data.random_dim": 8,
+         "data.pretrain_markets": pretrain_markets, "methods": "fecosr",
+         "finetune.max_epochs": 1, "plots": False, "tensorboard": False}
+    )  # fmt: skip
+    return config
+
+
+def pretrained(tmp_path, name: str, pretrain_markets: str, changed: bool):
+    """(the pretrained parameters' leaves, results.json) of a run on the three markets."""
+    data = tmp_path / f"data_{name}"
+    write_markets(data, changed)
+    workdir = tmp_path / name
+    experiment.train_and_evaluate(config_for(data, pretrain_markets), str(workdir))
+    _, leaves = final_state(workdir, PRETRAIN)
+    return leaves, json.loads((workdir / "results.json").read_text())
+
+
+def test_a_newcomers_data_never_reach_pretraining(tmp_path):
+    same, results = pretrained(tmp_path, "c_new", "a,b", changed=False)
+    other, changed_results = pretrained(tmp_path, "c_new_changed", "a,b", changed=True)
+    assert len(same) == len(other)
+    assert all(np.array_equal(x, y) for x, y in zip(same, other, strict=True))
+    # The newcomer, whose 12 items a and b never saw, fine-tunes and is evaluated: its
+    # validation curve is logged, and its test metrics differ with its data.
+    assert results["newcomers"] == ["c"]
+    c = results["methods"]["fecosr"]["c"]
+    assert np.isfinite(c["ndcg@10"]) and c["stop_epoch"] == 1  # it trained its epoch
+    assert c != changed_results["methods"]["fecosr"]["c"]
+    lines = (tmp_path / "c_new" / "metrics.jsonl").read_text().splitlines()
+    assert any("c" in x.get("market_valid_ndcg@10", {}) for x in map(json.loads, lines))
+    pretraining = [x for x in map(json.loads, lines) if x["stage"] == "pretrain"]
+    assert pretraining and all(set(x["market_loss"]) == {"a", "b"} for x in pretraining)
+    # The control: when c pretrains, the same change to its data changes the model.
+    member, results = pretrained(tmp_path, "c_member", "", changed=False)
+    changed, _ = pretrained(tmp_path, "c_member_changed", "", changed=True)
+    assert not all(np.array_equal(x, y) for x, y in zip(member, changed, strict=True))
+    assert "newcomers" not in results
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--config.data.pretrain_markets=m0000,m0009"],
+         "config.data.pretrain_markets='m0000,m0009': m0009 is not a market of this data"),
+        (["--config.data.pretrain_markets=m0000,m0000"], "m0000 twice"),
+        (["--config.data.pretrain_markets=m0000,m0001", "--config.transfer_source=m0002"],
+         "config.transfer_source='m0002' does not take part in pretraining"),
+        (["--config.data.pretrain_markets=m0000,m0001", "--config.methods=transfer@m0002"],
+         "transfer@m0002: 'm0002' does not take part in pretraining"),
+        (["--config.data.pretrain_markets=m0000,m0001",
+          "--config.federated.clients_per_round=3"],
+         "clients_per_round=3: this data has 2 markets that pretrain"),
+    ],
+    ids=["unknown", "twice", "source", "method source", "clients"],
+)  # fmt: skip
+def test_pretrain_markets_that_cannot_be_are_refused_in_one_line(tmp_path, flags, named):
+    assert named in refused_by_main(tmp_path / "w", *flags)
+
+
+def test_item_id_methods_are_skipped_with_newcomers_saying_why():
+    # Their vocabulary is the union of every market's catalogue, the newcomers' included.
+    from fecosr_jax.runs import paradigms
+
+    for method in ("fedavg_id", "transfer_id"):
+        reason = paradigms.refusal(method, None, [], newcomers=["c"])
+        assert reason == (
+            f"{method} cannot pretrain without markets c yet: its vocabulary is the union of "
+            "every market's catalogue (config.data.pretrain_markets)"
+        )
