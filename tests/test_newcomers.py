@@ -1,17 +1,21 @@
 """Newcomer markets (config.data.pretrain_markets): markets that take no part in pretraining,
-then fine-tune from the model the others pretrained and are evaluated like every market.
+then fine-tune from the model the others pretrained and are evaluated like every market; and
+pretrained models as artifacts (WORKDIR/pretrained/<key>/, config.pretrained).
 
 Whether a newcomer's data reach pretraining is checked by the data, not by names: changing
 only the newcomer's interactions leaves the pretrained parameters bit for bit the same, while
 the same change to a market that pretrains changes them."""
 
 import json
+import shutil
 
 import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
 from fecosr_jax.runs import experiment
+from fecosr_jax.store import pretrained as pretrained_lib
+from fecosr_jax.store import resume
 from tests.conftest import final_state, refused_by_main
 
 PRETRAIN = "pretrain_federated_s2ce"
@@ -107,3 +111,106 @@ def test_item_id_methods_are_skipped_with_newcomers_saying_why():
             f"{method} cannot pretrain without markets c yet: its vocabulary is the union of "
             "every market's catalogue (config.data.pretrain_markets)"
         )
+
+
+# --- Pretrained models as artifacts. ---------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def exported(tmp_path_factory):
+    """A finished run of fecosr on the test config: (its workdir, its export of
+    federated_s2ce)."""
+    workdir = tmp_path_factory.mktemp("exporter")
+    config = test_config.get_config()
+    config.update_from_flattened_dict({"methods": "fecosr", "plots": False})
+    experiment.train_and_evaluate(config, str(workdir))
+    return workdir, workdir / "pretrained" / "federated_s2ce"
+
+
+def test_a_loaded_export_fine_tunes_exactly_as_the_run_that_pretrained_it(exported, tmp_path):
+    workdir, export = exported
+    meta = pretrained_lib.read(str(export)).meta
+    assert meta["key"] == "federated_s2ce" and meta["rounds"] == 3 and meta["seed"] == 0
+    assert sorted(meta["trained_on"]) == ["m0000", "m0001", "m0002"]
+    copy = tmp_path / "export"
+    shutil.copytree(export, copy)
+    config = test_config.get_config()
+    config.update_from_flattened_dict(
+        {"methods": "fecosr", "plots": False, "pretrained": str(copy)}
+    )
+    experiment.train_and_evaluate(config, str(tmp_path / "loaded"))
+    got = json.loads((tmp_path / "loaded" / "results.json").read_text())
+    want = json.loads((workdir / "results.json").read_text())
+    assert got["methods"]["fecosr"] == want["methods"]["fecosr"]  # every market, every metric
+    assert (tmp_path / "loaded" / "ranks.npz").read_bytes() == (workdir / "ranks.npz").read_bytes()
+    assert got["pretrained"]["key"] == "federated_s2ce" and "newcomers" not in got
+    assert not (tmp_path / "loaded" / "pretrained").exists()  # nothing pretrained there
+    assert not (tmp_path / "loaded" / "checkpoints" / PRETRAIN).exists()
+    # The model it started from is one of its inputs: another one under the same path and
+    # the finished run refuses to report, naming it.
+    meta = json.loads((copy / "pretrained.json").read_text())
+    (copy / "pretrained.json").write_text(json.dumps({**meta, "fingerprint": "0" * 32}))
+    with pytest.raises(resume.IncompatibleCheckpoint, match="the pretrained model in config."):
+        experiment.train_and_evaluate(config, str(tmp_path / "loaded"))
+
+
+def test_a_newcomer_fine_tunes_from_an_export_of_the_others(tmp_path):
+    data = tmp_path / "data"
+    write_markets(data)
+    experiment.train_and_evaluate(config_for(data, "a,b"), str(tmp_path / "federation"))
+    export = tmp_path / "federation" / "pretrained" / "federated_s2ce"
+    config = config_for(data, "")
+    config.update_from_flattened_dict({"data.markets": "c", "pretrained": str(export)})
+    experiment.train_and_evaluate(config, str(tmp_path / "newcomer"))
+    results = json.loads((tmp_path / "newcomer" / "results.json").read_text())
+    assert results["markets"] == ["c"] and results["newcomers"] == ["c"]  # by its data
+    assert results["pretrained"]["trained_on"] == ["a", "b"]
+    assert np.isfinite(results["methods"]["fecosr"]["c"]["ndcg@10"])
+
+
+@pytest.mark.parametrize(
+    "flags, named",
+    [
+        (["--config.model.hidden=32"],
+         "another architecture: model.hidden is 16 there, 32 here"),
+        (["--config.data.semantics=random", "--config.data.random_dim=8"],
+         "another item space: items.generator is"),
+        (["--config.methods=fecosr,fedavg_ce"],
+         "holds the pretraining federated_s2ce, but config.methods='fecosr,fedavg_ce' pretrain "
+         "federated_s2ce, federated_ce"),
+        (["--config.data.pretrain_markets=m0000"], "nothing pretrains in this run"),
+    ],
+    ids=["architecture", "item space", "methods", "pretrain markets"],
+)  # fmt: skip
+def test_an_export_that_does_not_fit_is_refused_in_one_line(exported, tmp_path, flags, named):
+    _, export = exported
+    flags = [f"--config.pretrained={export}", "--config.methods=fecosr", *flags]  # last wins
+    stderr = refused_by_main(tmp_path / "w", *flags)
+    assert named in stderr, stderr
+
+
+def test_a_missing_or_changed_export_is_refused_in_one_line(exported, tmp_path):
+    _, export = exported
+    stderr = refused_by_main(
+        tmp_path / "w", f"--config.pretrained={tmp_path / 'none'}", "--config.methods=fecosr"
+    )
+    assert "none: no pretrained.json there" in stderr
+    changed = tmp_path / "changed"
+    shutil.copytree(export, changed)
+    meta = json.loads((changed / "pretrained.json").read_text())
+    meta["fingerprint"] = "0" * 32  # parameters other than the ones it was written with
+    (changed / "pretrained.json").write_text(json.dumps(meta))
+    # Reading the parameters needs tensorstore, which a fork of a process that used it cannot
+    # run: this one is a process of its own.
+    import subprocess
+    import sys
+
+    from tests.conftest import ROOT
+
+    command = [sys.executable, "-m", "experiments.main", "--config=experiments/configs/test.py",
+               f"--workdir={tmp_path / 'w'}", f"--config.pretrained={changed}",
+               "--config.methods=fecosr"]  # fmt: skip
+    out = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
+    assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
+    assert "do not match the fingerprint in pretrained.json" in out.stderr
+    assert not (tmp_path / "w").exists()

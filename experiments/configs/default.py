@@ -51,6 +51,9 @@ def get_config() -> ml_collections.ConfigDict:
     # Methods (fecosr_jax.runs.paradigms.METHODS), comma-separated or "all".
     config.methods = "all"
     config.transfer_source = ""  # "" = the market with the most training targets
+    # A pretrained model to start from instead of pretraining: a folder a run wrote,
+    # WORKDIR/pretrained/<name>/ (local or gs://; fecosr_jax.store.pretrained). "" = pretrain.
+    config.pretrained = ""
     # Orbax checkpoints under WORKDIR/checkpoints (fecosr_jax.store.checkpoint): saved every `every`
     # rounds / epochs (and at the last one), the latest `keep` kept plus each fine-tuning's
     # best epoch. Re-running the same command with the same workdir resumes.

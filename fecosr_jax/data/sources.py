@@ -200,6 +200,13 @@ def load_source(
     return recbole.load_markets(path, dataset, markets=markets, kcore=kcore, duplicates=duplicates)
 
 
+def semantic_source(data: DataConfig) -> str:
+    """Where the item vectors come from (data.semantics, with "auto" resolved)."""
+    if data.semantics == "auto":
+        return "synthetic" if data.format == "synthetic" else "none"
+    return data.semantics
+
+
 def markets_from_config(
     data: DataConfig, synthetic_config: synthetic.SyntheticConfig
 ) -> list[Market]:
@@ -220,9 +227,7 @@ def markets_from_config(
         synthetic_config=synthetic_config,
         duplicates=data.duplicates,
     )
-    source = data.semantics
-    if source == "auto":
-        source = "synthetic" if data.format == "synthetic" else "none"
+    source = semantic_source(data)
     if source == "synthetic" and data.format != "synthetic":
         raise DataError(
             "semantics 'synthetic' exists only for format 'synthetic'; use text, npy or random",

@@ -286,6 +286,12 @@ def stack_markets(
     )
 
 
+def union_vocabulary(splits: Sequence[MarketSplit]) -> np.ndarray:
+    """[V] the distinct item ids of the markets' catalogues, sorted: item index i + 1 of an
+    item-ID model over them is vocabulary[i]."""
+    return np.unique(np.concatenate([s.item_ids for s in splits]))
+
+
 def to_union_vocabulary(splits: Sequence[MarketSplit]) -> list[MarketSplit]:
     """The splits re-indexed over the union of their catalogues (items matched by id).
 
@@ -293,7 +299,7 @@ def to_union_vocabulary(splits: Sequence[MarketSplit]) -> list[MarketSplit]:
     as an ID-based model over a shared vocabulary needs; each keeps its own catalogue as
     `item_mask` [V + 1]. Semantic vectors are dropped (ID-only use).
     """
-    vocab = np.unique(np.concatenate([s.item_ids for s in splits]))
+    vocab = union_vocabulary(splits)
     out = []
     for s in splits:
         lookup = np.zeros(s.num_items + 1, np.int32)

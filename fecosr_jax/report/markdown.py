@@ -164,11 +164,16 @@ def results_markdown(results: dict) -> str:
         f"Test {GAIN_METRIC}, {results['protocol']} ranking, {over} ({len(names)} markets).",
         "",
     ]
+    if loaded := results.get("pretrained"):
+        lines += [
+            f"The pretrained methods start from `{loaded['key']}` of {loaded['directory']} "
+            f"(config.pretrained), pretrained on markets {', '.join(loaded['trained_on'])}.",
+            "",
+        ]
     if results.get("newcomers"):
         lines += [
             f"Newcomer markets: {', '.join(results['newcomers'])}. They took no part in "
-            "pretraining and fine-tune from the model the other markets pretrained "
-            "(config.data.pretrain_markets).",
+            "pretraining and fine-tune from the model the other markets pretrained.",
             "",
         ]
     comp = results.get("vs_local", {})

@@ -258,13 +258,15 @@ def results(
     std: dict | None = None,
     over_seeds: dict | None = None,
     newcomers: list[str] | None = None,
+    pretrained: dict | None = None,
 ) -> dict:
     """The results dict (results.json) of one seed, or of several seeds combined (`seeds`,
     `std` in the shape of `methods`, and with SEED_TEST_MIN or more seeds `over_seeds`,
     {method: the test over seeds}): the one place its fields are put together. "vs_local"
     comes from `methods` and the per-user test ranks `ranks` ({method: {market: [U] or
     [S, U]}}: `comparison`). `newcomers`: the markets that took no part in pretraining
-    (config.data.pretrain_markets), recorded only when there are some."""
+    (config.data.pretrain_markets, or not in config.pretrained's), recorded only when
+    there are some; `pretrained`: where a loaded pretraining came from (config.pretrained)."""
     out = {
         "dataset": dataset,
         "protocol": protocol,
@@ -283,6 +285,8 @@ def results(
         out["privacy"] = privacy
     if newcomers:
         out["newcomers"] = list(newcomers)
+    if pretrained is not None:
+        out["pretrained"] = pretrained
     return out
 
 
@@ -327,6 +331,7 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         transfer_source=first.get("transfer_source"),
         soft_labels=first.get("soft_labels", {}),
         newcomers=first.get("newcomers"),
+        pretrained=first.get("pretrained"),
         privacy=(
             worst_privacy([r.get("privacy", {}) for r in per_seed])
             if any("privacy" in r for r in per_seed)

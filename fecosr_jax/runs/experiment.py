@@ -26,6 +26,7 @@ from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, inputs, paradigms, runner, typed_configs
 from fecosr_jax.store import checkpoint, metrics_log, resume
 from fecosr_jax.store import lease as lease_lib
+from fecosr_jax.store import pretrained as pretrained_lib
 from fecosr_jax.store.files import read_json
 
 
@@ -177,6 +178,8 @@ def _run_group(
     with times.phase("loading"):
         markets, splits, stacked = inputs.load(config)
     data = resume.data_fingerprints(splits)
+    if config.get("pretrained"):  # the model it starts from is an input too
+        data[resume.PRETRAINED] = pretrained_lib.read(config.pretrained).meta["fingerprint"]
     for workdir, record in recorded.items():
         resume.compare_data(workdir, record["data"], data)
     for workdir in finished:
@@ -331,7 +334,8 @@ def _finish_run(
         ),
         soft_labels=run.soft_labels,
         privacy=private or None,
-        newcomers=trainer.pretrainer.newcomers,
+        newcomers=trainer.pretrainer.newcomer_markets(),
+        pretrained=trainer.pretrainer.provenance(),
     )
     if distributed.is_primary():
         # The inputs first: results.json beside them marks the run finished.

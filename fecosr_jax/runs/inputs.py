@@ -61,6 +61,7 @@ def checked_runner(configs, markets, splits, stacked, times) -> runner.Runner:
         )
     trainer = runner.Runner(config, splits, stacked, names, methods, times)
     trainer.pretrainer.check_privacy(configs)
+    trainer.pretrainer.check_loaded()
     return trainer
 
 

@@ -191,14 +191,8 @@ def takes_the_default_source(methods: Sequence[str]) -> bool:
     return any(base in SOURCE_METHODS and source is None for base, source in parts)
 
 
-def refusal(
-    method: str,
-    stacked: StackedMarkets,
-    splits: list[MarketSplit],
-    newcomers: Sequence[str] = (),
-) -> str | None:
-    """Why a method cannot run on this data (with these markets absent from pretraining),
-    or None."""
+def newcomer_refusal(method: str, newcomers: Sequence[str]) -> str | None:
+    """Why a method cannot run with these markets absent from pretraining, or None."""
     method = split_method(method)[0]
     kind = SPECS[method].pretraining
     if newcomers and kind is not None and PRETRAININGS[kind].items == "id":
@@ -207,6 +201,20 @@ def refusal(
             "vocabulary is the union of every market's catalogue "
             "(config.data.pretrain_markets)"
         )
+    return None
+
+
+def refusal(
+    method: str,
+    stacked: StackedMarkets,
+    splits: list[MarketSplit],
+    newcomers: Sequence[str] = (),
+) -> str | None:
+    """Why a method cannot run on this data (with these markets absent from pretraining),
+    or None."""
+    if reason := newcomer_refusal(method, newcomers):
+        return reason
+    method = split_method(method)[0]
     if SPECS[method].needs_semantics and stacked.semantics is None:
         return (
             f"{method} needs item semantic vectors (S²CE / text model) and this dataset "

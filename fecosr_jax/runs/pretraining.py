@@ -6,6 +6,8 @@ once per run: runs with equal values train once, the runs of a group train toget
 leading run axis of one compiled round, and a pretraining that shares the round's program
 (S²CE and CE, paradigms.share_a_round) trains with them. The pretraining loop itself (resume,
 NaN check, preemption) is fecosr_jax.federated.loop.run_rounds over fecosr_jax.federated.round.
+Each finished pretraining is written to WORKDIR/pretrained/<key>/, and with
+config.pretrained a run loads one instead of pretraining (fecosr_jax.store.pretrained).
 """
 
 from __future__ import annotations
@@ -16,11 +18,13 @@ from collections.abc import Callable
 
 import ml_collections
 from absl import logging
+from etils import epath
 from jax.sharding import Mesh
 
-from fecosr_jax import progress
-from fecosr_jax.data import stack_markets
-from fecosr_jax.data.split import MarketSplit, StackedMarkets
+from fecosr_jax import distributed, progress
+from fecosr_jax import mesh as mesh_lib
+from fecosr_jax.data import sources, stack_markets
+from fecosr_jax.data.split import MarketSplit, StackedMarkets, union_vocabulary
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated import loop as fed_loop
 from fecosr_jax.federated import privacy
@@ -29,7 +33,8 @@ from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, paradigms, typed_configs
-from fecosr_jax.store import checkpoint
+from fecosr_jax.store import checkpoint, resume
+from fecosr_jax.store import pretrained as pretrained_lib
 
 
 @dataclasses.dataclass
@@ -86,6 +91,10 @@ class Pretrainer:
                 f"config.transfer_source={config.transfer_source!r} does not take part in "
                 f"pretraining (config.data.pretrain_markets={config.data.pretrain_markets!r})"
             )
+        # A pretrained model to start from instead of pretraining (config.pretrained).
+        where = config.get("pretrained", "")
+        self.loaded = pretrained_lib.read(where) if where else None
+        self._loaded_params = None
 
     def pretraining(self, kind: str, source: str | None) -> Pretraining:
         """What pretraining `kind` (paradigms.PRETRAININGS) trains: a source kind on `source`
@@ -144,12 +153,15 @@ class Pretrainer:
             )
         return self.plans[(p.key, fed.dp)]
 
-    def _dp_pretrainings(self, methods: list[str]) -> list[Pretraining]:
-        """The pretrainings `methods` need, each once."""
+    def needed(self, methods: list[str]) -> list[Pretraining]:
+        """The pretrainings `methods` need, each once (but the item-ID ones, with newcomers:
+        paradigms.refusal skips their methods)."""
         out: dict[str, Pretraining] = {}
         for method in methods:
             base, source = paradigms.split_method(method)
             kind = paradigms.SPECS[base].pretraining
+            if kind is not None and paradigms.newcomer_refusal(method, self.newcomers):
+                continue
             if kind is not None:
                 p = self.pretraining(kind, source)
                 out[p.key] = p
@@ -161,7 +173,7 @@ class Pretrainer:
         (`configs`, the group's). Logs privacy.advice's warning when a method pretrains."""
         if not self.fed.dp.enabled:  # the program's: the same for every run of the group
             return
-        private = self._dp_pretrainings(self.methods)
+        private = [p for p in self.needed(self.methods) if not self.is_loaded(p)]
         if private and (advice := privacy.advice(self.fed)):  # the group's optimiser kinds
             logging.warning(advice)
         for p in private:
@@ -173,15 +185,113 @@ class Pretrainer:
         market's epsilon over the rounds it trained in (a function of the config, so a
         resumed run reports what the uninterrupted one would)."""
         out = {}
-        if not self.fed.dp.enabled:
-            return out
-        for p in self._dp_pretrainings(methods):
-            fed = p.adjust(typed_configs.federated(run.config))
-            plan = self.privacy_plan(p, fed)
-            if plan is not None:
-                trained = fed_round.rounds_trained(fed, len(p.names), p.num_rounds)
-                out[p.key] = plan.report(trained[-1])
+        for p in self.needed(methods):
+            if self.is_loaded(p):  # what the export's pretraining spent
+                spent = self.loaded.meta.get("privacy")
+            else:
+                spent = self._privacy_of(p, run)
+            if spent is not None:
+                out[p.key] = spent
         return out
+
+    def _privacy_of(self, p: Pretraining, run: groups.Run) -> dict | None:
+        """Each market's epsilon over the rounds it trained in of `run`'s pretraining `p`
+        (None with DP off)."""
+        fed = p.adjust(typed_configs.federated(run.config))
+        plan = self.privacy_plan(p, fed)
+        if plan is None:
+            return None
+        trained = fed_round.rounds_trained(fed, len(p.names), p.num_rounds)
+        return plan.report(trained[-1])
+
+    # -- Pretrained models as artifacts (fecosr_jax.store.pretrained). ----------------------
+
+    def is_loaded(self, p: Pretraining) -> bool:
+        """Whether `p` comes from config.pretrained instead of being trained."""
+        return self.loaded is not None and p.key.partition("@")[0] == self.loaded.meta["kind"]
+
+    def item_space(self, p: Pretraining) -> dict:
+        """What a market's items enter pretraining `p`'s model through: the vocabulary of an
+        item-ID model, or the semantic vectors' source, dimension and what decides them."""
+        if paradigms.PRETRAININGS[p.key.partition("@")[0]].items == "id":
+            return {"kind": "id", "vocabulary": union_vocabulary(self.splits).tolist()}
+        data = typed_configs.data(self.config)
+        source = sources.semantic_source(data)
+        out = {"kind": "text", "semantics": source, "dim": int(p.train.semantics.shape[-1])}
+        if source == "text":
+            out["text_model"] = data.text_model
+        elif source == "random":
+            out["seed"] = data.seed
+        elif source == "synthetic":  # the generator's space: its whole config
+            out["generator"] = dataclasses.asdict(typed_configs.synthetic(self.config))
+        return out
+
+    def check_loaded(self) -> None:
+        """Refuses (ConfigError) a config.pretrained that the run's methods cannot start
+        from: none of them fine-tunes from its pretraining, they need another one too, or its
+        architecture or item space differs (pretrained_lib.check_fits)."""
+        if self.loaded is None:
+            return
+        where = f"config.pretrained={self.loaded.directory}"
+        if self.newcomers:
+            raise ConfigError(
+                f"config.data.pretrain_markets={self.config.data.pretrain_markets!r}: with "
+                f"{where} nothing pretrains in this run"
+            )
+        needed = self.needed(self.methods)
+        other = [p.key for p in needed if not self.is_loaded(p)]
+        loaded = [p for p in needed if self.is_loaded(p)]
+        if other or len(loaded) != 1:
+            kinds = ", ".join(p.key for p in needed) or "none"
+            raise ConfigError(
+                f"{where} holds the pretraining {self.loaded.key}, but config.methods="
+                f"{self.config.methods!r} pretrain {kinds}: keep the methods that fine-tune "
+                f"from {self.loaded.meta['kind']} (and local)"
+            )
+        p = loaded[0]
+        pretrained_lib.check_fits(self.loaded, p.model, self.item_space(p))
+        like = paradigms.initial_params(p.model, 0, p.train.semantics.shape[-1])
+        self._loaded_params = self.loaded.params(like)  # read and verified before any write
+
+    def newcomer_markets(self) -> list[str]:
+        """The markets that took no part in the pretraining the run's methods start from: by
+        their data (fingerprints) where it comes from config.pretrained, else the run's
+        newcomers."""
+        if self.loaded is None:
+            return self.newcomers
+        seen = set(self.loaded.meta["trained_on"].values())
+        return [n for n, f in resume.data_fingerprints(self.splits).items() if f not in seen]
+
+    def provenance(self) -> dict | None:
+        """results.json's "pretrained": where the loaded pretraining came from (None when
+        the run pretrains itself)."""
+        if self.loaded is None:
+            return None
+        meta = self.loaded.meta
+        return {
+            "directory": self.loaded.directory,
+            "key": meta["key"],
+            "trained_on": list(meta["trained_on"]),
+            "seed": meta["seed"],
+            "fingerprint": meta["fingerprint"],
+        }
+
+    def _export(self, p: Pretraining, run: groups.Run, params) -> None:
+        """Writes `run`'s finished pretraining `p` to WORKDIR/pretrained/<key>/."""
+        keep = [self.names.index(n) for n in p.names]
+        meta = {
+            "key": p.key,
+            "kind": p.key.partition("@")[0],
+            "model": pretrained_lib.model_fields(p.model),
+            "items": self.item_space(p),
+            "trained_on": resume.data_fingerprints([self.splits[i] for i in keep]),
+            "rounds": p.num_rounds,
+            "seed": int(run.seed),
+            "privacy": self._privacy_of(p, run),
+        }
+        host = mesh_lib.to_host(params)  # every process: a gather where markets are sharded
+        if distributed.is_primary():
+            pretrained_lib.write(epath.Path(run.workdir) / "pretrained" / p.key, host, meta)
 
     def fed_values(self, p: Pretraining, run: groups.Run) -> tuple[float, ...]:
         """What decides how `run` pretrains `p`: its federated values, dropout rate and, with
@@ -207,6 +317,18 @@ class Pretrainer:
         equal values train once, and a pretraining of the same round (paradigms.share_a_round)
         that the runs will need trains with them."""
         p = self.pretraining(kind, source)
+        if self.is_loaded(p):  # config.pretrained (check_loaded): the same for every run
+            if self._loaded_params is None:
+                self.check_loaded()
+            if any((p.key, run.workdir) not in self.pretrained for run in runs):
+                trained_on = ", ".join(self.loaded.meta["trained_on"])
+                print(
+                    f"-- {p.key}: the pretrained model of {self.loaded.directory} (config."
+                    f"pretrained; pretrained on {trained_on}), not trained here",
+                    flush=True,
+                )
+            for run in runs:
+                self.pretrained[(p.key, run.workdir)] = self._loaded_params
         members = [(p, run) for run in runs if (p.key, run.workdir) not in self.pretrained]
         bound = self.config.get("runs_per_step", 0)  # runs trained at once (0 = no bound)
         partners = [
@@ -225,9 +347,9 @@ class Pretrainer:
             params = self._rounds(classes)
             for i, same in enumerate(classes):
                 for q, run in same:
-                    self.pretrained[(q.key, run.workdir)] = groups.run_part(
-                        params, i, len(classes) > 1
-                    )
+                    trained = groups.run_part(params, i, len(classes) > 1)
+                    self.pretrained[(q.key, run.workdir)] = trained
+                    self._export(q, run, trained)
         return (
             p.model,
             groups.stack([self.pretrained[(p.key, run.workdir)] for run in runs]),

@@ -46,6 +46,7 @@ ADDED_FIELDS = {
     "data.duplicates": "keep",  # runs before it kept exact duplicate rows
     "finetune.min_budget": 0.0,  # runs before it stopped on patience alone
     "data.pretrain_markets": "",  # runs before it pretrained on every market
+    "pretrained": "",  # runs before it pretrained in the run
 }
 
 
@@ -101,16 +102,25 @@ def data_fingerprints(splits) -> dict[str, str]:
     return out
 
 
+# The key of a loaded pretrained model's fingerprint among a run's data fingerprints.
+PRETRAINED = "config.pretrained"
+
+
 def compare_data(where, saved: dict[str, str] | None, data: dict[str, str]) -> None:
-    """Refuses data whose fingerprints (`data_fingerprints`) differ from the ones a run in
-    `where` recorded (None: a run of an older version, which recorded none), naming the
-    markets."""
+    """Refuses data whose fingerprints (`data_fingerprints`, and PRETRAINED's) differ from
+    the ones a run in `where` recorded (None: a run of an older version, which recorded
+    none), naming the markets."""
     changed = sorted(m for m in {*(saved or {}), *data} if (saved or data).get(m) != data.get(m))
+    markets = [m for m in changed if m != PRETRAINED]
+    what = []
+    if markets:
+        what.append(f"market(s) {', '.join(markets)} changed (their files, or the split settings)")
+    if PRETRAINED in changed:
+        what.append(f"the pretrained model in {PRETRAINED} changed")
     if changed:
         raise IncompatibleCheckpoint(
-            f"{where}: this workdir holds a run on other data: market(s) "
-            f"{', '.join(changed)} changed since it started (their files, or the split "
-            "settings). Use a new --workdir, or --overwrite to move this run aside"
+            f"{where}: this workdir holds a run on other data: {'; '.join(what)} since it "
+            "started. Use a new --workdir, or --overwrite to move this run aside"
         )
 
 
