@@ -39,6 +39,14 @@ seconds per round, the --compare gaps, the client-update cosines).
       --config=experiments/configs/synthetic_sweep.py --workdir=DIR \
       --config.methods=local,fecosr,fecosr_no_s2ce --compare=fecosr:fecosr_no_s2ce
 
+--newcomers is leave-one-market-out: each value is a market held out of pretraining (a
+newcomer: it fine-tunes from the model the others pretrained; config.data.newcomers), and
+`none` is the whole federation, so each market is compared as a newcomer and as a member,
+on the same splits and seeds:
+
+  python launch/sweep.py --newcomers=none,m0000,m0001,m0002 --seeds=0,1,2,3,4 \
+      --config=experiments/configs/test.py --workdir=DIR --config.methods=local,fecosr
+
 --epsilon sweeps differential privacy (docs/running.md "Differential privacy"): a finite value turns
 federated.dp on with that target_epsilon, `inf` turns it off (the same run without noise or
 clipping), so the privacy-utility curve is one command; `local` trains nothing that leaves
@@ -78,6 +86,7 @@ AXES = (
     ("temperature", "federated.temperature", "tau", float),
     ("clients_per_round", "federated.clients_per_round", "C", int),
     ("epsilon", "federated.dp.target_epsilon", "eps", float),  # inf: DP off (axis_overrides)
+    ("newcomers", "data.newcomers", "new", str),  # none: every market pretrains
     ("seeds", "seed", "seed", int),
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
@@ -180,6 +189,8 @@ def axis_overrides(flag: str, value) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
     that target ("dp": on, the target a per-run value), or off for inf."""
     field = {f: field for f, field, _, _ in AXES}[flag]
+    if flag == "newcomers" and value == "none":
+        return [f"--config.{field}="]
     if flag == "epsilon":
         if value == "dp" or math.isinf(value):
             return [f"--config.federated.dp.enabled={value == 'dp'}"]
@@ -313,8 +324,10 @@ def main(argv: list[str]) -> int:
     except errors.BadInput as e:  # a run's file cut or broken: one line naming it
         return errors.report(e)
     summary = sweep_results.summarise(rows, axes, pairs, ranks)
-    write_text_atomic(root / "sweep.json", json.dumps({"rows": rows, "summary": summary}, indent=1))
-    table = sweep_results.markdown(summary, rows, axes, spec)
+    lomo = sweep_results.newcomers(rows, axes, ranks)
+    record = {"rows": rows, "summary": summary, **({"newcomers": lomo} if lomo else {})}
+    write_text_atomic(root / "sweep.json", json.dumps(record, indent=1))
+    table = sweep_results.markdown(summary, rows, axes, spec, lomo)
     write_text_atomic(root / "sweep.md", table)
     plotted = plots.sweep(summary, axes, root / "sweep.png")
     print("\n" + table)

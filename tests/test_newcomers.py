@@ -1,4 +1,4 @@
-"""Newcomer markets (config.data.pretrain_markets): markets that take no part in pretraining,
+"""Newcomer markets (config.data.newcomers): markets that take no part in pretraining,
 then fine-tune from the model the others pretrained and are evaluated like every market; and
 pretrained models as artifacts (WORKDIR/pretrained/<key>/, config.pretrained).
 
@@ -38,30 +38,30 @@ def write_markets(folder, changed: bool = False):
         (folder / f"ratings_{market}_x.txt").write_text("\n".join(rows) + "\n")
 
 
-def config_for(data, pretrain_markets: str):
+def config_for(data, newcomers: str):
     config = test_config.get_config()
     config.update_from_flattened_dict(
         {"data.format": "xmrec", "data.path": str(data), "data.markets": "a,b,c",
          "data.semantics": "random", "data.random_dim": 8,
-         "data.pretrain_markets": pretrain_markets, "methods": "fecosr",
+         "data.newcomers": newcomers, "methods": "fecosr",
          "finetune.max_epochs": 1, "plots": False, "tensorboard": False}
     )  # fmt: skip
     return config
 
 
-def pretrained(tmp_path, name: str, pretrain_markets: str, changed: bool):
+def pretrained(tmp_path, name: str, newcomers: str, changed: bool):
     """(the pretrained parameters' leaves, results.json) of a run on the three markets."""
     data = tmp_path / f"data_{name}"
     write_markets(data, changed)
     workdir = tmp_path / name
-    experiment.train_and_evaluate(config_for(data, pretrain_markets), str(workdir))
+    experiment.train_and_evaluate(config_for(data, newcomers), str(workdir))
     _, leaves = final_state(workdir, PRETRAIN)
     return leaves, json.loads((workdir / "results.json").read_text())
 
 
 def test_a_newcomers_data_never_reach_pretraining(tmp_path):
-    same, results = pretrained(tmp_path, "c_new", "a,b", changed=False)
-    other, changed_results = pretrained(tmp_path, "c_new_changed", "a,b", changed=True)
+    same, results = pretrained(tmp_path, "c_new", "c", changed=False)
+    other, changed_results = pretrained(tmp_path, "c_new_changed", "c", changed=True)
     assert len(same) == len(other)
     assert all(np.array_equal(x, y) for x, y in zip(same, other, strict=True))
     # The newcomer, whose 12 items a and b never saw, fine-tunes and is evaluated: its
@@ -84,20 +84,20 @@ def test_a_newcomers_data_never_reach_pretraining(tmp_path):
 @pytest.mark.parametrize(
     "flags, named",
     [
-        (["--config.data.pretrain_markets=m0000,m0009"],
-         "config.data.pretrain_markets='m0000,m0009': m0009 is not a market of this data"),
-        (["--config.data.pretrain_markets=m0000,m0000"], "m0000 twice"),
-        (["--config.data.pretrain_markets=m0000,m0001", "--config.transfer_source=m0002"],
+        (["--config.data.newcomers=m0009"],
+         "config.data.newcomers='m0009': m0009 is not a market of this data"),
+        (["--config.data.newcomers=m0002,m0002"], "m0002 twice"),
+        (["--config.data.newcomers=m0002,m0001,m0000"], "every market, so no market would"),
+        (["--config.data.newcomers=m0002", "--config.transfer_source=m0002"],
          "config.transfer_source='m0002' does not take part in pretraining"),
-        (["--config.data.pretrain_markets=m0000,m0001", "--config.methods=transfer@m0002"],
+        (["--config.data.newcomers=m0002", "--config.methods=transfer@m0002"],
          "transfer@m0002: 'm0002' does not take part in pretraining"),
-        (["--config.data.pretrain_markets=m0000,m0001",
-          "--config.federated.clients_per_round=3"],
+        (["--config.data.newcomers=m0002", "--config.federated.clients_per_round=3"],
          "clients_per_round=3: this data has 2 markets that pretrain"),
     ],
-    ids=["unknown", "twice", "source", "method source", "clients"],
+    ids=["unknown", "twice", "all", "source", "method source", "clients"],
 )  # fmt: skip
-def test_pretrain_markets_that_cannot_be_are_refused_in_one_line(tmp_path, flags, named):
+def test_newcomers_that_cannot_be_are_refused_in_one_line(tmp_path, flags, named):
     assert named in refused_by_main(tmp_path / "w", *flags)
 
 
@@ -109,7 +109,7 @@ def test_item_id_methods_are_skipped_with_newcomers_saying_why():
         reason = paradigms.refusal(method, None, [], newcomers=["c"])
         assert reason == (
             f"{method} cannot pretrain without markets c yet: its vocabulary is the union of "
-            "every market's catalogue (config.data.pretrain_markets)"
+            "every market's catalogue (config.data.newcomers)"
         )
 
 
@@ -157,7 +157,7 @@ def test_a_loaded_export_fine_tunes_exactly_as_the_run_that_pretrained_it(export
 def test_a_newcomer_fine_tunes_from_an_export_of_the_others(tmp_path):
     data = tmp_path / "data"
     write_markets(data)
-    experiment.train_and_evaluate(config_for(data, "a,b"), str(tmp_path / "federation"))
+    experiment.train_and_evaluate(config_for(data, "c"), str(tmp_path / "federation"))
     export = tmp_path / "federation" / "pretrained" / "federated_s2ce"
     config = config_for(data, "")
     config.update_from_flattened_dict({"data.markets": "c", "pretrained": str(export)})
@@ -178,9 +178,9 @@ def test_a_newcomer_fine_tunes_from_an_export_of_the_others(tmp_path):
         (["--config.methods=fecosr,fedavg_ce"],
          "holds the pretraining federated_s2ce, but config.methods='fecosr,fedavg_ce' pretrain "
          "federated_s2ce, federated_ce"),
-        (["--config.data.pretrain_markets=m0000"], "nothing pretrains in this run"),
+        (["--config.data.newcomers=m0002"], "nothing pretrains in this run"),
     ],
-    ids=["architecture", "item space", "methods", "pretrain markets"],
+    ids=["architecture", "item space", "methods", "newcomers"],
 )  # fmt: skip
 def test_an_export_that_does_not_fit_is_refused_in_one_line(exported, tmp_path, flags, named):
     _, export = exported

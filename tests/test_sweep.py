@@ -203,6 +203,54 @@ def test_a_grid_point_is_tested_against_local_over_its_seeds():
     assert summary["vs_local"] == {}
 
 
+def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_member():
+    # Two markets a, b; points none (both pretrain), a and b (held out), seeds 0 and 1. The
+    # per-user ranks are built so the differences are known by hand: NDCG@10 of rank 0 is 1,
+    # of rank 1 is 1/log2(3), of rank 30 is 0.
+    users = 20
+    hit, second, miss = np.zeros(users, int), np.ones(users, int), np.full(users, 30)
+    half = np.resize([0, 30], users)  # every other user a hit: NDCG@10 0.5 on average
+
+    def run(local, fecosr):
+        return {"local": local, "fecosr": fecosr}
+
+    ranks, rows = {}, []
+    for seed in (0, 1):
+        points = {  # value: ({market: local ranks}, {market: fecosr ranks})
+            "none": run({"a": miss, "b": miss}, {"a": hit, "b": half}),
+            "a": run({"a": miss, "b": miss}, {"a": half, "b": half}),
+            "b": run({"a": miss, "b": miss}, {"a": hit, "b": second}),
+        }
+        for value, r in points.items():
+            name = f"new{value}_seed{seed}"
+            ranks[name] = r
+            rows.append({"run": name, "newcomers": value, "seeds": seed, "status": "done",
+                         "methods": {}, "round_s": {}, "delta_cosine": {}})  # fmt: skip
+    (point,) = sweep_results.newcomers(rows, ["newcomers", "seeds"], ranks)
+    assert point["seeds"] == [0, 1] and list(point["methods"]) == ["fecosr"]
+    cells = point["methods"]["fecosr"]["markets"]
+    assert list(cells) == ["a", "b"]  # the held-out markets
+    second_ndcg = 1 / np.log2(3)
+    by_hand = {  # (member gain, newcomer gain, newcomer - member), each over local's 0
+        "a": (1.0, 0.5, -0.5),
+        "b": (0.5, second_ndcg, second_ndcg - 0.5),
+    }
+    for market, (member, newcomer, versus) in by_hand.items():
+        cell = cells[market]
+        assert cell["member"]["diff"] == pytest.approx(member, abs=1e-6)
+        assert cell["newcomer"]["diff"] == pytest.approx(newcomer, abs=1e-6)
+        assert cell["newcomer_vs_member"]["diff"] == pytest.approx(versus, abs=1e-6)
+        assert cell["kept"] == pytest.approx(newcomer / member, abs=1e-6)
+    assert cells["a"]["newcomer_vs_member"]["verdict"] == "worse"
+    assert cells["b"]["newcomer_vs_member"]["verdict"] == "same"  # +0.13, users disagree
+    table = sweep_results.markdown([], rows, ["newcomers", "seeds"], "c.py", [point])
+    row = "| a | +1.0000 [+1.0000, +1.0000] ▲ | +0.5000 [+0.2599, +0.7401] ▲ | -0.5000 [-0.7401, "
+    assert row + "-0.2599] ▼ | 50% |" in table, table
+    # Without the whole federation's point nothing is paired.
+    alone = [r for r in rows if r["newcomers"] != "none"]
+    assert sweep_results.newcomers(alone, ["newcomers", "seeds"], ranks) == []
+
+
 def test_print_only_runs_nothing(tmp_path):
     out = subprocess.run(
         [

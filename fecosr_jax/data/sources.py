@@ -34,10 +34,10 @@ class DataConfig:
       format: one of FORMATS.
       path: the data folder (real formats).
       markets: comma-separated market names, each once; "" = all.
-      pretrain_markets: the markets that take part in pretraining, comma-separated, each
-        once; "" = every market. The others are newcomers: they never send anything to
-        pretraining, then fine-tune from the model the others pretrained and are evaluated
-        like every market (docs/design.md §2, "Newcomer markets").
+      newcomers: markets of the run that take no part in pretraining, comma-separated, each
+        once; "" = none. They never send anything to pretraining, then fine-tune from the
+        model the other markets pretrained and are evaluated like every market
+        (docs/design.md §2, "Newcomer markets").
       dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
       metadata_path: the XMRec metadata folder (item titles); "" = none.
       kcore: k-core filter per market when > 1.
@@ -58,7 +58,7 @@ class DataConfig:
     format: str = "synthetic"
     path: str = ""
     markets: str = ""
-    pretrain_markets: str = ""
+    newcomers: str = ""
     dataset: str = "ml-100k"
     metadata_path: str = ""
     kcore: int = 0
@@ -91,7 +91,7 @@ class DataConfig:
             "random_dim": (self.random_dim >= 1, "at least 1"),
         }
         check_ranges("config.data", self, checks)
-        for field in ("markets", "pretrain_markets"):
+        for field in ("markets", "newcomers"):
             names = _names(getattr(self, field))
             repeated = sorted({m for m in names if names.count(m) > 1})
             if repeated:
@@ -104,19 +104,23 @@ class DataConfig:
         return _names(self.markets)
 
     def pretrain_market_names(self, markets: Sequence[str]) -> list[str]:
-        """The markets of `markets` (the data's, in order) that take part in pretraining.
+        """The markets of `markets` (the data's, in order) that take part in pretraining: all
+        but the newcomers.
 
         Raises:
-          ConfigError: pretrain_markets names a market the data does not have.
+          ConfigError: newcomers names a market the data does not have, or every market.
         """
-        wanted = _names(self.pretrain_markets)
-        unknown = [m for m in wanted if m not in markets]
+        newcomers = _names(self.newcomers)
+        unknown = [m for m in newcomers if m not in markets]
+        where = f"config.data.newcomers={self.newcomers!r}"
         if unknown:
             raise ConfigError(
-                f"config.data.pretrain_markets={self.pretrain_markets!r}: {', '.join(unknown)} "
-                f"is not a market of this data ({', '.join(markets)})"
+                f"{where}: {', '.join(unknown)} is not a market of this data ({', '.join(markets)})"
             )
-        return [m for m in markets if m in wanted] if wanted else list(markets)
+        members = [m for m in markets if m not in newcomers]
+        if not members:
+            raise ConfigError(f"{where}: every market, so no market would pretrain")
+        return members
 
 
 def _names(text: str) -> list[str]:

@@ -265,7 +265,7 @@ def results(
     {method: the test over seeds}): the one place its fields are put together. "vs_local"
     comes from `methods` and the per-user test ranks `ranks` ({method: {market: [U] or
     [S, U]}}: `comparison`). `newcomers`: the markets that took no part in pretraining
-    (config.data.pretrain_markets, or not in config.pretrained's), recorded only when
+    (config.data.newcomers, or not in config.pretrained's), recorded only when
     there are some; `pretrained`: where a loaded pretraining came from (config.pretrained)."""
     out = {
         "dataset": dataset,

@@ -86,6 +86,80 @@ def seed_aware(members: list[dict], ranks: dict) -> dict:
     return results_lib.seed_aware(results_lib.pool_ranks(per_run), names)
 
 
+def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
+    """Leave-one-market-out (the sweep's newcomers axis, config.data.newcomers): each market
+    held out of pretraining (a newcomer) against the same market as a member of the whole
+    federation (the point "none" with the same other axes, seeds and splits).
+
+    Per set of the other axes' values, and per method that ran at both points (but local
+    and popularity): for each held-out market its seed-aware gain over `local` as a member
+    and as a newcomer (results_lib.seed_aware, each over the point's markets as in its own
+    table), the seed-aware test of newcomer against member (the held-out markets one family),
+    and "kept", the newcomer's gain as a share of the member's (None unless the member gains).
+
+    Returns:
+      [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
+      {"member", "newcomer", "newcomer_vs_member", "kept"}}}}}]; [] without the axis, the
+      point none or the ranks.
+    """
+    if "newcomers" not in axes:
+        return []
+    others = [a for a in axes if a not in ("seeds", "newcomers")]
+    points: dict[tuple, dict[str, list[dict]]] = {}
+    for row in rows:
+        if row["status"] == "done":
+            key = tuple(row[k] for k in others)
+            points.setdefault(key, {}).setdefault(row["newcomers"], []).append(row)
+    out = []
+    for key, by_value in points.items():
+        if "none" not in by_value or len(by_value) < 2:
+            continue
+        pooled = {}
+        for value, members in by_value.items():
+            members = sorted(members, key=lambda r: r.get("seeds", 0))
+            per_run = [ranks.get(r["run"]) for r in members]
+            if any(r is None for r in per_run):
+                break
+            seeds = [r.get("seeds") for r in members]
+            pooled[value] = (seeds, results_lib.pool_ranks(per_run))
+        seeds = {tuple(s) for s, _ in pooled.values()}
+        if len(pooled) != len(by_value) or len(seeds) != 1:
+            continue  # a point without ranks, or points over other seeds: nothing paired
+        whole = pooled.pop("none")[1]
+        names = list(whole["local"])
+        member = results_lib.seed_aware(whole, names)
+        methods: dict[str, dict] = {}
+        for market, (_, ranks_new) in pooled.items():
+            newcomer = results_lib.seed_aware(ranks_new, list(ranks_new["local"]))
+            for method in newcomer:
+                if method in ("popularity",) or method not in member:
+                    continue
+                entry = methods.setdefault(method, {"test": member[method]["test"], "markets": {}})
+                entry["markets"][market] = {
+                    "member": member[method]["markets"][market],
+                    "newcomer": newcomer[method]["markets"][market],
+                }
+        for method, entry in methods.items():
+            by_market = entry["markets"]
+            held = list(by_market)
+            versus = results_lib.seed_aware(
+                {
+                    "member": {m: whole[method][m] for m in held},
+                    "newcomer": {m: pooled[m][1][method][m] for m in held},
+                },
+                held,
+                reference="member",
+            ).get("newcomer", {"markets": {}})
+            for m, cell in by_market.items():
+                cell["newcomer_vs_member"] = versus["markets"].get(m)
+                gain, kept = cell["member"]["diff"], cell["newcomer"]["diff"]
+                cell["kept"] = results_lib.clean(kept / gain) if gain > 0 else None
+        out.append(
+            {**dict(zip(others, key, strict=True)), "seeds": list(seeds.pop()), "methods": methods}
+        )
+    return out
+
+
 def summarise(
     rows: list[dict],
     axes: list[str],
@@ -181,7 +255,46 @@ def _per_point(summary: list[dict], keys: list[str], about: str, methods: list[s
     return lines
 
 
-def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str) -> str:
+def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
+    """Markdown lines of `newcomers`: per method a row per held-out market, its gain over
+    `local` as a member and as a newcomer (mean difference [95% interval] and marker), the
+    newcomer's difference from the member, and the share of the gain it kept."""
+    others = [a for a in axes if a not in ("seeds", "newcomers")]
+    lines = []
+    for point in lomo:
+        where = ", ".join(f"{a} {point[a]}" for a in others)
+        for method, entry in point["methods"].items():
+            by_market = entry["markets"]
+            legend = markdown_lib.marks_legend(
+                {"test": entry["test"], "markets": {m: c["member"] for m, c in by_market.items()}}
+            )
+            lines += [
+                "",
+                f"Leave-one-market-out, `{method}`{f' ({where})' if where else ''}: each market "
+                "held out of pretraining (a newcomer), and the same market as a member of the "
+                "whole federation, on the same splits and seeds. Gains over `local` in "
+                f"NDCG@10, mean difference [95% interval] ({legend}); newcomer - member: the "
+                "same test with the member in place of `local`; kept: the newcomer's gain as a "
+                "share of the member's.",
+                "",
+                "| market | gain as a member | gain as a newcomer | newcomer - member | kept |",
+                "| --- | ---: | ---: | ---: | ---: |",
+            ]
+            for market, cell in by_market.items():
+                versus = cell["newcomer_vs_member"]
+                kept = "-" if cell["kept"] is None else f"{cell['kept']:.0%}"
+                lines.append(
+                    f"| {market} | {markdown_lib.interval_cell(cell['member'])} | "
+                    f"{markdown_lib.interval_cell(cell['newcomer'])} | "
+                    f"{'-' if versus is None else markdown_lib.interval_cell(versus)} | {kept} |"
+                )
+    return lines
+
+
+def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str, lomo=()) -> str:
+    """sweep.md: the grid points' table, their validation NDCG@10 and markers against
+    `local`, and with the newcomers axis the leave-one-market-out tables (`lomo`,
+    `newcomers`)."""
     keys = [a for a in axes if a != "seeds"]
     methods = sorted({m for s in summary for m in s["methods"]})
     # The federated pretrainings' timings and cosines (sweep.json has every pretraining's).
@@ -229,6 +342,7 @@ def markdown(summary: list[dict], rows: list[dict], axes: list[str], config: str
             aware,
             lambda s, m: _marks(s.get("vs_local", {}).get(m)),
         )
+    lines += newcomers_markdown(list(lomo), axes)
     failed = [r["run"] for r in rows if r["status"] != "done"]
     if failed:
         lines += ["", f"Runs without results: {', '.join(failed)} (see runs/<name>/sweep.log)."]

@@ -178,7 +178,7 @@ def expand_sources(
         if source is not None and source not in members:
             raise ConfigError(
                 f"config.methods: {method}: {source!r} does not take part in pretraining "
-                f"(config.data.pretrain_markets: {', '.join(members)})"
+                f"(config.data.newcomers; the markets that do: {', '.join(members)})"
             )
         out.append(method)
     return list(dict.fromkeys(out))
@@ -199,7 +199,7 @@ def newcomer_refusal(method: str, newcomers: Sequence[str]) -> str | None:
         return (
             f"{method} cannot pretrain without markets {', '.join(newcomers)} yet: its "
             "vocabulary is the union of every market's catalogue "
-            "(config.data.pretrain_markets)"
+            "(config.data.newcomers)"
         )
     return None
 

@@ -75,7 +75,7 @@ class Pretrainer:
         self.pretrained: dict[tuple[str, str], object] = {}  # (key, workdir) -> params
         self.plans: dict[tuple, privacy.Plan] = {}  # (pretraining key, DP settings) -> plan
         self.id_stacked: StackedMarkets | None = None  # the markets over the union vocabulary
-        # The markets that pretrain (config.data.pretrain_markets); the others are newcomers.
+        # The markets that pretrain: all but the newcomers (config.data.newcomers).
         self.members = typed_configs.data(config).pretrain_market_names(names)
         self.newcomers = [n for n in names if n not in self.members]
         self._keep = [names.index(n) for n in self.members]
@@ -89,7 +89,7 @@ class Pretrainer:
         if self.transfer_source in self.newcomers:
             raise ConfigError(
                 f"config.transfer_source={config.transfer_source!r} does not take part in "
-                f"pretraining (config.data.pretrain_markets={config.data.pretrain_markets!r})"
+                f"pretraining (config.data.newcomers={config.data.newcomers!r})"
             )
         # A pretrained model to start from instead of pretraining (config.pretrained).
         where = config.get("pretrained", "")
@@ -235,7 +235,7 @@ class Pretrainer:
         where = f"config.pretrained={self.loaded.directory}"
         if self.newcomers:
             raise ConfigError(
-                f"config.data.pretrain_markets={self.config.data.pretrain_markets!r}: with "
+                f"config.data.newcomers={self.config.data.newcomers!r}: with "
                 f"{where} nothing pretrains in this run"
             )
         needed = self.needed(self.methods)

@@ -45,7 +45,7 @@ ADDED_FIELDS = {
     "finetune.markets_per_step": 0,
     "data.duplicates": "keep",  # runs before it kept exact duplicate rows
     "finetune.min_budget": 0.0,  # runs before it stopped on patience alone
-    "data.pretrain_markets": "",  # runs before it pretrained on every market
+    "data.newcomers": "",  # runs before it pretrained on every market
     "pretrained": "",  # runs before it pretrained in the run
 }
 
