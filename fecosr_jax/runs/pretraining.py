@@ -289,9 +289,12 @@ class Pretrainer:
             "seed": int(run.seed),
             "privacy": self._privacy_of(p, run),
         }
-        host = mesh_lib.to_host(params)  # every process: a gather where markets are sharded
-        if distributed.is_primary():
-            pretrained_lib.write(epath.Path(run.workdir) / "pretrained" / p.key, host, meta)
+        pretrained_lib.write(  # every process (a collective); the first writes the files
+            epath.Path(run.workdir) / "pretrained" / p.key,
+            mesh_lib.to_host(params),
+            meta,
+            primary=distributed.is_primary(),
+        )
 
     def fed_values(self, p: Pretraining, run: groups.Run) -> tuple[float, ...]:
         """What decides how `run` pretrains `p`: its federated values, dropout rate and, with

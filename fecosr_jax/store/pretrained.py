@@ -78,25 +78,28 @@ def fingerprint(params) -> str:
     return hashlib.blake2b(leaves.encode(), digest_size=16).hexdigest()
 
 
-def write(directory, params, meta: dict) -> None:
-    """Writes the export of `params` to `directory` with `meta` (pretrained.json's fields but
-    "format" and "fingerprint"). An export already there with the same parameters is left
-    as it is (a resumed run writes the same one again); the parameters are written before
-    pretrained.json, which marks the export whole."""
+def write(directory, params, meta: dict, *, primary: bool = True) -> None:
+    """Writes the export of `params` (host arrays) to `directory` with `meta`
+    (pretrained.json's fields but "format" and "fingerprint"). An export already there with
+    the same parameters is left as it is (a resumed run writes the same one again); the
+    parameters are written before pretrained.json, which marks the export whole. In a run of
+    several processes every one calls it (orbax's save is collective) and the `primary` one
+    writes the files."""
     directory = epath.Path(directory)
     meta = {"format": FORMAT, **meta, "fingerprint": fingerprint(params)}
     path = directory / META
-    if path.exists():
-        if json.loads(path.read_text()) == meta:
-            return
-        path.unlink()  # another export: replaced, pretrained.json last
-    if (directory / "params").exists():
-        (directory / "params").rmtree()
-    directory.mkdir(parents=True, exist_ok=True)
+    if path.exists() and json.loads(path.read_text()) == meta:
+        return
+    if primary:
+        path.unlink(missing_ok=True)  # another export: replaced, pretrained.json last
+        if (directory / "params").exists():
+            (directory / "params").rmtree()
+        directory.mkdir(parents=True, exist_ok=True)
     checkpointer = ocp.StandardCheckpointer()
-    checkpointer.save(directory / "params", jax.device_get(params))
+    checkpointer.save(directory / "params", params)
     checkpointer.wait_until_finished()
-    write_text_atomic(path, json.dumps(meta, indent=1) + "\n")
+    if primary:
+        write_text_atomic(path, json.dumps(meta, indent=1) + "\n")
 
 
 def read(directory: str) -> Export:
