@@ -271,3 +271,47 @@ def soak_table(record: dict) -> str:
 def bench_soak() -> str:
     """experiments.bench.soak (docs/bench/soak_2026-12-06.json)."""
     return soak_table(read_json(BENCH / "soak_2026-12-06.json")) + "\n"
+
+
+NEWCOMER_STEPS = {
+    "full": "every market pretrains and fine-tunes (the federation trained again with it)",
+    "federation": "the others pretrain without it, writing the export (once; fine-tunes all)",
+    "newcomer": "the new market alone, from the export",
+}
+
+
+def newcomer_table(record: dict) -> str:
+    """experiments.bench.newcomer's record: per step the markets it trains, its wall seconds
+    with a cold compilation cache, its phases, and its wall time as a share of the full
+    run's."""
+    phases = ("compiling", "pretraining", "fine-tuning", "evaluating")
+    lines = [
+        row(
+            [
+                "step",
+                "what it runs",
+                "markets",
+                "wall s",
+                *(f"{p} s" for p in phases),
+                "of the full run",
+            ]
+        ),  # fmt: skip
+        "| --- | --- | ---: | ---: |" + " ---: |" * len(phases) + " ---: |",
+    ]
+    full = record["steps"]["full"]["wall_s"]
+    for name, step in record["steps"].items():
+        cells = [f"{step['time'].get(p, 0.0):.1f}" for p in phases]
+        share = f"{step['wall_s'] / full:.0%}"
+        lines.append(
+            row(
+                [
+                    name,
+                    NEWCOMER_STEPS[name],
+                    len(step["markets"]),
+                    f"{step['wall_s']:.1f}",
+                    *cells,
+                    share,
+                ]
+            )  # fmt: skip
+        )
+    return "\n".join(lines)

@@ -277,17 +277,26 @@ def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
                 "same test with the member in place of `local`; kept: the newcomer's gain as a "
                 "share of the member's.",
                 "",
-                "| market | gain as a member | gain as a newcomer | newcomer - member | kept |",
-                "| --- | ---: | ---: | ---: | ---: |",
+                *newcomers_table(by_market),
             ]
-            for market, cell in by_market.items():
-                versus = cell["newcomer_vs_member"]
-                kept = "-" if cell["kept"] is None else f"{cell['kept']:.0%}"
-                lines.append(
-                    f"| {market} | {markdown_lib.interval_cell(cell['member'])} | "
-                    f"{markdown_lib.interval_cell(cell['newcomer'])} | "
-                    f"{'-' if versus is None else markdown_lib.interval_cell(versus)} | {kept} |"
-                )
+    return lines
+
+
+def newcomers_table(by_market: dict) -> list[str]:
+    """One method's leave-one-market-out cells (`newcomers`: {market: {"member", "newcomer",
+    "newcomer_vs_member", "kept"}}) as Markdown table lines."""
+    lines = [
+        "| market | gain as a member | gain as a newcomer | newcomer - member | kept |",
+        "| --- | ---: | ---: | ---: | ---: |",
+    ]
+    for market, cell in by_market.items():
+        versus = cell["newcomer_vs_member"]
+        kept = "-" if cell["kept"] is None else f"{cell['kept']:.0%}"
+        lines.append(
+            f"| {market} | {markdown_lib.interval_cell(cell['member'])} | "
+            f"{markdown_lib.interval_cell(cell['newcomer'])} | "
+            f"{'-' if versus is None else markdown_lib.interval_cell(versus)} | {kept} |"
+        )
     return lines
 
 

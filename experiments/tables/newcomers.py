@@ -1,0 +1,59 @@
+"""Leave-one-market-out: each market held out of pretraining (a newcomer) against the same
+market as a member of the whole federation (launch/sweep.py --newcomers; raw rows: a folder
+per run with its results.json, ranks.npz, training.json and config.json)."""
+
+from __future__ import annotations
+
+import pathlib
+
+from experiments.tables.results import RAW
+from fecosr_jax.report import sweep_results
+from fecosr_jax.store.files import read_json
+
+NEWCOMERS_DEFAULT = RAW / "newcomers_default"  # the main job's config, local and fecosr
+AXES = ["newcomers", "seeds"]
+
+
+def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
+    """The sweep's rows (sweep_results.collect, the grid values from each run's config.json)
+    and each run's per-user test ranks."""
+    rows, ranks = [], {}
+    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+        config = read_json(run / "config.json")
+        point = {"newcomers": config["data"]["newcomers"] or "none", "seeds": config["seed"]}
+        rows.append(sweep_results.collect(run, point))
+        ranks[run.name] = sweep_results.read_ranks(run)
+    return rows, ranks
+
+
+def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
+    """`method`'s leave-one-market-out table (sweep_results.newcomers_table) and a line that
+    counts the markets: the newcomer's gains over `local`, marked or not, and the share of
+    the member's gain it kept (median over the held-out markets)."""
+    rows, ranks = runs(folder)
+    (point,) = sweep_results.newcomers(rows, AXES, ranks)
+    cells = point["methods"][method]["markets"]
+    lines = sweep_results.newcomers_table(cells)
+    gains = [c["newcomer"] for c in cells.values()]
+    kept = sorted(c["kept"] for c in cells.values() if c["kept"] is not None)
+    worse = [c["newcomer_vs_member"] for c in cells.values()]
+    median = f"{kept[len(kept) // 2]:.0%}" if kept else "-"
+    detectable = sorted(w["detectable"] for w in worse if w.get("detectable") is not None)
+    could = f"{detectable[len(detectable) // 2]:.4f}" if detectable else "-"
+    lines += [
+        "",
+        f"{len(cells)} markets held out in turn, seeds {', '.join(map(str, point['seeds']))}: "
+        f"as a newcomer `{method}` gains over `local` in {sum(g['diff'] > 0 for g in gains)} "
+        f"(significantly in {sum(g['verdict'] == 'better' for g in gains)}, below it "
+        f"significantly in {sum(g['verdict'] == 'worse' for g in gains)}); the newcomer is "
+        f"significantly below the member in {sum(w['verdict'] == 'worse' for w in worse)} "
+        f"(a difference of {could} NDCG@10 could have been detected, median over markets); "
+        f"median share of the member's gain kept {median}.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+def newcomers_default() -> str:
+    """The main job's config (8 synthetic markets), `local` and `fecosr`. Raw rows:
+    docs/results/newcomers_default/."""
+    return newcomers_table(NEWCOMERS_DEFAULT)
