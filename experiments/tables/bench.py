@@ -315,3 +315,8 @@ def newcomer_table(record: dict) -> str:
             )  # fmt: skip
         )
     return "\n".join(lines)
+
+
+def bench_newcomer() -> str:
+    """experiments.bench.newcomer (docs/bench/newcomer_2026-12-06.json)."""
+    return newcomer_table(read_json(BENCH / "newcomer_2026-12-06.json")) + "\n"

@@ -47,7 +47,7 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
         f"(significantly in {sum(g['verdict'] == 'better' for g in gains)}, below it "
         f"significantly in {sum(g['verdict'] == 'worse' for g in gains)}); the newcomer is "
         f"significantly below the member in {sum(w['verdict'] == 'worse' for w in worse)} "
-        f"(a difference of {could} NDCG@10 could have been detected, median over markets); "
+        f"(a difference of {could} NDCG@10 had 80% power, median over markets); "
         f"median share of the member's gain kept {median}.",
     ]
     return "\n".join(lines) + "\n"

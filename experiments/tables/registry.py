@@ -57,6 +57,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "bench_main_job_2026_12_06b": functools.partial(bench_tables.bench_main_job, "2026-12-06b"),
     "bench_accountant": bench_tables.bench_accountant,
     "bench_soak": bench_tables.bench_soak,
+    "bench_newcomer": bench_tables.bench_newcomer,
     "bench_runs_seeds": bench_runs.bench_runs_seeds,
     "bench_runs_sweep": bench_runs.bench_runs_sweep,
     "bench_runs_axis_cpu": bench_runs.bench_runs_axis_cpu,
