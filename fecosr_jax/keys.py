@@ -4,7 +4,8 @@ these integers, so a resumed run draws exactly what the uninterrupted run drew.
 
 Streams: CLIENT (federated clients' batches and dropout: round, market, step), PARTICIPATION
 (which markets train: round), FINETUNE (fine-tuning batches and dropout: epoch, market, step),
-DP_NOISE (the Gaussian noise of a market's private steps: round, market).
+DP_NOISE (the Gaussian noise of a market's private steps: round, market), NEW_ITEMS (the
+item-ID rows of items an item-ID model's pretraining never saw: once per run).
 Evaluation's sampled negatives fold (market, user) into key(seed) with no stream tag.
 """
 
@@ -16,6 +17,7 @@ CLIENT = 1
 PARTICIPATION = 2
 FINETUNE = 3
 DP_NOISE = 4
+NEW_ITEMS = 5
 
 
 def derive(seed, *path) -> jax.Array:

@@ -9,6 +9,7 @@ the same change to a market that pretrains changes them."""
 import json
 import shutil
 
+import jax
 import numpy as np
 import pytest
 
@@ -19,16 +20,18 @@ from fecosr_jax.store import resume
 from tests.conftest import final_state, refused_by_main
 
 PRETRAIN = "pretrain_federated_s2ce"
+PRETRAIN_ID = "pretrain_federated_id_ce"
 
 
 def write_markets(folder, changed: bool = False):
-    """Three tiny XMRec markets: a and b share their 10 items; c has 12 items of its own
-    (unseen in a and b). `changed` moves two of c's ratings to other items."""
+    """Three tiny XMRec markets: a and b share their 10 items; c rates 6 of them and 6 items
+    of its own (c-i..., unseen in a and b). `changed` moves two of c's ratings to other
+    items."""
     folder.mkdir(exist_ok=True)
     for market, items in (("a", 10), ("b", 10), ("c", 12)):
-        prefix = "c-" if market == "c" else ""
         rows = [
-            f"{market}{u} {prefix}i{(u + 2 * k) % items} 5.0 2020-01-{k + 1:02d}"
+            f"{market}{u} {'c-' if market == 'c' and (u + 2 * k) % items % 2 else ''}"
+            f"i{(u + 2 * k) % items} 5.0 2020-01-{k + 1:02d}"
             for u in range(10)
             for k in range(6)
         ]
@@ -43,19 +46,20 @@ def config_for(data, newcomers: str):
     config.update_from_flattened_dict(
         {"data.format": "xmrec", "data.path": str(data), "data.markets": "a,b,c",
          "data.semantics": "random", "data.random_dim": 8,
-         "data.newcomers": newcomers, "methods": "fecosr",
+         "data.newcomers": newcomers, "methods": "fecosr,fedavg_id",
          "finetune.max_epochs": 1, "plots": False, "tensorboard": False}
     )  # fmt: skip
     return config
 
 
 def pretrained(tmp_path, name: str, newcomers: str, changed: bool):
-    """(the pretrained parameters' leaves, results.json) of a run on the three markets."""
+    """(the pretrained parameters' leaves, text model's then item-ID model's, results.json)
+    of a run of fecosr and fedavg_id on the three markets."""
     data = tmp_path / f"data_{name}"
     write_markets(data, changed)
     workdir = tmp_path / name
     experiment.train_and_evaluate(config_for(data, newcomers), str(workdir))
-    _, leaves = final_state(workdir, PRETRAIN)
+    leaves = [x for phase in (PRETRAIN, PRETRAIN_ID) for x in final_state(workdir, phase)[1]]
     return leaves, json.loads((workdir / "results.json").read_text())
 
 
@@ -64,12 +68,17 @@ def test_a_newcomers_data_never_reach_pretraining(tmp_path):
     other, changed_results = pretrained(tmp_path, "c_new_changed", "c", changed=True)
     assert len(same) == len(other)
     assert all(np.array_equal(x, y) for x, y in zip(same, other, strict=True))
-    # The newcomer, whose 12 items a and b never saw, fine-tunes and is evaluated: its
-    # validation curve is logged, and its test metrics differ with its data.
+    # The newcomer, 6 of whose items a and b never saw, fine-tunes and is evaluated with
+    # both models: its validation curve is logged, and its test metrics differ with its data.
     assert results["newcomers"] == ["c"]
-    c = results["methods"]["fecosr"]["c"]
-    assert np.isfinite(c["ndcg@10"]) and c["stop_epoch"] == 1  # it trained its epoch
-    assert c != changed_results["methods"]["fecosr"]["c"]
+    for method in ("fecosr", "fedavg_id"):
+        c = results["methods"][method]["c"]
+        assert np.isfinite(c["ndcg@10"]) and c["stop_epoch"] == 1  # it trained its epoch
+        assert c != changed_results["methods"][method]["c"]
+    # The item-ID model pretrained over a and b's 10 items only, each once.
+    export = pretrained_lib.read(str(tmp_path / "c_new" / "pretrained" / "federated_id_ce"))
+    assert export.meta["items"]["vocabulary"] == [f"i{i}" for i in range(10)]
+    assert export.meta["model"]["num_item_ids"] == 11
     lines = (tmp_path / "c_new" / "metrics.jsonl").read_text().splitlines()
     assert any("c" in x.get("market_valid_ndcg@10", {}) for x in map(json.loads, lines))
     pretraining = [x for x in map(json.loads, lines) if x["stage"] == "pretrain"]
@@ -101,16 +110,20 @@ def test_newcomers_that_cannot_be_are_refused_in_one_line(tmp_path, flags, named
     assert named in refused_by_main(tmp_path / "w", *flags)
 
 
-def test_item_id_methods_are_skipped_with_newcomers_saying_why():
-    # Their vocabulary is the union of every market's catalogue, the newcomers' included.
+def test_items_no_pretraining_market_had_get_rows_like_the_models_own_init():
+    from fecosr_jax import keys
+    from fecosr_jax.model import ModelConfig
     from fecosr_jax.runs import paradigms
 
-    for method in ("fedavg_id", "transfer_id"):
-        reason = paradigms.refusal(method, None, [], newcomers=["c"])
-        assert reason == (
-            f"{method} cannot pretrain without markets c yet: its vocabulary is the union of "
-            "every market's catalogue (config.data.newcomers)"
-        )
+    model = ModelConfig(hidden=4, use_text=False, num_item_ids=3)
+    params = {"item_ids": {"embedding": np.ones((3, 4), np.float32)}, "other": np.zeros(2)}
+    grown = paradigms.extend_item_ids(params, model, 5, seed=7)
+    table = np.asarray(grown["item_ids"]["embedding"])
+    assert table.shape == (5, 4) and (table[:3] == 1).all()  # the pretrained rows as they were
+    by_hand = 0.5 * np.asarray(jax.random.normal(keys.derive(7, keys.NEW_ITEMS), (2, 4)))
+    np.testing.assert_array_equal(table[3:], by_hand)  # std hidden ** -0.5 = 0.5
+    assert grown["other"] is params["other"]
+    assert paradigms.extend_item_ids(params, model, 3, seed=7) is params  # nothing new
 
 
 # --- Pretrained models as artifacts. ---------------------------------------------------------
@@ -154,18 +167,27 @@ def test_a_loaded_export_fine_tunes_exactly_as_the_run_that_pretrained_it(export
         experiment.train_and_evaluate(config, str(tmp_path / "loaded"))
 
 
-def test_a_newcomer_fine_tunes_from_an_export_of_the_others(tmp_path):
+@pytest.mark.parametrize(
+    "method, key", [("fecosr", "federated_s2ce"), ("fedavg_id", "federated_id_ce")]
+)
+def test_a_newcomer_fine_tunes_from_an_export_of_the_others(tmp_path, method, key):
+    # The item-ID export's vocabulary is a and b's: c's shared items map onto it, and its own
+    # 6 items get new rows (extend_item_ids).
     data = tmp_path / "data"
     write_markets(data)
-    experiment.train_and_evaluate(config_for(data, "c"), str(tmp_path / "federation"))
-    export = tmp_path / "federation" / "pretrained" / "federated_s2ce"
+    federation = config_for(data, "c")
+    federation.update_from_flattened_dict({"methods": method})
+    experiment.train_and_evaluate(federation, str(tmp_path / "federation"))
+    export = tmp_path / "federation" / "pretrained" / key
     config = config_for(data, "")
-    config.update_from_flattened_dict({"data.markets": "c", "pretrained": str(export)})
+    config.update_from_flattened_dict(
+        {"data.markets": "c", "methods": method, "pretrained": str(export)}
+    )
     experiment.train_and_evaluate(config, str(tmp_path / "newcomer"))
     results = json.loads((tmp_path / "newcomer" / "results.json").read_text())
     assert results["markets"] == ["c"] and results["newcomers"] == ["c"]  # by its data
     assert results["pretrained"]["trained_on"] == ["a", "b"]
-    assert np.isfinite(results["methods"]["fecosr"]["c"]["ndcg@10"])
+    assert np.isfinite(results["methods"][method]["c"]["ndcg@10"])
 
 
 @pytest.mark.parametrize(

@@ -292,18 +292,22 @@ def union_vocabulary(splits: Sequence[MarketSplit]) -> np.ndarray:
     return np.unique(np.concatenate([s.item_ids for s in splits]))
 
 
-def to_union_vocabulary(splits: Sequence[MarketSplit]) -> list[MarketSplit]:
-    """The splits re-indexed over the union of their catalogues (items matched by id).
+def to_union_vocabulary(
+    splits: Sequence[MarketSplit], vocabulary: np.ndarray | None = None
+) -> list[MarketSplit]:
+    """The splits re-indexed over one vocabulary (items matched by id).
 
-    Every market then shares one index space 1..V (V = distinct item ids over all markets),
-    as an ID-based model over a shared vocabulary needs; each keeps its own catalogue as
-    `item_mask` [V + 1]. Semantic vectors are dropped (ID-only use).
+    Every market then shares one index space 1..V, as an ID-based model over a shared
+    vocabulary needs; each keeps its own catalogue as `item_mask` [V + 1]. Semantic vectors
+    are dropped (ID-only use). `vocabulary`: [V] item ids in index order (default
+    union_vocabulary(splits)); it must hold every item of the splits.
     """
-    vocab = union_vocabulary(splits)
+    vocab = union_vocabulary(splits) if vocabulary is None else np.asarray(vocabulary)
+    index = {item: i for i, item in enumerate(vocab.tolist(), start=1)}
     out = []
     for s in splits:
         lookup = np.zeros(s.num_items + 1, np.int32)
-        lookup[1:] = np.searchsorted(vocab, s.item_ids) + 1
+        lookup[1:] = [index[item] for item in s.item_ids.tolist()]
         mask = np.zeros(len(vocab) + 1, bool)
         mask[lookup[1:]] = True
         out.append(

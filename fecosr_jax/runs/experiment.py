@@ -260,7 +260,7 @@ def _train(
                         todo.append(run)
                 if not todo:
                     continue
-                reason = paradigms.refusal(method, stacked, splits, trainer.pretrainer.newcomers)
+                reason = paradigms.refusal(method, stacked, splits)
                 if reason is not None:
                     print(f"skipping {method}: {reason}", flush=True)
                     for run in todo:

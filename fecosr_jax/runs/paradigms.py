@@ -37,9 +37,17 @@ import dataclasses
 from collections.abc import Sequence
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
-from fecosr_jax.data.split import MarketSplit, StackedMarkets, stack_markets, to_union_vocabulary
+from fecosr_jax import keys
+from fecosr_jax.data.split import (
+    MarketSplit,
+    StackedMarkets,
+    stack_markets,
+    to_union_vocabulary,
+    union_vocabulary,
+)
 from fecosr_jax.errors import ConfigError
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.federated.privacy import DPConfig
@@ -191,29 +199,12 @@ def takes_the_default_source(methods: Sequence[str]) -> bool:
     return any(base in SOURCE_METHODS and source is None for base, source in parts)
 
 
-def newcomer_refusal(method: str, newcomers: Sequence[str]) -> str | None:
-    """Why a method cannot run with these markets absent from pretraining, or None."""
-    method = split_method(method)[0]
-    kind = SPECS[method].pretraining
-    if newcomers and kind is not None and PRETRAININGS[kind].items == "id":
-        return (
-            f"{method} cannot pretrain without markets {', '.join(newcomers)} yet: its "
-            "vocabulary is the union of every market's catalogue "
-            "(config.data.newcomers)"
-        )
-    return None
-
-
 def refusal(
     method: str,
     stacked: StackedMarkets,
     splits: list[MarketSplit],
-    newcomers: Sequence[str] = (),
 ) -> str | None:
-    """Why a method cannot run on this data (with these markets absent from pretraining),
-    or None."""
-    if reason := newcomer_refusal(method, newcomers):
-        return reason
+    """Why a method cannot run on this data, or None."""
     method = split_method(method)[0]
     if SPECS[method].needs_semantics and stacked.semantics is None:
         return (
@@ -235,16 +226,36 @@ def id_model_config(base: ModelConfig, num_items: int) -> ModelConfig:
 
 
 def id_stacked(
-    splits: list[MarketSplit], multiple: int, keep: list[int] | None = None
+    splits: list[MarketSplit],
+    multiple: int,
+    keep: list[int] | None = None,
+    vocabulary: np.ndarray | None = None,
 ) -> StackedMarkets:
-    """The markets over the union vocabulary of all `splits`, with placeholder semantics
-    [M, V + 1, 1]; `keep` = the indices of the markets to stack (default all)."""
-    union = to_union_vocabulary(splits)
-    if keep is not None:
-        union = [union[i] for i in keep]
+    """The markets over one item vocabulary (default the union of all `splits`' catalogues),
+    with placeholder semantics [M, V + 1, 1]; `keep` = the indices of the markets to stack
+    (default all)."""
+    vocabulary = union_vocabulary(splits) if vocabulary is None else vocabulary
+    chosen = splits if keep is None else [splits[i] for i in keep]
+    union = to_union_vocabulary(chosen, vocabulary)
     stacked = stack_markets(union, num_markets_multiple=multiple)
     zeros = np.zeros((*stacked.item_mask.shape, 1), np.float32)
     return dataclasses.replace(stacked, semantics=zeros)
+
+
+def extend_item_ids(params, model: ModelConfig, num_item_ids: int, seed: int):
+    """`params` of an item-ID `model` with rows appended to its item-ID table up to
+    `num_item_ids`, for the items its pretraining never saw (a newcomer's): drawn like the
+    model's own item-ID init, normal with std item_id_std (0: hidden ** -0.5), from
+    keys.derive(seed, keys.NEW_ITEMS). Fine-tuning then learns them."""
+    table = params["item_ids"]["embedding"]
+    extra = num_item_ids - table.shape[0]
+    if extra <= 0:
+        return params
+    std = model.item_id_std or model.hidden**-0.5
+    key = keys.derive(seed, keys.NEW_ITEMS)
+    rows = std * jax.random.normal(key, (extra, table.shape[1]), table.dtype)
+    item_ids = {**params["item_ids"], "embedding": jnp.concatenate([table, rows])}
+    return {**params, "item_ids": item_ids}
 
 
 def centralized_config(fed: FedConfig) -> FedConfig:

@@ -17,6 +17,7 @@ import functools
 from collections.abc import Callable
 
 import ml_collections
+import numpy as np
 from absl import logging
 from etils import epath
 from jax.sharding import Mesh
@@ -41,7 +42,8 @@ from fecosr_jax.store import pretrained as pretrained_lib
 class Pretraining:
     """What a pretraining kind trains: the model, each run's federated settings
     (`adjust(its own)`), the markets it trains on and for how many rounds, and the stacked
-    markets that fine-tuning and evaluation then use."""
+    markets and model that fine-tuning and evaluation then use (an item-ID model's
+    vocabulary grows there by the items no pretraining market had: `Pretrainer.start`)."""
 
     key: str  # its name in the logs and checkpoints
     model: ModelConfig
@@ -50,6 +52,7 @@ class Pretraining:
     names: list[str]
     num_rounds: int
     stacked: StackedMarkets
+    finetune_model: ModelConfig
 
 
 class Pretrainer:
@@ -107,33 +110,64 @@ class Pretrainer:
         if spec.scope == "source" and source != self.transfer_source:
             key = f"{kind}@{source}"  # its own name in the logs and checkpoints
         if spec.items == "id":
+            known, vocabulary = self.vocabularies()
             if self.id_stacked is None:  # one object: the ID methods fine-tune together
-                self.id_stacked = paradigms.id_stacked(self.splits, multiple)
+                self.id_stacked = paradigms.id_stacked(self.splits, multiple, vocabulary=vocabulary)
             stacked = self.id_stacked
-            model = paradigms.id_model_config(self.model, stacked.item_mask.shape[1] - 1)
+            model = paradigms.id_model_config(self.model, len(known))
+            finetune_model = paradigms.id_model_config(self.model, len(vocabulary))
         else:
-            stacked, model = self.stacked, self.model
+            stacked, model, finetune_model = self.stacked, self.model, self.model
         train, trained_on = stacked, names
         if spec.scope == "source":
             trained_on, keep = [source], names.index(source)
             train = (
-                paradigms.id_stacked(self.splits, multiple, keep=[keep])
+                paradigms.id_stacked(self.splits, multiple, keep=[keep], vocabulary=known)
                 if spec.items == "id"
                 else stack_markets([self.splits[keep]], num_markets_multiple=multiple)
             )
         elif self.newcomers:  # only the members' data: newcomers send nothing
-            assert spec.items == "text", "paradigms.refusal skips item-ID methods here"
             trained_on = self.members
-            members = [self.splits[i] for i in self._keep]
-            train = stack_markets(members, num_markets_multiple=multiple)
+            train = (
+                paradigms.id_stacked(self.splits, multiple, keep=self._keep, vocabulary=known)
+                if spec.items == "id"
+                else stack_markets(
+                    [self.splits[i] for i in self._keep], num_markets_multiple=multiple
+                )
+            )
         rounds = self.config.num_rounds
         if spec.scope == "pooled":
             rounds *= self.fed.local_steps  # as many gradient steps per market
         adjust = functools.partial(paradigms.adjust, spec)
         self.pretrainings[(kind, source)] = Pretraining(
-            key, model, adjust, train, trained_on, rounds, stacked
+            key, model, adjust, train, trained_on, rounds, stacked, finetune_model
         )
         return self.pretrainings[(kind, source)]
+
+    def vocabularies(self) -> tuple[np.ndarray, np.ndarray]:
+        """The item-ID models' vocabularies, item ids in index order: (what pretraining
+        knows, what fine-tuning uses). Pretraining knows the catalogues of the markets that
+        pretrain (or a loaded item-ID export's vocabulary); fine-tuning appends every other
+        item of the run's markets, sorted. Without newcomers the two are the union of every
+        catalogue."""
+        items = self.loaded.meta["items"] if self.loaded is not None else {}
+        if items.get("kind") == "id":
+            known = np.asarray(items["vocabulary"])
+        else:
+            known = union_vocabulary([self.splits[i] for i in self._keep])
+        rest = np.setdiff1d(union_vocabulary(self.splits), known)
+        return known, np.concatenate([known, rest]) if rest.size else known
+
+    def start(self, p: Pretraining, run: groups.Run):
+        """The parameters `run` fine-tunes pretraining `p`'s methods from: its pretrained
+        ones, an item-ID table grown by the items no pretraining market had
+        (paradigms.extend_item_ids)."""
+        params = self.pretrained[(p.key, run.workdir)]
+        if p.finetune_model.num_item_ids > p.model.num_item_ids:
+            params = paradigms.extend_item_ids(
+                params, p.model, p.finetune_model.num_item_ids, run.seed
+            )
+        return params
 
     def privacy_plan(self, p: Pretraining, fed: FedConfig) -> privacy.Plan | None:
         """The privacy plan of pretraining `p` with settings `fed` (None with DP off): planned
@@ -154,14 +188,11 @@ class Pretrainer:
         return self.plans[(p.key, fed.dp)]
 
     def needed(self, methods: list[str]) -> list[Pretraining]:
-        """The pretrainings `methods` need, each once (but the item-ID ones, with newcomers:
-        paradigms.refusal skips their methods)."""
+        """The pretrainings `methods` need, each once."""
         out: dict[str, Pretraining] = {}
         for method in methods:
             base, source = paradigms.split_method(method)
             kind = paradigms.SPECS[base].pretraining
-            if kind is not None and paradigms.newcomer_refusal(method, self.newcomers):
-                continue
             if kind is not None:
                 p = self.pretraining(kind, source)
                 out[p.key] = p
@@ -214,7 +245,7 @@ class Pretrainer:
         """What a market's items enter pretraining `p`'s model through: the vocabulary of an
         item-ID model, or the semantic vectors' source, dimension and what decides them."""
         if paradigms.PRETRAININGS[p.key.partition("@")[0]].items == "id":
-            return {"kind": "id", "vocabulary": union_vocabulary(self.splits).tolist()}
+            return {"kind": "id", "vocabulary": self.vocabularies()[0].tolist()}
         data = typed_configs.data(self.config)
         source = sources.semantic_source(data)
         out = {"kind": "text", "semantics": source, "dim": int(p.train.semantics.shape[-1])}

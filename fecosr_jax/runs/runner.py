@@ -72,7 +72,7 @@ class Runner:
         if kind is None:
             return self._local_base
         p = self.pretrainer.pretraining(kind, source)
-        return p.model, p.stacked
+        return p.finetune_model, p.stacked
 
     def program_key(self, method: str) -> tuple:
         """Methods with equal keys fine-tune (or evaluate) with one compiled program on the
@@ -128,7 +128,7 @@ class Runner:
         for method, run in items:
             base, source = paradigms.split_method(method)
             p = self.pretrainer.pretraining(paradigms.SPECS[base].pretraining, source)
-            parts.append(self.pretrainer.pretrained[(p.key, run.workdir)])
+            parts.append(self.pretrainer.start(p, run))
         return groups.stack(parts)
 
     def _run_classes(self, classes: list[list[tuple[str, groups.Run]]]) -> list[dict]:

@@ -136,15 +136,6 @@ def check_fits(export: Export, model: ModelConfig, items: dict) -> None:
     if differ:
         raise ConfigError(f"{where}: another architecture: {'; '.join(differ[:3])}")
     theirs = export.meta["items"]
-    if theirs.get("kind") == "id" == items.get("kind"):
-        new = len(set(items["vocabulary"]) - set(theirs["vocabulary"]))
-        if theirs["vocabulary"] != items["vocabulary"]:
-            raise ConfigError(
-                f"{where}: an item-ID model over another vocabulary ({new} of this run's "
-                f"{len(items['vocabulary'])} items are not in its {len(theirs['vocabulary'])}); "
-                "item-ID models load only onto the catalogues they pretrained on"
-            )
-        return
     mine = json.loads(json.dumps(items))
     differ = [f"items.{k} is {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in
               sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]  # fmt: skip
