@@ -236,3 +236,13 @@ def test_a_missing_or_changed_export_is_refused_in_one_line(exported, tmp_path):
     assert out.returncode == 2 and out.stderr.count("\n") == 1, out.stderr
     assert "do not match the fingerprint in pretrained.json" in out.stderr
     assert not (tmp_path / "w").exists()
+
+
+def test_an_export_under_a_relative_workdir_is_written_and_read(tmp_path, monkeypatch):
+    # orbax takes absolute paths only: the main job's workdir (workdir/default) is relative.
+    monkeypatch.chdir(tmp_path)
+    params = {"w": np.arange(6, dtype=np.float32).reshape(2, 3)}
+    pretrained_lib.write("workdir/pretrained/x", params, {"key": "x", "kind": "x"})
+    export = pretrained_lib.read("workdir/pretrained/x")
+    np.testing.assert_array_equal(export.params(params)["w"], params["w"])
+    assert export.meta["fingerprint"] == pretrained_lib.fingerprint(params)

@@ -22,6 +22,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
+import os
 from typing import Any
 
 import jax
@@ -31,7 +32,7 @@ from etils import epath
 from fecosr_jax.errors import BadInput, ConfigError
 from fecosr_jax.model import ModelConfig
 from fecosr_jax.store import checkpoint_layout
-from fecosr_jax.store.files import write_text_atomic
+from fecosr_jax.store.files import is_remote, write_text_atomic
 
 FORMAT = "fecosr_jax.pretrained/1"
 META = "pretrained.json"
@@ -55,7 +56,7 @@ class Export:
         """The parameters, restored with the structure, shapes and dtypes of `like` (a model's
         initial parameters); refused (BadInput) when they differ or their bytes do not match
         the fingerprint."""
-        path = epath.Path(self.directory) / "params"
+        path = _path(self.directory) / "params"
         target = jax.tree.map(ocp.utils.to_shape_dtype_struct, like)
         try:
             params = ocp.StandardCheckpointer().restore(path, target)
@@ -72,6 +73,12 @@ class Export:
         return params
 
 
+def _path(directory) -> epath.Path:
+    """`directory` as orbax needs it: absolute (a local path), or as given (gs://)."""
+    directory = str(directory)
+    return epath.Path(directory if is_remote(directory) else os.path.abspath(directory))
+
+
 def fingerprint(params) -> str:
     """One BLAKE2b digest of every parameter's exact bytes (checkpoint_layout.fingerprint)."""
     leaves = ",".join(checkpoint_layout.fingerprint(params))
@@ -85,7 +92,7 @@ def write(directory, params, meta: dict, *, primary: bool = True) -> None:
     parameters are written before pretrained.json, which marks the export whole. In a run of
     several processes every one calls it (orbax's save is collective) and the `primary` one
     writes the files."""
-    directory = epath.Path(directory)
+    directory = _path(directory)
     meta = {"format": FORMAT, **meta, "fingerprint": fingerprint(params)}
     path = directory / META
     if path.exists() and json.loads(path.read_text()) == meta:
