@@ -5,6 +5,7 @@ per run with its results.json, ranks.npz, training.json and config.json)."""
 from __future__ import annotations
 
 import pathlib
+import statistics
 
 from experiments.tables.results import RAW
 from fecosr_jax.report import sweep_results
@@ -35,11 +36,11 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
     cells = point["methods"][method]["markets"]
     lines = sweep_results.newcomers_table(cells)
     gains = [c["newcomer"] for c in cells.values()]
-    kept = sorted(c["kept"] for c in cells.values() if c["kept"] is not None)
+    kept = [c["kept"] for c in cells.values() if c["kept"] is not None]
     worse = [c["newcomer_vs_member"] for c in cells.values()]
-    median = f"{kept[len(kept) // 2]:.0%}" if kept else "-"
-    detectable = sorted(w["detectable"] for w in worse if w.get("detectable") is not None)
-    could = f"{detectable[len(detectable) // 2]:.4f}" if detectable else "-"
+    median = f"{statistics.median(kept):.0%}" if kept else "-"
+    detectable = [w["detectable"] for w in worse if w.get("detectable") is not None]
+    could = f"{statistics.median(detectable):.4f}" if detectable else "-"
     lines += [
         "",
         f"{len(cells)} markets held out in turn, seeds {', '.join(map(str, point['seeds']))}: "
