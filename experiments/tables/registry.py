@@ -9,7 +9,7 @@ import functools
 from collections.abc import Callable
 
 from experiments.tables import bench as bench_tables
-from experiments.tables import bench_h200, bench_runs, families
+from experiments.tables import bench_h200, bench_runs, families, newcomers
 from experiments.tables import privacy as privacy_tables
 from experiments.tables import results as results_tables
 from experiments.tables import sweeps as sweep_tables
@@ -43,6 +43,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "alpha_ml100k": sweep_tables.alpha_ml100k,
     "soft_labels_ml100k": sweep_tables.soft_labels_ml100k,
     "stopping": sweep_tables.stopping,
+    "newcomers_default": newcomers.newcomers_default,
     **{name: functools.partial(privacy_tables.probe_table, name) for name in privacy_tables.PROBES},
     **{name: functools.partial(privacy_tables.curve_table, name) for name in privacy_tables.CURVES},
     "bench_round_reference": bench_tables.bench_round_reference,
