@@ -31,7 +31,7 @@ from etils import epath
 
 from fecosr_jax.errors import BadInput, ConfigError
 from fecosr_jax.model import ModelConfig
-from fecosr_jax.store import checkpoint_layout
+from fecosr_jax.store import checkpoint_layout, resume
 from fecosr_jax.store.files import is_remote, write_text_atomic
 
 FORMAT = "fecosr_jax.pretrained/1"
@@ -134,17 +134,13 @@ def model_fields(model: ModelConfig) -> dict[str, Any]:
 def check_fits(export: Export, model: ModelConfig, items: dict) -> None:
     """Refuses (ConfigError, one line) an export whose architecture or item space differs
     from the run's (`model`, `items`: what the run would pretrain), naming the first fields
-    that differ."""
+    that differ (resume.changed_fields: nested fields by their dotted names)."""
     where = f"config.pretrained={export.directory}"
-    mine = json.loads(json.dumps(model_fields(model)))
-    theirs = export.meta["model"]
-    differ = [f"model.{k} is {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in
-              sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]  # fmt: skip
-    if differ:
-        raise ConfigError(f"{where}: another architecture: {'; '.join(differ[:3])}")
-    theirs = export.meta["items"]
-    mine = json.loads(json.dumps(items))
-    differ = [f"items.{k} is {theirs.get(k)!r} there, {mine.get(k)!r} here" for k in
-              sorted({*mine, *theirs}) if mine.get(k) != theirs.get(k)]  # fmt: skip
-    if differ:
-        raise ConfigError(f"{where}: another item space: {'; '.join(differ[:3])}")
+    for what, prefix, theirs, mine in (
+        ("architecture", "model.", export.meta["model"], model_fields(model)),
+        ("item space", "items.", export.meta["items"], items),
+    ):
+        changed = resume.changed_fields(theirs, json.loads(json.dumps(mine)), prefix)
+        differ = [f"{k} is {a!r} there, {b!r} here" for k, (a, b) in changed.items()]
+        if differ:
+            raise ConfigError(f"{where}: another {what}: {'; '.join(differ[:3])}")
