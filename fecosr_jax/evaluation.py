@@ -165,6 +165,7 @@ def evaluate(
     seed: int = 0,
     per_market_params: bool = False,
     with_ranks: bool = False,
+    market_index=None,
     mesh=None,
 ) -> dict[str, np.ndarray]:
     """Per-market mean metrics [M] (and "count" [M]) for stacked markets.
@@ -177,6 +178,8 @@ def evaluate(
         there is no user): what the paired tests of fecosr_jax.report.significance need.
       seed: seeds the sampled protocol's negatives; an [R] array evaluates R runs at once
         (params with a leading run axis; every output gains it: [R, M]).
+      market_index: [M] each market's index in the sampled protocol's keys
+        (StackedMarkets.market_index); default its position.
       mesh: a device mesh (fecosr_jax.mesh) whose devices split the markets (M a multiple of
         its size); default one device.
     """
@@ -186,8 +189,12 @@ def evaluate(
     seed = np.asarray(seed, np.int32)  # an argument, not part of the program
     runs = bool(seed.ndim)
     market_spec = mesh_lib.markets(False)
+    if market_index is None:
+        market_index = np.arange(np.shape(inputs)[0])
     data = mesh_lib.put(
-        (inputs, targets, semantics, item_mask, np.arange(np.shape(inputs)[0])), mesh, market_spec
+        (inputs, targets, semantics, item_mask, np.asarray(market_index, np.int32)),
+        mesh,
+        market_spec,
     )
     params = mesh_lib.put(params, mesh, mesh_lib.markets(runs) if per_market_params else P())
     seed = mesh_lib.put(seed, mesh, P())

@@ -42,7 +42,9 @@ seconds per round, the --compare gaps, the client-update cosines).
 --newcomers is leave-one-market-out: each value is a market held out of pretraining (a
 newcomer: it fine-tunes from the model the others pretrained; config.data.newcomers), and
 `none` is the whole federation, so each market is compared as a newcomer and as a member,
-on the same splits and seeds:
+on the same splits and seeds. A held-out point fine-tunes its newcomer alone
+(config.data.finetune_markets), exactly as it would train beside the others, so the sweep
+costs one whole run plus one pretraining and one market's fine-tuning per held-out market:
 
   python launch/sweep.py --newcomers=none,m0000,m0001,m0002 --seeds=0,1,2,3,4 \
       --config=experiments/configs/test.py --workdir=DIR --config.methods=local,fecosr
@@ -187,10 +189,13 @@ def process_name(members: list[dict], part: int) -> str:
 
 def axis_overrides(flag: str, value) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
-    that target ("dp": on, the target a per-run value), or off for inf."""
+    that target ("dp": on, the target a per-run value), or off for inf. A held-out market
+    (newcomers) is also the only market that fine-tunes: the comparison reads only its
+    results, and it trains exactly as beside the others (config.data.finetune_markets)."""
     field = {f: field for f, field, _, _ in AXES}[flag]
-    if flag == "newcomers" and value == "none":
-        return [f"--config.{field}="]
+    if flag == "newcomers":  # a held-out market fine-tunes alone: only its results are read
+        value = "" if value == "none" else value
+        return [f"--config.{field}={value}", f"--config.data.finetune_markets={value}"]
     if flag == "epsilon":
         if value == "dp" or math.isinf(value):
             return [f"--config.federated.dp.enabled={value == 'dp'}"]

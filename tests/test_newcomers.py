@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 
 from experiments.configs import test as test_config
+from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import experiment
 from fecosr_jax.store import pretrained as pretrained_lib
 from fecosr_jax.store import resume
@@ -103,8 +104,12 @@ def test_a_newcomers_data_never_reach_pretraining(tmp_path):
          "transfer@m0002: 'm0002' does not take part in pretraining"),
         (["--config.data.newcomers=m0002", "--config.federated.clients_per_round=3"],
          "clients_per_round=3: this data has 2 markets that pretrain"),
+        (["--config.data.finetune_markets=m0001,m0009"],
+         "config.data.finetune_markets='m0001,m0009': m0009 is not a market of this data"),
+        (["--config.data.finetune_markets=m0001,m0001"], "m0001 twice"),
     ],
-    ids=["unknown", "twice", "all", "source", "method source", "clients"],
+    ids=["unknown", "twice", "all", "source", "method source", "clients", "fine-tune unknown",
+         "fine-tune twice"],
 )  # fmt: skip
 def test_newcomers_that_cannot_be_are_refused_in_one_line(tmp_path, flags, named):
     assert named in refused_by_main(tmp_path / "w", *flags)
@@ -124,6 +129,39 @@ def test_items_no_pretraining_market_had_get_rows_like_the_models_own_init():
     np.testing.assert_array_equal(table[3:], by_hand)  # std hidden ** -0.5 = 0.5
     assert grown["other"] is params["other"]
     assert paradigms.extend_item_ids(params, model, 3, seed=7) is params  # nothing new
+
+
+def test_markets_fine_tuned_alone_train_exactly_as_beside_the_others(tmp_path):
+    # config.data.finetune_markets: a leave-one-market-out point fine-tunes its newcomer
+    # alone. Market a has 30 users, so an epoch is 2 steps for every market (one pass over
+    # the largest), where c alone would take 1; the sampled protocol draws each market's
+    # negatives by its index, which is 2 beside the others and would be 0 alone.
+    data = tmp_path / "data"
+    write_markets(data)
+    extra = [
+        f"a{u} i{(u + k) % 10} 5.0 2020-02-{k + 1:02d}" for u in range(10, 30) for k in range(6)
+    ]
+    with open(data / "ratings_a_x.txt", "a") as f:
+        f.write("\n".join(extra) + "\n")
+    results, ranks = {}, {}
+    for name, chosen in (("whole", ""), ("alone", "c")):
+        config = config_for(data, "c")
+        config.update_from_flattened_dict(
+            {"methods": "local,fecosr,fedavg_id", "data.finetune_markets": chosen,
+             "finetune.max_epochs": 3, "eval.protocol": "sampled99"}
+        )  # fmt: skip
+        experiment.train_and_evaluate(config, str(tmp_path / name))
+        results[name] = json.loads((tmp_path / name / "results.json").read_text())
+        ranks[name] = results_lib.read_ranks(tmp_path / name / "ranks.npz")
+    assert results["whole"]["markets"] == ["a", "b", "c"] and results["alone"]["markets"] == ["c"]
+    for method in ("local", "fecosr", "fedavg_id", "popularity"):
+        assert results["alone"]["methods"][method]["c"] == results["whole"]["methods"][method]["c"]
+        assert list(ranks["alone"][method]) == ["c"]
+        assert ranks["alone"][method]["c"] == ranks["whole"][method]["c"]
+    assert results["whole"]["methods"]["local"]["c"]["best_epoch"] > 0  # it fine-tuned
+    # What it starts from is the same pretraining: the members' only.
+    alone, whole = (final_state(tmp_path / n, PRETRAIN)[1] for n in ("alone", "whole"))
+    assert all(np.array_equal(x, y) for x, y in zip(alone, whole, strict=True))
 
 
 # --- Pretrained models as artifacts. ---------------------------------------------------------

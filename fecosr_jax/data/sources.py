@@ -38,6 +38,11 @@ class DataConfig:
         once; "" = none. They never send anything to pretraining, then fine-tune from the
         model the other markets pretrained and are evaluated like every market
         (docs/design.md §2, "Newcomer markets").
+      finetune_markets: the markets that fine-tune and are evaluated, comma-separated, each
+        once; "" = every market. The others still pretrain (unless newcomers) but are not
+        fine-tuned or reported; each market named trains and is evaluated exactly as in the
+        run that fine-tunes every market (split.select_markets). A leave-one-market-out
+        point fine-tunes its newcomer alone this way.
       dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
       metadata_path: the XMRec metadata folder (item titles); "" = none.
       kcore: k-core filter per market when > 1.
@@ -59,6 +64,7 @@ class DataConfig:
     path: str = ""
     markets: str = ""
     newcomers: str = ""
+    finetune_markets: str = ""
     dataset: str = "ml-100k"
     metadata_path: str = ""
     kcore: int = 0
@@ -91,7 +97,7 @@ class DataConfig:
             "random_dim": (self.random_dim >= 1, "at least 1"),
         }
         check_ranges("config.data", self, checks)
-        for field in ("markets", "newcomers"):
+        for field in ("markets", "newcomers", "finetune_markets"):
             names = _names(getattr(self, field))
             repeated = sorted({m for m in names if names.count(m) > 1})
             if repeated:
@@ -121,6 +127,21 @@ class DataConfig:
         if not members:
             raise ConfigError(f"{where}: every market, so no market would pretrain")
         return members
+
+    def finetune_market_names(self, markets: Sequence[str]) -> list[str]:
+        """The markets of `markets` (the data's, in order) that fine-tune and are evaluated.
+
+        Raises:
+          ConfigError: finetune_markets names a market the data does not have.
+        """
+        chosen = _names(self.finetune_markets)
+        unknown = [m for m in chosen if m not in markets]
+        if unknown:
+            raise ConfigError(
+                f"config.data.finetune_markets={self.finetune_markets!r}: "
+                f"{', '.join(unknown)} is not a market of this data ({', '.join(markets)})"
+            )
+        return [m for m in markets if m in chosen] if chosen else list(markets)
 
 
 def _names(text: str) -> list[str]:

@@ -182,6 +182,9 @@ class StackedMarkets:
       num_users: [M] int32.   num_items: [M] int32.
       num_train_targets: [M] int32, non-padding training targets (the default FedAvg weight).
       market_mask: [M] bool, False for padding markets.
+      market_index: [M] int32, each market's position in the stack it was built as: it seeds
+        the market's random streams, so a selection (`select_markets`) draws what the whole
+        stack draws.
     """
 
     names: tuple[str, ...]
@@ -198,6 +201,7 @@ class StackedMarkets:
     num_items: np.ndarray
     num_train_targets: np.ndarray
     market_mask: np.ndarray
+    market_index: np.ndarray
 
     @property
     def num_markets(self) -> int:
@@ -283,7 +287,24 @@ def stack_markets(
         num_items=(item_mask.sum(axis=1)).astype(np.int32),
         num_train_targets=(train_pairs(train)[1] > 0).sum(axis=(1, 2)).astype(np.int32),
         market_mask=market_mask,
+        market_index=np.arange(total, dtype=np.int32),
     )
+
+
+def select_markets(
+    stacked: StackedMarkets, keep: Sequence[int], *, num_markets_multiple: int = 1
+) -> StackedMarkets:
+    """The markets at positions `keep` of `stacked`, in order, padded to a multiple of
+    `num_markets_multiple` with zero-weight copies of the first. Sizes (users, rows, items)
+    stay those of `stacked`, and each market keeps its `market_index`, so a market trains and
+    is evaluated in the selection exactly as in the whole stack."""
+    real = len(keep)
+    total = -(-real // num_markets_multiple) * num_markets_multiple
+    rows = np.asarray([*keep, *[keep[0]] * (total - real)], np.int64)
+    arrays = {k: v[rows] for k, v in stacked.arrays().items()}
+    arrays["market_mask"] = np.arange(total) < real
+    names = tuple(stacked.names[i] for i in keep) + ("",) * (total - real)
+    return dataclasses.replace(stacked, names=names, **arrays)
 
 
 def union_vocabulary(splits: Sequence[MarketSplit]) -> np.ndarray:

@@ -59,7 +59,7 @@ def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]
         "num_rows": stacked.num_train_rows,
         "semantics": stacked.semantics,
         "item_mask": stacked.item_mask,
-        "market_index": np.arange(stacked.num_markets, dtype=np.int32),
+        "market_index": stacked.market_index,
         "weight": market_weights(stacked, fed.weighting),
     }
 

@@ -53,20 +53,36 @@ def init_market_params(
     shared_params,
     num_markets: int,
     semantic_dim: int,
+    market_index=None,
 ):
     """[M, ...] starting parameters: the pretrained shared part broadcast to every market plus
     a fresh adaptation module each (adapt), the pretrained model (plain), or a fresh model
-    (scratch). One compiled program per architecture and mode (the seed is data)."""
+    (scratch). The fresh parts of the stack's `num_markets` markets are drawn together; with
+    `market_index` ([M] positions in that stack, a selection's) M of them are kept, each what
+    it is in the whole stack. One compiled program per architecture, mode and M (the seed is
+    data)."""
+    if market_index is None:
+        market_index = np.arange(num_markets)
     return _init_market_params(
-        model_config, ft.mode, num_markets, semantic_dim, jax.random.key(ft.seed), shared_params
+        model_config,
+        ft.mode,
+        num_markets,
+        semantic_dim,
+        jax.random.key(ft.seed),
+        shared_params,
+        np.asarray(market_index, np.int32),
     )
 
 
 @functools.partial(jax.jit, static_argnums=(0, 1, 2, 3))
-def _init_market_params(model_config, mode, num_markets, semantic_dim, key, shared_params):
+def _init_market_params(
+    model_config, mode, num_markets, semantic_dim, key, shared_params, market_index
+):
     if mode == "plain":
-        return jax.tree.map(lambda x: jnp.broadcast_to(x, (num_markets, *x.shape)), shared_params)
-    keys = jax.random.split(key, num_markets)
+        return jax.tree.map(
+            lambda x: jnp.broadcast_to(x, (len(market_index), *x.shape)), shared_params
+        )
+    keys = jax.random.split(key, num_markets)[market_index]
     fresh = jax.vmap(lambda k: init_params(model_config, k, semantic_dim))(keys)
     if mode == "scratch":
         return fresh
@@ -92,6 +108,7 @@ def finetune(
     phase: str = "finetune",
     values: FinetuneValues | None = None,
     run_names: list[str] | None = None,
+    steps: int | None = None,
     mesh=None,
 ) -> FinetuneResult:
     """Fine-tunes every market from `params` [M, ...] with early stopping per market.
@@ -112,6 +129,8 @@ def finetune(
         this program at once, each with its own early stopping per market; default ft's own
         values, one run.
       run_names: the runs' names in error messages (default run0, run1, ...).
+      steps: optimiser steps per epoch; default `steps_per_epoch(ft, data["num_rows"])`
+        (a selection of a run's markets passes the whole run's).
       mesh: a device mesh (fecosr_jax.mesh) whose devices split the markets (M a multiple of
         its size); default one device.
 
@@ -123,7 +142,7 @@ def finetune(
     checkpoints = checkpoints or checkpoint.NullPhase()
     num_markets = data["train"].shape[0]
     names = names or [f"m{i}" for i in range(num_markets)]
-    steps = ft.steps_per_epoch or max(1, -(-int(np.max(data["num_rows"])) // ft.batch_size))
+    steps = steps or steps_per_epoch(ft, data["num_rows"])
     program = ft.program()
     values = mesh_lib.put(ft.values() if values is None else values, mesh, P())
     lead = (*np.shape(values.seed), num_markets)  # (M,) or (R, M)
@@ -227,6 +246,12 @@ def finetune(
         stop_epochs(ft, best_epoch, active, last),
         history,
     )
+
+
+def steps_per_epoch(ft: FinetuneConfig, num_rows) -> int:
+    """Optimiser steps per epoch: ft.steps_per_epoch, or one pass over the largest market
+    of `num_rows` [M] (its training rows)."""
+    return ft.steps_per_epoch or max(1, -(-int(np.max(num_rows)) // ft.batch_size))
 
 
 def stop_epochs(ft: FinetuneConfig, best_epoch, active, last: int) -> np.ndarray:

@@ -91,11 +91,14 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
     held out of pretraining (a newcomer) against the same market as a member of the whole
     federation (the point "none" with the same other axes, seeds and splits).
 
-    Per set of the other axes' values, and per method that ran at both points (but local
+    Per set of the other axes' values, and per method that ran at every point (but local
     and popularity): for each held-out market its seed-aware gain over `local` as a member
-    and as a newcomer (results_lib.seed_aware, each over the point's markets as in its own
-    table), the seed-aware test of newcomer against member (the held-out markets one family),
-    and "kept", the newcomer's gain as a share of the member's (None unless the member gains).
+    (results_lib.seed_aware, the markets of the point none one family, as in its own table)
+    and as a newcomer (against the `local` of its own point, the held-out markets one
+    family), the seed-aware test of newcomer against member (the held-out markets one
+    family), and "kept", the newcomer's gain as a share of the member's (None unless the
+    member gains). A held-out point needs only its newcomer's ranks: launch/sweep.py
+    fine-tunes it alone (config.data.finetune_markets).
 
     Returns:
       [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
@@ -126,38 +129,42 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
         if len(pooled) != len(by_value) or len(seeds) != 1:
             continue  # a point without ranks, or points over other seeds: nothing paired
         whole = pooled.pop("none")[1]
-        names = list(whole["local"])
-        member = results_lib.seed_aware(whole, names)
+        member = results_lib.seed_aware(whole, list(whole["local"]))
+        held = list(pooled)
         methods: dict[str, dict] = {}
-        for market, (_, ranks_new) in pooled.items():
-            newcomer = results_lib.seed_aware(ranks_new, list(ranks_new["local"]))
-            for method in newcomer:
-                if method in ("popularity",) or method not in member:
-                    continue
-                entry = methods.setdefault(method, {"test": member[method]["test"], "markets": {}})
-                entry["markets"][market] = {
-                    "member": member[method]["markets"][market],
-                    "newcomer": newcomer[method]["markets"][market],
+        for method in member:
+            if method == "popularity" or not all(
+                {method, "local"} <= set(pooled[m][1]) for m in held
+            ):
+                continue
+            newcomer = {m: pooled[m][1][method][m] for m in held}
+            gains = _versus(newcomer, {m: pooled[m][1]["local"][m] for m in held})  # own point's
+            below = _versus(newcomer, {m: whole[method][m] for m in held})
+            by_market = {}
+            for m in held:
+                cell = {
+                    "member": member[method]["markets"][m],
+                    "newcomer": gains[m],
+                    "newcomer_vs_member": below.get(m),
                 }
-        for method, entry in methods.items():
-            by_market = entry["markets"]
-            held = list(by_market)
-            versus = results_lib.seed_aware(
-                {
-                    "member": {m: whole[method][m] for m in held},
-                    "newcomer": {m: pooled[m][1][method][m] for m in held},
-                },
-                held,
-                reference="member",
-            ).get("newcomer", {"markets": {}})
-            for m, cell in by_market.items():
-                cell["newcomer_vs_member"] = versus["markets"].get(m)
                 gain, kept = cell["member"]["diff"], cell["newcomer"]["diff"]
                 cell["kept"] = results_lib.clean(kept / gain) if gain > 0 else None
+                by_market[m] = cell
+            methods[method] = {"test": member[method]["test"], "markets": by_market}
         out.append(
             {**dict(zip(others, key, strict=True)), "seeds": list(seeds.pop()), "methods": methods}
         )
     return out
+
+
+def _versus(newcomer: dict, reference: dict) -> dict:
+    """{market: ranks} of newcomers against `reference`'s, the seed-aware test in each
+    market, the markets one family: {market: test}."""
+    markets = list(newcomer)
+    test = results_lib.seed_aware(
+        {"reference": reference, "newcomer": newcomer}, markets, reference="reference"
+    )
+    return test.get("newcomer", {"markets": {}})["markets"]
 
 
 def summarise(

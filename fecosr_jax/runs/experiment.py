@@ -220,7 +220,7 @@ def _train(
     """Trains and evaluates the runs of a checked group, whose workdirs this process holds,
     and puts each run's (results, ranks) in `finished`."""
     primary = distributed.is_primary()
-    names = [m.name for m in markets]
+    names = trainer.finetuned  # the markets reported (config.data.finetune_markets)
     methods = trainer.methods
     for run in runs:
         if run.checkpoints.resuming:
@@ -293,9 +293,10 @@ def _train(
             if run.log is not None:
                 run.log.close()
             run.checkpoints.close()
+    evaluated = trainer.evaluated(stacked)
     with times.phase("evaluating"):
         pop = evaluation.evaluate_popularity(
-            stacked.train, stacked.test_targets, stacked.item_mask, with_ranks=True
+            evaluated.train, evaluated.test_targets, evaluated.item_mask, with_ranks=True
         )
     pop_ranks = _ranks_by_market(names, pop.pop("ranks"))
     pop_table = results_lib.per_market_table(names, pop)

@@ -26,7 +26,7 @@ import functools
 import numpy as np
 
 from fecosr_jax import evaluation, mesh, progress
-from fecosr_jax.data.split import StackedMarkets
+from fecosr_jax.data.split import StackedMarkets, select_markets
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.finetune import loop as finetune_loop
 from fecosr_jax.finetune.config import model_config_for
@@ -50,6 +50,22 @@ class Runner:
         self.pretrainer = pretraining.Pretrainer(
             config, splits, stacked, names, self.methods, self.mesh, self.times
         )
+        # The markets that fine-tune and are evaluated (config.data.finetune_markets).
+        self.finetuned = typed_configs.data(config).finetune_market_names(names)
+        self._selections: dict[int, StackedMarkets] = {}
+
+    def evaluated(self, stacked: StackedMarkets) -> StackedMarkets:
+        """`stacked` (the run's markets) cut to the markets that fine-tune and are evaluated
+        (split.select_markets: each as in the whole stack); `stacked` itself when they are
+        all. One object per stacked object: `program_key` tells markets apart by identity."""
+        if self.finetuned == self.names:
+            return stacked
+        if id(stacked) not in self._selections:
+            keep = [self.names.index(n) for n in self.finetuned]
+            self._selections[id(stacked)] = select_markets(
+                stacked, keep, num_markets_multiple=self.mesh.devices.size
+            )
+        return self._selections[id(stacked)]
 
     @functools.cached_property
     def _local_base(self) -> tuple[ModelConfig, StackedMarkets]:
@@ -138,7 +154,8 @@ class Runner:
         runs = [run for _, run in items]
         grouped = len(items) > 1
         method = items[0][0]
-        model, stacked = self._base(method)
+        model, whole = self._base(method)
+        stacked = self.evaluated(whole)
         mode = paradigms.SPECS[paradigms.split_method(method)[0]].finetune
         params = self._params(items)
         ev = self.config.eval
@@ -149,6 +166,7 @@ class Runner:
             mask_seen=ev.mask_seen,
             seed=np.asarray(seeds, np.int32) if grouped else seeds[0],
             with_ranks=True,
+            market_index=stacked.market_index,
             mesh=self.mesh,  # each device evaluates its own markets
         )
         test = (stacked.test_inputs, stacked.test_targets, stacked.semantics, stacked.item_mask)
@@ -166,12 +184,14 @@ class Runner:
                 model,
                 ft,
                 None if params is None else groups.run_part(params, i, grouped),
-                stacked.num_markets,
+                whole.num_markets,
                 stacked.semantics.shape[-1],
+                market_index=stacked.market_index,
             )
             for i, ft in enumerate(fts)
         ]
-        real = len(self.names)
+        names = self.finetuned
+        real = len(names)
 
         def on_epoch(epoch, ndcg, loss, active):
             for i, members in enumerate(classes):
@@ -182,9 +202,9 @@ class Runner:
                         results_lib.clean(np.mean(lo[:real][a[:real]])) if a[:real].any() else None
                     ),
                     "markets_active": int(a[:real].sum()),
-                    "markets_stopped": [name for j, name in enumerate(self.names) if not a[j]],
+                    "markets_stopped": [name for j, name in enumerate(names) if not a[j]],
                     "market_valid_ndcg@10": {
-                        name: results_lib.clean(n[j]) for j, name in enumerate(self.names)
+                        name: results_lib.clean(n[j]) for j, name in enumerate(names)
                     },
                 }
                 for m, run in members:
@@ -205,12 +225,13 @@ class Runner:
                 data,
                 on_epoch=on_epoch,
                 checkpoints=checkpoint.group_phase(phases),
-                names=[*self.names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
+                names=[*names, *(f"padding{i}" for i in range(stacked.num_markets - real))],
                 phase="finetune_" + "+".join(methods),
                 values=values,
                 run_names=[
                     f"{run.label} {m}".strip() if several else run.label for m, run in items
                 ],
+                steps=finetune_loop.steps_per_epoch(fts[0], whole.num_train_rows),
                 mesh=self.mesh,  # each device fine-tunes its own markets
             )
         with self.times.phase("evaluating"):

@@ -47,6 +47,7 @@ ADDED_FIELDS = {
     "finetune.min_budget": 0.0,  # runs before it stopped on patience alone
     "data.newcomers": "",  # runs before it pretrained on every market
     "pretrained": "",  # runs before it pretrained in the run
+    "data.finetune_markets": "",  # runs before it fine-tuned every market
 }
 
 
