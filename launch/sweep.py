@@ -43,7 +43,7 @@ seconds per round, the --compare gaps, the client-update cosines).
 newcomer: it fine-tunes from the model the others pretrained; config.data.newcomers), and
 `none` is the whole federation, so each market is compared as a newcomer and as a member,
 on the same splits and seeds. A held-out point fine-tunes its newcomer alone
-(config.data.finetune_markets), exactly as it would train beside the others, so the sweep
+(config.data.finetune_markets), as it would train beside the others, so the sweep
 costs one whole run plus one pretraining and one market's fine-tuning per held-out market:
 
   python launch/sweep.py --newcomers=none,m0000,m0001,m0002 --seeds=0,1,2,3,4 \
@@ -191,7 +191,7 @@ def axis_overrides(flag: str, value) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
     that target ("dp": on, the target a per-run value), or off for inf. A held-out market
     (newcomers) is also the only market that fine-tunes: the comparison reads only its
-    results, and it trains exactly as beside the others (config.data.finetune_markets)."""
+    results, and it trains as beside the others (config.data.finetune_markets)."""
     field = {f: field for f, field, _, _ in AXES}[flag]
     if flag == "newcomers":  # a held-out market fine-tunes alone: only its results are read
         value = "" if value == "none" else value

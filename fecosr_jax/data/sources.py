@@ -40,9 +40,10 @@ class DataConfig:
         (docs/design.md §2, "Newcomer markets").
       finetune_markets: the markets that fine-tune and are evaluated, comma-separated, each
         once; "" = every market. The others still pretrain (unless newcomers) but are not
-        fine-tuned or reported; each market named trains and is evaluated exactly as in the
-        run that fine-tunes every market (split.select_markets). A leave-one-market-out
-        point fine-tunes its newcomer alone this way.
+        fine-tuned or reported; each market named trains and is evaluated as in the run
+        that fine-tunes every market, on the same data, keys and epoch length
+        (split.select_markets), up to rounding. A leave-one-market-out point fine-tunes its
+        newcomer alone this way.
       dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
       metadata_path: the XMRec metadata folder (item titles); "" = none.
       kcore: k-core filter per market when > 1.

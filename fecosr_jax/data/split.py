@@ -297,7 +297,8 @@ def select_markets(
     """The markets at positions `keep` of `stacked`, in order, padded to a multiple of
     `num_markets_multiple` with zero-weight copies of the first. Sizes (users, rows, items)
     stay those of `stacked`, and each market keeps its `market_index`, so a market trains and
-    is evaluated in the selection exactly as in the whole stack."""
+    is evaluated in the selection as in the whole stack: the same computation, which XLA
+    compiles into another program (bit for bit on the test config; docs/design.md §2)."""
     real = len(keep)
     total = -(-real // num_markets_multiple) * num_markets_multiple
     rows = np.asarray([*keep, *[keep[0]] * (total - real)], np.int64)
