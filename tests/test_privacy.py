@@ -356,9 +356,77 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
         assert e["epsilon"] == privacy._epsilon(0.8, users, 4, 8, e["delta"], e["steps"])
     md = (tmp_path / "results.md").read_text()
     assert md.count("- `federated_s2ce` m000") == 3
+    # One release per market: the whole run's epsilon is that release's.
+    for name, whole in results["privacy_composed"].items():
+        assert whole["releases"] == ["federated_s2ce"] and whole["steps"] == report[name]["steps"]
+        assert whole["epsilon"] == pytest.approx(report[name]["epsilon"], abs=1e-6)
+    assert "Each market over the whole run" in md
     out = capsys.readouterr().out
     last = max(e["epsilon"] for e in report.values())
     assert "federated_s2ce pretrain 4/4: " in out and f"epsilon {last:.4f}" in out
+
+
+def test_releases_compose_and_a_target_is_met_by_their_composition():
+    """privacy.composed_epsilon: two releases of s steps each are one of 2s steps (the
+    accountant's own composition), and a plan for a market that two private pretrainings use
+    is calibrated so that both together meet the target (each alone stays well below it)."""
+    kw = dict(batch_size=16, local_steps=2, num_rounds=10, train_windows=1)
+    dp = privacy.DPConfig(enabled=True, target_epsilon=2.0, expected_batch_size=8)
+    once, twice = (privacy.plan(dp, ["a"], [400], releases=[n], **kw) for n in (1, 2))
+    assert twice.noise_multiplier[0] > once.noise_multiplier[0]
+    entry = twice.report([10])["a"]
+    together = privacy.composed_epsilon([entry, entry], entry["delta"])
+    assert 1.9 < together <= 2.0 and entry["epsilon"] < 0.75 * together
+    assert together == pytest.approx(
+        privacy.epsilon(entry["noise_multiplier"], 400, 8, 16, entry["delta"], 40), rel=1e-9
+    )
+    assert privacy.composed_epsilon([entry], entry["delta"]) == pytest.approx(
+        entry["epsilon"], rel=1e-9
+    )
+
+
+def test_a_run_reports_each_markets_epsilon_composed_over_its_releases(tmp_path):
+    """A DP run of the test config with two private pretrainings (fecosr's S²CE and
+    fedavg_ce's CE) and a pooled one (centralized): each market's whole-run epsilon is the
+    composition of the two private releases, which meets the target; dp_accounting
+    recomputes it within 10% from the reported q, sigma, steps, E, T and delta alone (at a
+    finer discretisation; with 40 users, E 4 and T 8 truncation matters: the plain Poisson
+    event would give about half); the pooled pretraining makes every market not private,
+    and results.md says so."""
+    import json
+
+    import dp_accounting
+
+    from experiments.configs import test as test_config
+    from fecosr_jax.runs import experiment
+
+    config = test_config.get_config()
+    config.methods, config.num_rounds, config.finetune.max_epochs = "fecosr,fedavg_ce", 3, 1
+    config.federated.dp.update(enabled=True, target_epsilon=4.0, expected_batch_size=4)
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    experiment.train_and_evaluate(config, str(tmp_path / "two"))
+    results = json.loads((tmp_path / "two" / "results.json").read_text())
+    for name, whole in results["privacy_composed"].items():
+        entries = [results["privacy"][k][name] for k in ("federated_ce", "federated_s2ce")]
+        assert whole["releases"] == ["federated_ce", "federated_s2ce"]
+        assert 3.8 < whole["epsilon"] <= 4.0 and all(e["epsilon"] < 3.2 for e in entries)
+        accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
+        for e in entries:
+            event = dp_accounting.TruncatedSubsampledGaussianDpEvent(
+                dataset_size=round(e["expected_batch_size"] / e["sampling_rate"]),
+                sampling_probability=e["sampling_rate"],
+                truncated_batch_size=e["truncated_batch_size"],
+                noise_multiplier=e["noise_multiplier"],
+            )
+            accountant.compose(event, e["steps"])
+        assert accountant.get_epsilon(whole["delta"]) == pytest.approx(whole["epsilon"], rel=0.1)
+    config.methods = "fecosr,centralized"
+    experiment.train_and_evaluate(config, str(tmp_path / "pooled"))
+    results = json.loads((tmp_path / "pooled" / "results.json").read_text())
+    for whole in results["privacy_composed"].values():
+        assert whole["epsilon"] is None and whole["not_private"] == ["central_s2ce"]
+    md = (tmp_path / "pooled" / "results.md").read_text()
+    assert md.count("not private (`central_s2ce` pools its raw data)") == 3
 
 
 def test_runs_with_different_noise_multipliers_train_together_as_alone(stacked):

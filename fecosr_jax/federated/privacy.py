@@ -179,6 +179,75 @@ def epsilon(sigma, users, expected, truncated, delta, steps, interval=None) -> f
 _epsilon = functools.lru_cache(maxsize=4096)(epsilon)  # calibration asks for the same ones
 
 
+def composed_epsilon(releases: Sequence[dict], delta: float) -> float:
+    """The epsilon at `delta` of every release of one market's data in a run, composed.
+
+    Each release is one pretraining's entry for the market (`Plan.report`: noise multiplier,
+    sampling rate, expected and truncated batch, steps), each of its steps the truncated
+    Poisson subsampled Gaussian event; dp_accounting's PLD accountant composes them (add or
+    remove one user, as jax_privacy's; discretisation `pld_interval` of all the steps). One
+    release gives its own epsilon."""
+    import dp_accounting
+
+    steps = sum(int(r["steps"]) for r in releases)
+    if steps == 0:
+        return 0.0
+    if any(r["noise_multiplier"] == 0 and r["steps"] for r in releases):
+        return math.inf
+    accountant = dp_accounting.pld.PLDAccountant(
+        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
+        value_discretization_interval=pld_interval(steps),
+    )
+    for r in releases:
+        if r["steps"]:
+            event = dp_accounting.TruncatedSubsampledGaussianDpEvent(
+                dataset_size=round(r["expected_batch_size"] / r["sampling_rate"]),
+                sampling_probability=r["sampling_rate"],
+                truncated_batch_size=r["truncated_batch_size"],
+                noise_multiplier=r["noise_multiplier"],
+            )
+            accountant.compose(event, int(r["steps"]))
+    return float(accountant.get_epsilon(delta))
+
+
+def run_report(
+    per_pretraining: dict[str, dict[str, dict]], not_private: dict[str, Sequence[str]]
+) -> dict[str, dict]:
+    """results.json's "privacy_composed": per market, every release of its data in one run.
+
+    Args:
+      per_pretraining: {pretraining: {market: its Plan.report entry}}, the private releases
+        (a loaded export's included: its users' data are in the model too).
+      not_private: {pretraining: its markets} of releases without DP (pooled data).
+
+    Returns:
+      {market: {"epsilon" (composed_epsilon at the market's delta; None where a release is
+      not private), "delta", "releases", "not_private" (when any), "steps", "accountant"}}.
+    """
+    by_market: dict[str, dict[str, dict]] = {}
+    for key, markets in per_pretraining.items():
+        for name, entry in markets.items():
+            by_market.setdefault(name, {})[key] = entry
+    for names in not_private.values():
+        for name in names:
+            by_market.setdefault(name, {})
+    out = {}
+    for name, entries in by_market.items():
+        raw = sorted(k for k, names in not_private.items() if name in names)
+        steps = sum(int(e["steps"]) for e in entries.values())
+        delta = min((e["delta"] for e in entries.values()), default=None)
+        epsilon = None if raw else composed_epsilon(list(entries.values()), delta)
+        out[name] = {
+            "epsilon": None if epsilon is None or math.isinf(epsilon) else round(epsilon, 6),
+            "delta": delta,
+            "releases": sorted(entries),
+            **({"not_private": raw} if raw else {}),
+            "steps": steps,
+            "accountant": accountant_name(steps),
+        }
+    return out
+
+
 def default_delta(users: int) -> float:
     return 1.0 / (10.0 * users)
 
@@ -192,10 +261,14 @@ def plan(
     local_steps: int,
     num_rounds: int,
     train_windows: int,
+    releases: Sequence[int] | None = None,
 ) -> Plan:
     """Each market's sampling rate, delta and noise multiplier (calibrated to
-    dp.target_epsilon over all num_rounds * local_steps steps when it is set). Settings that
-    cannot hold are refused (ConfigError) before anything trains."""
+    dp.target_epsilon over all num_rounds * local_steps steps when it is set). `releases`:
+    per market, how many private pretrainings of the run (this one included, each of as many
+    steps) release its data; the target is then met by their composition, so each is
+    calibrated over releases x the steps (default 1 each). Settings that cannot hold are
+    refused (ConfigError) before anything trains."""
     try:
         import jax_privacy  # noqa: F401
     except ImportError:
@@ -222,11 +295,14 @@ def plan(
             )
     delta = np.asarray([dp.delta or default_delta(int(u)) for u in users])
     steps = num_rounds * local_steps
+    releases = [1] * len(names) if releases is None else [int(r) for r in releases]
     if dp.target_epsilon:
         sigma = np.asarray(
             [
-                _calibrate(dp.target_epsilon, int(u), expected, batch_size, float(d), steps, name)
-                for name, u, d in zip(names, users, delta, strict=True)
+                _calibrate(
+                    dp.target_epsilon, int(u), expected, batch_size, float(d), steps * n, name
+                )
+                for name, u, d, n in zip(names, users, delta, releases, strict=True)
             ]
         )
     else:

@@ -34,6 +34,23 @@ def privacy_markdown(report: dict) -> list[str]:
     return lines
 
 
+def composed_privacy_markdown(report: dict) -> list[str]:
+    """results.md's lines on each market's whole run: every release of its data composed."""
+    lines = ["", "Each market over the whole run (every pretraining that used its data, composed):"]
+    for name, e in report.items():
+        releases = ", ".join(f"`{k}`" for k in e["releases"])
+        if e.get("not_private"):
+            raw = ", ".join(f"`{k}`" for k in e["not_private"])
+            lines.append(f"- {name}: not private ({raw} pools its raw data)")
+        else:
+            epsilon = "inf" if e["epsilon"] is None else f"{e['epsilon']:.3g}"
+            lines.append(
+                f"- {name}: epsilon {epsilon} at delta {e['delta']:.2g} "
+                f"({releases}; {e['steps']} steps)"
+            )
+    return lines
+
+
 # Markers of a seed-aware test (report.results.seed_aware): ▲ / ▼ with two seeds or more;
 # with one seed the verdict is about one trained model and gets hollow markers.
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
@@ -246,6 +263,8 @@ def results_markdown(results: dict) -> str:
         lines += ["", summary.soft_labels_markdown(results["soft_labels"])]
     if results.get("privacy"):
         lines += privacy_markdown(results["privacy"])
+    if results.get("privacy_composed"):
+        lines += composed_privacy_markdown(results["privacy_composed"])
     lines += [
         "",
         "HR@10 / MRR@10 (user-weighted mean): "

@@ -254,6 +254,7 @@ def results(
     transfer_source: str | None,
     soft_labels: dict,
     privacy: dict | None = None,
+    privacy_composed: dict | None = None,
     seeds: list[int] | None = None,
     std: dict | None = None,
     over_seeds: dict | None = None,
@@ -283,6 +284,8 @@ def results(
         out["vs_local"][method]["over_seeds"] = test
     if privacy is not None:
         out["privacy"] = privacy
+    if privacy_composed is not None:
+        out["privacy_composed"] = privacy_composed
     if newcomers:
         out["newcomers"] = list(newcomers)
     if pretrained is not None:
@@ -335,6 +338,11 @@ def combine_seeds(per_seed: list[dict], seeds: list[int], ranks: dict) -> dict:
         privacy=(
             worst_privacy([r.get("privacy", {}) for r in per_seed])
             if any("privacy" in r for r in per_seed)
+            else None
+        ),
+        privacy_composed=(
+            worst_privacy([{"run": r["privacy_composed"]} for r in per_seed])["run"]
+            if all("privacy_composed" in r for r in per_seed)
             else None
         ),
         seeds=seeds,
@@ -403,6 +411,11 @@ def worst_privacy(reports: list[dict]) -> dict:
         for kind, markets in report.items():
             for name, entry in markets.items():
                 kept = out.setdefault(kind, {}).get(name)
-                if kept is None or entry["epsilon"] > kept["epsilon"]:
+                if kept is None or _above(entry["epsilon"], kept["epsilon"]):
                     out[kind][name] = entry
     return out
+
+
+def _above(a: float | None, b: float | None) -> bool:
+    """Whether epsilon a is larger than b, None (not private) the largest."""
+    return b is not None and (a is None or a > b)

@@ -320,7 +320,8 @@ def _finish_run(
     ranks["popularity"] = pop_ranks
     done["ranks"]["popularity"] = pop_ranks  # saved with the finished run
     tables["popularity"] = pop_table
-    private = trainer.pretrainer.privacy_report(run, [m for m in tables if m != "popularity"])
+    trained = [m for m in tables if m != "popularity"]
+    private = trainer.pretrainer.privacy_report(run, trained)
     results = results_lib.results(
         dataset=dataset_name(run.config),
         protocol="full" if run.config.eval.protocol == "full" else "sampled99",
@@ -335,6 +336,7 @@ def _finish_run(
         ),
         soft_labels=run.soft_labels,
         privacy=private or None,
+        privacy_composed=trainer.pretrainer.composed_privacy(run, trained),
         newcomers=trainer.pretrainer.newcomer_markets(),
         pretrained=trainer.pretrainer.provenance(),
     )

@@ -176,6 +176,7 @@ class Pretrainer:
         if not fed.dp.enabled:
             return None
         if (p.key, fed.dp) not in self.plans:
+            private = self._private_releases()
             self.plans[(p.key, fed.dp)] = privacy.plan(
                 fed.dp,
                 p.names,
@@ -184,8 +185,31 @@ class Pretrainer:
                 local_steps=fed.local_steps,
                 num_rounds=p.num_rounds,
                 train_windows=self.config.data.train_windows,
+                releases=[sum(name in q.names for q in private) for name in p.names],
             )
         return self.plans[(p.key, fed.dp)]
+
+    def _private_releases(self) -> list[Pretraining]:
+        """The pretrainings the group's methods train with DP (pooled data has none; a loaded
+        export was released before): a target epsilon is met by their composition."""
+        return [
+            q
+            for q in self.needed(self.methods)
+            if not self.is_loaded(q)
+            and paradigms.PRETRAININGS[q.key.partition("@")[0]].scope != "pooled"
+        ]
+
+    def composed_privacy(self, run: groups.Run, methods: list[str]) -> dict | None:
+        """results.json's "privacy_composed" of `run` (privacy.run_report): per market, every
+        release of its data by `methods`' pretrainings composed; None with DP off."""
+        if not self.fed.dp.enabled:
+            return None
+        pooled = {
+            p.key: p.names
+            for p in self.needed(methods)
+            if paradigms.PRETRAININGS[p.key.partition("@")[0]].scope == "pooled"
+        }
+        return privacy.run_report(self.privacy_report(run, methods), pooled)
 
     def needed(self, methods: list[str]) -> list[Pretraining]:
         """The pretrainings `methods` need, each once."""
