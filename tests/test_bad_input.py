@@ -49,10 +49,10 @@ def _config(**fields):
         (  # the data decides (the transfer source m0002, 40000 steps): refused before the workdir
             {
                 "federated__dp__enabled": True,
-                "federated__dp__target_epsilon": 1.0,
+                "federated__dp__target_epsilon": 0.1,
                 "num_rounds": 20000,
             },
-            "config.federated.dp.target_epsilon=1.0 cannot be met in market m0002: with 55 users",
+            "config.federated.dp.target_epsilon=0.1 cannot be met in market m0002: with 55 users",
         ),
         (
             {"federated__dp__enabled": True, "federated__dp__expected_batch_size": 12},

@@ -44,7 +44,7 @@ def make_plan(stacked, dp=DP, fed=FED):
     users = stacked.num_train_rows[: len(stacked.names)]
     return privacy.plan(
         dp, stacked.names, users, batch_size=fed.batch_size, local_steps=fed.local_steps,
-        num_rounds=3, train_windows=1,
+        num_rounds=3,
     )  # fmt: skip
 
 
@@ -122,6 +122,59 @@ def test_each_users_gradient_is_clipped_to_c_by_hand(stacked, clip_norm):
         np.testing.assert_allclose(flat(plain(params)), weighted, atol=1e-6)
 
 
+def test_a_user_is_all_their_windows_clipped_once_by_hand():
+    """data.train_windows > 1 under DP: two users with two training windows each (9 items,
+    L = 3). A private step (sigma 0, lr 1, E 1, C small) samples users, not rows, and moves
+    the parameters by the sum over the sampled users of the gradient of each user's mean loss
+    over both their windows, clipped once to C: worked out here user by user. Clipping each
+    window as if it were a user would give another step."""
+    from fecosr_jax.data.market import Market
+    from fecosr_jax.federated.client import train_pairs
+
+    items = np.concatenate([np.arange(1, 10), np.arange(3, 12)]).astype(np.int32)
+    rng = np.random.default_rng(0)
+    semantics = np.concatenate([np.zeros((1, 8)), rng.normal(size=(11, 8))]).astype(np.float32)
+    market = Market(
+        "m", np.array([f"i{k}" for k in range(1, 12)]), np.array(["u0", "u1"]),
+        np.array([0, 9, 18]), items, semantics=semantics,
+    )  # fmt: skip
+    split = leave_one_out(market, 3, train_windows=2)
+    np.testing.assert_array_equal(split.train_user, [0, 0, 1, 1])  # two windows each
+    stacked = stack_markets([split])
+    np.testing.assert_array_equal(stacked.user_rows[0], [[0, 1], [2, 3]])
+    model = dataclasses.replace(MODEL, max_len=3)
+    clip = 0.05
+    fed = dataclasses.replace(
+        FED, batch_size=2, dp=dataclasses.replace(DP, clip_norm=clip, expected_batch_size=1)
+    )
+    data = {k: jnp.asarray(v[0]) for k, v in fr.round_data(stacked, fed).items()}
+    data |= {"dp_rate": jnp.float32(0.9), "dp_noise": jnp.float32(0)}
+    client = make_client(model, fed)
+    params = init_params(model, jax.random.key(0), 8)
+    values = fed.values()
+    state = client.init(params, jnp.int32(1), data["market_index"], values)
+    for step in range(20):  # a step that samples both users
+        batch_key, _ = jax.random.split(jax.random.fold_in(state.key, step))
+        users, padding = poisson_users(batch_key, data["num_users"], data["dp_rate"], 2, 2)
+        if not np.asarray(padding).any():
+            break
+    new, _ = jax.jit(client.step)(state, data, jnp.int32(step), values)
+    moved = flat(params) - flat(new.params)
+
+    def grad(rows):  # of the mean loss over the rows' training targets
+        return flat(jax.grad(lambda p: batch_loss(model, fed, p, rows, data, batch_key)[0])(params))
+
+    def clipped(g):
+        return g * min(1.0, clip / np.linalg.norm(g))
+
+    train = np.asarray(data["train"])
+    assert all((train_pairs(train)[1] > 0).sum(1) == 3)  # every window holds 3 targets
+    per_user = sum(clipped(grad(train[[2 * u, 2 * u + 1]])) for u in range(2))
+    np.testing.assert_allclose(moved, per_user / 1, atol=1e-6)
+    per_window = sum(clipped(grad(train[[r]])) for r in range(4))
+    assert np.abs(moved - per_window).max() > 1e-3  # not each window as a user
+
+
 def test_noise_std_is_sigma_c_over_e(stacked):
     """Same users (the batch key is the step's), noise from its own stream: the difference of
     a sigma = 2 step and a sigma = 0 step is Gaussian with std sigma * C / E (lr 1)."""
@@ -184,9 +237,7 @@ def test_epsilon_without_truncation_equals_dp_accountings_poisson_gaussian():
     from dp_accounting.pld import pld_privacy_accountant
 
     dp = privacy.DPConfig(enabled=True, noise_multiplier=1.1, expected_batch_size=10)
-    plan = privacy.plan(
-        dp, ["a"], [200], batch_size=200, local_steps=5, num_rounds=20, train_windows=1
-    )
+    plan = privacy.plan(dp, ["a"], [200], batch_size=200, local_steps=5, num_rounds=20)
     accountant = pld_privacy_accountant.PLDAccountant()
     event = dp_accounting.PoissonSampledDpEvent(10 / 200, dp_accounting.GaussianDpEvent(1.1))
     accountant.compose(event, 100)
@@ -280,7 +331,7 @@ def test_the_truncated_event_is_within_a_coupling_bound_of_plain_poisson():
 
 def test_target_epsilon_is_calibrated_per_market_or_refused():
     dp = privacy.DPConfig(enabled=True, target_epsilon=2.0, expected_batch_size=8)
-    kw = dict(batch_size=16, local_steps=2, num_rounds=10, train_windows=1)
+    kw = dict(batch_size=16, local_steps=2, num_rounds=10)
     plan = privacy.plan(dp, ["small", "large"], [100, 1000], **kw)
     sigma = plan.noise_multiplier
     assert sigma[0] > sigma[1] > 0  # fewer users: a larger rate needs more noise
@@ -290,8 +341,6 @@ def test_target_epsilon_is_calibrated_per_market_or_refused():
         privacy.plan(dataclasses.replace(dp, target_epsilon=1e-6), ["a"], [100], **kw)
     with pytest.raises(ConfigError, match="market a has only 8 users"):
         privacy.plan(dp, ["a"], [8], **kw)
-    with pytest.raises(ConfigError, match=r"config.data.train_windows=2"):
-        privacy.plan(dp, ["a"], [100], **{**kw, "train_windows": 2})
     with pytest.raises(ConfigError, match=r"config.federated.dp.clip_norm=0"):
         privacy.DPConfig(clip_norm=0)
 
@@ -370,7 +419,7 @@ def test_releases_compose_and_a_target_is_met_by_their_composition():
     """privacy.composed_epsilon: two releases of s steps each are one of 2s steps (the
     accountant's own composition), and a plan for a market that two private pretrainings use
     is calibrated so that both together meet the target (each alone stays well below it)."""
-    kw = dict(batch_size=16, local_steps=2, num_rounds=10, train_windows=1)
+    kw = dict(batch_size=16, local_steps=2, num_rounds=10)
     dp = privacy.DPConfig(enabled=True, target_epsilon=2.0, expected_batch_size=8)
     once, twice = (privacy.plan(dp, ["a"], [400], releases=[n], **kw) for n in (1, 2))
     assert twice.noise_multiplier[0] > once.noise_multiplier[0]

@@ -40,6 +40,9 @@ class MarketSplit:
       num_dropped_users: users dropped for having fewer than min_interactions items.
       item_mask: [N + 1] bool or None; the market's catalogue when its indices are not 1..N
         (a shared vocabulary, see `to_union_vocabulary`); None = items 1..N.
+      train_user: [R] int32 or None, the user (index into user_ids) of each training row, a
+        user's rows consecutive; None = one row per user. Derived from the rows' making, so
+        not part of the data's fingerprint (resume.data_fingerprints).
     """
 
     name: str
@@ -53,6 +56,7 @@ class MarketSplit:
     semantics: np.ndarray | None
     num_dropped_users: int
     item_mask: np.ndarray | None = None
+    train_user: np.ndarray | None = None
 
     @property
     def num_users(self) -> int:
@@ -158,6 +162,7 @@ def leave_one_out(
         test_targets=items[ends - 1].astype(np.int32),
         semantics=market.semantics,
         num_dropped_users=num_dropped,
+        train_user=row_user.astype(np.int32),
     )
 
 
@@ -182,6 +187,9 @@ class StackedMarkets:
       num_users: [M] int32.   num_items: [M] int32.
       num_train_targets: [M] int32, non-padding training targets (the default FedAvg weight).
       market_mask: [M] bool, False for padding markets.
+      user_rows: [M, U, W] int32, the training rows of each user (W the most any user has),
+        -1 beyond a user's own and for padding users: user-level DP samples users and takes
+        all their rows (MarketSplit.train_user).
       market_index: [M] int32, each market's position in the stack it was built as: it seeds
         the market's random streams, so a selection (`select_markets`) draws what the whole
         stack draws.
@@ -201,6 +209,7 @@ class StackedMarkets:
     num_items: np.ndarray
     num_train_targets: np.ndarray
     market_mask: np.ndarray
+    user_rows: np.ndarray
     market_index: np.ndarray
 
     @property
@@ -287,8 +296,28 @@ def stack_markets(
         num_items=(item_mask.sum(axis=1)).astype(np.int32),
         num_train_targets=(train_pairs(train)[1] > 0).sum(axis=(1, 2)).astype(np.int32),
         market_mask=market_mask,
+        user_rows=_user_rows(splits, total, u_max),
         market_index=np.arange(total, dtype=np.int32),
     )
+
+
+def _user_rows(splits: Sequence[MarketSplit], total: int, u_max: int) -> np.ndarray:
+    """StackedMarkets.user_rows: [M, U, W] each user's training rows, -1 padded (padding
+    markets: copies of market 0's)."""
+    owners = [
+        np.arange(s.num_users, dtype=np.int32) if s.train_user is None else s.train_user
+        for s in splits
+    ]
+    width = max(int(np.bincount(o).max()) for o in owners)
+    out = np.full((total, u_max, width), -1, np.int32)
+    for m, owner in enumerate(owners):
+        first = np.searchsorted(owner, np.arange(u_max))  # a user's rows are consecutive
+        counts = np.bincount(owner, minlength=u_max)
+        for k in range(width):
+            has = counts > k
+            out[m, has, k] = first[has] + k
+    out[len(splits) :] = out[0]
+    return out
 
 
 def select_markets(

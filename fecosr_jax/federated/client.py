@@ -8,8 +8,9 @@ A market's data is a dict of its arrays (no market axis):
 The functions close over the program (`FedConfig.program()`); the run's seed, alpha, tau_s,
 learning rate and FedProx weight come in as `FedValues` arrays. With federated.dp on, each
 local step is DP-SGD over the market's users (federated/privacy.py); the market's data then
-also holds dp_rate [] float32 (Poisson rate q) and dp_noise [] float32 (sigma; the run's own
-when its FedValues carry dp_noise, federated/round.py).
+also holds dp_rate [] float32 (Poisson rate q), dp_noise [] float32 (sigma; the run's own
+when its FedValues carry dp_noise, federated/round.py), num_users [] int32 and user_rows
+[U, W] int32 (each user's training rows, -1 beyond them: a user is all their windows).
 """
 
 from __future__ import annotations
@@ -137,9 +138,10 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
         def privatizer(stddev, key):  # the key seeds init; update reads it from the state
             return noise_addition.gaussian_privatizer(stddev=stddev, prng_key=key)
 
-        def user_loss(params, row, dropout_key, market, values):
-            """One user's mean loss over their training targets (their one window)."""
-            return batch_loss(model_config, fed, params, row[None], market, dropout_key, values)[0]
+        def user_loss(params, rows, dropout_key, market, values):
+            """One user's mean loss over their training targets, in all their windows
+            (rows [W, L + 1], zero rows beyond their own)."""
+            return batch_loss(model_config, fed, params, rows, market, dropout_key, values)[0]
 
         # Per-user gradients, each clipped to C, summed (padding users contribute zero).
         user_grad = clipping.clipped_grad(
@@ -193,15 +195,16 @@ def make_client(model_config: ModelConfig, fed: FedConfig) -> Client:
         batch_key, dropout_key = jax.random.split(jax.random.fold_in(state.key, step_index))
         users, padding = poisson_users(
             batch_key,
-            market["num_rows"],
+            market["num_users"],
             market["dp_rate"],
             fed.batch_size,
-            market["train"].shape[0],
+            market["user_rows"].shape[0],
         )
+        rows = market["user_rows"][users]  # [T, W]: each sampled user's windows, -1 beyond
+        windows = jnp.where((rows >= 0)[..., None], market["train"][jnp.maximum(rows, 0)], 0)
         clipped_sum, aux = user_grad(
-            state.params, market["train"][users], dropout_key, market, values,
-            is_padding_example=padding,
-        )  # fmt: skip
+            state.params, windows, dropout_key, market, values, is_padding_example=padding
+        )
         noisy, noise = privatizer(market["dp_noise"] * fed.dp.clip_norm, None).update(
             clipped_sum, state.noise
         )

@@ -9,11 +9,11 @@ What leaves a market in federated pretraining is its model delta after K local s
   (jax_privacy.clipped_grad) -> summed -> Gaussian noise of std sigma * C
   (jax_privacy.noise_addition.gaussian_privatizer) -> divided by E -> the client optimiser.
 
-All of it runs on the device inside the compiled round. One training window per user
-(data.train_windows = 1), so a row is a user. The accountant is jax_privacy's DP-SGD
-accountant over dp_accounting's privacy-loss distributions, with the truncated Poisson
-subsampled Gaussian event: epsilon of market m after s of its steps, for (q_m, sigma_m, T, s,
-delta_m). Only the steps of rounds a market trained in count.
+All of it runs on the device inside the compiled round. A user's gradient is that of their
+mean loss over all their training windows (data.train_windows), clipped once. The accountant
+is jax_privacy's DP-SGD accountant over dp_accounting's privacy-loss distributions, with the
+truncated Poisson subsampled Gaussian event: epsilon of market m after s of its steps, for
+(q_m, sigma_m, T, s, delta_m). Only the steps of rounds a market trained in count.
 """
 
 from __future__ import annotations
@@ -260,7 +260,6 @@ def plan(
     batch_size: int,
     local_steps: int,
     num_rounds: int,
-    train_windows: int,
     releases: Sequence[int] | None = None,
 ) -> Plan:
     """Each market's sampling rate, delta and noise multiplier (calibrated to
@@ -275,11 +274,6 @@ def plan(
         raise ConfigError(
             "config.federated.dp.enabled=True needs jax-privacy: pip install 'fecosr_jax[privacy]'"
         ) from None
-    if train_windows != 1:
-        raise ConfigError(
-            f"config.data.train_windows={train_windows}: federated.dp protects users and "
-            "needs one training window per user (train_windows=1)"
-        )
     expected = dp.expected_batch(batch_size)
     if expected > batch_size:
         raise ConfigError(

@@ -48,13 +48,14 @@ def market_weights(stacked: StackedMarkets, weighting: str) -> np.ndarray:
 
 
 def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]:
-    """The arrays one round needs, each with the leading market axis M (host numpy)."""
+    """The arrays one round needs, each with the leading market axis M (host numpy); with
+    DP on also each market's users and their training rows (user-level sampling)."""
     if stacked.semantics is None:
         raise ValueError(
             "federated pretraining on item text vectors needs semantic vectors: set "
             "config.data.semantics (text, npy, synthetic) for this dataset"
         )
-    return {
+    data = {
         "train": stacked.train,
         "num_rows": stacked.num_train_rows,
         "semantics": stacked.semantics,
@@ -62,6 +63,9 @@ def round_data(stacked: StackedMarkets, fed: FedConfig) -> dict[str, np.ndarray]
         "market_index": stacked.market_index,
         "weight": market_weights(stacked, fed.weighting),
     }
+    if fed.dp.enabled:
+        data |= {"num_users": stacked.num_users, "user_rows": stacked.user_rows}
+    return data
 
 
 def full_participation(fed: FedConfig, num_real: int) -> bool:

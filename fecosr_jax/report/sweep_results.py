@@ -282,7 +282,8 @@ def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
                 "whole federation, on the same splits and seeds. Gains over `local` in "
                 f"NDCG@10, mean difference [95% interval] ({legend}); newcomer - member: the "
                 "same test with the member in place of `local`; kept: the newcomer's gain as a "
-                "share of the member's.",
+                "share of the member's. A held-out point fine-tunes its newcomer alone, so its "
+                "row in the table above is that market's, not every market's.",
                 "",
                 *newcomers_table(by_market),
             ]

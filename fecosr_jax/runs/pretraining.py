@@ -180,11 +180,10 @@ class Pretrainer:
             self.plans[(p.key, fed.dp)] = privacy.plan(
                 fed.dp,
                 p.names,
-                p.train.num_train_rows[: len(p.names)],
+                p.train.num_users[: len(p.names)],
                 batch_size=fed.batch_size,
                 local_steps=fed.local_steps,
                 num_rounds=p.num_rounds,
-                train_windows=self.config.data.train_windows,
                 releases=[sum(name in q.names for q in private) for name in p.names],
             )
         return self.plans[(p.key, fed.dp)]

@@ -90,6 +90,8 @@ def data_fingerprints(splits) -> dict[str, str]:
     for split in splits:
         h = hashlib.blake2b(digest_size=16)
         for field in dataclasses.fields(split):
+            if field.name == "train_user":  # derived from the rows' making, not an input
+                continue
             value = getattr(split, field.name)
             if isinstance(value, np.ndarray):
                 value = np.ascontiguousarray(value)
