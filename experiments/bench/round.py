@@ -80,10 +80,16 @@ def fed_config(c: common.BenchConfig, backend: str, dp: bool = False):
 
 
 def dp_arrays(c: common.BenchConfig, m: int) -> dict:
-    """The DP round's per-market inputs [M]: each row a user, sampled at rate E / U with E
-    half the batch (privacy.DPConfig's default), noise multiplier 1."""
-    rate = (c.batch_size // 2) / c.users_per_market
-    return {"dp_rate": np.full(m, rate, np.float32), "dp_noise": np.ones(m, np.float32)}
+    """The DP round's per-market inputs [M]: each row a user (one window each), sampled at
+    rate E / U with E half the batch (privacy.DPConfig's default), noise multiplier 1."""
+    u = c.users_per_market
+    rate = (c.batch_size // 2) / u
+    return {
+        "dp_rate": np.full(m, rate, np.float32),
+        "dp_noise": np.ones(m, np.float32),
+        "num_users": np.full(m, u, np.int32),
+        "user_rows": np.broadcast_to(np.arange(u, dtype=np.int32)[None, :, None], (m, u, 1)).copy(),
+    }
 
 
 def run_jax(backend: str, c: common.BenchConfig, m: int, runs: int = 1, dp: bool = False) -> dict:
