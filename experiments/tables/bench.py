@@ -205,16 +205,16 @@ def bench_s2ce() -> str:
     return s2ce_table(read_json(BENCH / "s2ce.json")["runs"]) + "\n"
 
 
-def bench_dp() -> str:
-    """The round with and without DP, per config and M (docs/bench/round_{reference,small}_dp.json,
-    experiments.bench.round --dp=off,on: both measured in one run per config)."""
+def bench_dp(day: str = "") -> str:
+    """The round with and without DP, per config and M (docs/bench/round_{reference,small}_dp
+    [_DAY].json, experiments.bench.round --dp=off,on: both measured in one run per config)."""
     lines = [
         "| config | M | client-steps/s, DP off | client-steps/s, DP on | DP / no DP "
         "| compile s, off / on |",
         "| --- | ---: | ---: | ---: | ---: | ---: |",
     ]
     for name in ("reference", "small"):
-        runs = read_json(BENCH / f"round_{name}_dp.json")["runs"]
+        runs = read_json(BENCH / f"round_{name}_dp{f'_{day}' if day else ''}.json")["runs"]
         by = {(r["markets"], r.get("dp", False)): r for r in runs}
         for m in sorted({r["markets"] for r in runs}):
             off, on = by[(m, False)], by[(m, True)]

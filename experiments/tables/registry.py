@@ -52,6 +52,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "bench_scaling_small": bench_tables.bench_scaling_small,
     "bench_s2ce": bench_tables.bench_s2ce,
     "bench_dp": bench_tables.bench_dp,
+    "bench_dp_2026_12_07": functools.partial(bench_tables.bench_dp, "2026-12-07"),
     "bench_dropout": bench_tables.bench_dropout,
     "bench_main_job": functools.partial(bench_tables.bench_main_job, "2026-11-30"),
     "bench_main_job_2026_12_06": functools.partial(bench_tables.bench_main_job, "2026-12-06"),
