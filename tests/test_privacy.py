@@ -283,8 +283,7 @@ def test_epsilon_of_the_setting_abadi_et_al_published():
     assert privacy.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000, interval=1e-2) > 1.7
 
 
-@pytest.mark.parametrize("steps", [60, 300, 3000])
-@pytest.mark.parametrize("sigma", [0.6, 2.0])
+@pytest.mark.parametrize("steps, sigma", [(60, 0.6), (300, 2.0), (3000, 2.0)])
 def test_the_runs_discretisation_bounds_the_finest_closely(steps, sigma):
     """privacy.pld_interval: 0.01 up to 300 steps (the project's configs compose 60 to 300),
     finer in proportion beyond. The bound is never below the library's finest (1e-4) and at
@@ -436,17 +435,18 @@ def test_releases_compose_and_a_target_is_met_by_their_composition():
 
 def test_a_run_reports_each_markets_epsilon_composed_over_its_releases(tmp_path):
     """A DP run of the test config with two private pretrainings (fecosr's S²CE and
-    fedavg_ce's CE) and a pooled one (centralized): each market's whole-run epsilon is the
-    composition of the two private releases, which meets the target; dp_accounting
+    fedavg_ce's CE): each market's whole-run epsilon is the composition of the two private
+    releases, which meets the target; dp_accounting
     recomputes it within 10% from the reported q, sigma, steps, E, T and delta alone (at a
     finer discretisation; with 40 users, E 4 and T 8 truncation matters: the plain Poisson
-    event would give about half); the pooled pretraining makes every market not private,
-    and results.md says so."""
+    event would give about half). A pooled pretraining (centralized) makes the markets it
+    pools not private, and results.md says so."""
     import json
 
     import dp_accounting
 
     from experiments.configs import test as test_config
+    from fecosr_jax.report import markdown
     from fecosr_jax.runs import experiment
 
     config = test_config.get_config()
@@ -469,13 +469,12 @@ def test_a_run_reports_each_markets_epsilon_composed_over_its_releases(tmp_path)
             )
             accountant.compose(event, e["steps"])
         assert accountant.get_epsilon(whole["delta"]) == pytest.approx(whole["epsilon"], rel=0.1)
-    config.methods = "fecosr,centralized"
-    experiment.train_and_evaluate(config, str(tmp_path / "pooled"))
-    results = json.loads((tmp_path / "pooled" / "results.json").read_text())
-    for whole in results["privacy_composed"].values():
-        assert whole["epsilon"] is None and whole["not_private"] == ["central_s2ce"]
-    md = (tmp_path / "pooled" / "results.md").read_text()
-    assert md.count("not private (`central_s2ce` pools its raw data)") == 3
+    # A pooled pretraining besides them makes every market it pools not private.
+    pooled = privacy.run_report(results["privacy"], {"central_s2ce": ["m0000", "m0001"]})
+    assert pooled["m0000"]["epsilon"] is None and pooled["m0000"]["not_private"] == ["central_s2ce"]
+    assert pooled["m0002"] == results["privacy_composed"]["m0002"]
+    md = "\n".join(markdown.composed_privacy_markdown(pooled))
+    assert md.count("not private (`central_s2ce` pools its raw data)") == 2
 
 
 def test_runs_with_different_noise_multipliers_train_together_as_alone(stacked):
