@@ -54,6 +54,15 @@ class Pretraining:
     stacked: StackedMarkets
     finetune_model: ModelConfig
 
+    @property
+    def kind(self) -> str:
+        """Its kind (a key of paradigms.PRETRAININGS): the key without a source's @market."""
+        return self.key.partition("@")[0]
+
+    @property
+    def scope(self) -> str:
+        return paradigms.PRETRAININGS[self.kind].scope
+
 
 class Pretrainer:
     """Trains the pretrainings a group's methods need, each once per run, and keeps them."""
@@ -192,10 +201,7 @@ class Pretrainer:
         """The pretrainings the group's methods train with DP (pooled data has none; a loaded
         export was released before): a target epsilon is met by their composition."""
         return [
-            q
-            for q in self.needed(self.methods)
-            if not self.is_loaded(q)
-            and paradigms.PRETRAININGS[q.key.partition("@")[0]].scope != "pooled"
+            q for q in self.needed(self.methods) if not self.is_loaded(q) and q.scope != "pooled"
         ]
 
     def composed_privacy(self, run: groups.Run, methods: list[str]) -> dict | None:
@@ -203,11 +209,7 @@ class Pretrainer:
         release of its data by `methods`' pretrainings composed; None with DP off."""
         if not self.fed.dp.enabled:
             return None
-        pooled = {
-            p.key: p.names
-            for p in self.needed(methods)
-            if paradigms.PRETRAININGS[p.key.partition("@")[0]].scope == "pooled"
-        }
+        pooled = {p.key: p.names for p in self.needed(methods) if p.scope == "pooled"}
         return privacy.run_report(self.privacy_report(run, methods), pooled)
 
     def needed(self, methods: list[str]) -> list[Pretraining]:
@@ -262,12 +264,12 @@ class Pretrainer:
 
     def is_loaded(self, p: Pretraining) -> bool:
         """Whether `p` comes from config.pretrained instead of being trained."""
-        return self.loaded is not None and p.key.partition("@")[0] == self.loaded.meta["kind"]
+        return self.loaded is not None and p.kind == self.loaded.meta["kind"]
 
     def item_space(self, p: Pretraining) -> dict:
         """What a market's items enter pretraining `p`'s model through: the vocabulary of an
         item-ID model, or the semantic vectors' source, dimension and what decides them."""
-        if paradigms.PRETRAININGS[p.key.partition("@")[0]].items == "id":
+        if paradigms.PRETRAININGS[p.kind].items == "id":
             return {"kind": "id", "vocabulary": self.vocabularies()[0].tolist()}
         data = typed_configs.data(self.config)
         source = sources.semantic_source(data)
@@ -335,7 +337,7 @@ class Pretrainer:
         keep = [self.names.index(n) for n in p.names]
         meta = {
             "key": p.key,
-            "kind": p.key.partition("@")[0],
+            "kind": p.kind,
             "model": pretrained_lib.model_fields(p.model),
             "items": self.item_space(p),
             "trained_on": resume.data_fingerprints([self.splits[i] for i in keep]),
