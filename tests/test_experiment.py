@@ -1,7 +1,9 @@
 """The runner end to end on the tiny config (the Flax-examples smoke test)."""
 
 import json
+import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -74,11 +76,17 @@ def test_every_file_and_every_method(full_run):
             assert 0 <= row["best_epoch"] <= row["stop_epoch"]
     assert "stop_epoch" not in results["methods"]["popularity"]["mean"]
     # training.json: the time per phase the run's last line prints (compiling inside them)
-    phases = json.loads((workdir / "training.json").read_text())["time"]
+    training = json.loads((workdir / "training.json").read_text())
+    phases = training["time"]
     assert set(phases) == {*progress.PHASES, "other", "compiling", "total"}
     seconds = sum(phases[p] for p in progress.PHASES)  # each to 0.1 s
     assert 0 < phases["compiling"] < seconds <= phases["total"] + 0.2
     assert abs(seconds + phases["other"] - phases["total"]) <= 0.3
+    # ... and the machine, what a byte-for-byte reproduction needs the same of.
+    host, devices = training["host"], jax.devices()
+    assert host["jax"] == jax.__version__
+    assert host["devices"] == f"{len(devices)} x {devices[0].device_kind}"
+    assert host["cpu"] and host["cores"] == os.cpu_count()
     # The S²CE soft labels' profile per market, at the run's tau_s, in results and results.md.
     soft = results["soft_labels"]
     assert soft["temperature"] == test_config.get_config().federated.temperature

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from fecosr_jax import errors
 from fecosr_jax.report import plots, sweep_results
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import metrics_log
@@ -249,6 +250,20 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     # Without the whole federation's point nothing is paired.
     alone = [r for r in rows if r["newcomers"] != "none"]
     assert sweep_results.newcomers(alone, ["newcomers", "seeds"], ranks) == []
+    # The whole federation run market by market (config.data.finetune_markets): each seed's
+    # runs merged give the same point; a market two runs of one seed fine-tuned is refused.
+    split = list(alone)
+    for seed in (0, 1):
+        for market in ("a", "b"):
+            name = f"newnone_{market}_seed{seed}"
+            whole = ranks[f"newnone_seed{seed}"]
+            ranks[name] = {method: {market: r[market]} for method, r in whole.items()}
+            split.append({"run": name, "newcomers": "none", "seeds": seed, "status": "done",
+                          "methods": {}, "round_s": {}, "delta_cosine": {}})  # fmt: skip
+    assert sweep_results.newcomers(split, ["newcomers", "seeds"], ranks) == [point]
+    twice = [*split, {**split[-1], "run": "newnone_seed1"}]
+    with pytest.raises(errors.BadInput, match="newnone_a_seed1 and newnone_seed1 both"):
+        sweep_results.newcomers(twice, ["newcomers", "seeds"], ranks)
 
 
 def test_print_only_runs_nothing(tmp_path):

@@ -4,8 +4,6 @@ FLOPs, the measured matmul ceiling, timing and the machine's description."""
 from __future__ import annotations
 
 import dataclasses
-import os
-import platform
 import time
 
 import jax
@@ -13,6 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from fecosr_jax.model import ModelConfig
+from fecosr_jax.store import metrics_log
 
 
 @dataclasses.dataclass(frozen=True)
@@ -138,11 +137,12 @@ def timed(fn, *, min_seconds: float, min_reps: int = 2) -> tuple[float, int]:
 
 
 def machine() -> str:
-    devices = jax.devices()
-    kind = devices[0].device_kind if devices else "?"
+    """The machine in words (runs keep the same as training.json's "host")."""
+    host = metrics_log.host()
+    isa = host["isa"] or "no vector extensions"
     return (
-        f"{platform.processor() or platform.machine()}, {os.cpu_count()} CPU cores, "
-        f"JAX {jax.__version__} on {len(devices)} x {devices[0].platform} ({kind})"
+        f"{host['cpu']} with {isa}, {host['cores']} CPU cores, JAX {host['jax']} on "
+        f"{host['devices']} ({jax.devices()[0].platform})"
     )
 
 

@@ -98,7 +98,9 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
     family), the seed-aware test of newcomer against member (the held-out markets one
     family), and "kept", the newcomer's gain as a share of the member's (None unless the
     member gains). A held-out point needs only its newcomer's ranks: launch/sweep.py
-    fine-tunes it alone (config.data.finetune_markets).
+    fine-tunes it alone (config.data.finetune_markets). The point none may be several runs
+    per seed, each fine-tuning some of its markets (_seed_ranks): the whole federation's
+    fine-tuning split over processes or sessions.
 
     Returns:
       [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
@@ -119,12 +121,13 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
             continue
         pooled = {}
         for value, members in by_value.items():
-            members = sorted(members, key=lambda r: r.get("seeds", 0))
-            per_run = [ranks.get(r["run"]) for r in members]
-            if any(r is None for r in per_run):
+            by_seed: dict = {}
+            for r in members:
+                by_seed.setdefault(r.get("seeds", 0), []).append(r)
+            per_seed = [_seed_ranks(by_seed[s], ranks) for s in sorted(by_seed)]
+            if any(r is None for r in per_seed):
                 break
-            seeds = [r.get("seeds") for r in members]
-            pooled[value] = (seeds, results_lib.pool_ranks(per_run))
+            pooled[value] = (sorted(by_seed), results_lib.pool_ranks(per_seed))
         seeds = {tuple(s) for s, _ in pooled.values()}
         if len(pooled) != len(by_value) or len(seeds) != 1:
             continue  # a point without ranks, or points over other seeds: nothing paired
@@ -155,6 +158,29 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
             {**dict(zip(others, key, strict=True)), "seeds": list(seeds.pop()), "methods": methods}
         )
     return out
+
+
+def _seed_ranks(runs: list[dict], ranks: dict) -> dict | None:
+    """One seed's ranks at one point ({method: {market: [U]}}) from its runs, which may each
+    have fine-tuned some of its markets (config.data.finetune_markets: the whole
+    federation's point run market by market): None where a run has no ranks. A market
+    that two runs fine-tuned raises BadInput (a run repeated: which one counts?)."""
+    merged: dict = {}
+    owner: dict = {}
+    for run in runs:
+        got = ranks.get(run["run"])
+        if got is None:
+            return None
+        for method, by_market in got.items():
+            for market, r in by_market.items():
+                if (method, market) in owner:
+                    raise errors.BadInput(
+                        f"runs {owner[method, market]} and {run['run']} both fine-tuned "
+                        f"{method} in {market} with seed {run.get('seeds', 0)}: keep one"
+                    )
+                owner[method, market] = run["run"]
+                merged.setdefault(method, {})[market] = r
+    return merged
 
 
 def _versus(newcomer: dict, reference: dict) -> dict:

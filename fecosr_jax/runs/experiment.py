@@ -349,7 +349,11 @@ def _finish_run(
         results_lib.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
         results_lib.write_json_atomic(
             epath.Path(run.workdir) / metrics_log.TRAINING,
-            {**metrics_log.training_record(run.log.lines), "time": trainer.times.record()},
+            {
+                **metrics_log.training_record(run.log.lines),
+                "time": trainer.times.record(),
+                "host": metrics_log.host(),
+            },
         )
         table = markdown.write_results(run.workdir, results, run.log.curves, plots=run.config.plots)
     else:

@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import itertools
 import json
+import os
+import platform
 import statistics
 import time
 
@@ -37,7 +39,8 @@ def training_record(lines: list[dict]) -> dict:
     seconds:     the run's last logged time.
 
     The run adds "time": the process's seconds per phase (`progress.PhaseTimes.record`), when
-    its results are written; with several runs in one process, each run's file has the same.
+    its results are written (with several runs in one process, each run's file has the same),
+    and "host", the machine (`host`).
     """
     rounds: dict[str, list[dict]] = {}
     best: dict[str, dict[str, float]] = {}
@@ -72,6 +75,43 @@ def training_record(lines: list[dict]) -> dict:
         "pretraining": pretraining,
         "validation": validation,
         "seconds": lines[-1]["seconds"] if lines else None,
+    }
+
+
+ISA = ("sse4_2", "avx", "avx2", "fma", "avx512f", "avx512_bf16", "amx_tile", "asimd", "sve")
+
+
+def host() -> dict:
+    """The machine a run trained on (training.json "host"): a run reproduces its bytes on the
+    same CPU model, instruction set, devices and JAX version. XLA compiles for the host's
+    instruction set, so another CPU rounds differently (docs/results.md, "Runs as data").
+
+    {"cpu": the model name (with its family and model numbers where /proc/cpuinfo has them),
+     "isa": the vector extensions XLA uses that the CPU has, "cores", "devices": count x
+     kind, "jax", "jaxlib"}.
+    """
+    import jax  # the report modules read training.json without JAX
+    import jaxlib
+
+    info: dict[str, str] = {}
+    try:
+        for line in open("/proc/cpuinfo").read().split("\n\n")[0].splitlines():
+            key, _, value = line.partition(":")
+            info[key.strip()] = value.strip()
+    except OSError:  # not Linux
+        pass
+    cpu = info.get("model name") or platform.processor() or platform.machine()
+    if "cpu family" in info:
+        cpu += f" (family {info['cpu family']}, model {info.get('model', '?')})"
+    flags = set((info.get("flags") or info.get("Features") or "").split())
+    devices = jax.devices()
+    return {
+        "cpu": cpu,
+        "isa": " ".join(f for f in ISA if f in flags),
+        "cores": os.cpu_count(),
+        "devices": f"{len(devices)} x {devices[0].device_kind}",
+        "jax": jax.__version__,
+        "jaxlib": jaxlib.__version__,
     }
 
 
