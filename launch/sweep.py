@@ -58,7 +58,11 @@ per seed), inf in a second process:
 
   python launch/sweep.py --epsilon=1,2,4,8,inf --seeds=0,1,2 \
       --config=experiments/configs/ml100k_regions.py --workdir=DIR \
-      --config.methods=local,fecosr --compare=fecosr:local
+      --config.methods=local,fecosr --compare=fecosr:local \
+      --config.data.catalogue=published --config.federated.weighting=uniform
+
+(A private run sends nothing without noise that is not declared public: the published
+catalogue and uniform weights, or config.federated.dp.public; docs/running.md.)
 """
 
 from __future__ import annotations

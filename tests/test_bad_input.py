@@ -49,15 +49,38 @@ def _config(**fields):
         (  # the data decides (the transfer source m0002, 40000 steps): refused before the workdir
             {
                 "federated__dp__enabled": True,
+                "federated__dp__public": "catalogues,weights",
                 "federated__dp__target_epsilon": 0.1,
                 "num_rounds": 20000,
             },
             "config.federated.dp.target_epsilon=0.1 cannot be met in market m0002: with 55 users",
         ),
         (
-            {"federated__dp__enabled": True, "federated__dp__expected_batch_size": 12},
+            {
+                "federated__dp__enabled": True,
+                "federated__dp__public": "catalogues,weights",
+                "federated__dp__expected_batch_size": 12,
+            },
             "expected_batch_size=12 is above config.federated.batch_size=8",
         ),
+        (  # what a private run sends without noise is declared public, or refused
+            {"federated__dp__enabled": True, "federated__weighting": "uniform"},
+            "config.federated.dp.enabled=True sends each market's item catalogue from its "
+            "interactions (config.data.catalogue=interactions): the softmax every user's "
+            "gradient is taken over, and the ID methods' union vocabulary without noise: set "
+            "config.data.catalogue=published (each market's published items), or declare it "
+            "public with config.federated.dp.public=catalogues",
+        ),
+        (
+            {
+                "federated__dp__enabled": True,
+                "federated__dp__public": "catalogues",
+                "federated__weighting": "examples",
+            },
+            "declare it public with config.federated.dp.public=catalogues,weights",
+        ),
+        ({"federated__dp__public": "users"}, "config.federated.dp.public='users': users is not"),
+        ({"data__catalogue": "all"}, "config.data.catalogue='all'"),
     ],
     ids=lambda x: next(iter(x)) if isinstance(x, dict) else None,
 )

@@ -83,6 +83,17 @@ def test_ml100k_single_market(ml100k_dir):
     assert (m.num_users, m.num_items, m.num_interactions) == (943, 1682, 100000)
 
 
+def test_ml100k_published_catalogue_is_the_item_file_in_every_region(ml100k_dir):
+    """config.data.catalogue=published: every region's items are the 1682 movies of the
+    .item file, whatever its users watched; each user's sequence is the same movies."""
+    rows = recbole.load_ml100k_regions(ml100k_dir, ["3", "x"])
+    published = recbole.load_ml100k_regions(ml100k_dir, ["3", "x"], published=True)
+    for a, b in zip(rows, published, strict=True):
+        assert a.num_items < b.num_items == 1682
+        assert (a.user_ids == b.user_ids).all() and (a.offsets == b.offsets).all()
+        assert (a.item_ids[a.items - 1] == b.item_ids[b.items - 1]).all()
+
+
 def test_xmrec_gzip_and_no_header_equal_plain(tmp_path):
     rows = "u1 i1 5.0 2020-01-02\nu1 i2 4.0 2020-01-01\nu2 i1 3.0 2020-01-03\n"
     (tmp_path / "aa_5core.txt").write_text("userId itemId rate date\n" + rows)
@@ -108,6 +119,21 @@ def test_xmrec_metadata_literal_and_json(tmp_path):
     (tmp_path / "aa_5core.txt").write_text("u1 i1 5.0 2020-01-02\nu1 i2 4.0 2020-01-03\n")
     (m,) = xmrec.load_markets(tmp_path, ["aa"], metadata_dir=tmp_path)
     assert m.item_text == ("Cable. Categories: Electronics, Cables", "Phone")
+
+
+def test_xmrec_published_catalogue_is_the_metadata_files_items(tmp_path):
+    (tmp_path / "metadata_aa_Electronics.json").write_text(
+        '{"asin": "i1", "title": "Cable"}\n{"asin": "i2", "title": "Phone"}\n'
+        '{"asin": "i3", "title": "Case"}\n'  # listed, never rated
+    )
+    (tmp_path / "aa_5core.txt").write_text("u1 i2 5.0 2020-01-02\nu1 i1 4.0 2020-01-03\n")
+    (m,) = xmrec.load_markets(tmp_path, ["aa"], metadata_dir=tmp_path, published=True)
+    assert m.item_ids.tolist() == ["i1", "i2", "i3"] and m.sequence(0).tolist() == [2, 1]
+    with pytest.raises(DataError, match="set config.data.metadata_path"):
+        xmrec.load_markets(tmp_path, ["aa"], published=True)
+    (tmp_path / "aa_5core.txt").write_text("u1 i2 5.0 2020-01-02\nu1 i4 4.0 2020-01-03\n")
+    with pytest.raises(DataError, match=r"1 items of its rows are not in its published .*'i4'"):
+        xmrec.load_markets(tmp_path, ["aa"], metadata_dir=tmp_path, published=True)
 
 
 def test_metadata_is_never_evaluated(tmp_path):

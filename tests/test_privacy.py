@@ -175,6 +175,58 @@ def test_a_user_is_all_their_windows_clipped_once_by_hand():
     assert np.abs(moved - per_window).max() > 1e-3  # not each window as a user
 
 
+@pytest.mark.parametrize("catalogue", ["published", "interactions"])
+def test_removing_a_user_with_a_unique_item_changes_no_other_users_clipped_gradient(catalogue):
+    """Under DP a user's contribution must be their own clipped gradient: with the published
+    catalogue, removing user u, the only one with item i9, leaves every other user's
+    clipped gradient (and the ID methods' union vocabulary) bit for bit the same. With the
+    catalogue taken from the interactions it does not: i9 leaves the softmax every other
+    user's loss is taken over, so one user moves the others' gradients (why such a run must
+    declare its catalogues public)."""
+    from fecosr_jax.data import semantics
+    from fecosr_jax.data.market import Interactions, market_from_interactions
+    from fecosr_jax.data.split import union_vocabulary
+
+    sequences = {"u0": [1, 2, 3, 4, 5], "u1": [2, 3, 4, 1, 5, 6], "u2": [6, 5, 4, 3],
+                 "u3": [7, 1, 2, 9, 3], "u4": [8, 7, 6, 5, 4]}  # fmt: skip
+    published = [f"i{k}" for k in range(1, 10)]  # i9: u3's alone
+
+    def split(without=None):
+        rows = [(u, f"i{k}", t) for u, seq in sequences.items() if u != without
+                for t, k in enumerate(seq)]  # fmt: skip
+        log = Interactions(*map(np.asarray, zip(*rows, strict=True)), source="t")
+        cat = published if catalogue == "published" else None
+        market = market_from_interactions("m", log, catalogue=cat)
+        (market,) = semantics.random_semantics([market], dim=8, seed=0)  # vectors by item id
+        return leave_one_out(market, 4)
+
+    model = dataclasses.replace(MODEL, max_len=4)
+    fed = dataclasses.replace(FED, dp=dataclasses.replace(DP, clip_norm=0.05))
+    params = init_params(model, jax.random.key(0), 8)
+
+    def clipped_gradients(s):  # {user id: their clipped gradient}
+        data = {k: jnp.asarray(v[0]) for k, v in fr.round_data(stack_markets([s]), fed).items()}
+        grad = jax.jit(
+            jax.grad(lambda p, r: batch_loss(model, fed, p, r, data, jax.random.key(1))[0])
+        )
+        out = {}
+        for user, rows in zip(s.user_ids, np.asarray(data["user_rows"]), strict=False):
+            g = flat(grad(params, data["train"][rows[rows >= 0]]))
+            out[str(user)] = g * min(1.0, 0.05 / np.linalg.norm(g))
+        return out
+
+    whole, without = split(), split(without="u3")
+    with_u, without_u = clipped_gradients(whole), clipped_gradients(without)
+    assert sorted(without_u) == ["u0", "u1", "u2", "u4"]
+    same = [np.array_equal(with_u[u], without_u[u]) for u in without_u]
+    if catalogue == "published":
+        assert all(same)
+        np.testing.assert_array_equal(union_vocabulary([whole]), union_vocabulary([without]))
+    else:
+        assert not any(same)  # every other user's gradient moved with u3's item
+        assert len(union_vocabulary([whole])) == len(union_vocabulary([without])) + 1
+
+
 def test_noise_std_is_sigma_c_over_e(stacked):
     """Same users (the batch key is the step's), noise from its own stream: the difference of
     a sigma = 2 step and a sigma = 0 step is Gaussian with std sigma * C / E (lr 1)."""
@@ -386,7 +438,9 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
 
     config = test_config.get_config()
     config.methods, config.num_rounds, config.federated.clients_per_round = "fecosr", 4, 2
-    config.federated.dp.update(enabled=True, noise_multiplier=0.8, expected_batch_size=4)
+    config.federated.dp.update(
+        enabled=True, noise_multiplier=0.8, expected_batch_size=4, public="catalogues,weights"
+    )
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
     experiment.train_and_evaluate(config, str(tmp_path))
     results = json.loads((tmp_path / "results.json").read_text())
@@ -408,7 +462,9 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
     for name, whole in results["privacy_composed"].items():
         assert whole["releases"] == ["federated_s2ce"] and whole["steps"] == report[name]["steps"]
         assert whole["epsilon"] == pytest.approx(report[name]["epsilon"], abs=1e-6)
+        assert whole["public"] == ["catalogues", "weights"]  # declared, sent without noise
     assert "Each market over the whole run" in md
+    assert md.count("steps; declared public, sent without noise: catalogues, weights)") == 3
     out = capsys.readouterr().out
     last = max(e["epsilon"] for e in report.values())
     assert "federated_s2ce pretrain 4/4: " in out and f"epsilon {last:.4f}" in out
@@ -452,12 +508,14 @@ def test_a_run_reports_each_markets_epsilon_composed_over_its_releases(tmp_path)
     config = test_config.get_config()
     config.methods, config.num_rounds, config.finetune.max_epochs = "fecosr,fedavg_ce", 3, 1
     config.federated.dp.update(enabled=True, target_epsilon=4.0, expected_batch_size=4)
+    # Nothing sent without noise: the published catalogues, uniform weights.
+    config.data.catalogue, config.federated.weighting = "published", "uniform"
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
     experiment.train_and_evaluate(config, str(tmp_path / "two"))
     results = json.loads((tmp_path / "two" / "results.json").read_text())
     for name, whole in results["privacy_composed"].items():
         entries = [results["privacy"][k][name] for k in ("federated_ce", "federated_s2ce")]
-        assert whole["releases"] == ["federated_ce", "federated_s2ce"]
+        assert whole["releases"] == ["federated_ce", "federated_s2ce"] and "public" not in whole
         assert 3.8 < whole["epsilon"] <= 4.0 and all(e["epsilon"] < 3.2 for e in entries)
         accountant = dp_accounting.pld.PLDAccountant(value_discretization_interval=1e-3)
         for e in entries:
@@ -523,7 +581,7 @@ def test_a_group_over_privacy_budgets_reports_each_runs_own_epsilon(tmp_path):
 
     config = test_config.get_config()
     config.methods, config.num_rounds = "local,fecosr", 3
-    config.federated.dp.update(enabled=True, expected_batch_size=4)
+    config.federated.dp.update(enabled=True, expected_batch_size=4, public="catalogues,weights")
     config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
     targets = {"e2": 2.0, "e8": 8.0}
     points = [

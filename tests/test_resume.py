@@ -280,7 +280,12 @@ def test_config_fields_added_later_match_their_default_when_absent():
 
 
 # Three seeds on one run axis, with user-level DP on (its noise state is part of the round's).
-GROUP = {"seeds": "3", "federated.dp.enabled": True, "federated.dp.noise_multiplier": 1.0}
+GROUP = {
+    "seeds": "3",
+    "federated.dp.enabled": True,
+    "federated.dp.public": "catalogues,weights",
+    "federated.dp.noise_multiplier": 1.0,
+}
 
 
 def test_sigkill_of_a_group_of_seeds_in_every_phase_then_resume_is_exact(tmp_path_factory, capsys):

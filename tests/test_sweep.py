@@ -375,6 +375,7 @@ def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
          "run M2: config.finetune.lr=-1.0: expected a positive"),
         (["--markets=2", "--epsilon=1", "--config.federated.batch_size=64",
           "--config.federated.dp.expected_batch_size=60",
+          "--config.federated.dp.public=catalogues,weights",
           "--config.federated.client_optimizer=sgd"],
          "run M2_eps1.0: config.federated.dp.expected_batch_size=60: market m0001 has only"),
         (["--alpha=0.2,0.8", "--config.data.format=xmrec", "--config.data.path={data}",

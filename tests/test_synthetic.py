@@ -32,6 +32,20 @@ def test_adding_markets_leaves_existing_markets_unchanged():
     assert digest(more[:3]) == digest(synthetic.synthetic_markets(SMALL))
 
 
+def test_published_catalogue_is_the_generators_with_the_same_vectors():
+    """config.data.catalogue=published: a market's items are the generator's
+    items_per_market, those its users never drew included; sequences and each item's
+    vector are the same as with the catalogue of the rows."""
+    config = SyntheticConfig(**{**SMALL.__dict__, "users_per_market": 10})
+    rows, _ = synthetic.generate(config)
+    published, _ = synthetic.generate(config, published=True)
+    for a, b in zip(rows, published, strict=True):
+        assert a.num_items < b.num_items == config.items_per_market
+        assert (a.item_ids[a.items - 1] == b.item_ids[b.items - 1]).all()
+        where = np.searchsorted(b.item_ids, a.item_ids) + 1
+        np.testing.assert_array_equal(a.semantics[1:], b.semantics[where])
+
+
 @pytest.mark.parametrize("overlap", [0.0, 1.0])
 def test_overlap_extremes(overlap):
     cfg = SyntheticConfig(

@@ -127,6 +127,7 @@ def market_from_interactions(
     name: str,
     interactions: Interactions,
     item_text: Mapping[str, str] | None = None,
+    catalogue: Sequence[str] | np.ndarray | None = None,
 ) -> Market:
     """Builds a `Market` from a raw log.
 
@@ -138,17 +139,36 @@ def market_from_interactions(
       interactions: the market's rows.
       item_text: optional map item id -> text; items missing from it get "" (counted in a
         warning).
+      catalogue: the market's published item ids (config.data.catalogue "published"): its
+        items, whatever its users did. None = the items of its rows.
 
     Returns:
       The market.
 
     Raises:
-      DataError: the log is empty.
+      DataError: the log is empty, or has an item the published catalogue lacks.
     """
     if len(interactions) == 0:
         raise DataError(f"market '{name}' has no interactions", path=interactions.source)
     user_ids, user_index = np.unique(interactions.users, return_inverse=True)
-    item_ids, item_index = np.unique(interactions.items, return_inverse=True)
+    if catalogue is None:
+        item_ids, item_index = np.unique(interactions.items, return_inverse=True)
+    else:
+        published, items = np.asarray(catalogue), np.asarray(interactions.items)
+        dtype = np.result_type(published, items)  # strings: the longer of the two
+        item_ids, items = np.unique(published.astype(dtype)), items.astype(dtype)
+        item_index = np.searchsorted(item_ids, items)
+        found = np.zeros(len(items), bool)
+        if len(item_ids):
+            found = item_ids[np.minimum(item_index, len(item_ids) - 1)] == items
+        if not found.all():
+            missing = np.unique(items[~found])
+            raise DataError(
+                f"market '{name}': {len(missing)} items of its rows are not in its published "
+                f"catalogue (first: {missing[:3].tolist()}); publish them or use "
+                "config.data.catalogue=interactions",
+                path=interactions.source,
+            )
     rows = np.arange(len(interactions))
     # np.lexsort sorts by the last key first: user, then time, then file order (stable ties).
     order = np.lexsort((rows, interactions.times, user_index))

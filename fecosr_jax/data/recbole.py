@@ -150,6 +150,7 @@ def load_markets(
     kcore: int = 0,
     with_text: bool = True,
     duplicates: str = "drop",
+    published: bool = False,
 ) -> list[Market]:
     """Loads a RecBole dataset as one market, or as several markets split by user.
 
@@ -163,6 +164,8 @@ def load_markets(
       with_text: read item text from `{dataset}.item` when it exists.
       duplicates: `.inter` rows equal in every field to an earlier row "drop" (counted in
         the log) or "keep" (market.DUPLICATES).
+      published: every market's catalogue is the items of `{dataset}.item` (the published
+        catalogue, config.data.catalogue "published"); False = the items of its rows.
 
     Returns:
       The markets.
@@ -182,10 +185,11 @@ def load_markets(
     rows = list(zip(*(inter.columns[n] for n in inter.names), strict=True))
     kept = ~repeated_rows(rows, inter.path, duplicates)
     users, items, times = users[kept], items[kept], times[kept]
-    text = None
     item_path = _atomic_path(data_dir, dataset, "item")
-    if with_text and os.path.isfile(item_path):
-        text = item_texts(read_atomic(item_path))
+    read_items = published or (with_text and os.path.isfile(item_path))
+    item_table = read_atomic(item_path) if read_items else None  # a DataError when absent
+    text = item_texts(item_table) if with_text and item_table is not None else None
+    catalogue = item_table.column("item_id") if published else None
     if market_of_user is None:
         names = np.full(len(users), dataset)
     else:
@@ -218,7 +222,8 @@ def load_markets(
     for name in wanted:
         keep = names == name
         log = Interactions(users[keep], items[keep], times[keep], source=inter.path)
-        out.append(market_from_interactions(name, kcore_filter(log, kcore), item_text=text))
+        log = kcore_filter(log, kcore)
+        out.append(market_from_interactions(name, log, item_text=text, catalogue=catalogue))
     return out
 
 
@@ -238,6 +243,7 @@ def load_ml100k_regions(
     kcore: int = 0,
     with_text: bool = True,
     duplicates: str = "drop",
+    published: bool = False,
 ) -> list[Market]:
     """The "ml-100k regions" markets (0-9 and x) from RecBole's ml-100k atomic files."""
     return load_markets(
@@ -248,4 +254,5 @@ def load_ml100k_regions(
         kcore=kcore,
         with_text=with_text,
         duplicates=duplicates,
+        published=published,
     )

@@ -22,6 +22,8 @@ from fecosr_jax.errors import ConfigError, check_ranges
 
 FORMATS = ("xmrec", "recbole", "ml100k_regions", "synthetic")
 SEMANTIC_SOURCES = ("auto", "synthetic", "text", "npy", "random", "none")
+# A market's catalogue: the items of its rows (its users' data), or what it publishes.
+CATALOGUES = ("interactions", "published")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -46,6 +48,12 @@ class DataConfig:
         newcomer alone this way.
       dataset: the RecBole dataset name (format recbole): atomic files `{dataset}.inter` ...
       metadata_path: the XMRec metadata folder (item titles); "" = none.
+      catalogue: a market's items (its softmax, and what the ID methods' union vocabulary
+        is built from), one of CATALOGUES: "interactions", the items of its rows, which
+        depend on its users' data; "published", the items it publishes whatever its users
+        did: the generator's catalogue (synthetic), the `.item` file (recbole,
+        ml100k_regions), each market's metadata file (xmrec). Under DP a catalogue from
+        interactions must be declared public (federated.dp.public).
       kcore: k-core filter per market when > 1.
       duplicates: rows equal to an earlier row in every field: "drop" (the first kept, the
         count logged) or "keep" (market.DUPLICATES).
@@ -68,6 +76,7 @@ class DataConfig:
     finetune_markets: str = ""
     dataset: str = "ml-100k"
     metadata_path: str = ""
+    catalogue: str = "interactions"
     kcore: int = 0
     duplicates: str = "drop"
     max_len: int = 20  # synthetic users have ~12 items
@@ -82,7 +91,12 @@ class DataConfig:
     seed: int = 0
 
     def __post_init__(self):
-        choices = {"format": FORMATS, "duplicates": DUPLICATES, "semantics": SEMANTIC_SOURCES}
+        choices = {
+            "format": FORMATS,
+            "duplicates": DUPLICATES,
+            "semantics": SEMANTIC_SOURCES,
+            "catalogue": CATALOGUES,
+        }
         checks = {
             field: (getattr(self, field) in allowed, f"one of {', '.join(allowed)}")
             for field, allowed in choices.items()
@@ -150,15 +164,17 @@ def _names(text: str) -> list[str]:
     return [m for m in str(text).split(",") if m]
 
 
-def _kcore_market(market: Market, k: int) -> Market:
-    """k-core filter of an already built market (used for synthetic data)."""
+def _kcore_market(market: Market, k: int, published: bool = False) -> Market:
+    """k-core filter of an already built market (used for synthetic data); a published
+    catalogue stays whole."""
     if k <= 1:
         return market
     users = np.repeat(market.user_ids, market.lengths)
     items = market.item_ids[market.items - 1]
     times = np.concatenate([np.arange(n) for n in market.lengths]).astype(np.float64)
     log = kcore_filter(Interactions(users, items, times, source=market.name), k)
-    kept = market_from_interactions(market.name, log)
+    catalogue = market.item_ids if published else None
+    kept = market_from_interactions(market.name, log, catalogue=catalogue)
     if market.semantics is None:
         return kept
     index = {i: j for j, i in enumerate(market.item_ids.tolist(), start=1)}
@@ -179,6 +195,7 @@ def load_source(
     dataset: str = "ml-100k",
     synthetic_config: synthetic.SyntheticConfig | None = None,
     duplicates: str = "drop",
+    catalogue: str = "interactions",
 ) -> list[Market]:
     """Loads markets from any supported source.
 
@@ -192,14 +209,18 @@ def load_source(
       synthetic_config: the generator's config, for fmt synthetic (default config if None).
       duplicates: a file's exact duplicate rows "drop" (counted in the log) or "keep";
         synthetic markets have none.
+      catalogue: one of CATALOGUES (DataConfig.catalogue).
 
     Returns:
       The markets, in order.
     """
     if fmt not in FORMATS:
         raise DataError(f"unknown format '{fmt}', expected one of {FORMATS}", field="format")
+    published = catalogue == "published"
     if fmt == "synthetic":
-        out = synthetic.synthetic_markets(synthetic_config or synthetic.SyntheticConfig())
+        out = synthetic.synthetic_markets(
+            synthetic_config or synthetic.SyntheticConfig(), published
+        )
         if markets is not None:
             by_name = {m.name: m for m in out}
             unknown = [m for m in markets if m not in by_name]
@@ -209,7 +230,7 @@ def load_source(
                     field="markets",
                 )
             out = [by_name[m] for m in markets]
-        return [_kcore_market(m, kcore) for m in out]
+        return [_kcore_market(m, kcore, published) for m in out]
     if path is None:
         raise DataError(f"format '{fmt}' needs a data path", field="path")
     if fmt == "xmrec":
@@ -219,11 +240,20 @@ def load_source(
                 field="markets",
             )
         return xmrec.load_markets(
-            path, markets, metadata_dir=metadata_path, kcore=kcore, duplicates=duplicates
+            path,
+            markets,
+            metadata_dir=metadata_path,
+            kcore=kcore,
+            duplicates=duplicates,
+            published=published,
         )
     if fmt == "ml100k_regions":
-        return recbole.load_ml100k_regions(path, markets, kcore=kcore, duplicates=duplicates)
-    return recbole.load_markets(path, dataset, markets=markets, kcore=kcore, duplicates=duplicates)
+        return recbole.load_ml100k_regions(
+            path, markets, kcore=kcore, duplicates=duplicates, published=published
+        )
+    return recbole.load_markets(
+        path, dataset, markets=markets, kcore=kcore, duplicates=duplicates, published=published
+    )
 
 
 def semantic_source(data: DataConfig) -> str:
@@ -252,6 +282,7 @@ def markets_from_config(
         dataset=data.dataset,
         synthetic_config=synthetic_config,
         duplicates=data.duplicates,
+        catalogue=data.catalogue,
     )
     source = semantic_source(data)
     if source == "synthetic" and data.format != "synthetic":

@@ -182,12 +182,20 @@ def _generate_market(config, m, centres, shared_t, core_cluster, core_vectors):
     return name, log, vectors, cluster, weight, t, by_id
 
 
-def generate(config: SyntheticConfig) -> tuple[list[Market], list[MarketTruth]]:
+def generate(
+    config: SyntheticConfig, published: bool = False
+) -> tuple[list[Market], list[MarketTruth]]:
     """Generates `config.num_markets` markets with semantic vectors and item text.
 
+    Args:
+      config: the generator's settings.
+      published: each market's catalogue is the generator's (config.items_per_market items,
+        its published catalogue: config.data.catalogue "published"); False = the items that
+        occur in its sequences.
+
     Returns:
-      (markets, truths): each market's data (catalogue = items that occur in its sequences,
-      semantics attached) and its generating process in local item indices.
+      (markets, truths): each market's data (semantics attached) and its generating process
+      in local item indices.
     """
     centres, shared_t, core_cluster, core_vectors = _shared_parts(config)
     markets, truths = [], []
@@ -195,7 +203,8 @@ def generate(config: SyntheticConfig) -> tuple[list[Market], list[MarketTruth]]:
         name, log, vectors, cluster, weight, t, by_id = _generate_market(
             config, m, centres, shared_t, core_cluster, core_vectors
         )
-        market = market_from_interactions(name, log)
+        catalogue = list(by_id) if published else None
+        market = market_from_interactions(name, log, catalogue=catalogue)
         j = np.asarray([by_id[i] for i in market.item_ids.tolist()])
         sem = np.zeros((market.num_items + 1, config.semantic_dim), np.float32)
         sem[1:] = vectors[j]
@@ -214,6 +223,6 @@ def generate(config: SyntheticConfig) -> tuple[list[Market], list[MarketTruth]]:
     return markets, truths
 
 
-def synthetic_markets(config: SyntheticConfig) -> list[Market]:
+def synthetic_markets(config: SyntheticConfig, published: bool = False) -> list[Market]:
     """The markets of `generate`, without the truth."""
-    return generate(config)[0]
+    return generate(config, published)[0]

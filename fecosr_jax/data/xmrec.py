@@ -240,6 +240,7 @@ def load_markets(
     metadata_dir: str | os.PathLike | None = None,
     kcore: int = 0,
     duplicates: str = "drop",
+    published: bool = False,
 ) -> list[Market]:
     """Loads XMRec markets from a folder of ratings files (and optional metadata files).
 
@@ -250,6 +251,8 @@ def load_markets(
         for ratings only.
       kcore: if > 1, k-core filter each market (users and items with >= kcore rows).
       duplicates: exact duplicate rows "drop" (counted in the log) or "keep".
+      published: each market's catalogue is the items of its metadata file (what the market
+        lists for sale: config.data.catalogue "published"); False = the items of its rows.
 
     Returns:
       One Market per name, in the given order.
@@ -261,6 +264,12 @@ def load_markets(
         raise DataError("data folder not found", path=data_dir)
     if not markets:
         raise DataError("no markets given", field="markets")
+    if published and metadata_dir is None:
+        raise DataError(
+            "the published catalogue of an XMRec market is its metadata file: set "
+            "config.data.metadata_path, or use config.data.catalogue=interactions",
+            field="config.data.catalogue",
+        )
     out = []
     for name in markets:
         ratings = load_ratings(ratings_path(data_dir, name), duplicates=duplicates)
@@ -271,5 +280,8 @@ def load_markets(
             if meta is None:
                 raise DataError(f"no metadata file for market '{name}'", path=metadata_dir)
             text = load_metadata(meta)
-        out.append(market_from_interactions(name, interactions, item_text=text))
+        catalogue = list(text) if published else None
+        out.append(
+            market_from_interactions(name, interactions, item_text=text, catalogue=catalogue)
+        )
     return out

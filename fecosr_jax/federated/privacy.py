@@ -39,6 +39,15 @@ MAX_NOISE_MULTIPLIER = 100.0
 # 0.95 (Abadi et al.'s setting).
 PLD_INTERVAL = 1e-2
 PLD_STEPS = 300
+# What a private run sends without noise, each covered only if declared public
+# (DPConfig.public; docs/design.md §7): {name: what it is}.
+UNNOISED = {
+    "catalogues": "each market's item catalogue from its interactions (config.data.catalogue="
+    "interactions): the softmax every user's gradient is taken over, and the ID methods' "
+    "union vocabulary",
+    "weights": "each market's count of training targets, its FedAvg weight "
+    "(config.federated.weighting=examples)",
+}
 
 
 def pld_interval(steps: int) -> float:
@@ -67,6 +76,10 @@ class DPConfig:
       delta: the delta of (epsilon, delta); 0 = 1 / (10 * the market's users).
       expected_batch_size: E, the expected users per step (q = E / users); 0 = half of
         federated.batch_size (the truncation bound T).
+      public: what the run may send without noise because the user declares it public,
+        comma-separated names of UNNOISED ("catalogues", "weights"); "" = nothing. A private
+        run that sends one undeclared is refused (`check_sent`). A declaration changes no
+        number: results.json lists it beside the epsilons.
     """
 
     enabled: bool = False
@@ -75,6 +88,7 @@ class DPConfig:
     target_epsilon: float = 0.0
     delta: float = 0.0
     expected_batch_size: int = 0
+    public: str = ""
 
     def __post_init__(self):
         ranges = {
@@ -85,6 +99,16 @@ class DPConfig:
             "expected_batch_size": self.expected_batch_size >= 0,
         }
         check_ranges("config.federated.dp", self, ranges)
+        unknown = [n for n in self.declared() if n not in UNNOISED]
+        if unknown:
+            raise ConfigError(
+                f"config.federated.dp.public={self.public!r}: {unknown[0]} is not one of "
+                f"{', '.join(UNNOISED)}"
+            )
+
+    def declared(self) -> list[str]:
+        """The names `public` declares, in order."""
+        return [n for n in str(self.public).split(",") if n]
 
     def expected_batch(self, batch_size: int) -> int:
         return self.expected_batch_size or max(1, batch_size // 2)
@@ -211,7 +235,9 @@ def composed_epsilon(releases: Sequence[dict], delta: float) -> float:
 
 
 def run_report(
-    per_pretraining: dict[str, dict[str, dict]], not_private: dict[str, Sequence[str]]
+    per_pretraining: dict[str, dict[str, dict]],
+    not_private: dict[str, Sequence[str]],
+    public: Sequence[str] = (),
 ) -> dict[str, dict]:
     """results.json's "privacy_composed": per market, every release of its data in one run.
 
@@ -219,10 +245,13 @@ def run_report(
       per_pretraining: {pretraining: {market: its Plan.report entry}}, the private releases
         (a loaded export's included: its users' data are in the model too).
       not_private: {pretraining: its markets} of releases without DP (pooled data).
+      public: what every market sent without noise, declared public (names of UNNOISED;
+        `unnoised`): outside the epsilon.
 
     Returns:
       {market: {"epsilon" (composed_epsilon at the market's delta; None where a release is
-      not private), "delta", "releases", "not_private" (when any), "steps", "accountant"}}.
+      not private), "delta", "releases", "not_private" (when any), "steps", "accountant",
+      "public" (when any)}}.
     """
     by_market: dict[str, dict[str, dict]] = {}
     for key, markets in per_pretraining.items():
@@ -244,8 +273,42 @@ def run_report(
             **({"not_private": raw} if raw else {}),
             "steps": steps,
             "accountant": accountant_name(steps),
+            **({"public": list(public)} if public else {}),
         }
     return out
+
+
+def unnoised(weighting: str, catalogue: str) -> list[str]:
+    """What a run with these settings sends without noise (names of UNNOISED)."""
+    return [
+        name
+        for name, sent in (
+            ("catalogues", catalogue == "interactions"),
+            ("weights", weighting == "examples"),
+        )
+        if sent
+    ]
+
+
+def check_sent(dp: DPConfig, weighting: str, catalogue: str) -> None:
+    """A private run sends nothing without noise that is not declared public.
+
+    Raises:
+      ConfigError: naming the first undeclared thing and the two ways out.
+    """
+    if not dp.enabled:
+        return
+    ways = {
+        "catalogues": "config.data.catalogue=published (each market's published items)",
+        "weights": "config.federated.weighting=uniform",
+    }
+    for name in unnoised(weighting, catalogue):
+        if name not in dp.declared():
+            raise ConfigError(
+                f"config.federated.dp.enabled=True sends {UNNOISED[name]} without noise: set "
+                f"{ways[name]}, or declare it public with "
+                f"config.federated.dp.public={','.join([*dp.declared(), name])}"
+            )
 
 
 def default_delta(users: int) -> float:

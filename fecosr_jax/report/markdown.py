@@ -44,9 +44,11 @@ def composed_privacy_markdown(report: dict) -> list[str]:
             lines.append(f"- {name}: not private ({raw} pools its raw data)")
         else:
             epsilon = "inf" if e["epsilon"] is None else f"{e['epsilon']:.3g}"
+            public = e.get("public")
+            public = f"; declared public, sent without noise: {', '.join(public)}" if public else ""
             lines.append(
                 f"- {name}: epsilon {epsilon} at delta {e['delta']:.2g} "
-                f"({releases}; {e['steps']} steps)"
+                f"({releases}; {e['steps']} steps{public})"
             )
     return lines
 

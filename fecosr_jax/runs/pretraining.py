@@ -210,7 +210,8 @@ class Pretrainer:
         if not self.fed.dp.enabled:
             return None
         pooled = {p.key: p.names for p in self.needed(methods) if p.scope == "pooled"}
-        return privacy.run_report(self.privacy_report(run, methods), pooled)
+        public = privacy.unnoised(self.fed.weighting, self.config.data.catalogue)
+        return privacy.run_report(self.privacy_report(run, methods), pooled, public)
 
     def needed(self, methods: list[str]) -> list[Pretraining]:
         """The pretrainings `methods` need, each once."""

@@ -17,6 +17,7 @@ from fecosr_jax import mesh
 from fecosr_jax.data import sources
 from fecosr_jax.data import synthetic as synthetic_lib
 from fecosr_jax.errors import ConfigError
+from fecosr_jax.federated import privacy
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.finetune.config import MODES, FinetuneConfig
 from fecosr_jax.model import ModelConfig
@@ -63,10 +64,10 @@ def check(config: ml_collections.ConfigDict) -> None:
     """Checks every field before anything is read or written; ConfigError names the first
     bad one (the dataclasses check their own fields)."""
     model(config)
-    federated(config)
+    fed_config = federated(config)
     for mode in MODES:
         finetune(config, mode)
-    data(config)
+    privacy.check_sent(fed_config.dp, fed_config.weighting, data(config).catalogue)
     evaluation(config)
     if config.data.format == "synthetic":
         synthetic(config)

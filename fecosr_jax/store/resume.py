@@ -22,7 +22,8 @@ from fecosr_jax.federated.privacy import DPConfig
 from fecosr_jax.store.checkpoint import NullPhase, PhaseCheckpoints
 from fecosr_jax.store.files import write_text_atomic
 
-# Config fields that may change between a run and its resume: they do not change results
+# Config fields (dotted when nested) that may change between a run and its resume: they do
+# not change results
 # (num_devices only the rounding of sums over markets, as a resume on another machine would).
 RESUMABLE_FIELDS = (
     "plots",
@@ -31,6 +32,7 @@ RESUMABLE_FIELDS = (
     "compilation_cache",
     "checkpoint",
     "num_devices",
+    "federated.dp.public",  # a declaration: what a private run may send without noise
 )
 # Config fields added in later versions: absent from an older run's config means this value.
 # Dotted names ("model.norm") for nested fields.
@@ -48,6 +50,7 @@ ADDED_FIELDS = {
     "data.newcomers": "",  # runs before it pretrained on every market
     "pretrained": "",  # runs before it pretrained in the run
     "data.finetune_markets": "",  # runs before it fine-tuned every market
+    "data.catalogue": "interactions",  # runs before it took a market's items from its rows
 }
 
 
@@ -61,7 +64,7 @@ def changed_fields(saved: dict, current: dict, prefix: str = "") -> dict[str, tu
     out = {}
     for key in sorted(set(saved) | set(current)):
         name = f"{prefix}{key}"
-        if not prefix and key in RESUMABLE_FIELDS:
+        if name in RESUMABLE_FIELDS:
             continue
         absent = ADDED_FIELDS.get(name, "<absent>")
         a, b = saved.get(key, absent), current.get(key, "<absent>")
