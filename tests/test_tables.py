@@ -4,6 +4,7 @@ import itertools
 import json
 import math
 import shutil
+import statistics
 
 import pytest
 
@@ -126,6 +127,13 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         assert f"| {market} ({t['users']:,}) | {cell} | {cell} |" in text
     assert text.startswith("| market (test users) | ε = 1 | ε = ∞ |\n")
     assert text.endswith("| epsilon spent (most of any market) | 1.00 | - |\n")
+    # The plot's band: local's market mean over its seeds, 95% t-interval, every budget's.
+    means = [read_json(f / "results.json")["methods"]["local"]["market_mean"]["ndcg@10"]
+             for f in plain]  # fmt: skip
+    half = 4.302653 * statistics.stdev(means) / math.sqrt(3)  # t(0.975, 2 degrees of freedom)
+    points = run_tables.privacy_points(columns, seeds, "fedavg_id", local=plain)
+    for p in points.values():
+        assert p["local"] == pytest.approx([statistics.fmean(means), half], rel=1e-6)
     # A `local` of other test users is refused, not paired with the wrong users.
     other = tmp_path / "other_seed0"
     shutil.copytree(plain[0], other)

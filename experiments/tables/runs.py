@@ -11,6 +11,7 @@ import math
 import pathlib
 
 import numpy as np
+import scipy.stats
 
 from experiments.tables.cells import row, signed
 from fecosr_jax.report import markdown, method_pairs, significance
@@ -247,8 +248,9 @@ def privacy_points(
     seed-aware test against `local` (results_lib.seed_aware: its "diff", "verdict" after
     Benjamini-Hochberg over the markets, "robust", "users"), the per-user test of these
     trained models ("trained_models"), the market-mean gain of each seed and its [mean, std]
-    over seeds ("gain"), and the epsilon spent (the largest over markets and seeds; None
-    without DP)."""
+    over seeds ("gain"), `local`'s market mean over seeds as [mean, half-width of its 95%
+    t-interval] ("local": what the seeds of `local` alone allow; half-width None with one
+    seed), and the epsilon spent (the largest over markets and seeds; None without DP)."""
     baselines = None if local is None else [read_run(f) for f in local]
     points = {}
     for epsilon, folders in columns.items():
@@ -259,19 +261,28 @@ def privacy_points(
         results = results_lib.combine_seeds(per_seed, list(seeds), ranks)
         worst = results_lib.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
+        own = [r["methods"]["local"]["market_mean"]["ndcg@10"] for r in per_seed]
         gains = [
-            r["methods"][method]["market_mean"]["ndcg@10"]
-            - r["methods"]["local"]["market_mean"]["ndcg@10"]
-            for r in per_seed
+            r["methods"][method]["market_mean"]["ndcg@10"] - o
+            for r, o in zip(per_seed, own, strict=True)
         ]
         points[epsilon] = {
             "markets": results["vs_local"][method]["seed_aware"]["markets"],
             "trained_models": results["vs_local"][method]["trained_models"]["markets"],
             "seed_gains": gains,
             "gain": results_lib.mean_std(gains),
+            "local": [float(np.mean(own)), _half_width(own)],
             "spent": max(budgets) if budgets else None,
         }
     return points
+
+
+def _half_width(values) -> float | None:
+    """The half-width of the 95% t-interval of the mean of `values` (None for one value)."""
+    if len(values) < 2:
+        return None
+    sem = float(np.std(values, ddof=1)) / np.sqrt(len(values))
+    return float(scipy.stats.t.ppf(0.975, len(values) - 1) * sem)
 
 
 def privacy_curve(

@@ -167,7 +167,8 @@ def privacy(points: dict, method: str, title: str, path) -> None:
     the privacy budget (experiments.tables.runs.privacy_points: {epsilon: ...}; inf, DP off,
     sits at the right as "∞"), a filled marker where the pooled per-user test is significant
     after the correction; the market mean over seeds in black (error bars: its std over seeds),
-    and `local` at 0."""
+    and `local` at 0, as a band: the 95% interval of its own market mean over seeds (the
+    points' "local"; a line with one seed), the spread a gain is read against."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,6 +181,10 @@ def privacy(points: dict, method: str, title: str, path) -> None:
     ax.axhline(
         0.0, color="grey", linestyle=":", linewidth=1.5, label="local (nothing leaves the market)"
     )
+    half = points[budgets[0]].get("local", [None, None])[1]
+    if half:  # local trains once per seed, the same at every budget
+        ax.axhspan(-half, half, color="grey", alpha=0.2, linewidth=0,
+                   label="local: 95% interval of its market mean over seeds")  # fmt: skip
     markets = points[budgets[0]]["markets"]
     for i, (market, test) in enumerate(markets.items()):
         color, _, linestyle, marker = series_style(i)
