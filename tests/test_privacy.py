@@ -285,15 +285,9 @@ def test_epsilon_without_truncation_equals_dp_accountings_poisson_gaussian():
     """With T >= the users no batch can be truncated: the plan's epsilon (truncated event) is
     dp_accounting's PLD of the plain Poisson subsampled Gaussian, composed step by step (at
     dp_accounting's default, finer discretisation)."""
-    import dp_accounting
-    from dp_accounting.pld import pld_privacy_accountant
-
     dp = privacy.DPConfig(enabled=True, noise_multiplier=1.1, expected_batch_size=10)
     plan = privacy.plan(dp, ["a"], [200], batch_size=200, local_steps=5, num_rounds=20)
-    accountant = pld_privacy_accountant.PLDAccountant()
-    event = dp_accounting.PoissonSampledDpEvent(10 / 200, dp_accounting.GaussianDpEvent(1.1))
-    accountant.compose(event, 100)
-    expected = accountant.get_epsilon(1 / 2000)
+    expected = plain_poisson_epsilon(10 / 200, 1.1, 100, 1 / 2000)
     assert plan.delta[0] == 1 / 2000  # default delta: 1 / (10 users)
     # the plan's coarser discretisation (privacy.PLD_INTERVAL) bounds it from above, closely
     assert expected <= plan.epsilon(0, 20) <= 1.03 * expected
