@@ -142,7 +142,8 @@ class FedConfig:
         """The settings that shape the compiled round, with every per-run value replaced by a
         placeholder: configs with equal programs share one compiled round. FedProx stays on
         or off (mu > 0), its weight is a value; DP's noise multipliers come in as data (the
-        round's dp_noise, or FedValues.dp_noise), so the privacy budget is not the program's."""
+        round's dp_noise, or FedValues.dp_noise), so the privacy budget is not the program's,
+        nor is what the run declares public."""
         return dataclasses.replace(
             self,
             seed=0,
@@ -151,5 +152,5 @@ class FedConfig:
             client_lr=0.0,
             server_lr=0.0,
             fedprox_mu=1.0 if self.fedprox_mu else 0.0,
-            dp=dataclasses.replace(self.dp, noise_multiplier=1.0, target_epsilon=0.0),
+            dp=dataclasses.replace(self.dp, noise_multiplier=1.0, target_epsilon=0.0, public=""),
         )
