@@ -144,6 +144,23 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         run_tables.privacy_points(columns, seeds, "fedavg_id", local=[other, *plain[1:]])
 
 
+def test_a_curve_of_one_recipe_reads_its_own_inf_column_and_local(tmp_path):
+    # A sweep whose ∞ point ran the same recipe (epsinf_seed<s>/) and whose runs each hold
+    # their `local`: the ∞ column is the sweep's own, compared with each run's own `local`.
+    seeds = (0, 1, 2)
+    for s in seeds:
+        for name in (f"eps1.0_seed{s}", f"epsinf_seed{s}"):
+            shutil.copytree(results_tables.XMREC_SEEDS / f"seed_{s}", tmp_path / name)
+    curve = privacy_tables.Curve(tmp_path, (1.0,), None, "fedavg_id", "t", seeds)
+    assert curve.local() is None
+    assert curve.columns()[math.inf] == [tmp_path / f"epsinf_seed{s}" for s in seeds]
+    points = curve.points()
+    tests = run_tables.combined(results_tables.XMREC_SEEDS, seeds)["vs_local"]["fedavg_id"]
+    for budget in (1.0, math.inf):
+        assert points[budget]["markets"] == tests["seed_aware"]["markets"]
+        assert points[budget]["spent"] is None
+
+
 def test_a_dp_recipe_reads_as_its_config_says():
     # E = 0 means half the batch; DP off shows no E and no sigma.
     fed = {

@@ -106,27 +106,33 @@ PRIVACY_SEEDS = range(3)
 
 @dataclasses.dataclass(frozen=True)
 class Curve:
-    """A privacy sweep (launch/sweep.py --epsilon=... --seeds=0,1,2: folders eps<e>_seed<s>/),
-    the same config without DP (seed_<s>/ of a run over seeds: the epsilon = inf column and
-    the `local` every column is compared with), the method and the plot's title."""
+    """A privacy sweep (launch/sweep.py --epsilon=...: folders eps<e>_seed<s>/), the method,
+    the plot's title and its seeds. The ∞ column and the `local` every column is compared
+    with: `without_dp` (seed_<s>/ of a run over seeds, the same config without DP: the
+    curves made before a sweep ran ∞ with the same recipe), or None for the sweep's own
+    epsinf_seed<s>/ and each run's own `local` (one recipe for every point)."""
 
     sweep: pathlib.Path
     budgets: tuple[float, ...]
-    without_dp: pathlib.Path
+    without_dp: pathlib.Path | None
     method: str
     title: str
+    seeds: tuple[int, ...] = tuple(PRIVACY_SEEDS)
 
-    def local(self) -> list[pathlib.Path]:
-        return [self.without_dp / f"seed_{s}" for s in PRIVACY_SEEDS]
+    def local(self) -> list[pathlib.Path] | None:
+        if self.without_dp is None:
+            return None
+        return [self.without_dp / f"seed_{s}" for s in self.seeds]
 
     def columns(self) -> dict[float, list[pathlib.Path]]:
-        runs = {e: [self.sweep / f"eps{e}_seed{s}" for s in PRIVACY_SEEDS] for e in self.budgets}
-        return runs | {math.inf: self.local()}
+        runs = {e: [self.sweep / f"eps{e}_seed{s}" for s in self.seeds] for e in self.budgets}
+        inf = self.local() or [self.sweep / f"epsinf_seed{s}" for s in self.seeds]
+        return runs | {math.inf: inf}
 
     def points(self) -> dict:
         """The curve's points (run_tables.privacy_points): per budget, per market the test
         against `local`, the gain over seeds and the epsilon spent."""
-        return run_tables.privacy_points(self.columns(), PRIVACY_SEEDS, self.method, self.local())
+        return run_tables.privacy_points(self.columns(), self.seeds, self.method, self.local())
 
 
 CURVES = {
@@ -157,7 +163,7 @@ CURVES = {
 def curve_table(name: str) -> str:
     """CURVES[name] as a table (run_tables.privacy_curve)."""
     c = CURVES[name]
-    return run_tables.privacy_curve(c.columns(), PRIVACY_SEEDS, c.method, c.local())
+    return run_tables.privacy_curve(c.columns(), c.seeds, c.method, c.local())
 
 
 def curve_figure(name: str, path: pathlib.Path) -> None:
