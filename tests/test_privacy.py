@@ -210,7 +210,7 @@ def test_removing_a_user_with_a_unique_item_changes_no_other_users_clipped_gradi
             jax.grad(lambda p, r: batch_loss(model, fed, p, r, data, jax.random.key(1))[0])
         )
         out = {}
-        for user, rows in zip(s.user_ids, np.asarray(data["user_rows"]), strict=False):
+        for user, rows in zip(s.user_ids, np.asarray(data["user_rows"]), strict=True):
             g = flat(grad(params, data["train"][rows[rows >= 0]]))
             out[str(user)] = g * min(1.0, 0.05 / np.linalg.norm(g))
         return out
