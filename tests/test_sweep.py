@@ -261,6 +261,11 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
             split.append({"run": name, "newcomers": "none", "seeds": seed, "status": "done",
                           "methods": {}, "round_s": {}, "delta_cosine": {}})  # fmt: skip
     assert sweep_results.newcomers(split, ["newcomers", "seeds"], ranks) == [point]
+    # Before b's member runs exist, only a is paired (a's member tested alone).
+    partial = [r for r in split if not r["run"].startswith("newnone_b")]
+    (early,) = sweep_results.newcomers(partial, ["newcomers", "seeds"], ranks)
+    assert list(early["methods"]["fecosr"]["markets"]) == ["a"]
+    assert early["methods"]["fecosr"]["markets"]["a"]["newcomer"]["diff"] == pytest.approx(0.5)
     twice = [*split, {**split[-1], "run": "newnone_seed1"}]
     with pytest.raises(errors.BadInput, match="newnone_a_seed1 and newnone_seed1 both"):
         sweep_results.newcomers(twice, ["newcomers", "seeds"], ranks)

@@ -100,7 +100,8 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
     member gains). A held-out point needs only its newcomer's ranks: launch/sweep.py
     fine-tunes it alone (config.data.finetune_markets). The point none may be several runs
     per seed, each fine-tuning some of its markets (_seed_ranks): the whole federation's
-    fine-tuning split over processes or sessions.
+    fine-tuning split over processes or sessions; a held-out market with no member yet is
+    left out (and the member's family is the markets the point none has).
 
     Returns:
       [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
@@ -133,7 +134,9 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
             continue  # a point without ranks, or points over other seeds: nothing paired
         whole = pooled.pop("none")[1]
         member = results_lib.seed_aware(whole, list(whole["local"]))
-        held = list(pooled)
+        held = [m for m in pooled if m in whole.get("local", {})]  # members run so far
+        if not held:
+            continue
         methods: dict[str, dict] = {}
         for method in member:
             if method == "popularity" or not all(
