@@ -11,7 +11,6 @@ import math
 import pathlib
 
 import numpy as np
-import scipy.stats
 
 from experiments.tables.cells import row, signed
 from fecosr_jax.report import markdown, method_pairs, significance
@@ -271,7 +270,7 @@ def privacy_points(
             "trained_models": results["vs_local"][method]["trained_models"]["markets"],
             "seed_gains": gains,
             "gain": results_lib.mean_std(gains),
-            "local": [float(np.mean(own)), _half_width(own)],
+            "local": [float(np.mean(own)), _half_width(own)],  # the plot's band
             "spent": max(budgets) if budgets else None,
         }
     return points
@@ -279,10 +278,8 @@ def privacy_points(
 
 def _half_width(values) -> float | None:
     """The half-width of the 95% t-interval of the mean of `values` (None for one value)."""
-    if len(values) < 2:
-        return None
-    sem = float(np.std(values, ddof=1)) / np.sqrt(len(values))
-    return float(scipy.stats.t.ppf(0.975, len(values) - 1) * sem)
+    interval = significance.mean_interval(values)
+    return None if interval is None else (interval[1] - interval[0]) / 2
 
 
 def privacy_curve(

@@ -118,6 +118,15 @@ def _t_test(diff: float, variance: float, df: float) -> tuple[float, list[float]
     return p, [diff - critical * se, diff + critical * se], detectable
 
 
+def mean_interval(values) -> list[float] | None:
+    """The (1 - ALPHA) Student-t interval [low, high] of the mean of `values` (say, a
+    method's market mean over seeds); None for fewer than 2 values."""
+    v = np.asarray(values, np.float64)
+    if v.size < 2:
+        return None
+    return _t_test(float(v.mean()), float(v.var(ddof=1)) / v.size, v.size - 1.0)[1]
+
+
 def seed_aware_test(method: np.ndarray, reference: np.ndarray) -> dict:
     """The method against the reference over seeds and users (module docstring): per-user
     values [S, U] of each (NaN = no user; a user missing in any seed is dropped).

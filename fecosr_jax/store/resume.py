@@ -23,8 +23,8 @@ from fecosr_jax.store.checkpoint import NullPhase, PhaseCheckpoints
 from fecosr_jax.store.files import write_text_atomic
 
 # Config fields (dotted when nested) that may change between a run and its resume: they do
-# not change results
-# (num_devices only the rounding of sums over markets, as a resume on another machine would).
+# not change results (num_devices only the rounding of sums over markets, as a resume on
+# another machine would).
 RESUMABLE_FIELDS = (
     "plots",
     "tensorboard",
