@@ -39,14 +39,20 @@ MAX_NOISE_MULTIPLIER = 100.0
 # 0.95 (Abadi et al.'s setting).
 PLD_INTERVAL = 1e-2
 PLD_STEPS = 300
-# What a private run sends without noise, each covered only if declared public
-# (DPConfig.public; docs/design.md §7): {name: what it is}.
+# What a private run may send without noise, each covered only if declared public
+# (DPConfig.public; docs/design.md §7): {name: (what it is, the setting that avoids it)}.
 UNNOISED = {
-    "catalogues": "each market's item catalogue from its interactions (config.data.catalogue="
-    "interactions): the softmax every user's gradient is taken over, and the ID methods' "
-    "union vocabulary",
-    "weights": "each market's count of training targets, its FedAvg weight "
-    "(config.federated.weighting=examples)",
+    "catalogues": (
+        "each market's item catalogue from its interactions (config.data.catalogue="
+        "interactions): the softmax every user's gradient is taken over, and the ID methods' "
+        "union vocabulary",
+        "config.data.catalogue=published (each market's published items)",
+    ),
+    "weights": (
+        "each market's count of training targets, its FedAvg weight "
+        "(config.federated.weighting=examples)",
+        "config.federated.weighting=uniform",
+    ),
 }
 
 
@@ -298,15 +304,12 @@ def check_sent(dp: DPConfig, weighting: str, catalogue: str) -> None:
     """
     if not dp.enabled:
         return
-    ways = {
-        "catalogues": "config.data.catalogue=published (each market's published items)",
-        "weights": "config.federated.weighting=uniform",
-    }
     for name in unnoised(weighting, catalogue):
         if name not in dp.declared():
+            what, way_out = UNNOISED[name]
             raise ConfigError(
-                f"config.federated.dp.enabled=True sends {UNNOISED[name]} without noise: set "
-                f"{ways[name]}, or declare it public with "
+                f"config.federated.dp.enabled=True sends {what} without noise: set "
+                f"{way_out}, or declare it public with "
                 f"config.federated.dp.public={','.join([*dp.declared(), name])}"
             )
 
