@@ -193,10 +193,10 @@ def test_accountant_benchmark_is_the_runs_accountant_at_its_discretisation():
     pytest.importorskip("jax_privacy")
     from experiments.bench import accountant
     from experiments.tables import bench as bench_tables
-    from fecosr_jax.federated import privacy
+    from fecosr_jax.federated import accounting
 
-    coarse = accountant.measure(privacy.PLD_INTERVAL, 40, 8, 8)
-    assert coarse["epsilon_truncated"] == privacy._epsilon(1.0, 40, 4, 8, 1 / 400, 8)
+    coarse = accountant.measure(accounting.PLD_INTERVAL, 40, 8, 8)
+    assert coarse["epsilon_truncated"] == accounting.cached_epsilon(1.0, 40, 4, 8, 1 / 400, 8)
     assert coarse["epsilon_truncated"] > coarse["epsilon_plain"]
     fine = accountant.measure(1e-3, 40, 8, 8)
     assert fine["epsilon_truncated"] <= coarse["epsilon_truncated"]

@@ -11,7 +11,7 @@ import pytest
 
 from fecosr_jax.data import leave_one_out, stack_markets, synthetic
 from fecosr_jax.errors import ConfigError
-from fecosr_jax.federated import privacy
+from fecosr_jax.federated import accounting, privacy
 from fecosr_jax.federated import round as fr
 from fecosr_jax.federated.client import batch_loss, make_client, poisson_users
 from fecosr_jax.federated.config import FedConfig
@@ -289,7 +289,7 @@ def test_epsilon_without_truncation_equals_dp_accountings_poisson_gaussian():
     plan = privacy.plan(dp, ["a"], [200], batch_size=200, local_steps=5, num_rounds=20)
     expected = plain_poisson_epsilon(10 / 200, 1.1, 100, 1 / 2000)
     assert plan.delta[0] == 1 / 2000  # default delta: 1 / (10 users)
-    # the plan's coarser discretisation (privacy.PLD_INTERVAL) bounds it from above, closely
+    # the plan's coarser discretisation (accounting.PLD_INTERVAL) bounds it from above, closely
     assert expected <= plan.epsilon(0, 20) <= 1.03 * expected
     assert plan.epsilon(0, 10) < plan.epsilon(0, 20)  # only rounds trained count
     report = plan.report([20])["a"]
@@ -321,26 +321,26 @@ def test_epsilon_of_the_setting_abadi_et_al_published():
     rdp.compose(
         dp_accounting.PoissonSampledDpEvent(0.01, dp_accounting.GaussianDpEvent(4.0)), 10_000
     )
-    ours = privacy.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000)  # users, E: q = 0.01
-    finest = privacy.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000, interval=1e-4)
+    ours = accounting.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000)  # users, E: q = 0.01
+    finest = accounting.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000, interval=1e-4)
     assert finest <= ours <= 1.02 * finest
     assert 0.9 < ours < rdp.get_epsilon(1e-5) < 1.26 < 9.34
     # At the coarse 0.01 the pessimism of 10,000 compositions would have reported 1.76.
-    assert privacy.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000, interval=1e-2) > 1.7
+    assert accounting.epsilon(4.0, 100_000, 1000, None, 1e-5, 10_000, interval=1e-2) > 1.7
 
 
 @pytest.mark.parametrize("steps, sigma", [(60, 0.6), (300, 2.0), (3000, 2.0)])
 def test_the_runs_discretisation_bounds_the_finest_closely(steps, sigma):
-    """privacy.pld_interval: 0.01 up to 300 steps (the project's configs compose 60 to 300),
+    """accounting.pld_interval: 0.01 up to 300 steps (the project's configs compose 60 to 300),
     finer in proportion beyond. The bound is never below the library's finest (1e-4) and at
     most 0.09 above it, 2.5% where epsilon >= 1 (at sigma 2 and 300 steps it reports 0.31
     for 0.22; at sigma 0.6, 4.73 for 4.73). Truncated event, T = 2E as in every config."""
-    ours = privacy.epsilon(sigma, 2000, 16, 32, 1 / 20_000, steps)
-    finest = privacy.epsilon(sigma, 2000, 16, 32, 1 / 20_000, steps, interval=1e-4)
-    assert finest <= ours <= finest + (0.09 if steps <= privacy.PLD_STEPS else 0.005)
+    ours = accounting.epsilon(sigma, 2000, 16, 32, 1 / 20_000, steps)
+    finest = accounting.epsilon(sigma, 2000, 16, 32, 1 / 20_000, steps, interval=1e-4)
+    assert finest <= ours <= finest + (0.09 if steps <= accounting.PLD_STEPS else 0.005)
     assert finest < 1 or ours <= 1.025 * finest
-    assert privacy.accountant_name(steps).startswith(
-        f"PLD (dp_accounting via jax_privacy, discretisation {privacy.pld_interval(steps):.3g})"
+    assert accounting.accountant_name(steps).startswith(
+        f"PLD (dp_accounting via jax_privacy, discretisation {accounting.pld_interval(steps):.3g})"
     )
 
 
@@ -361,7 +361,7 @@ def test_the_truncated_event_is_within_a_coupling_bound_of_plain_poisson():
     tau = stats.binom.sf(truncated, users + 1, expected / users)
 
     def trunc(d):
-        return privacy.epsilon(sigma, users, expected, truncated, d, steps, interval=1e-3)
+        return accounting.epsilon(sigma, users, expected, truncated, d, steps, interval=1e-3)
 
     def plain(d):
         return plain_poisson_epsilon(expected / users, sigma, steps, d, interval=1e-3)
@@ -449,7 +449,7 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
         assert e["steps"] == 2 * trained[m] and e["noise_multiplier"] == 0.8
         users = round(4 / e["sampling_rate"])
         assert e["delta"] == pytest.approx(1 / (10 * users))
-        assert e["epsilon"] == privacy._epsilon(0.8, users, 4, 8, e["delta"], e["steps"])
+        assert e["epsilon"] == accounting.cached_epsilon(0.8, users, 4, 8, e["delta"], e["steps"])
     md = (tmp_path / "results.md").read_text()
     assert md.count("- `federated_s2ce` m000") == 3
     # One release per market: the whole run's epsilon is that release's.
@@ -465,7 +465,7 @@ def test_a_private_run_reports_each_markets_epsilon(tmp_path, capsys):
 
 
 def test_releases_compose_and_a_target_is_met_by_their_composition():
-    """privacy.composed_epsilon: two releases of s steps each are one of 2s steps (the
+    """accounting.composed_epsilon: two releases of s steps each are one of 2s steps (the
     accountant's own composition), and a plan for a market that two private pretrainings use
     is calibrated so that both together meet the target (each alone stays well below it)."""
     kw = dict(batch_size=16, local_steps=2, num_rounds=10)
@@ -473,12 +473,12 @@ def test_releases_compose_and_a_target_is_met_by_their_composition():
     once, twice = (privacy.plan(dp, ["a"], [400], releases=[n], **kw) for n in (1, 2))
     assert twice.noise_multiplier[0] > once.noise_multiplier[0]
     entry = twice.report([10])["a"]
-    together = privacy.composed_epsilon([entry, entry], entry["delta"])
+    together = accounting.composed_epsilon([entry, entry], entry["delta"])
     assert 1.9 < together <= 2.0 and entry["epsilon"] < 0.75 * together
     assert together == pytest.approx(
-        privacy.epsilon(entry["noise_multiplier"], 400, 8, 16, entry["delta"], 40), rel=1e-9
+        accounting.epsilon(entry["noise_multiplier"], 400, 8, 16, entry["delta"], 40), rel=1e-9
     )
-    assert privacy.composed_epsilon([entry], entry["delta"]) == pytest.approx(
+    assert accounting.composed_epsilon([entry], entry["delta"]) == pytest.approx(
         entry["epsilon"], rel=1e-9
     )
 

@@ -1,5 +1,5 @@
 r"""The privacy accountant's cost and bound against its PLD discretisation: one epsilon of the
-truncated Poisson subsampled Gaussian (fecosr_jax.federated.privacy.epsilon: jax-privacy's
+truncated Poisson subsampled Gaussian (fecosr_jax.federated.accounting.epsilon: jax-privacy's
 DpsgdTrainingAccountant, PLD) and of the plain Poisson one beside it, timed, per setting.
 Sigma 1, E = T / 2 expected users per step, delta 1 / (10 U), as federated.dp's defaults.
 
@@ -14,7 +14,7 @@ from absl import app, flags
 
 from experiments.bench import common
 from experiments.tables import bench as bench_tables
-from fecosr_jax.federated import privacy
+from fecosr_jax.federated import accounting, privacy
 from fecosr_jax.report import results as results_lib
 
 # (discretisation, users U, truncation T, steps); the default 1e-4 timed once, on the small one.
@@ -35,7 +35,7 @@ def measure(interval: float, users: int, truncated: int, steps: int) -> dict:
         if name == "plain" and interval < 1e-3:
             continue  # slow, and the truncated row is what the default's cost shows
         start = time.perf_counter()
-        row[f"epsilon_{name}"] = privacy.epsilon(
+        row[f"epsilon_{name}"] = accounting.epsilon(
             1.0, users, truncated // 2, cap, delta, steps, interval=interval
         )
         row[f"seconds_{name}"] = time.perf_counter() - start

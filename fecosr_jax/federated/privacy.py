@@ -10,35 +10,23 @@ What leaves a market in federated pretraining is its model delta after K local s
   (jax_privacy.noise_addition.gaussian_privatizer) -> divided by E -> the client optimiser.
 
 All of it runs on the device inside the compiled round. A user's gradient is that of their
-mean loss over all their training windows (data.train_windows), clipped once. The accountant
-is jax_privacy's DP-SGD accountant over dp_accounting's privacy-loss distributions, with the
-truncated Poisson subsampled Gaussian event: epsilon of market m after s of its steps, for
-(q_m, sigma_m, T, s, delta_m). Only the steps of rounds a market trained in count.
+mean loss over all their training windows (data.train_windows), clipped once. Epsilon of
+market m after s of its steps, for (q_m, sigma_m, T, s, delta_m), is federated/accounting.py's;
+only the steps of rounds a market trained in count. This module holds the settings (DPConfig),
+each run's plan and report, and the check that nothing leaves a market unnoised undeclared.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import functools
 import math
 from collections.abc import Sequence
 
 import numpy as np
 
 from fecosr_jax.errors import ConfigError, check_ranges
+from fecosr_jax.federated import accounting
 
-# Beyond this noise multiplier a model learns nothing: a target epsilon that needs more is
-# refused before training.
-MAX_NOISE_MULTIPLIER = 100.0
-# The privacy-loss distribution's discretisation. Its bound is pessimistic (never below a
-# finer one's), and the pessimism grows with the steps composed. 0.01 computes in ~0.03 s
-# instead of ~2 s at the library's 1e-4; up to PLD_STEPS steps (this project's configs
-# compose 60 to 300) it reported at most 0.03 (60 steps) and 0.09 (300 steps) above 1e-4,
-# under 2.5% of epsilon where epsilon >= 1 (tests/test_privacy.py). Beyond PLD_STEPS the
-# interval shrinks in proportion: at 10,000 steps 0.01 would report 1.76 where 1e-4 gives
-# 0.95 (Abadi et al.'s setting).
-PLD_INTERVAL = 1e-2
-PLD_STEPS = 300
 # What a private run may send without noise, each covered only if declared public
 # (DPConfig.public; docs/design.md §7): {name: (what it is, the setting that avoids it)}.
 UNNOISED = {
@@ -54,19 +42,6 @@ UNNOISED = {
         "config.federated.weighting=uniform",
     ),
 }
-
-
-def pld_interval(steps: int) -> float:
-    """The discretisation used for `steps` composed steps (PLD_INTERVAL up to PLD_STEPS)."""
-    return PLD_INTERVAL * min(1.0, PLD_STEPS / max(int(steps), 1))
-
-
-def accountant_name(steps: int) -> str:
-    """results.json's "accountant" of an epsilon over `steps` steps."""
-    return (
-        f"PLD (dp_accounting via jax_privacy, discretisation {pld_interval(steps):.3g}), "
-        "truncated Poisson subsampled Gaussian"
-    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,7 +112,7 @@ class Plan:
 
     def epsilon(self, market: int, rounds_trained: int) -> float:
         """Market `market`'s epsilon after `rounds_trained` rounds (K steps each)."""
-        return _epsilon(
+        return accounting.cached_epsilon(
             float(self.noise_multiplier[market]),
             int(self.users[market]),
             self.expected_batch,
@@ -158,7 +133,7 @@ class Plan:
                 "expected_batch_size": self.expected_batch,
                 "truncated_batch_size": self.truncated_batch,
                 "steps": int(rounds_trained[m]) * self.local_steps,
-                "accountant": accountant_name(int(rounds_trained[m]) * self.local_steps),
+                "accountant": accounting.accountant_name(int(rounds_trained[m]) * self.local_steps),
             }
             for m, name in enumerate(self.names)
         }
@@ -169,75 +144,6 @@ class Plan:
         rate = np.concatenate([self.sampling_rate, np.zeros(pad)]).astype(np.float32)
         sigma = np.concatenate([self.noise_multiplier, np.zeros(pad)]).astype(np.float32)
         return {"dp_rate": rate, "dp_noise": sigma}
-
-
-def _accountant(interval: float):
-    from jax_privacy import accounting
-
-    return accounting.DpsgdTrainingAccountant(
-        accounting.PldAccountantConfig(value_discretization_interval=interval)
-    )
-
-
-def _params(sigma, users, expected, truncated, delta):
-    from jax_privacy import accounting
-
-    return accounting.DpParams(
-        noise_multipliers=sigma,
-        num_samples=users,
-        delta=delta,
-        batch_size=expected,
-        truncated_batch_size=truncated,
-        sampling_method=accounting.SamplingMethod.POISSON,
-    )
-
-
-def epsilon(sigma, users, expected, truncated, delta, steps, interval=None) -> float:
-    """The epsilon of `steps` DP-SGD steps on `users` users, each step Poisson-sampling
-    `expected` of them (truncated at `truncated`; None = not truncated), noise multiplier
-    `sigma`, at `delta`; PLD accounting with discretisation `interval` (default
-    `pld_interval(steps)`)."""
-    if steps == 0:
-        return 0.0
-    if sigma == 0:
-        return math.inf
-    params = _params(sigma, users, expected, truncated, delta)
-    interval = pld_interval(steps) if interval is None else interval
-    return float(_accountant(interval).compute_epsilon(steps, params))
-
-
-_epsilon = functools.lru_cache(maxsize=4096)(epsilon)  # calibration asks for the same ones
-
-
-def composed_epsilon(releases: Sequence[dict], delta: float) -> float:
-    """The epsilon at `delta` of every release of one market's data in a run, composed.
-
-    Each release is one pretraining's entry for the market (`Plan.report`: noise multiplier,
-    sampling rate, expected and truncated batch, steps), each of its steps the truncated
-    Poisson subsampled Gaussian event; dp_accounting's PLD accountant composes them (add or
-    remove one user, as jax_privacy's; discretisation `pld_interval` of all the steps). One
-    release gives its own epsilon."""
-    import dp_accounting
-
-    steps = sum(int(r["steps"]) for r in releases)
-    if steps == 0:
-        return 0.0
-    if any(r["noise_multiplier"] == 0 and r["steps"] for r in releases):
-        return math.inf
-    accountant = dp_accounting.pld.PLDAccountant(
-        neighboring_relation=dp_accounting.NeighboringRelation.ADD_OR_REMOVE_ONE,
-        value_discretization_interval=pld_interval(steps),
-    )
-    for r in releases:
-        if r["steps"]:
-            event = dp_accounting.TruncatedSubsampledGaussianDpEvent(
-                dataset_size=round(r["expected_batch_size"] / r["sampling_rate"]),
-                sampling_probability=r["sampling_rate"],
-                truncated_batch_size=r["truncated_batch_size"],
-                noise_multiplier=r["noise_multiplier"],
-            )
-            accountant.compose(event, int(r["steps"]))
-    return float(accountant.get_epsilon(delta))
 
 
 def run_report(
@@ -271,14 +177,14 @@ def run_report(
         raw = sorted(k for k, names in not_private.items() if name in names)
         steps = sum(int(e["steps"]) for e in entries.values())
         delta = min((e["delta"] for e in entries.values()), default=None)
-        epsilon = None if raw else composed_epsilon(list(entries.values()), delta)
+        epsilon = None if raw else accounting.composed_epsilon(list(entries.values()), delta)
         out[name] = {
             "epsilon": None if epsilon is None or math.isinf(epsilon) else round(epsilon, 6),
             "delta": delta,
             "releases": sorted(entries),
             **({"not_private": raw} if raw else {}),
             "steps": steps,
-            "accountant": accountant_name(steps),
+            "accountant": accounting.accountant_name(steps),
             **({"public": list(public)} if public else {}),
         }
     return out
@@ -359,7 +265,7 @@ def plan(
     if dp.target_epsilon:
         sigma = np.asarray(
             [
-                _calibrate(
+                accounting.calibrate(
                     dp.target_epsilon, int(u), expected, batch_size, float(d), steps * n, name
                 )
                 for name, u, d, n in zip(names, users, delta, releases, strict=True)
@@ -392,28 +298,4 @@ def advice(fed) -> str | None:
         "dominates. On XMRec it learned nothing at sigma 0.6, where client_optimizer=sgd "
         "(client_lr=3, dp.expected_batch_size=128, local_steps=1) learned (docs/results.md, "
         "'Differential privacy: which settings learn')"
-    )
-
-
-def _calibrate(target, users, expected, truncated, delta, steps, name) -> float:
-    from jax_privacy import accounting
-
-    best = _epsilon(MAX_NOISE_MULTIPLIER, users, expected, truncated, delta, steps)
-    if best > target:
-        raise ConfigError(
-            f"config.federated.dp.target_epsilon={target} cannot be met in market {name}: "
-            f"with {users} users, expected batch {expected} (q={expected / users:.4g}), "
-            f"{steps} steps and delta={delta:.3g}, even sigma={MAX_NOISE_MULTIPLIER:g} gives "
-            f"epsilon {best:.3g}"
-        )
-    return float(
-        accounting.calibrate_noise_multiplier(
-            target_epsilon=target,
-            accountant=_accountant(pld_interval(steps)),
-            batch_sizes=expected,
-            num_updates=steps,
-            num_samples=users,
-            target_delta=delta,
-            truncated_batch_size=truncated,
-        )
     )
