@@ -18,7 +18,7 @@ from etils import epath
 from fecosr_jax import errors
 from fecosr_jax.report import method_pairs
 from fecosr_jax.report import results as results_lib
-from fecosr_jax.store.files import read_json, write_text_atomic
+from fecosr_jax.store.files import read_json, write_json_atomic, write_text_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "A finished run's workdir (experiments.main).")
 _PAIRS = flags.DEFINE_string("pairs", None, "Comma-separated METHOD_A:METHOD_B pairs.")
@@ -70,7 +70,7 @@ def compare(workdir: str, pairs_text: str) -> str:
         + "\n"
         + method_pairs.pairs_seed_aware_markdown(table, results["markets"])
     )
-    results_lib.write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})
+    write_json_atomic(workdir / "pairs.json", {"seeds": seeds, "pairs": table})
     write_text_atomic(workdir / "pairs.md", text)
     return text
 

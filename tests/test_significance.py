@@ -6,7 +6,7 @@ import math
 import numpy as np
 import pytest
 
-from fecosr_jax.report import markdown, significance
+from fecosr_jax.report import markdown, significance, verdicts
 from fecosr_jax.report import results as results_lib
 
 
@@ -185,7 +185,7 @@ def test_five_seeds_or_more_test_the_market_mean_over_seeds(num_seeds):
     seeds = list(range(num_seeds))
     ranks = {m: {n: np.zeros((num_seeds, 3), int) for n in names} for m in ("local", "fecosr")}
     out = results_lib.combine_seeds([result(s) for s in seeds], seeds, ranks)
-    if num_seeds < results_lib.SEED_TEST_MIN:
+    if num_seeds < verdicts.SEED_TEST_MIN:
         assert "over_seeds" not in out["vs_local"]["fecosr"]
         return
     t = out["vs_local"]["fecosr"]["over_seeds"]
@@ -227,7 +227,7 @@ def test_the_tests_over_seeds_are_one_family_over_the_runs_methods():
     assert out["y"]["over_seeds"]["p_value"] == raw and out["z"]["over_seeds"]["p_value"] == 1.0
     for m in ("x", "y"):
         assert out[m]["over_seeds"]["p_adjusted"] == pytest.approx(raw * 3 / 2, abs=2e-6)
-        assert out[m]["over_seeds"]["family"] == results_lib.OVER_SEEDS_FAMILY
+        assert out[m]["over_seeds"]["family"] == verdicts.OVER_SEEDS_FAMILY
     assert out["z"]["over_seeds"]["p_adjusted"] == 1.0
 
 
@@ -341,4 +341,4 @@ def test_seeds_that_agree_are_seed_aware_significant():
     test = aware["markets"]["a"]
     assert test["verdict"] == "better" and test["ci"][0] > 0 and test["robust"] is True
     assert aware["test"] == significance.SEED_AWARE
-    assert aware["family"] == results_lib.SEED_AWARE_FAMILY
+    assert aware["family"] == verdicts.SEED_AWARE_FAMILY

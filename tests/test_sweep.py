@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from fecosr_jax import errors
-from fecosr_jax.report import plots, sweep_results
+from fecosr_jax.report import plots, sweep_results, verdicts
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import metrics_log
 from tests.conftest import ROOT
@@ -192,7 +192,7 @@ def test_a_grid_point_is_tested_against_local_over_its_seeds():
                           "fecosr": {"a": hits, "b": hits}} for seed in (0, 1)}  # fmt: skip
     (summary,) = sweep_results.summarise(rows, ["markets", "seeds"], ranks=ranks)
     pooled = results_lib.pool_ranks([ranks["s0"], ranks["s1"]])
-    assert summary["vs_local"] == results_lib.seed_aware(pooled, ["a", "b"])
+    assert summary["vs_local"] == verdicts.seed_aware(pooled, ["a", "b"])
     tests = summary["vs_local"]["fecosr"]["markets"]
     assert tests["a"]["verdict"] == "better" and tests["a"]["seeds"] == 2
     assert tests["b"]["verdict"] == "same"
@@ -266,6 +266,13 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     (early,) = sweep_results.newcomers(partial, ["newcomers", "seeds"], ranks)
     assert list(early["methods"]["fecosr"]["markets"]) == ["a"]
     assert early["methods"]["fecosr"]["markets"]["a"]["newcomer"]["diff"] == pytest.approx(0.5)
+    # A member's gain that is not significant has no share kept: b's member gains 0.5 on
+    # seed 0 and nothing on seed 1, a mean of 0.25 the two seeds do not show.
+    ranks["newnone_b_seed1"]["fecosr"]["b"] = miss
+    (unsure,) = sweep_results.newcomers(split, ["newcomers", "seeds"], ranks)
+    b = unsure["methods"]["fecosr"]["markets"]["b"]
+    assert b["member"]["diff"] == pytest.approx(0.25) and b["member"]["verdict"] == "same"
+    assert b["kept"] is None and unsure["methods"]["fecosr"]["markets"]["a"]["kept"] == 0.5
     twice = [*split, {**split[-1], "run": "newnone_seed1"}]
     with pytest.raises(errors.BadInput, match="newnone_a_seed1 and newnone_seed1 both"):
         sweep_results.newcomers(twice, ["newcomers", "seeds"], ranks)

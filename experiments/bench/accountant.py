@@ -15,7 +15,7 @@ from absl import app, flags
 from experiments.bench import common
 from experiments.tables import bench as bench_tables
 from fecosr_jax.federated import accounting, privacy
-from fecosr_jax.report import results as results_lib
+from fecosr_jax.store.files import write_json_atomic
 
 # (discretisation, users U, truncation T, steps); the default 1e-4 timed once, on the small one.
 SETTINGS = (
@@ -48,7 +48,7 @@ def main(argv):
     result = {"machine": common.machine(), "rows": rows}
     print(bench_tables.accountant_table(result))
     if flags.FLAGS.json:
-        results_lib.write_json_atomic(flags.FLAGS.json, result)
+        write_json_atomic(flags.FLAGS.json, result)
 
 
 if __name__ == "__main__":

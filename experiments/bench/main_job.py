@@ -20,8 +20,8 @@ from absl import app, flags
 
 from experiments.bench import common
 from experiments.tables import bench as bench_tables
-from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import files, metrics_log
+from fecosr_jax.store.files import write_json_atomic
 
 _WORKDIR = flags.DEFINE_string("workdir", None, "a finished run's workdir", required=True)
 _WALL = flags.DEFINE_float("wall_s", None, "the command's wall seconds, installation included")
@@ -46,7 +46,7 @@ def main(argv):
     result = record(_WORKDIR.value, _WALL.value, _COMMIT.value)
     print(bench_tables.main_job_table(result))
     if _JSON.value:
-        results_lib.write_json_atomic(_JSON.value, result)
+        write_json_atomic(_JSON.value, result)
 
 
 if __name__ == "__main__":

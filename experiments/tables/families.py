@@ -7,8 +7,7 @@ from experiments.tables import runs as run_tables
 from experiments.tables.cells import plain, row, signed
 from experiments.tables.results import DEFAULT_SEEDS, ML100K_SEEDS
 from experiments.tables.sweeps import CLAIM2_POINTS, CLAIM2_SEEDS
-from fecosr_jax.report import markdown, significance
-from fecosr_jax.report import results as results_lib
+from fecosr_jax.report import markdown, significance, verdicts
 
 
 def s2ce_family() -> str:
@@ -23,11 +22,11 @@ def s2ce_family() -> str:
     tests = {}
     for label, folder in folders.items():
         per_seed, _ = run_tables.seed_runs(folder, seeds)
-        tests[(label, "fecosr")] = results_lib.seed_test(per_seed, "fecosr", "fecosr_no_s2ce")
+        tests[(label, "fecosr")] = verdicts.seed_test(per_seed, "fecosr", "fecosr_no_s2ce")
     per_seed, _ = run_tables.seed_runs(ML100K_SEEDS, seeds)
     for a, b, what in (("fecosr", "fecosr_no_s2ce", "fecosr"),
                        ("fecosr_no_adapt", "fedavg_ce", "fecosr_no_adapt")):  # fmt: skip
-        tests[("ml-100k regions", what)] = results_lib.seed_test(per_seed, a, b)
+        tests[("ml-100k regions", what)] = verdicts.seed_test(per_seed, a, b)
     lines = [
         row(["where", "S²CE method", "S²CE − CE [95% interval]", "p", "adjusted p (of 9)",
              "detectable"]),

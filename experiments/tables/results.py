@@ -158,7 +158,7 @@ def xmrec_one_to_one() -> str:
 
 def xmrec_one_to_one_seed_aware() -> str:
     """The seed-aware tests of XMRec's one-to-one and many-to-many methods against `local`,
-    seeds 0-4 (fecosr_jax.report.results.seed_aware)."""
+    seeds 0-4 (fecosr_jax.report.verdicts.seed_aware)."""
     methods = (*(f"transfer_id@{s}" for s in ONE_TO_ONE_SOURCES), "fedavg_id")
     return run_tables.seed_aware_over_seeds(XMREC_SEEDS, range(5), one_to_one_runs(), methods)
 

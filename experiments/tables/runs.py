@@ -13,7 +13,7 @@ import pathlib
 import numpy as np
 
 from experiments.tables.cells import row, signed
-from fecosr_jax.report import markdown, method_pairs, significance
+from fecosr_jax.report import markdown, method_pairs, significance, verdicts
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import paradigms
 from fecosr_jax.store import resume
@@ -172,7 +172,7 @@ def pairs_over_seeds(
     names = results["markets"]
     compared = method_pairs.pair_comparison(results, ranks, [(a, b) for a, b, _ in pairs])
     over = significance.correct(
-        {(a, b): results_lib.seed_test(per_seed, a, reference=b) for a, b, _ in pairs}
+        {(a, b): verdicts.seed_test(per_seed, a, reference=b) for a, b, _ in pairs}
     )
     lines = [
         row(["A", "B", "question", "A − B over seeds [95% interval] (p; adj.)", "detectable",
@@ -244,7 +244,7 @@ def privacy_points(
     """`method` against `local` at each privacy budget: columns {epsilon (inf: DP off): the run
     folders of its seeds}; `local`: run folders (one per seed, in the same order) whose `local`
     every budget is compared with (None: each run's own). Per budget: per market the
-    seed-aware test against `local` (results_lib.seed_aware: its "diff", "verdict" after
+    seed-aware test against `local` (verdicts.seed_aware: its "diff", "verdict" after
     Benjamini-Hochberg over the markets, "robust", "users"), the per-user test of these
     trained models ("trained_models"), the market-mean gain of each seed and its [mean, std]
     over seeds ("gain"), `local`'s market mean over seeds as [mean, half-width of its 95%

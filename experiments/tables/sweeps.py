@@ -13,7 +13,7 @@ import numpy as np
 from experiments.tables import runs as run_tables
 from experiments.tables.cells import mean_std, plain, row, signed
 from experiments.tables.results import ML100K_SEEDS, RAW
-from fecosr_jax.report import markdown, method_pairs, significance, sweep_results
+from fecosr_jax.report import markdown, method_pairs, significance, sweep_results, verdicts
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store.files import read_json
 
@@ -353,7 +353,7 @@ def claim2_seeds() -> str:
             "folder": folder,
             "results": res,
             "pair": pair,
-            "s2ce": results_lib.seed_test(per_seed, "fecosr", reference="fecosr_no_s2ce"),
+            "s2ce": verdicts.seed_test(per_seed, "fecosr", reference="fecosr_no_s2ce"),
             "local": res["vs_local"]["fecosr"]["over_seeds"],
         }
     for family in ("s2ce", "local"):

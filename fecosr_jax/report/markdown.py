@@ -7,8 +7,8 @@ from etils import epath
 
 from fecosr_jax.data import summary
 from fecosr_jax.report import significance
-from fecosr_jax.report.results import GAIN_METRIC, write_json_atomic
-from fecosr_jax.store.files import write_text_atomic
+from fecosr_jax.report.verdicts import GAIN_METRIC
+from fecosr_jax.store.files import write_json_atomic, write_text_atomic
 
 # How the markers decide, for the Markdown: the family's adjusted p
 # (fecosr_jax.report.significance).
@@ -53,7 +53,7 @@ def composed_privacy_markdown(report: dict) -> list[str]:
     return lines
 
 
-# Markers of a seed-aware test (report.results.seed_aware): ▲ / ▼ with two seeds or more;
+# Markers of a seed-aware test (report.verdicts.seed_aware): ▲ / ▼ with two seeds or more;
 # with one seed the verdict is about one trained model and gets hollow markers.
 MARKS = {"better": " ▲", "worse": " ▼", "same": ""}
 ONE_MODEL_MARKS = {"better": " △", "worse": " ▽", "same": ""}
@@ -68,7 +68,7 @@ def mark(test: dict) -> str:
 
 
 def marks_legend(tests: dict) -> str:
-    """What a method's seed-aware markers mean (tests: its report.results.seed_aware entry)."""
+    """What a method's seed-aware markers mean (tests: its report.verdicts.seed_aware entry)."""
     seeds = next(iter(tests["markets"].values()))["seeds"]
     if seeds > 1:
         return (
@@ -136,7 +136,7 @@ def interval_cell(test: dict) -> str:
 
 
 def seed_aware_about(tests: dict) -> str:
-    """What one method's seed-aware tests (report.results.seed_aware) count, for the line
+    """What one method's seed-aware tests (report.verdicts.seed_aware) count, for the line
     above their table."""
     seeds = next(iter(tests["markets"].values()))["seeds"]
     if seeds > 1:
@@ -151,7 +151,7 @@ def seed_aware_about(tests: dict) -> str:
 
 
 def seed_aware_markdown(results: dict) -> list[str]:
-    """The seed-aware tests against `local` (report.results.seed_aware): a row per method, a
+    """The seed-aware tests against `local` (report.verdicts.seed_aware): a row per method, a
     column per market."""
     comp = {m: c["seed_aware"] for m, c in results.get("vs_local", {}).items() if "seed_aware" in c}
     if not comp:

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from fecosr_jax.report import markdown
 from fecosr_jax.report import results as results_lib
-from fecosr_jax.report.results import GAIN_METRIC
+from fecosr_jax.report.verdicts import GAIN_METRIC
 
 
 def parse_pairs(text: str) -> list[tuple[str, str]]:

@@ -9,7 +9,7 @@ import math
 import numpy as np
 from etils import epath
 
-from fecosr_jax.report.results import GAIN_METRIC
+from fecosr_jax.report.verdicts import GAIN_METRIC
 from fecosr_jax.store.files import write_bytes_atomic
 
 

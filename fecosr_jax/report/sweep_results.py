@@ -9,8 +9,9 @@ import zipfile
 from fecosr_jax import errors
 from fecosr_jax.report import markdown as markdown_lib
 from fecosr_jax.report import results as results_lib
+from fecosr_jax.report import verdicts
 from fecosr_jax.store import metrics_log
-from fecosr_jax.store.files import read_json
+from fecosr_jax.store.files import json_float, read_json
 
 METRICS = ("ndcg@10", "hr@10", "valid_ndcg@10")  # test, test, validation (fine-tuned methods)
 FEDERATED = ("federated_s2ce", "federated_ce", "federated_id_ce")  # pretrainings over markets
@@ -73,7 +74,7 @@ def read_ranks(run_dir: pathlib.Path) -> dict | None:
 
 
 def seed_aware(members: list[dict], ranks: dict) -> dict:
-    """A group's seed-aware tests against `local` (results_lib.seed_aware) over its members'
+    """A group's seed-aware tests against `local` (verdicts.seed_aware) over its members'
     seeds, from each run's ranks ({run name: {method: {market: [U]}}}): {} where a member has
     no ranks or the members' test users differ."""
     per_run = [ranks.get(r["run"]) for r in members]
@@ -83,7 +84,7 @@ def seed_aware(members: list[dict], ranks: dict) -> dict:
     users = {n: len(per_run[0]["local"][n]) for n in names}
     if any({n: len(v) for n, v in r["local"].items()} != users for r in per_run):
         return {}
-    return results_lib.seed_aware(results_lib.pool_ranks(per_run), names)
+    return verdicts.seed_aware(results_lib.pool_ranks(per_run), names)
 
 
 def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
@@ -93,15 +94,16 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
 
     Per set of the other axes' values, and per method that ran at every point (but local
     and popularity): for each held-out market its seed-aware gain over `local` as a member
-    (results_lib.seed_aware, the markets of the point none one family, as in its own table)
+    (verdicts.seed_aware, the markets of the point none one family, as in its own table)
     and as a newcomer (against the `local` of its own point, the held-out markets one
     family), the seed-aware test of newcomer against member (the held-out markets one
     family), and "kept", the newcomer's gain as a share of the member's (None unless the
-    member gains). A held-out point needs only its newcomer's ranks: launch/sweep.py
-    fine-tunes it alone (config.data.finetune_markets). The point none may be several runs
-    per seed, each fine-tuning some of its markets (_seed_ranks): the whole federation's
-    fine-tuning split over processes or sessions; a held-out market with no member yet is
-    left out (and the member's family is the markets the point none has).
+    member's gain is significant: a share of a gain not shown to exist says nothing). A
+    held-out point needs only its newcomer's ranks: launch/sweep.py fine-tunes it alone
+    (config.data.finetune_markets). The point none may be several runs per seed, each
+    fine-tuning some of its markets (_seed_ranks): the whole federation's fine-tuning split
+    over processes or sessions; a held-out market with no member yet is left out (and the
+    member's family is the markets the point none has).
 
     Returns:
       [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
@@ -133,7 +135,7 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
         if len(pooled) != len(by_value) or len(seeds) != 1:
             continue  # a point without ranks, or points over other seeds: nothing paired
         whole = pooled.pop("none")[1]
-        member = results_lib.seed_aware(whole, list(whole["local"]))
+        member = verdicts.seed_aware(whole, list(whole["local"]))
         held = [m for m in pooled if m in whole.get("local", {})]  # members run so far
         if not held:
             continue
@@ -154,7 +156,8 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
                     "newcomer_vs_member": below.get(m),
                 }
                 gain, kept = cell["member"]["diff"], cell["newcomer"]["diff"]
-                cell["kept"] = results_lib.clean(kept / gain) if gain > 0 else None
+                shown = cell["member"]["verdict"] == "better"  # a share of a gain found
+                cell["kept"] = json_float(kept / gain) if shown else None
                 by_market[m] = cell
             methods[method] = {"test": member[method]["test"], "markets": by_market}
         out.append(
@@ -190,7 +193,7 @@ def _versus(newcomer: dict, reference: dict) -> dict:
     """{market: ranks} of newcomers against `reference`'s, the seed-aware test in each
     market, the markets one family: {market: test}."""
     markets = list(newcomer)
-    test = results_lib.seed_aware(
+    test = verdicts.seed_aware(
         {"reference": reference, "newcomer": newcomer}, markets, reference="reference"
     )
     return test.get("newcomer", {"markets": {}})["markets"]
@@ -311,8 +314,9 @@ def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
                 "whole federation, on the same splits and seeds. Gains over `local` in "
                 f"NDCG@10, mean difference [95% interval] ({legend}); newcomer - member: the "
                 "same test with the member in place of `local`; kept: the newcomer's gain as a "
-                "share of the member's. A held-out point fine-tunes its newcomer alone, so its "
-                "row in the table above is that market's, not every market's.",
+                "share of the member's, where the member's is significant (▲). A held-out "
+                "point fine-tunes its newcomer alone, so its row in the table above is that "
+                "market's, not every market's.",
                 "",
                 *newcomers_table(by_market),
             ]

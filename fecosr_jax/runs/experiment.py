@@ -27,7 +27,7 @@ from fecosr_jax.runs import groups, inputs, paradigms, runner, typed_configs
 from fecosr_jax.store import checkpoint, metrics_log, resume
 from fecosr_jax.store import lease as lease_lib
 from fecosr_jax.store import pretrained as pretrained_lib
-from fecosr_jax.store.files import read_json
+from fecosr_jax.store.files import read_json, write_json_atomic
 
 
 def dataset_name(config: ml_collections.ConfigDict) -> str:
@@ -119,7 +119,7 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
             per_seed, seeds, results_lib.pool_ranks(per_seed_ranks)
         )
         if distributed.is_primary():
-            results_lib.write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
+            write_json_atomic(epath.Path(workdir) / "config.json", config.to_dict())
             table = markdown.write_results(workdir, combined, {}, plots=config.plots)
         else:
             table = markdown.results_markdown(combined)
@@ -227,9 +227,7 @@ def _train(
             print(f"{run.workdir}: resuming from {run.checkpoints.root}", flush=True)
         if primary:
             epath.Path(run.workdir).mkdir(parents=True, exist_ok=True)
-            results_lib.write_json_atomic(
-                epath.Path(run.workdir) / "config.json", run.config.to_dict()
-            )
+            write_json_atomic(epath.Path(run.workdir) / "config.json", run.config.to_dict())
         run.checkpoints.start()
     print(summary.format_tables(markets), flush=True)
     profiles: dict[float, dict] = {}  # soft-label profiles per tau_s
@@ -342,12 +340,12 @@ def _finish_run(
     )
     if distributed.is_primary():
         # The inputs first: results.json beside them marks the run finished.
-        results_lib.write_json_atomic(
+        write_json_atomic(
             epath.Path(run.workdir) / resume.INPUTS,
             {k: run.checkpoints.progress[k] for k in ("config", "data")},
         )
         results_lib.write_ranks(epath.Path(run.workdir) / "ranks.npz", ranks)
-        results_lib.write_json_atomic(
+        write_json_atomic(
             epath.Path(run.workdir) / metrics_log.TRAINING,
             {
                 **metrics_log.training_record(run.log.lines),

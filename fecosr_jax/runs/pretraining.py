@@ -32,10 +32,10 @@ from fecosr_jax.federated import privacy
 from fecosr_jax.federated import round as fed_round
 from fecosr_jax.federated.config import FedConfig
 from fecosr_jax.model import ModelConfig
-from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, paradigms, typed_configs
 from fecosr_jax.store import checkpoint, resume
 from fecosr_jax.store import pretrained as pretrained_lib
+from fecosr_jax.store.files import json_float
 
 
 @dataclasses.dataclass
@@ -446,14 +446,14 @@ class Pretrainer:
             for i, members in enumerate(classes):
                 m = groups.run_part(metrics, i, grouped)
                 values = {
-                    "loss": results_lib.clean(m["loss"]),
-                    "delta_cosine": results_lib.clean(m["delta_cosine"]),
-                    "delta_agreement": results_lib.clean(m["delta_agreement"]),
+                    "loss": json_float(m["loss"]),
+                    "delta_cosine": json_float(m["delta_cosine"]),
+                    "delta_agreement": json_float(m["delta_agreement"]),
                     "market_loss": {
-                        n: results_lib.clean(m["market_loss"][j]) for j, n in enumerate(p.names)
+                        n: json_float(m["market_loss"][j]) for j, n in enumerate(p.names)
                     },
                     "market_drift": {
-                        n: results_lib.clean(m["market_drift"][j]) for j, n in enumerate(p.names)
+                        n: json_float(m["market_drift"][j]) for j, n in enumerate(p.names)
                     },
                 }
                 show = r % every == 0 or r == p.num_rounds

@@ -31,9 +31,9 @@ from fecosr_jax.federated import round as fed_round
 from fecosr_jax.finetune import loop as finetune_loop
 from fecosr_jax.finetune.config import model_config_for
 from fecosr_jax.model import ModelConfig
-from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, paradigms, pretraining, typed_configs
 from fecosr_jax.store import checkpoint
+from fecosr_jax.store.files import json_float
 
 
 class Runner:
@@ -197,14 +197,14 @@ class Runner:
             for i, members in enumerate(classes):
                 n, lo, a = (groups.run_part(x, i, grouped) for x in (ndcg, loss, active))
                 values = {
-                    "valid_ndcg@10": results_lib.clean(np.mean(n[:real])),
+                    "valid_ndcg@10": json_float(np.mean(n[:real])),
                     "loss": (  # of the markets that trained this epoch
-                        results_lib.clean(np.mean(lo[:real][a[:real]])) if a[:real].any() else None
+                        json_float(np.mean(lo[:real][a[:real]])) if a[:real].any() else None
                     ),
                     "markets_active": int(a[:real].sum()),
                     "markets_stopped": [name for j, name in enumerate(names) if not a[j]],
                     "market_valid_ndcg@10": {
-                        name: results_lib.clean(n[j]) for j, name in enumerate(names)
+                        name: json_float(n[j]) for j, name in enumerate(names)
                     },
                 }
                 for m, run in members:

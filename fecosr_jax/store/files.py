@@ -9,6 +9,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import json
+import math
 import os
 import tempfile
 
@@ -31,6 +32,19 @@ def read_json(path):
         return json.loads(path.read_text())
     except json.JSONDecodeError as e:
         raise BadInput(f"{path}: not readable JSON ({e}); is the run's file complete?") from e
+
+
+def json_float(x) -> float | None:
+    """A JSON-safe rounded float (None for None, NaN or Inf)."""
+    if x is None:
+        return None
+    x = float(x)
+    return round(x, 6) if math.isfinite(x) else None
+
+
+def write_json_atomic(path, obj) -> None:
+    """`obj` as indented JSON with sorted keys (results.json, config.json, ...)."""
+    write_text_atomic(path, json.dumps(obj, indent=2, sort_keys=True) + "\n")
 
 
 def _umask() -> int:
