@@ -30,7 +30,8 @@ def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
 def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
     """`method`'s leave-one-market-out table (sweep_results.newcomers_table) and a line that
     counts the markets: the newcomer's gains over `local`, marked or not, and the share of
-    the member's gain it kept (median over the held-out markets)."""
+    the member's gain it kept (median over the held-out markets whose member gain is
+    significant)."""
     rows, ranks = runs(folder)
     (point,) = sweep_results.newcomers(rows, AXES, ranks)
     cells = point["methods"][method]["markets"]
@@ -49,7 +50,8 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
         f"significantly in {sum(g['verdict'] == 'worse' for g in gains)}); the newcomer is "
         f"significantly below the member in {sum(w['verdict'] == 'worse' for w in worse)} "
         f"(a difference of {could} NDCG@10 had 80% power, median over markets); "
-        f"median share of the member's gain kept {median}.",
+        f"median share of the member's gain kept {median} (over the {len(kept)} markets "
+        "whose member gain is significant).",
     ]
     return "\n".join(lines) + "\n"
 
