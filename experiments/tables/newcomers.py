@@ -50,8 +50,8 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
         f"significantly in {sum(g['verdict'] == 'worse' for g in gains)}); the newcomer is "
         f"significantly below the member in {sum(w['verdict'] == 'worse' for w in worse)} "
         f"(a difference of {could} NDCG@10 had 80% power, median over markets); "
-        f"median share of the member's gain kept {median} (over the {len(kept)} markets "
-        "whose member gain is significant).",
+        f"median share of the member's gain kept {median} (over the {len(kept)} "
+        f"market{'' if len(kept) == 1 else 's'} whose member gain is significant).",
     ]
     return "\n".join(lines) + "\n"
 
