@@ -2,6 +2,7 @@
 
 import json
 import os
+import subprocess
 
 import jax
 import numpy as np
@@ -12,6 +13,7 @@ from experiments.configs import test as test_config
 from fecosr_jax import progress
 from fecosr_jax.report import significance
 from fecosr_jax.runs import experiment, groups, inputs, paradigms
+from tests.conftest import ROOT
 
 FILES = (
     "config.json",
@@ -87,6 +89,12 @@ def test_every_file_and_every_method(full_run):
     assert host["jax"] == jax.__version__
     assert host["devices"] == f"{len(devices)} x {devices[0].device_kind}"
     assert host["cpu"] and host["cores"] == os.cpu_count()
+    # ... and the code: this checkout's commit (the suite runs in one; metrics_log.code).
+    head = subprocess.run(["git", "-C", str(ROOT), "rev-parse", "HEAD"], capture_output=True)
+    if head.returncode == 0:
+        assert training["code"]["commit"] == head.stdout.decode().strip()
+    else:
+        assert "version" in training["code"]
     # The S²CE soft labels' profile per market, at the run's tau_s, in results and results.md.
     soft = results["soft_labels"]
     assert soft["temperature"] == test_config.get_config().federated.temperature

@@ -1,6 +1,9 @@
-"""Progress for people: rate and ETA worked out by hand, time per phase, compile seconds."""
+"""Progress for people: rate and ETA worked out by hand, time per phase, compile seconds; the
+run's record of the code it trained with."""
 
+import subprocess
 import time
+from importlib import metadata
 
 import jax
 import jax.numpy as jnp
@@ -59,3 +62,31 @@ def test_every_series_of_a_plot_is_distinguishable():
     assert len(set(styles)) == 40
     # 11 methods (every method + popularity): the 11th shares a colour, not a look
     assert styles[10][0] == styles[0][0] and styles[10] != styles[0]
+
+
+def test_a_run_records_the_commit_of_its_checkout_and_whether_it_was_modified(tmp_path):
+    """metrics_log.code: a checkout's commit, "modified" by a changed tracked file and not by
+    an untracked one; a folder that is no checkout (or another repository's subfolder, as a
+    virtual environment inside one) gives the installed version instead."""
+    repo = tmp_path / "repo"
+    (repo / "fecosr_jax").mkdir(parents=True)
+    tracked = repo / "fecosr_jax" / "x.py"
+    tracked.write_text("a = 1\n")
+
+    def git(*args):
+        return subprocess.run(
+            ["git", "-C", str(repo), "-c", "user.name=t", "-c", "user.email=t@t", *args],
+            capture_output=True, text=True, check=True,
+        ).stdout.strip()  # fmt: skip
+
+    git("init", "-q")
+    git("add", ".")
+    git("commit", "-qm", "one")
+    head = git("rev-parse", "HEAD")
+    (repo / "new.txt").write_text("untracked\n")
+    assert metrics_log.code.__wrapped__(repo) == {"commit": head, "modified": False}
+    tracked.write_text("a = 2\n")
+    assert metrics_log.code.__wrapped__(repo) == {"commit": head, "modified": True}
+    version = {"version": metadata.version("fecosr_jax")}
+    assert metrics_log.code.__wrapped__(tmp_path) == version  # no checkout
+    assert metrics_log.code.__wrapped__(repo / "fecosr_jax") == version  # inside another's

@@ -79,6 +79,7 @@ def train_and_evaluate_group(points: list[tuple[ml_collections.ConfigDict, str]]
     """
     for config, _ in points:
         typed_configs.check(config)
+    metrics_log.code()  # the code as it is now, not when the run ends (training.json)
     workdirs = [str(w).rstrip("/") if "://" in str(w) else os.path.abspath(w) for _, w in points]
     if len(set(workdirs)) != len(workdirs):
         raise groups.GroupError(f"two runs of one group share a workdir: {sorted(workdirs)}")
@@ -351,6 +352,7 @@ def _finish_run(
                 **metrics_log.training_record(run.log.lines),
                 "time": trainer.times.record(),
                 "host": metrics_log.host(),
+                "code": metrics_log.code(),
             },
         )
         table = markdown.write_results(run.workdir, results, run.log.curves, plots=run.config.plots)

@@ -5,12 +5,16 @@ validation NDCG@10 that early stopping kept) for sweeps to read."""
 
 from __future__ import annotations
 
+import functools
 import itertools
 import json
 import os
+import pathlib
 import platform
 import statistics
+import subprocess
 import time
+from importlib import metadata
 
 from etils import epath
 
@@ -113,6 +117,40 @@ def host() -> dict:
         "jax": jax.__version__,
         "jaxlib": jaxlib.__version__,
     }
+
+
+PACKAGE_ROOT = pathlib.Path(__file__).resolve().parents[2]  # holds fecosr_jax/
+
+
+@functools.cache
+def code(root: pathlib.Path = PACKAGE_ROOT) -> dict:
+    """The code a run trained with (training.json "code"), read once per process: a run calls
+    it when it starts, so a checkout changed while it trains does not change the record.
+
+    {"commit": the git commit of the checkout `root` that the package is imported from,
+    "modified": whether its tracked files differed from that commit} in a checkout, else
+    {"version": the installed package's version}. A resumed run records the code of the
+    process that finished it.
+    """
+
+    def git(*args: str) -> str:
+        out = subprocess.run(
+            ["git", "-C", str(root), *args], capture_output=True, text=True, timeout=30
+        )
+        if out.returncode:
+            raise OSError(out.stderr.strip())
+        return out.stdout.strip()
+
+    try:
+        if pathlib.Path(git("rev-parse", "--show-toplevel")).resolve() != root.resolve():
+            raise OSError("the package is not this checkout's")  # e.g. a venv inside a repo
+        modified = bool(git("status", "--porcelain", "--untracked-files=no"))
+        return {"commit": git("rev-parse", "HEAD"), "modified": modified}
+    except (OSError, subprocess.SubprocessError):  # no git, not a checkout, no commit yet
+        try:
+            return {"version": metadata.version("fecosr_jax")}
+        except metadata.PackageNotFoundError:
+            return {"version": "unknown"}
 
 
 def steps(lines: list[dict]) -> list[dict]:
