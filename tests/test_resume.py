@@ -15,6 +15,7 @@ import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 
 import jax.numpy as jnp
@@ -431,6 +432,37 @@ def test_a_second_process_on_a_live_workdir_is_refused_then_takes_over_a_killed_
     took = lease.Lease(workdir)  # the killed run's lease is left behind, its process gone
     assert "its process is gone" in took.acquire()
     took.release()
+
+
+def test_threads_that_race_for_a_fresh_lease_never_both_hold_it(tmp_path):
+    # The same race between threads, 100 times: thread switches land inside lease creation
+    # far more often than process starts do. Each thread owns the lease as another live
+    # process (this one, its parent, init). When a lease was created empty and then written,
+    # a racer could read it empty, take it for a crash's leftover and take it over: in about
+    # half of these races two threads held it (5% of the process races).
+    owners = [os.getpid(), os.getppid(), 1]
+    for attempt in range(100):
+        workdir = tmp_path / str(attempt)
+        start, holders = threading.Barrier(len(owners)), []
+
+        def take(pid, workdir=workdir, start=start, holders=holders):
+            taken = lease.Lease(workdir)
+            taken.owner["pid"] = pid
+            start.wait()
+            try:
+                taken.acquire()
+            except lease.WorkdirInUse:
+                return
+            holders.append(taken)
+
+        racers = [threading.Thread(target=take, args=(pid,)) for pid in owners]
+        for t in racers:
+            t.start()
+        for t in racers:
+            t.join()
+        assert len(holders) == 1, (attempt, [h.owner["pid"] for h in holders])
+        holders[0].release()
+        assert not (workdir / lease.LEASE).exists()
 
 
 def _race(workdir: str, start, done, results) -> None:

@@ -9,7 +9,8 @@ or when its owner ran on this host and that process no longer exists (a run kill
 SIGKILL). The run removes its lease when it ends, whether it finished or failed.
 
 Two processes that start at the same instant cannot both take it: on a local disk the lease
-is created exclusively (O_EXCL), so one creation fails; where that is not available (gs://)
+is created whole and exclusively (a hard link to a file of the process's own), so one
+creation fails and the others read its owner; where that is not available (gs://)
 and when a stale lease is taken over, a process writes its lease, waits SETTLE_S, and reads it
 back: of writers within that window only the last one's lease remains, and the others are
 refused.
@@ -105,15 +106,21 @@ class Lease:
 
     def _create(self) -> bool:
         """Creates the lease exclusively (a local disk): False when another process created
-        it first."""
+        it first. The lease appears whole: written to a name of this process's own, then
+        hard-linked to LEASE, which fails when LEASE exists. (A file created empty and then
+        written could be read empty by a racer, which would take it for a crash's leftover.)"""
         self.path.parent.mkdir(parents=True, exist_ok=True)
         text = json.dumps({**self.owner, "heartbeat": _now()}) + "\n"
+        mine = self.path.with_name(f".{LEASE}.{os.getpid()}.{threading.get_ident()}")
+        mine.write_text(text)
         try:
-            fd = os.open(os.fspath(self.path), os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+            os.link(os.fspath(mine), os.fspath(self.path))
         except FileExistsError:
             return False
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
+        except OSError:  # a disk without hard links: the settle protocol, as on gs://
+            return False
+        finally:
+            mine.unlink(missing_ok=True)
         return True
 
     def _settle(self) -> None:
@@ -129,19 +136,17 @@ class Lease:
     def acquire(self) -> str | None:
         """Takes the lease, or raises WorkdirInUse naming the live owner. Returns a message
         when it took over a stale lease (None otherwise)."""
-        held = self._read() if self.path.exists() else None
         taken_over = None
-        if held is not None and not self._mine(held):
-            alive = _alive_here(held)
-            fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
-            if alive or (alive is None and fresh):
-                self._refuse(held)
-            reason = "its process is gone" if alive is False else "its heartbeat stopped"
-            taken_over = f"{self.path}: took over the lease of {_who(held)}: {reason}"
-        if held is None and not self.path.exists() and _local(self.path):
-            if not self._create():  # another process created it this instant
-                self._refuse(self._read() or {"host": "?", "pid": "?"})
-        else:
+        if not (_local(self.path) and self._create()):
+            # A lease is there, or no exclusive creation (gs://): whose, and is it live?
+            held = self._read()
+            if held is not None and not self._mine(held):
+                alive = _alive_here(held)
+                fresh = _now() - float(held.get("heartbeat", 0)) < STALE_S
+                if alive or (alive is None and fresh):
+                    self._refuse(held)
+                reason = "its process is gone" if alive is False else "its heartbeat stopped"
+                taken_over = f"{self.path}: took over the lease of {_who(held)}: {reason}"
             self._settle()
         self._thread = threading.Thread(target=self._beat, daemon=True, name="lease")
         self._thread.start()
