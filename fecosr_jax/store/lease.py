@@ -69,7 +69,7 @@ def _who(held: dict) -> str:
 
 
 def _local(path: epath.Path) -> bool:
-    """Whether a path is on a local disk (O_EXCL works there), not in a bucket."""
+    """Whether a path is on a local disk (an exclusive hard link works there), not in a bucket."""
     return "://" not in os.fspath(path)
 
 
