@@ -9,6 +9,7 @@ import statistics
 import pytest
 
 from experiments.tables import docs, registry
+from experiments.tables import newcomers as newcomers_tables
 from experiments.tables import privacy as privacy_tables
 from experiments.tables import results as results_tables
 from experiments.tables import runs as run_tables
@@ -281,3 +282,20 @@ def test_the_sasrec_config_alone_is_its_seed_0_and_a_variant_is_its_one_change(
     path.write_text(json.dumps(config))
     with pytest.raises(ValueError, match=r"lr2e-3/config.json: changes .*'model.dropout': 0.1"):
         results_tables.sasrec_variants()
+
+
+def test_leave_one_market_out_runs_of_another_config_are_refused(tmp_path):
+    # The committed runs of two points (none and m0000) read as the whole study's table
+    # does; the same rows with one run's fine-tuning changed are refused, naming the field.
+    for run in newcomers_tables.NEWCOMERS_DEFAULT.iterdir():
+        if run.name.startswith(("newnone_", "newm0000_")):
+            shutil.copytree(run, tmp_path / run.name)
+    table = newcomers_tables.newcomers_table(tmp_path)
+    assert "| m0000 | +0.0366 [+0.0132, +0.0599] ▲ | +0.0283 [+0.0072, +0.0494] ▲ |" in table
+    changed = tmp_path / "newm0000_seed2" / "config.json"
+    config = read_json(changed)
+    config["finetune"]["patience"] += 1
+    changed.write_text(json.dumps(config))
+    with pytest.raises(ValueError, match=r"newm0000_seed2: its config differs from "
+                       r"newm0000_seed0's in finetune.patience$"):  # fmt: skip
+        newcomers_tables.newcomers_table(tmp_path)

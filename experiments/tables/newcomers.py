@@ -7,6 +7,7 @@ from __future__ import annotations
 import pathlib
 import statistics
 
+from experiments.tables import runs as run_tables
 from experiments.tables.results import RAW
 from fecosr_jax.report import sweep_results
 from fecosr_jax.store.files import read_json
@@ -15,11 +16,26 @@ NEWCOMERS_DEFAULT = RAW / "newcomers_default"  # the main job's config, local an
 AXES = ["newcomers", "seeds"]
 
 
+# What the runs of one leave-one-market-out study may differ in: its point and seed.
+POINT_FIELDS = {"data.newcomers", "data.finetune_markets", "seed"}
+
+
 def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
     """The sweep's rows (sweep_results.collect, the grid values from each run's config.json)
-    and each run's per-user test ranks."""
+    and each run's per-user test ranks. The runs may come from several processes and days;
+    one whose config differs from the first run's in more than its point and seed
+    (POINT_FIELDS; a field added since, at its old value, is no difference) is refused
+    (ValueError), since the pairs assume the same splits and training."""
     rows, ranks = [], {}
-    for run in sorted(p for p in folder.iterdir() if p.is_dir()):
+    folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    for run in folders:
+        changed = set(run_tables.config_changes(folders[0], run))
+        changed &= set(run_tables.config_changes(run, folders[0]))  # an added field: one way
+        if changed - POINT_FIELDS:
+            raise ValueError(
+                f"{run}: its config differs from {folders[0].name}'s in "
+                f"{', '.join(sorted(changed - POINT_FIELDS))}"
+            )
         config = read_json(run / "config.json")
         point = {"newcomers": config["data"]["newcomers"] or "none", "seeds": config["seed"]}
         rows.append(sweep_results.collect(run, point))
