@@ -112,6 +112,12 @@ def composed_epsilon(releases: Sequence[dict], delta: float) -> float:
 
 
 def calibrate(target, users, expected, truncated, delta, steps, name) -> float:
+    """The noise multiplier that gives market `name` epsilon `target` at `delta` after `steps`
+    steps (jax_privacy's calibrate_noise_multiplier, the same accountant as `epsilon`).
+
+    Raises:
+      ConfigError: even MAX_NOISE_MULTIPLIER gives more than `target`.
+    """
     from jax_privacy import accounting
 
     best = cached_epsilon(MAX_NOISE_MULTIPLIER, users, expected, truncated, delta, steps)
