@@ -7,9 +7,9 @@ from __future__ import annotations
 import pathlib
 import statistics
 
-from experiments.tables import runs as run_tables
 from experiments.tables.results import RAW
 from fecosr_jax.report import sweep_results
+from fecosr_jax.store import resume
 from fecosr_jax.store.files import read_json
 
 NEWCOMERS_DEFAULT = RAW / "newcomers_default"  # the main job's config, local and fecosr
@@ -28,15 +28,16 @@ def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
     (ValueError), since the pairs assume the same splits and training."""
     rows, ranks = [], {}
     folders = sorted(p for p in folder.iterdir() if p.is_dir())
+    first = read_json(folders[0] / "config.json")
     for run in folders:
-        changed = set(run_tables.config_changes(folders[0], run))
-        changed &= set(run_tables.config_changes(run, folders[0]))  # an added field: one way
+        config = read_json(run / "config.json")
+        changed = set(resume.changed_fields(first, config))
+        changed &= set(resume.changed_fields(config, first))  # an added field: one way only
         if changed - POINT_FIELDS:
             raise ValueError(
                 f"{run}: its config differs from {folders[0].name}'s in "
                 f"{', '.join(sorted(changed - POINT_FIELDS))}"
             )
-        config = read_json(run / "config.json")
         point = {"newcomers": config["data"]["newcomers"] or "none", "seeds": config["seed"]}
         rows.append(sweep_results.collect(run, point))
         ranks[run.name] = sweep_results.read_ranks(run)
