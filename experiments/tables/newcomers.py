@@ -13,6 +13,7 @@ from fecosr_jax.store import resume
 from fecosr_jax.store.files import read_json
 
 NEWCOMERS_DEFAULT = RAW / "newcomers_default"  # the main job's config, local and fecosr
+NEWCOMERS_XMREC = RAW / "newcomers_xmrec"  # XMRec ca / de / fr / uk, local and fedavg_id
 AXES = ["newcomers", "seeds"]
 
 
@@ -77,3 +78,9 @@ def newcomers_default() -> str:
     """The main job's config (8 synthetic markets), `local` and `fecosr`. Raw rows:
     docs/results/newcomers_default/."""
     return newcomers_table(NEWCOMERS_DEFAULT)
+
+
+def newcomers_xmrec() -> str:
+    """XMRec ca / de / fr / uk (experiments/configs/xmrec.py), `local` and `fedavg_id`, each
+    market's member point fine-tuned alone. Raw rows: docs/results/newcomers_xmrec/."""
+    return newcomers_table(NEWCOMERS_XMREC, "fedavg_id")

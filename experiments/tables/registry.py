@@ -44,6 +44,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "soft_labels_ml100k": sweep_tables.soft_labels_ml100k,
     "stopping": sweep_tables.stopping,
     "newcomers_default": newcomers.newcomers_default,
+    "newcomers_xmrec": newcomers.newcomers_xmrec,
     **{name: functools.partial(privacy_tables.probe_table, name) for name in privacy_tables.PROBES},
     **{name: functools.partial(privacy_tables.curve_table, name) for name in privacy_tables.CURVES},
     "bench_round_reference": bench_tables.bench_round_reference,
