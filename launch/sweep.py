@@ -18,6 +18,10 @@ The other axes change the data or the program: a process each. Processes run one
 another; a process's output goes to DIR/logs/<process>.log, linked from each of its runs as
 runs/<name>/sweep.log. A run that already finished only reports (experiments.main resumes
 from its workdir), so re-running the sweep after an interruption continues where it stopped.
+SIGTERM stops the sweep: it is passed on to the process running, which saves its step and
+exits 75; the sweep then starts nothing more, writes no table, and exits 75 (re-run the same
+command to resume). A process that exits 75 on its own (stopped by SIGTERM) stops the sweep
+the same way.
 Every point's config and each process's data are checked before anything is written (a bad
 one: one line naming the run, exit 2). A failed process is reported and the others go on; the
 sweep then exits 1. Flags are absl
@@ -73,6 +77,7 @@ import math
 import os
 import pathlib
 import shlex
+import signal
 import subprocess
 import sys
 
@@ -265,6 +270,28 @@ def _error(message: str) -> int:
     return errors.EXIT_BAD_INPUT  # nothing was written
 
 
+def run_process(cmd: list[str], log) -> tuple[int, bool]:
+    """Runs one process of the sweep to its end, its output to the file `log`: (its exit
+    code, whether the sweep was sent SIGTERM meanwhile). A SIGTERM to the sweep goes on to
+    the process (experiments.main saves its step and exits 75), so that stopping the sweep
+    stops the run it is in instead of leaving it running without its sweep."""
+    child, stopped = None, []
+
+    def forward(signum, frame):
+        stopped.append(signum)
+        if child is not None:
+            child.send_signal(signum)
+
+    previous = signal.signal(signal.SIGTERM, forward)
+    try:
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if stopped:  # arrived while it was being started
+            child.send_signal(signal.SIGTERM)
+        return child.wait(), bool(stopped)
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+
+
 def main(argv: list[str]) -> int:
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:
@@ -323,7 +350,14 @@ def main(argv: list[str]) -> int:
                     link.unlink(missing_ok=True)
                     link.symlink_to(os.path.relpath(log_path, run_dir))
             with open(log_path, "a") as log:
-                rc = subprocess.run(cmd, stdout=log, stderr=subprocess.STDOUT).returncode
+                rc, stopped = run_process(cmd, log)
+            if stopped or rc == errors.EXIT_PREEMPTED:
+                print(
+                    f"  stopped by SIGTERM (exit {rc}; a run saves its step first): nothing "
+                    f"more runs. Re-run the same command to resume. Its output: {log_path}",
+                    flush=True,
+                )
+                return errors.EXIT_PREEMPTED
             if rc != 0:
                 failed.append(log_path.name)
                 print(f"  failed (exit {rc}); its output: {log_path}", flush=True)

@@ -378,6 +378,42 @@ def test_a_failed_run_is_reported_and_fails_the_sweep(tmp_path):
     assert "non-finite loss" in (tmp_path / "runs" / "M2" / "sweep.log").read_text()
 
 
+def test_sigterm_stops_the_sweep_and_the_run_it_is_in(tmp_path):
+    """SIGTERM to a sweep goes on to the process it is running (experiments.main saves its
+    step and exits 75), and the sweep starts no further process, writes no table and exits
+    75: stopping a sweep leaves no run going on without it."""
+    import signal
+    import time
+
+    out_path = tmp_path / "out"
+    with open(out_path, "w") as out:
+        proc = subprocess.Popen(
+            [
+                *SWEEP,
+                "--markets=2,3",
+                f"--config={TEST_CONFIG}",
+                f"--workdir={tmp_path / 'w'}",
+                "--config.methods=local",
+            ],
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    children = pathlib.Path(f"/proc/{proc.pid}/task/{proc.pid}/children")
+    deadline = time.monotonic() + 120
+    while not children.read_text().split():  # the sweep checks every point, then starts one
+        assert proc.poll() is None and time.monotonic() < deadline, out_path.read_text()
+        time.sleep(0.05)
+    (child,) = children.read_text().split()
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(timeout=120) == errors.EXIT_PREEMPTED
+    assert not pathlib.Path(f"/proc/{child}").exists()  # stopped, and waited for
+    assert "stopped by SIGTERM" in out_path.read_text()
+    assert len(list((tmp_path / "w" / "logs").iterdir())) == 1  # M3 never started
+    assert not (tmp_path / "w" / "runs" / "M3").exists()
+    assert not (tmp_path / "w" / "sweep.json").exists()
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [
