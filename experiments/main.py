@@ -14,7 +14,8 @@ Re-running with the same workdir resumes from WORKDIR/checkpoints. Exit codes
 (fecosr_jax/errors.py): 0 done; 2 bad input (a config value, flag, data file or workdir: the
 one-line message names it, nothing was written); 1 a failure while running (the message names
 the round or market; the traceback with --verbosity=1 or FECOSR_TRACEBACK=1); 75 stopped on
-SIGTERM after a checkpoint (re-run the same command to resume).
+SIGTERM or Ctrl-C after a checkpoint (re-run the same command to resume); 130 interrupted by
+Ctrl-C pressed twice, or outside a training step (what was saved stays; re-run to resume).
 """
 
 import os
@@ -33,7 +34,14 @@ def _stopped_while_starting(signum, frame):
     os._exit(75)  # fecosr_jax.errors.EXIT_PREEMPTED, not imported yet
 
 
+def _interrupted_while_starting(signum, frame):
+    print("interrupted (Ctrl-C) while starting, before anything was written.", flush=True)
+    os._exit(130)  # 128 + SIGINT, the shell's code for Ctrl-C
+
+
 signal.signal(signal.SIGTERM, _stopped_while_starting)
+if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:  # a background job's stays ignored
+    signal.signal(signal.SIGINT, _interrupted_while_starting)
 
 from absl import app, flags, logging  # noqa: E402
 from ml_collections import config_flags  # noqa: E402
@@ -91,6 +99,8 @@ def _usage(message: str):
 
 def main(argv):
     signal.signal(signal.SIGTERM, _stopped)  # the training loops install their own handler
+    if signal.getsignal(signal.SIGINT) is not signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C: KeyboardInterrupt
     if len(argv) > 1:
         _usage(f"unexpected arguments {argv[1:]}: every argument is a --flag")
     if not flags.FLAGS["verbosity"].present:
@@ -147,6 +157,13 @@ def main(argv):
     except errors.Preempted as e:
         print(f"{e}. Re-run the same command to resume (exit {errors.EXIT_PREEMPTED}).")
         sys.exit(errors.EXIT_PREEMPTED)
+    except KeyboardInterrupt:  # Ctrl-C outside a training step, or twice: as after a kill
+        print(
+            "interrupted (Ctrl-C): every step saved before stays. Re-run the same command to "
+            "resume (exit 130).",
+            flush=True,
+        )
+        sys.exit(130)
     except Exception as e:  # one line for a person; the traceback with --verbosity=1
         if isinstance(e, errors.ConfigError) and (source := _config_source(str(e))):
             e.args = (f"{e} ({source})",)

@@ -5,7 +5,8 @@
     fecosr_jax.store.resume.IncompatibleCheckpoint); raised before the run writes anything.
   failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
     bug): fecosr_jax.store.checkpoint.NonFiniteError, DiskFull or any other exception.
-  preempted (exit 75): SIGTERM; the last step was saved (fecosr_jax.store.checkpoint.Preempted).
+  preempted (exit 75): SIGTERM or Ctrl-C; the last step was saved
+    (fecosr_jax.store.checkpoint.Preempted).
 
 `report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
 --verbosity=1 or higher, or FECOSR_TRACEBACK=1). `parse_flags` gives a bad flag the same
@@ -20,7 +21,7 @@ import traceback
 
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
-EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped on SIGTERM after a checkpoint; re-run resumes
+EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped after a checkpoint; re-run resumes
 
 
 class BadInput(ValueError):
@@ -54,7 +55,8 @@ class DiskFull(RuntimeError):
 
 
 class Preempted(Exception):
-    """SIGTERM arrived: a checkpoint was written; re-running the same command resumes."""
+    """SIGTERM or Ctrl-C arrived: a checkpoint was written; re-running the same command
+    resumes."""
 
 
 def exit_code(error: BaseException) -> int:

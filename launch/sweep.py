@@ -20,8 +20,8 @@ runs/<name>/sweep.log. A run that already finished only reports (experiments.mai
 from its workdir), so re-running the sweep after an interruption continues where it stopped.
 SIGTERM stops the sweep: it is passed on to the process running, which saves its step and
 exits 75; the sweep then starts nothing more, writes no table, and exits 75 (re-run the same
-command to resume). A process that exits 75 on its own (stopped by SIGTERM) stops the sweep
-the same way.
+command to resume). Ctrl-C does the same (the terminal sends it to the process as well), and
+a process that exits 75 on its own (stopped by SIGTERM) stops the sweep the same way.
 Every point's config and each process's data are checked before anything is written (a bad
 one: one line naming the run, exit 2). A failed process is reported and the others go on; the
 sweep then exits 1. Flags are absl
@@ -272,24 +272,34 @@ def _error(message: str) -> int:
 
 def run_process(cmd: list[str], log) -> tuple[int, bool]:
     """Runs one process of the sweep to its end, its output to the file `log`: (its exit
-    code, whether the sweep was sent SIGTERM meanwhile). A SIGTERM to the sweep goes on to
+    code, whether the sweep was asked to stop meanwhile). A SIGTERM to the sweep goes on to
     the process (experiments.main saves its step and exits 75), so that stopping the sweep
-    stops the run it is in instead of leaving it running without its sweep."""
+    stops the run it is in instead of leaving it running without its sweep. Ctrl-C (SIGINT)
+    reaches the process from the terminal itself and is not passed on (twice would stop it
+    at once): the sweep waits for it and stops; Ctrl-C again interrupts the sweep at once."""
     child, stopped = None, []
 
     def forward(signum, frame):
+        if signum == signal.SIGINT and signal.SIGINT in stopped:
+            signal.signal(signal.SIGINT, previous[signal.SIGINT])
+            raise KeyboardInterrupt
         stopped.append(signum)
-        if child is not None:
+        if child is not None and signum == signal.SIGTERM:
             child.send_signal(signum)
 
-    previous = signal.signal(signal.SIGTERM, forward)
+    previous = {
+        sig: signal.signal(sig, forward)
+        for sig in (signal.SIGTERM, signal.SIGINT)
+        if signal.getsignal(sig) is not signal.SIG_IGN  # a background job's SIGINT stays off
+    }
     try:
         child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        if stopped:  # arrived while it was being started
+        if signal.SIGTERM in stopped:  # arrived while it was being started
             child.send_signal(signal.SIGTERM)
         return child.wait(), bool(stopped)
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def main(argv: list[str]) -> int:
@@ -353,8 +363,8 @@ def main(argv: list[str]) -> int:
                 rc, stopped = run_process(cmd, log)
             if stopped or rc == errors.EXIT_PREEMPTED:
                 print(
-                    f"  stopped by SIGTERM (exit {rc}; a run saves its step first): nothing "
-                    f"more runs. Re-run the same command to resume. Its output: {log_path}",
+                    f"  stopped by SIGTERM or Ctrl-C (exit {rc}; a run saves its step first): "
+                    f"nothing more runs. Re-run the same command to resume. Its output: {log_path}",
                     flush=True,
                 )
                 return errors.EXIT_PREEMPTED

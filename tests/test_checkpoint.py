@@ -194,3 +194,39 @@ def test_group_phase_restores_the_newest_step_every_run_has(tmp_path):
     assert runs[0].steps() == []
     for p in (*runs, fresh):
         p.close()
+
+
+def test_ctrl_c_once_asks_the_run_to_stop_and_twice_stops_it_at_once():
+    """The training loops' handler: the first Ctrl-C (SIGINT) only asks for a stop after the
+    step in progress is saved, named in the message; a second raises KeyboardInterrupt at
+    once; a SIGINT the process was started to ignore (a background job) stays ignored; the
+    handlers before are back afterwards."""
+    import os
+    import signal
+    import time
+
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    try:
+        with checkpoint.PreemptionHandler():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert checkpoint.preemption_requested()
+            with pytest.raises(errors.Preempted, match="^Ctrl-C: stopped after finetune_x step 3"):
+                checkpoint.NullPhase().check_preemption("finetune_x", 3)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+        with checkpoint.PreemptionHandler():
+            os.kill(os.getpid(), signal.SIGTERM)
+            time.sleep(0.01)
+            with pytest.raises(errors.Preempted, match="^SIGTERM: stopped after finetune_x"):
+                checkpoint.NullPhase().check_preemption("finetune_x", 3)
+        signal.signal(signal.SIGINT, signal.SIG_IGN)
+        with checkpoint.PreemptionHandler():
+            os.kill(os.getpid(), signal.SIGINT)
+            time.sleep(0.01)
+            assert not checkpoint.preemption_requested()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
+    finally:
+        signal.signal(signal.SIGINT, previous)

@@ -414,6 +414,28 @@ def test_sigterm_stops_the_sweep_and_the_run_it_is_in(tmp_path):
     assert not (tmp_path / "w" / "sweep.json").exists()
 
 
+def test_a_sweep_passes_sigterm_on_and_waits_out_ctrl_c(tmp_path):
+    """run_process: SIGTERM to the sweep goes on to its process; Ctrl-C, which a terminal
+    sends to the process itself, is not passed on (twice would stop it at once): the sweep
+    waits for the process, and both ask the sweep to stop."""
+    import signal
+    import threading
+
+    sleeper = [sys.executable, "-c", "import time; time.sleep(1)"]
+    main = threading.main_thread().ident  # the thread waiting for the process
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
+    try:
+        with open(tmp_path / "log", "w") as log:
+            threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGINT)).start()
+            assert sweep.run_process(sleeper, log) == (0, True)  # ran to its end
+            threading.Timer(0.3, signal.pthread_kill, (main, signal.SIGTERM)).start()
+            assert sweep.run_process(sleeper, log) == (-signal.SIGTERM, True)
+            assert sweep.run_process(sleeper, log) == (0, False)
+        assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    finally:
+        signal.signal(signal.SIGINT, previous)
+
+
 @pytest.mark.parametrize(
     "flags, named",
     [

@@ -59,41 +59,58 @@ class UnknownLayout(BadInput):
 
 
 # ---------------------------------------------------------------------------------------------
-# Preemption (SIGTERM).
+# Preemption (SIGTERM) and Ctrl-C (SIGINT).
 
-_preemption = {"requested": False}
+_preemption: dict[str, str | None] = {"by": None}  # what asked the run to stop, once asked
+CTRL_C_NOTE = (
+    b"Ctrl-C: stopping once the step in progress is saved (Ctrl-C again stops at once; "
+    b"the steps saved before stay)\n"
+)
 
 
 def preemption_requested() -> bool:
-    return _preemption["requested"]
+    return _preemption["by"] is not None
 
 
 def raise_if_preempted(where: str):
-    """Between phases (nothing unsaved): on SIGTERM, raise Preempted."""
+    """Between phases (nothing unsaved): on SIGTERM or Ctrl-C, raise Preempted."""
     if preemption_requested():
-        raise Preempted(f"SIGTERM: stopped {where}; everything finished so far is saved")
+        raise Preempted(
+            f"{_preemption['by']}: stopped {where}; everything finished so far is saved"
+        )
 
 
 class PreemptionHandler:
-    """Context manager: while active, SIGTERM only sets a flag. The training loops check the
-    flag after each saved step and raise Preempted; outside the main thread it does nothing."""
+    """Context manager: while active, SIGTERM and the first Ctrl-C (SIGINT) only set a flag.
+    The training loops check the flag after each saved step and raise Preempted. A second
+    Ctrl-C interrupts at once (KeyboardInterrupt; the steps saved before stay, as after a
+    kill). A SIGINT the process was started to ignore (a background job) stays ignored.
+    Outside the main thread it does nothing."""
 
     def __enter__(self):
-        _preemption["requested"] = False
-        self.previous = None
-        try:
-            self.previous = signal.signal(signal.SIGTERM, self._on_sigterm)
-        except ValueError:  # not the main thread: leave signals alone
-            pass
+        _preemption["by"] = None
+        self.previous = {}
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            try:
+                if signal.getsignal(sig) is not signal.SIG_IGN:
+                    self.previous[sig] = signal.signal(sig, self._on_signal)
+            except ValueError:  # not the main thread: leave signals alone
+                pass
         return self
 
-    @staticmethod
-    def _on_sigterm(signum, frame):
-        _preemption["requested"] = True
+    def _on_signal(self, signum, frame):
+        if signum == signal.SIGINT:
+            if _preemption["by"] == "Ctrl-C":  # pressed again: stop now
+                signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
+                raise KeyboardInterrupt
+            os.write(2, CTRL_C_NOTE)  # not print: a handler may run inside another write
+        _preemption["by"] = _preemption["by"] or (
+            "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
+        )
 
     def __exit__(self, *exc):
-        if self.previous is not None:
-            signal.signal(signal.SIGTERM, self.previous)
+        for sig, previous in self.previous.items():
+            signal.signal(sig, previous)
         return False
 
 
@@ -242,10 +259,12 @@ class PhaseCheckpoints:
                 self.manager.delete(newer)
 
     def check_preemption(self, phase: str, step: int):
-        """After a step's save: on SIGTERM, finish writing and raise Preempted."""
+        """After a step's save: on SIGTERM or Ctrl-C, finish writing and raise Preempted."""
         if preemption_requested():
             self.manager.wait_until_finished()
-            raise Preempted(f"SIGTERM: stopped after {phase} step {step}, checkpoint saved")
+            raise Preempted(
+                f"{_preemption['by']}: stopped after {phase} step {step}, checkpoint saved"
+            )
 
     def close(self):
         self.manager.wait_until_finished()
@@ -272,7 +291,9 @@ class NullPhase:
 
     def check_preemption(self, phase, step):
         if preemption_requested():
-            raise Preempted(f"SIGTERM: stopped after {phase} step {step} (checkpoints are off)")
+            raise Preempted(
+                f"{_preemption['by']}: stopped after {phase} step {step} (checkpoints are off)"
+            )
 
     def close(self):
         pass
