@@ -149,9 +149,9 @@ def test_the_dropout_rate_as_data_is_the_rate_as_a_constant_up_to_rounding():
 
     as_data = jax.jit(jax.value_and_grad(functools.partial(loss, cfg)))
     for rate in (0.2, 0.35):
-        constant = jax.value_and_grad(loss, argnums=1)(
-            dataclasses.replace(cfg, dropout=rate), params, None
-        )
+        constant = jax.jit(  # compiled: eagerly, each op would compile on its own
+            jax.value_and_grad(functools.partial(loss, dataclasses.replace(cfg, dropout=rate)))
+        )(params, None)
         got = as_data(params, keep_probability(rate))
         # XLA folds a constant rate into the products around it: rounding apart, not more.
         for a, b in zip(jax.tree.leaves(got), jax.tree.leaves(constant), strict=True):

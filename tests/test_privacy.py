@@ -113,11 +113,12 @@ def test_each_users_gradient_is_clipped_to_c_by_hand(stacked, clip_norm):
         # (n_u the user's training targets, N theirs in all): it weighs each target the same.
         # They are equal when every user has as many targets and |B| = E.
         sampled = market["train"][np.asarray(rows)[~np.asarray(padding)]]
-        counts = np.array(
-            [int(batch_loss(MODEL, fed, params, r[None], market, batch_key)[1]) for r in sampled]
-        )
+        count = jax.jit(lambda r: batch_loss(MODEL, fed, params, r[None], market, batch_key)[1])
+        counts = np.array([int(count(r)) for r in sampled])
         assert len(set(counts)) > 1  # the weights differ here
-        plain = jax.grad(lambda p: batch_loss(MODEL, fed, p, sampled, market, batch_key)[0])
+        plain = jax.jit(
+            jax.grad(lambda p: batch_loss(MODEL, fed, p, sampled, market, batch_key)[0])
+        )
         weighted = sum(g * n for g, n in zip(grads, counts, strict=True)) / counts.sum()
         np.testing.assert_allclose(flat(plain(params)), weighted, atol=1e-6)
 
@@ -161,8 +162,12 @@ def test_a_user_is_all_their_windows_clipped_once_by_hand():
     new, _ = jax.jit(client.step)(state, data, jnp.int32(step), values)
     moved = flat(params) - flat(new.params)
 
-    def grad(rows):  # of the mean loss over the rows' training targets
-        return flat(jax.grad(lambda p: batch_loss(model, fed, p, rows, data, batch_key)[0])(params))
+    @jax.jit  # one program per number of rows: eagerly, every op would compile on its own
+    def grad_of(rows):  # of the mean loss over the rows' training targets
+        return jax.grad(lambda p: batch_loss(model, fed, p, rows, data, batch_key)[0])(params)
+
+    def grad(rows):
+        return flat(grad_of(rows))
 
     def clipped(g):
         return g * min(1.0, clip / np.linalg.norm(g))
