@@ -303,6 +303,18 @@ def run_process(cmd: list[str], log) -> tuple[int, bool]:
 
 
 def main(argv: list[str]) -> int:
+    try:
+        return run_sweep(argv)
+    except KeyboardInterrupt:  # Ctrl-C while checking or collecting, or twice
+        print(
+            "interrupted (Ctrl-C): every run's saved steps stay. Re-run the same command to "
+            "resume (exit 130).",
+            flush=True,
+        )
+        return 130
+
+
+def run_sweep(argv: list[str]) -> int:
     FLAGS = flags.FLAGS
     if not FLAGS["verbosity"].present:
         logging.set_verbosity(logging.WARNING)  # as experiments.main: JAX logs at INFO
