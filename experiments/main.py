@@ -36,7 +36,7 @@ def _stopped_while_starting(signum, frame):
 
 def _interrupted_while_starting(signum, frame):
     print("interrupted (Ctrl-C) while starting, before anything was written.", flush=True)
-    os._exit(130)  # 128 + SIGINT, the shell's code for Ctrl-C
+    os._exit(130)  # fecosr_jax.errors.EXIT_INTERRUPTED, not imported yet
 
 
 signal.signal(signal.SIGTERM, _stopped_while_starting)
@@ -160,10 +160,10 @@ def main(argv):
     except KeyboardInterrupt:  # Ctrl-C outside a training step, or twice: as after a kill
         print(
             "interrupted (Ctrl-C): every step saved before stays. Re-run the same command to "
-            "resume (exit 130).",
+            f"resume (exit {errors.EXIT_INTERRUPTED}).",
             flush=True,
         )
-        sys.exit(130)
+        sys.exit(errors.EXIT_INTERRUPTED)
     except Exception as e:  # one line for a person; the traceback with --verbosity=1
         if isinstance(e, errors.ConfigError) and (source := _config_source(str(e))):
             e.args = (f"{e} ({source})",)

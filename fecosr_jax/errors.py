@@ -7,6 +7,8 @@
     bug): fecosr_jax.store.checkpoint.NonFiniteError, DiskFull or any other exception.
   preempted (exit 75): SIGTERM or Ctrl-C; the last step was saved
     (fecosr_jax.store.checkpoint.Preempted).
+  interrupted (exit 130): Ctrl-C twice, or outside a training step; what was saved stays, as
+    after a kill.
 
 `report` prints one line, `error: WHAT`, and the traceback only when asked (absl's
 --verbosity=1 or higher, or FECOSR_TRACEBACK=1). `parse_flags` gives a bad flag the same
@@ -22,6 +24,7 @@ import traceback
 EXIT_FAILURE = 1
 EXIT_BAD_INPUT = 2
 EXIT_PREEMPTED = 75  # sysexits EX_TEMPFAIL: stopped after a checkpoint; re-run resumes
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, the shell's code for Ctrl-C
 
 
 class BadInput(ValueError):

@@ -308,10 +308,10 @@ def main(argv: list[str]) -> int:
     except KeyboardInterrupt:  # Ctrl-C while checking or collecting, or twice
         print(
             "interrupted (Ctrl-C): every run's saved steps stay. Re-run the same command to "
-            "resume (exit 130).",
+            f"resume (exit {errors.EXIT_INTERRUPTED}).",
             flush=True,
         )
-        return 130
+        return errors.EXIT_INTERRUPTED
 
 
 def run_sweep(argv: list[str]) -> int:
