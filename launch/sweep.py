@@ -374,9 +374,10 @@ def run_sweep(argv: list[str]) -> int:
             with open(log_path, "a") as log:
                 rc, stopped = run_process(cmd, log)
             if stopped or rc == errors.EXIT_PREEMPTED:
+                how = "its step saved" if rc == errors.EXIT_PREEMPTED else f"it ended, exit {rc}"
                 print(
-                    f"  stopped by SIGTERM or Ctrl-C (exit {rc}; a run saves its step first): "
-                    f"nothing more runs. Re-run the same command to resume. Its output: {log_path}",
+                    f"  stopped by SIGTERM or Ctrl-C ({how}): nothing more runs. Re-run the "
+                    f"same command to resume. Its output: {log_path}",
                     flush=True,
                 )
                 return errors.EXIT_PREEMPTED
