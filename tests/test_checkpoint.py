@@ -222,6 +222,11 @@ def test_ctrl_c_once_asks_the_run_to_stop_and_twice_stops_it_at_once():
             time.sleep(0.01)
             with pytest.raises(errors.Preempted, match="^SIGTERM: stopped after finetune_x"):
                 checkpoint.NullPhase().check_preemption("finetune_x", 3)
+            os.kill(os.getpid(), signal.SIGINT)  # after a SIGTERM, Ctrl-C twice still stops
+            time.sleep(0.01)
+            with pytest.raises(KeyboardInterrupt):
+                os.kill(os.getpid(), signal.SIGINT)
+                time.sleep(1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
         with checkpoint.PreemptionHandler():
             os.kill(os.getpid(), signal.SIGINT)

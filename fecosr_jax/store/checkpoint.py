@@ -89,6 +89,7 @@ class PreemptionHandler:
 
     def __enter__(self):
         _preemption["by"] = None
+        self.pressed = False  # Ctrl-C once already (whatever else asked to stop first)
         self.previous = {}
         for sig in (signal.SIGTERM, signal.SIGINT):
             try:
@@ -100,9 +101,10 @@ class PreemptionHandler:
 
     def _on_signal(self, signum, frame):
         if signum == signal.SIGINT:
-            if _preemption["by"] == "Ctrl-C":  # pressed again: stop now
+            if self.pressed:  # pressed again: stop now
                 signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
                 raise KeyboardInterrupt
+            self.pressed = True
             os.write(2, CTRL_C_NOTE)  # not print: a handler may run inside another write
         _preemption["by"] = _preemption["by"] or (
             "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
