@@ -4,9 +4,9 @@
     its kinds (`ConfigError` here, fecosr_jax.data.DataError, fecosr_jax.runs.groups.GroupError,
     fecosr_jax.store.resume.IncompatibleCheckpoint); raised before the run writes anything.
   failure (exit 1): something went wrong while running (a non-finite loss, a full disk, a
-    bug): fecosr_jax.store.checkpoint.NonFiniteError, DiskFull or any other exception.
-  preempted (exit 75): SIGTERM or Ctrl-C; the last step was saved
-    (fecosr_jax.store.checkpoint.Preempted).
+    bug): `NonFiniteError`, `DiskFull` or any other exception.
+  preempted (exit 75): SIGTERM or Ctrl-C; the last step was saved (`Preempted`, raised
+    where fecosr_jax.preemption's flag is checked).
   interrupted (exit 130): Ctrl-C twice, or outside a training step; what was saved stays, as
     after a kill.
 

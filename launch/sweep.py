@@ -84,7 +84,7 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
-from fecosr_jax import errors
+from fecosr_jax import errors, preemption
 from fecosr_jax.report import method_pairs, plots, sweep_results
 from fecosr_jax.store.files import write_text_atomic
 
@@ -277,29 +277,18 @@ def run_process(cmd: list[str], log) -> tuple[int, bool]:
     stops the run it is in instead of leaving it running without its sweep. Ctrl-C (SIGINT)
     reaches the process from the terminal itself and is not passed on (twice would stop it
     at once): the sweep waits for it and stops; Ctrl-C again interrupts the sweep at once."""
-    child, stopped = None, []
+    child, sigterm = None, []
 
-    def forward(signum, frame):
-        if signum == signal.SIGINT and signal.SIGINT in stopped:
-            signal.signal(signal.SIGINT, previous[signal.SIGINT])
-            raise KeyboardInterrupt
-        stopped.append(signum)
-        if child is not None and signum == signal.SIGTERM:
-            child.send_signal(signum)
-
-    previous = {
-        sig: signal.signal(sig, forward)
-        for sig in (signal.SIGTERM, signal.SIGINT)
-        if signal.getsignal(sig) is not signal.SIG_IGN  # a background job's SIGINT stays off
-    }
-    try:
-        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
-        if signal.SIGTERM in stopped:  # arrived while it was being started
+    def pass_on():
+        sigterm.append(True)
+        if child is not None:
             child.send_signal(signal.SIGTERM)
-        return child.wait(), bool(stopped)
-    finally:
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+
+    with preemption.Handler(on_sigterm=pass_on, ctrl_c_note=None):  # the process says it
+        child = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        if sigterm:  # arrived while it was being started
+            child.send_signal(signal.SIGTERM)
+        return child.wait(), preemption.requested()
 
 
 def main(argv: list[str]) -> int:

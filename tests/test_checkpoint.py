@@ -11,7 +11,7 @@ import numpy as np
 import orbax.checkpoint as ocp
 import pytest
 
-from fecosr_jax import errors
+from fecosr_jax import errors, preemption
 from fecosr_jax.store import checkpoint, checkpoint_layout
 
 
@@ -207,17 +207,17 @@ def test_ctrl_c_once_asks_the_run_to_stop_and_twice_stops_it_at_once():
 
     previous = signal.signal(signal.SIGINT, signal.default_int_handler)  # as from a terminal
     try:
-        with checkpoint.PreemptionHandler():
+        with preemption.Handler():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-            assert checkpoint.preemption_requested()
+            assert preemption.requested()
             with pytest.raises(errors.Preempted, match="^Ctrl-C: stopped after finetune_x step 3"):
                 checkpoint.NullPhase().check_preemption("finetune_x", 3)
             with pytest.raises(KeyboardInterrupt):
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)
         assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
-        with checkpoint.PreemptionHandler():
+        with preemption.Handler():
             os.kill(os.getpid(), signal.SIGTERM)
             time.sleep(0.01)
             with pytest.raises(errors.Preempted, match="^SIGTERM: stopped after finetune_x"):
@@ -228,10 +228,10 @@ def test_ctrl_c_once_asks_the_run_to_stop_and_twice_stops_it_at_once():
                 os.kill(os.getpid(), signal.SIGINT)
                 time.sleep(1)
         signal.signal(signal.SIGINT, signal.SIG_IGN)
-        with checkpoint.PreemptionHandler():
+        with preemption.Handler():
             os.kill(os.getpid(), signal.SIGINT)
             time.sleep(0.01)
-            assert not checkpoint.preemption_requested()
+            assert not preemption.requested()
         assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN
     finally:
         signal.signal(signal.SIGINT, previous)

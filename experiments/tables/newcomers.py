@@ -29,9 +29,9 @@ def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
     (ValueError), since the pairs assume the same splits and training."""
     rows, ranks = [], {}
     folders = sorted(p for p in folder.iterdir() if p.is_dir())
-    first = read_json(folders[0] / "config.json")
-    for run in folders:
-        config = read_json(run / "config.json")
+    configs = [read_json(run / "config.json") for run in folders]
+    first = configs[0]
+    for run, config in zip(folders, configs, strict=True):
         changed = set(resume.changed_fields(first, config))
         changed &= set(resume.changed_fields(config, first))  # an added field: one way only
         if changed - POINT_FIELDS:

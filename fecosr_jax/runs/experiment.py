@@ -17,15 +17,15 @@ import ml_collections
 import numpy as np
 from etils import epath
 
-from fecosr_jax import distributed, evaluation, progress
+from fecosr_jax import distributed, evaluation, preemption, progress
 from fecosr_jax.data import summary
 from fecosr_jax.data.market import Market
 from fecosr_jax.data.split import MarketSplit, StackedMarkets
 from fecosr_jax.report import markdown
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import groups, inputs, paradigms, runner, typed_configs
-from fecosr_jax.store import checkpoint, metrics_log, resume
 from fecosr_jax.store import lease as lease_lib
+from fecosr_jax.store import metrics_log, resume
 from fecosr_jax.store import pretrained as pretrained_lib
 from fecosr_jax.store.files import read_json, write_json_atomic
 
@@ -62,8 +62,8 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str) -> dict:
 
     Raises:
       resume.IncompatibleCheckpoint: the workdir holds a run with a different config.
-      checkpoint.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
-      checkpoint.Preempted: SIGTERM; the last step was saved (exit code EXIT_PREEMPTED).
+      errors.NonFiniteError: a loss or parameter became non-finite (checkpoints intact).
+      errors.Preempted: SIGTERM or Ctrl-C; the last step was saved (exit code EXIT_PREEMPTED).
     """
     return train_and_evaluate_group([(config, workdir)])[0]
 
@@ -246,7 +246,7 @@ def _train(
             run.workdir, tensorboard=config.tensorboard, writes=primary, label=run.label
         )
     try:
-        with checkpoint.PreemptionHandler():
+        with preemption.Handler():
             batches: dict[tuple, list[tuple[str, groups.Run]]] = {}  # program -> (method, run)
             for method in methods:
                 todo = []
@@ -286,7 +286,7 @@ def _train(
                     ranks = _ranks_by_market(names, result.pop("ranks"))
                     table = results_lib.per_market_table(names, result)
                     run.checkpoints.finished_method(method, table, ranks=ranks)
-                checkpoint.raise_if_preempted(f"after {names_}")
+                preemption.raise_if_requested(f"after {names_}")
     finally:
         for run in runs:
             if run.log is not None:

@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import os
 import shutil
-import signal
 import warnings
 from typing import Any
 
@@ -38,6 +37,7 @@ from etils import epath
 from jax.experimental import multihost_utils
 from orbax.checkpoint import checkpoint_managers
 
+from fecosr_jax import preemption
 from fecosr_jax.errors import EXIT_PREEMPTED, BadInput, DiskFull, NonFiniteError, Preempted  # noqa: F401
 from fecosr_jax.store import checkpoint_layout as layout
 from fecosr_jax.store.files import is_remote
@@ -56,64 +56,6 @@ def processes_without(ok: bool) -> list[int]:
 class UnknownLayout(BadInput):
     """A checkpoint whose meta names a layout this version cannot read (written by a newer
     fecosr_jax): refused, and kept, not taken for a corrupt one and deleted."""
-
-
-# ---------------------------------------------------------------------------------------------
-# Preemption (SIGTERM) and Ctrl-C (SIGINT).
-
-_preemption: dict[str, str | None] = {"by": None}  # what asked the run to stop, once asked
-CTRL_C_NOTE = (
-    b"Ctrl-C: stopping once the step in progress is saved (Ctrl-C again stops at once; "
-    b"the steps saved before stay)\n"
-)
-
-
-def preemption_requested() -> bool:
-    return _preemption["by"] is not None
-
-
-def raise_if_preempted(where: str):
-    """Between phases (nothing unsaved): on SIGTERM or Ctrl-C, raise Preempted."""
-    if preemption_requested():
-        raise Preempted(
-            f"{_preemption['by']}: stopped {where}; everything finished so far is saved"
-        )
-
-
-class PreemptionHandler:
-    """Context manager: while active, SIGTERM and the first Ctrl-C (SIGINT) only set a flag.
-    The training loops check the flag after each saved step and raise Preempted. A second
-    Ctrl-C interrupts at once (KeyboardInterrupt; the steps saved before stay, as after a
-    kill). A SIGINT the process was started to ignore (a background job) stays ignored.
-    Outside the main thread it does nothing."""
-
-    def __enter__(self):
-        _preemption["by"] = None
-        self.pressed = False  # Ctrl-C once already (whatever else asked to stop first)
-        self.previous = {}
-        for sig in (signal.SIGTERM, signal.SIGINT):
-            try:
-                if signal.getsignal(sig) is not signal.SIG_IGN:
-                    self.previous[sig] = signal.signal(sig, self._on_signal)
-            except ValueError:  # not the main thread: leave signals alone
-                pass
-        return self
-
-    def _on_signal(self, signum, frame):
-        if signum == signal.SIGINT:
-            if self.pressed:  # pressed again: stop now
-                signal.signal(signal.SIGINT, self.previous[signal.SIGINT])
-                raise KeyboardInterrupt
-            self.pressed = True
-            os.write(2, CTRL_C_NOTE)  # not print: a handler may run inside another write
-        _preemption["by"] = _preemption["by"] or (
-            "Ctrl-C" if signum == signal.SIGINT else "SIGTERM"
-        )
-
-    def __exit__(self, *exc):
-        for sig, previous in self.previous.items():
-            signal.signal(sig, previous)
-        return False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -209,7 +151,7 @@ class PhaseCheckpoints:
 
     def due(self, step: int, last: bool = False) -> bool:
         """Whether save(step) writes: every `every` steps, at the last one, and on SIGTERM."""
-        return last or step % self.every == 0 or preemption_requested()
+        return last or step % self.every == 0 or preemption.requested()
 
     def save(self, step: int, state, *, metrics: dict | None = None, last: bool = False):
         """Saves `state` as `step` (when `due`)."""
@@ -262,10 +204,10 @@ class PhaseCheckpoints:
 
     def check_preemption(self, phase: str, step: int):
         """After a step's save: on SIGTERM or Ctrl-C, finish writing and raise Preempted."""
-        if preemption_requested():
+        if preemption.requested():
             self.manager.wait_until_finished()
             raise Preempted(
-                f"{_preemption['by']}: stopped after {phase} step {step}, checkpoint saved"
+                f"{preemption.asked_by()}: stopped after {phase} step {step}, checkpoint saved"
             )
 
     def close(self):
@@ -292,9 +234,9 @@ class NullPhase:
         pass
 
     def check_preemption(self, phase, step):
-        if preemption_requested():
+        if preemption.requested():
             raise Preempted(
-                f"{_preemption['by']}: stopped after {phase} step {step} (checkpoints are off)"
+                f"{preemption.asked_by()}: stopped after {phase} step {step} (checkpoints are off)"
             )
 
     def close(self):
@@ -388,7 +330,7 @@ class GroupPhase:
             phase.save(step, run_slice(state, r), metrics=run_metrics, last=last)
 
     def check_preemption(self, phase: str, step: int):
-        if preemption_requested():
+        if preemption.requested():
             for p in self.phases[1:]:
                 if isinstance(p, PhaseCheckpoints):
                     p.manager.wait_until_finished()
