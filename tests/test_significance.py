@@ -268,6 +268,23 @@ def test_p_values_as_the_tables_show_them():
     assert markdown.p_text(None) == "-"
 
 
+def test_the_t_test_is_scipys_student_t_exactly():
+    """_t_test calls scipy.special's Student t functions directly: the same numbers, bit for
+    bit, as scipy.stats.t's sf and ppf (which call them after checking their arguments)."""
+    from scipy import stats
+
+    for diff in (-0.03, 0.0, 1e-4, 2.5):
+        for variance in (1e-8, 0.01, 4 / 3):
+            for df in (1.0, 64 / 38, 4.0, 37.5, 1e6):
+                p, ci, detectable = significance._t_test(diff, variance, df)
+                se = math.sqrt(variance)
+                critical = float(stats.t.ppf(1 - significance.ALPHA / 2, df))
+                assert p == float(2 * stats.t.sf(abs(diff) / se, df))
+                assert ci == [diff - critical * se, diff + critical * se]
+                power = float(stats.t.ppf(significance.POWER, df))
+                assert detectable == (critical + power) * se
+
+
 def test_seed_aware_interval_by_hand():
     # D = [[1, 2, 3], [3, 4, 5]] (S = 2 seeds, U = 3 users): mean 3; seed means 2, 4 ->
     # MS_seed = 3 ((-1)^2 + 1^2) / 1 = 6; user means 2, 3, 4 -> MS_user = 2 (1 + 0 + 1) / 2 = 2;
