@@ -62,7 +62,8 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
     could = f"{statistics.median(detectable):.4f}" if detectable else "-"
     lines += [
         "",
-        f"{len(cells)} markets held out in turn, seeds {', '.join(map(str, point['seeds']))}: "
+        f"{len(cells)} market{'' if len(cells) == 1 else 's'} held out in turn, "
+        f"seeds {', '.join(map(str, point['seeds']))}: "
         f"as a newcomer `{method}` gains over `local` in {sum(g['diff'] > 0 for g in gains)} "
         f"(significantly in {sum(g['verdict'] == 'better' for g in gains)}, below it "
         f"significantly in {sum(g['verdict'] == 'worse' for g in gains)}); the newcomer is "
