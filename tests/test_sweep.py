@@ -244,9 +244,23 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
         assert cell["kept"] == pytest.approx(newcomer / member, abs=1e-6)
     assert cells["a"]["newcomer_vs_member"]["verdict"] == "worse"
     assert cells["b"]["newcomer_vs_member"]["verdict"] == "same"  # +0.13, users disagree
+    # The mean row: per seed the plain mean over a and b, tested over the seeds. Both seeds
+    # agree exactly here, so every difference is significant with a zero-width interval.
+    mean = point["methods"]["fecosr"]["mean"]
+    newcomer_mean = (0.5 + second_ndcg) / 2
+    assert mean["member"]["diff"] == pytest.approx(0.75, abs=1e-6)  # (1 + 0.5) / 2
+    assert mean["newcomer"]["diff"] == pytest.approx(newcomer_mean, abs=1e-6)
+    assert mean["newcomer_vs_member"]["diff"] == pytest.approx(newcomer_mean - 0.75, abs=1e-6)
+    assert mean["kept"] == pytest.approx(newcomer_mean / 0.75, abs=1e-6)
+    assert [mean[k]["verdict"] for k in ("member", "newcomer", "newcomer_vs_member")] == [
+        "better", "better", "worse"
+    ]  # fmt: skip
+    assert mean["member"]["seeds"] == 2 and mean["member"]["family"] == sweep_results.MEAN_FAMILY
     table = sweep_results.markdown([], rows, ["newcomers", "seeds"], "c.py", [point])
     row = "| a | +1.0000 [+1.0000, +1.0000] ▲ | +0.5000 [+0.2599, +0.7401] ▲ | -0.5000 [-0.7401, "
     assert row + "-0.2599] ▼ | 50% |" in table, table
+    # († on each: a verdict of two seeds does not survive leaving one out)
+    assert "| **mean over markets** | +0.7500 [+0.7500, +0.7500] ▲ † | +0.5655 " in table, table
     # Without the whole federation's point nothing is paired.
     alone = [r for r in rows if r["newcomers"] != "none"]
     assert sweep_results.newcomers(alone, ["newcomers", "seeds"], ranks) == []
@@ -273,6 +287,12 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     b = unsure["methods"]["fecosr"]["markets"]["b"]
     assert b["member"]["diff"] == pytest.approx(0.25) and b["member"]["verdict"] == "same"
     assert b["kept"] is None and unsure["methods"]["fecosr"]["markets"]["a"]["kept"] == 0.5
+    # The mean row's member gain is now 0.75 and 0.5 by seed: a t-test with 1 df (a Cauchy
+    # distribution) of t = 0.625 / 0.125 = 5, p = 1 - 2 arctan(5) / pi, not significant.
+    member = unsure["methods"]["fecosr"]["mean"]["member"]
+    assert member["diff"] == pytest.approx(0.625) and member["verdict"] == "same"
+    assert member["p_value"] == pytest.approx(1 - 2 * np.arctan(5) / np.pi, rel=1e-6)
+    assert unsure["methods"]["fecosr"]["mean"]["kept"] is None
     twice = [*split, {**split[-1], "run": "newnone_seed1"}]
     with pytest.raises(errors.BadInput, match="newnone_a_seed1 and newnone_seed1 both"):
         sweep_results.newcomers(twice, ["newcomers", "seeds"], ranks)

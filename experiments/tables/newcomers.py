@@ -14,6 +14,7 @@ from fecosr_jax.store.files import read_json
 
 NEWCOMERS_DEFAULT = RAW / "newcomers_default"  # the main job's config, local and fecosr
 NEWCOMERS_XMREC = RAW / "newcomers_xmrec"  # XMRec ca / de / fr / uk, local and fedavg_id
+NEWCOMERS_ML100K = RAW / "newcomers_ml100k"  # ml-100k regions (11 markets), local and fecosr
 AXES = ["newcomers", "seeds"]
 
 
@@ -47,13 +48,13 @@ def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
 
 def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
     """`method`'s leave-one-market-out table (sweep_results.newcomers_table) and a line that
-    counts the markets: the newcomer's gains over `local`, marked or not, and the share of
-    the member's gain it kept (median over the held-out markets whose member gain is
-    significant)."""
+    counts the markets: the newcomer's gains over `local`, marked or not, the share of the
+    member's gain it kept (median over the held-out markets whose member gain is
+    significant), and what the mean row could detect."""
     rows, ranks = runs(folder)
     (point,) = sweep_results.newcomers(rows, AXES, ranks)
-    cells = point["methods"][method]["markets"]
-    lines = sweep_results.newcomers_table(cells)
+    cells, mean = point["methods"][method]["markets"], point["methods"][method]["mean"]
+    lines = sweep_results.newcomers_table(cells, mean)
     gains = [c["newcomer"] for c in cells.values()]
     kept = [c["kept"] for c in cells.values() if c["kept"] is not None]
     worse = [c["newcomer_vs_member"] for c in cells.values()]
@@ -70,9 +71,17 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
         f"significantly below the member in {sum(w['verdict'] == 'worse' for w in worse)} "
         f"(a difference of {could} NDCG@10 had 80% power, median over markets); "
         f"median share of the member's gain kept {median} (over the {len(kept)} "
-        f"market{'' if len(kept) == 1 else 's'} whose member gain is significant).",
+        f"market{'' if len(kept) == 1 else 's'} whose member gain is significant). "
+        f"{sweep_results.MEAN_ROW.capitalize()}: "
+        f"{sweep_results.MEAN_ABOUT}; there a newcomer's gain of "
+        f"{_number(mean['newcomer']['detectable'])} and a newcomer - member of "
+        f"{_number(mean['newcomer_vs_member']['detectable'])} had 80% power.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def _number(x: float | None) -> str:
+    return "-" if x is None else f"{x:.4f}"
 
 
 def newcomers_default() -> str:
@@ -85,3 +94,9 @@ def newcomers_xmrec() -> str:
     """XMRec ca / de / fr / uk (experiments/configs/xmrec.py), `local` and `fedavg_id`, each
     market's member point fine-tuned alone. Raw rows: docs/results/newcomers_xmrec/."""
     return newcomers_table(NEWCOMERS_XMREC, "fedavg_id")
+
+
+def newcomers_ml100k() -> str:
+    """ml-100k regions (experiments/configs/ml100k_regions.py: 11 markets, MiniLM title
+    vectors), `local` and `fecosr`. Raw rows: docs/results/newcomers_ml100k/."""
+    return newcomers_table(NEWCOMERS_ML100K)

@@ -6,10 +6,12 @@ from __future__ import annotations
 import pathlib
 import zipfile
 
+import numpy as np
+
 from fecosr_jax import errors
 from fecosr_jax.report import markdown as markdown_lib
 from fecosr_jax.report import results as results_lib
-from fecosr_jax.report import verdicts
+from fecosr_jax.report import significance, verdicts
 from fecosr_jax.store import metrics_log
 from fecosr_jax.store.files import json_float, read_json
 
@@ -105,10 +107,13 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
     over processes or sessions; a held-out market with no member yet is left out (and the
     member's family is the markets the point none has).
 
+    Under the markets, "mean" is the same four over the plain mean of the held-out markets
+    (`_mean_row`): per seed, tested over the seeds, its three tests one family.
+
     Returns:
       [{**other axes, "seeds": [...], "methods": {method: {"test", "markets": {market:
-      {"member", "newcomer", "newcomer_vs_member", "kept"}}}}}]; [] without the axis, the
-      point none or the ranks.
+      {"member", "newcomer", "newcomer_vs_member", "kept"}}, "mean": {the same four}}}}]; []
+      without the axis, the point none or the ranks.
     """
     if "newcomers" not in axes:
         return []
@@ -159,7 +164,19 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
                 shown = cell["member"]["verdict"] == "better"  # a share of a gain found
                 cell["kept"] = json_float(kept / gain) if shown else None
                 by_market[m] = cell
-            methods[method] = {"test": member[method]["test"], "markets": by_market}
+            means = _market_means(
+                {
+                    "member": {m: whole[method][m] for m in held},
+                    "newcomer": newcomer,
+                    "local": {m: whole["local"][m] for m in held},
+                    "own local": {m: pooled[m][1]["local"][m] for m in held},
+                }
+            )
+            methods[method] = {
+                "test": member[method]["test"],
+                "markets": by_market,
+                "mean": _mean_row(means),
+            }
         out.append(
             {**dict(zip(others, key, strict=True)), "seeds": list(seeds.pop()), "methods": methods}
         )
@@ -187,6 +204,79 @@ def _seed_ranks(runs: list[dict], ranks: dict) -> dict | None:
                 owner[method, market] = run["run"]
                 merged.setdefault(method, {})[market] = r
     return merged
+
+
+# The row under the per-market cells: the plain mean over the held-out markets, per seed, its
+# three tests over seeds one family (MEAN_FAMILY).
+MEAN_FAMILY = "the mean row's three tests"
+MEAN_ABOUT = (
+    "per seed the plain mean over the held-out markets, paired by seed, t-test over the "
+    "seeds, the row's three tests adjusted together (Benjamini-Hochberg)"
+)
+
+
+def _market_means(values: dict) -> dict:
+    """{name: {market: [S, U] ranks}} -> {name: [S]}: per seed the plain mean over the
+    markets of each market's mean per-user GAIN_METRIC (NaN where a market has no user)."""
+    return {
+        name: np.mean(
+            [
+                np.nanmean(np.atleast_2d(significance.per_user(r, verdicts.GAIN_METRIC)), axis=1)
+                for r in by_market.values()
+            ],
+            axis=0,
+        )
+        for name, by_market in values.items()
+    }
+
+
+def _mean_tests(means: dict, seeds: np.ndarray) -> dict:
+    """The mean row's tests on the seeds `seeds` (indices): the member and the newcomer each
+    against `local` (the newcomer against its own point's), and the newcomer against the
+    member; paired by seed, t-test over the seeds (significance.seed_aware_test with the
+    seeds as its units), the three adjusted together (Benjamini-Hochberg)."""
+    pairs = {
+        "member": ("member", "local"),
+        "newcomer": ("newcomer", "own local"),
+        "newcomer_vs_member": ("newcomer", "member"),
+    }
+    tests = {
+        k: significance.seed_aware_test(means[a][None, seeds], means[b][None, seeds])
+        for k, (a, b) in pairs.items()
+    }
+    adjusted = significance.adjust([t["p_value"] for t in tests.values()])
+    return {
+        k: {**t, "p_adjusted": q, "verdict": significance.verdict(t["diff"], q)}
+        for (k, t), q in zip(tests.items(), adjusted, strict=True)
+    }
+
+
+def _mean_row(means: dict) -> dict:
+    """The mean row (`_mean_tests` on every seed), each test with `robust` (its verdict when
+    any one seed is left out) and `seeds` (the units: seeds, not users), and "kept" as in a
+    market's row: {"member", "newcomer", "newcomer_vs_member", "kept"}."""
+    num_seeds = len(means["member"])
+    full = _mean_tests(means, np.arange(num_seeds))
+    left_out = [_mean_tests(means, np.delete(np.arange(num_seeds), s)) for s in range(num_seeds)]
+    row: dict = {}
+    for k, t in full.items():
+        row[k] = {
+            "test": verdicts.OVER_SEEDS,
+            "family": MEAN_FAMILY,
+            "diff": json_float(t["diff"]),
+            "ci": None if t["ci"] is None else [json_float(x) for x in t["ci"]],
+            "detectable": json_float(t["detectable"]),
+            "p_value": json_float(t["p_value"]),
+            "p_adjusted": json_float(t["p_adjusted"]),
+            "seeds": num_seeds,
+            "verdict": t["verdict"],
+            "robust": all(lo[k]["verdict"] == t["verdict"] for lo in left_out)
+            if num_seeds > 1
+            else None,
+        }
+    shown = row["member"]["verdict"] == "better"
+    row["kept"] = json_float(row["newcomer"]["diff"] / row["member"]["diff"]) if shown else None
+    return row
 
 
 def _versus(newcomer: dict, reference: dict) -> dict:
@@ -314,23 +404,29 @@ def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
                 "whole federation, on the same splits and seeds. Gains over `local` in "
                 f"NDCG@10, mean difference [95% interval] ({legend}); newcomer - member: the "
                 "same test with the member in place of `local`; kept: the newcomer's gain as a "
-                "share of the member's, where the member's is significant (▲). A held-out "
-                "point fine-tunes its newcomer alone, so its row in the table above is that "
-                "market's, not every market's.",
+                "share of the member's, where the member's is significant (▲). "
+                f"{MEAN_ROW.capitalize()}: {MEAN_ABOUT}. A held-out point fine-tunes its "
+                "newcomer alone, so its row in the table above is that market's, not every "
+                "market's.",
                 "",
-                *newcomers_table(by_market),
+                *newcomers_table(by_market, entry.get("mean")),
             ]
     return lines
 
 
-def newcomers_table(by_market: dict) -> list[str]:
+MEAN_ROW = "mean over markets"
+
+
+def newcomers_table(by_market: dict, mean: dict | None = None) -> list[str]:
     """One method's leave-one-market-out cells (`newcomers`: {market: {"member", "newcomer",
-    "newcomer_vs_member", "kept"}}) as Markdown table lines."""
+    "newcomer_vs_member", "kept"}}) as Markdown table lines, and its `mean` row (MEAN_ROW)
+    where given."""
     lines = [
         "| market | gain as a member | gain as a newcomer | newcomer - member | kept |",
         "| --- | ---: | ---: | ---: | ---: |",
     ]
-    for market, cell in by_market.items():
+    rows = {**by_market, **({f"**{MEAN_ROW}**": mean} if mean else {})}
+    for market, cell in rows.items():
         versus = cell["newcomer_vs_member"]
         kept = "-" if cell["kept"] is None else f"{cell['kept']:.0%}"
         lines.append(
