@@ -45,6 +45,7 @@ TABLES: dict[str, Callable[[], str]] = {
     "stopping": sweep_tables.stopping,
     "newcomers_default": newcomers.newcomers_default,
     "newcomers_xmrec": newcomers.newcomers_xmrec,
+    "newcomers_ml100k": newcomers.newcomers_ml100k,
     **{name: functools.partial(privacy_tables.probe_table, name) for name in privacy_tables.PROBES},
     **{name: functools.partial(privacy_tables.curve_table, name) for name in privacy_tables.CURVES},
     "bench_round_reference": bench_tables.bench_round_reference,
