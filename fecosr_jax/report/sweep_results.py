@@ -160,9 +160,7 @@ def newcomers(rows: list[dict], axes: list[str], ranks: dict) -> list[dict]:
                     "newcomer": gains[m],
                     "newcomer_vs_member": below.get(m),
                 }
-                gain, kept = cell["member"]["diff"], cell["newcomer"]["diff"]
-                shown = cell["member"]["verdict"] == "better"  # a share of a gain found
-                cell["kept"] = json_float(kept / gain) if shown else None
+                cell["kept"] = _kept(cell["member"], cell["newcomer"])
                 by_market[m] = cell
             means = _market_means(
                 {
@@ -208,6 +206,7 @@ def _seed_ranks(runs: list[dict], ranks: dict) -> dict | None:
 
 # The row under the per-market cells: the plain mean over the held-out markets, per seed, its
 # three tests over seeds one family (MEAN_FAMILY).
+MEAN_ROW = "mean over markets"
 MEAN_FAMILY = "the mean row's three tests"
 MEAN_ABOUT = (
     "per seed the plain mean over the held-out markets, paired by seed, t-test over the "
@@ -240,15 +239,12 @@ def _mean_tests(means: dict, seeds: np.ndarray) -> dict:
         "newcomer": ("newcomer", "own local"),
         "newcomer_vs_member": ("newcomer", "member"),
     }
-    tests = {
-        k: significance.seed_aware_test(means[a][None, seeds], means[b][None, seeds])
-        for k, (a, b) in pairs.items()
-    }
-    adjusted = significance.adjust([t["p_value"] for t in tests.values()])
-    return {
-        k: {**t, "p_adjusted": q, "verdict": significance.verdict(t["diff"], q)}
-        for (k, t), q in zip(tests.items(), adjusted, strict=True)
-    }
+    return significance.correct(
+        {
+            k: significance.seed_aware_test(means[a][None, seeds], means[b][None, seeds])
+            for k, (a, b) in pairs.items()
+        }
+    )
 
 
 def _mean_row(means: dict) -> dict:
@@ -274,9 +270,15 @@ def _mean_row(means: dict) -> dict:
             if num_seeds > 1
             else None,
         }
-    shown = row["member"]["verdict"] == "better"
-    row["kept"] = json_float(row["newcomer"]["diff"] / row["member"]["diff"]) if shown else None
+    row["kept"] = _kept(row["member"], row["newcomer"])
     return row
+
+
+def _kept(member: dict, newcomer: dict) -> float | None:
+    """The newcomer's gain as a share of the member's; None unless the member's gain is
+    significant (a share of a gain not shown to exist says nothing)."""
+    shown = member["verdict"] == "better"
+    return json_float(newcomer["diff"] / member["diff"]) if shown else None
 
 
 def _versus(newcomer: dict, reference: dict) -> dict:
@@ -412,9 +414,6 @@ def newcomers_markdown(lomo: list[dict], axes: list[str]) -> list[str]:
                 *newcomers_table(by_market, entry.get("mean")),
             ]
     return lines
-
-
-MEAN_ROW = "mean over markets"
 
 
 def newcomers_table(by_market: dict, mean: dict | None = None) -> list[str]:
