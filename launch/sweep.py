@@ -86,6 +86,7 @@ from ml_collections import config_flags
 
 from fecosr_jax import errors, preemption
 from fecosr_jax.report import method_pairs, plots, sweep_results
+from fecosr_jax.report import newcomers as newcomers_lib
 from fecosr_jax.store.files import write_text_atomic
 
 # Sweep axis: (flag, config field, short name in run names, type).
@@ -379,7 +380,7 @@ def run_sweep(argv: list[str]) -> int:
     except errors.BadInput as e:  # a run's file cut or broken: one line naming it
         return errors.report(e)
     summary = sweep_results.summarise(rows, axes, pairs, ranks)
-    lomo = sweep_results.newcomers(rows, axes, ranks)
+    lomo = newcomers_lib.compare(rows, axes, ranks)
     record = {"rows": rows, "summary": summary, **({"newcomers": lomo} if lomo else {})}
     write_text_atomic(root / "sweep.json", json.dumps(record, indent=1))
     table = sweep_results.markdown(summary, rows, axes, spec, lomo)

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from fecosr_jax import errors
+from fecosr_jax.report import newcomers as newcomers_lib
 from fecosr_jax.report import plots, sweep_results, verdicts
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.store import metrics_log
@@ -227,7 +228,7 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
             ranks[name] = r
             rows.append({"run": name, "newcomers": value, "seeds": seed, "status": "done",
                          "methods": {}, "round_s": {}, "delta_cosine": {}})  # fmt: skip
-    (point,) = sweep_results.newcomers(rows, ["newcomers", "seeds"], ranks)
+    (point,) = newcomers_lib.compare(rows, ["newcomers", "seeds"], ranks)
     assert point["seeds"] == [0, 1] and list(point["methods"]) == ["fecosr"]
     cells = point["methods"]["fecosr"]["markets"]
     assert list(cells) == ["a", "b"]  # the held-out markets
@@ -255,7 +256,7 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     assert [mean[k]["verdict"] for k in ("member", "newcomer", "newcomer_vs_member")] == [
         "better", "better", "worse"
     ]  # fmt: skip
-    assert mean["member"]["seeds"] == 2 and mean["member"]["family"] == sweep_results.MEAN_FAMILY
+    assert mean["member"]["seeds"] == 2 and mean["member"]["family"] == newcomers_lib.MEAN_FAMILY
     table = sweep_results.markdown([], rows, ["newcomers", "seeds"], "c.py", [point])
     row = "| a | +1.0000 [+1.0000, +1.0000] ▲ | +0.5000 [+0.2599, +0.7401] ▲ | -0.5000 [-0.7401, "
     assert row + "-0.2599] ▼ | 50% |" in table, table
@@ -263,7 +264,7 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     assert "| **mean over markets** | +0.7500 [+0.7500, +0.7500] ▲ † | +0.5655 " in table, table
     # Without the whole federation's point nothing is paired.
     alone = [r for r in rows if r["newcomers"] != "none"]
-    assert sweep_results.newcomers(alone, ["newcomers", "seeds"], ranks) == []
+    assert newcomers_lib.compare(alone, ["newcomers", "seeds"], ranks) == []
     # The whole federation run market by market (config.data.finetune_markets): each seed's
     # runs merged give the same point; a market two runs of one seed fine-tuned is refused.
     split = list(alone)
@@ -274,16 +275,16 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
             ranks[name] = {method: {market: r[market]} for method, r in whole.items()}
             split.append({"run": name, "newcomers": "none", "seeds": seed, "status": "done",
                           "methods": {}, "round_s": {}, "delta_cosine": {}})  # fmt: skip
-    assert sweep_results.newcomers(split, ["newcomers", "seeds"], ranks) == [point]
+    assert newcomers_lib.compare(split, ["newcomers", "seeds"], ranks) == [point]
     # Before b's member runs exist, only a is paired (a's member tested alone).
     partial = [r for r in split if not r["run"].startswith("newnone_b")]
-    (early,) = sweep_results.newcomers(partial, ["newcomers", "seeds"], ranks)
+    (early,) = newcomers_lib.compare(partial, ["newcomers", "seeds"], ranks)
     assert list(early["methods"]["fecosr"]["markets"]) == ["a"]
     assert early["methods"]["fecosr"]["markets"]["a"]["newcomer"]["diff"] == pytest.approx(0.5)
     # A member's gain that is not significant has no share kept: b's member gains 0.5 on
     # seed 0 and nothing on seed 1, a mean of 0.25 the two seeds do not show.
     ranks["newnone_b_seed1"]["fecosr"]["b"] = miss
-    (unsure,) = sweep_results.newcomers(split, ["newcomers", "seeds"], ranks)
+    (unsure,) = newcomers_lib.compare(split, ["newcomers", "seeds"], ranks)
     b = unsure["methods"]["fecosr"]["markets"]["b"]
     assert b["member"]["diff"] == pytest.approx(0.25) and b["member"]["verdict"] == "same"
     assert b["kept"] is None and unsure["methods"]["fecosr"]["markets"]["a"]["kept"] == 0.5
@@ -295,7 +296,7 @@ def test_leave_one_market_out_pairs_each_newcomer_with_the_same_market_as_a_memb
     assert unsure["methods"]["fecosr"]["mean"]["kept"] is None
     twice = [*split, {**split[-1], "run": "newnone_seed1"}]
     with pytest.raises(errors.BadInput, match="newnone_a_seed1 and newnone_seed1 both"):
-        sweep_results.newcomers(twice, ["newcomers", "seeds"], ranks)
+        newcomers_lib.compare(twice, ["newcomers", "seeds"], ranks)
 
 
 def test_print_only_runs_nothing(tmp_path):

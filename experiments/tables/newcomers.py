@@ -8,6 +8,7 @@ import pathlib
 import statistics
 
 from experiments.tables.results import RAW
+from fecosr_jax.report import newcomers as newcomers_lib
 from fecosr_jax.report import sweep_results
 from fecosr_jax.store import resume
 from fecosr_jax.store.files import read_json
@@ -47,14 +48,14 @@ def runs(folder: pathlib.Path) -> tuple[list[dict], dict]:
 
 
 def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
-    """`method`'s leave-one-market-out table (sweep_results.newcomers_table) and a line that
+    """`method`'s leave-one-market-out table (newcomers_lib.table) and a line that
     counts the markets: the newcomer's gains over `local`, marked or not, the share of the
     member's gain it kept (median over the held-out markets whose member gain is
     significant), and what the mean row could detect."""
     rows, ranks = runs(folder)
-    (point,) = sweep_results.newcomers(rows, AXES, ranks)
+    (point,) = newcomers_lib.compare(rows, AXES, ranks)
     cells, mean = point["methods"][method]["markets"], point["methods"][method]["mean"]
-    lines = sweep_results.newcomers_table(cells, mean)
+    lines = newcomers_lib.table(cells, mean)
     gains = [c["newcomer"] for c in cells.values()]
     kept = [c["kept"] for c in cells.values() if c["kept"] is not None]
     worse = [c["newcomer_vs_member"] for c in cells.values()]
@@ -72,8 +73,8 @@ def newcomers_table(folder: pathlib.Path, method: str = "fecosr") -> str:
         f"(a difference of {could} NDCG@10 had 80% power, median over markets); "
         f"median share of the member's gain kept {median} (over the {len(kept)} "
         f"market{'' if len(kept) == 1 else 's'} whose member gain is significant). "
-        f"{sweep_results.MEAN_ROW.capitalize()}: "
-        f"{sweep_results.MEAN_ABOUT}; there a newcomer's gain of "
+        f"{newcomers_lib.MEAN_ROW.capitalize()}: "
+        f"{newcomers_lib.MEAN_ABOUT}; there a newcomer's gain of "
         f"{_number(mean['newcomer']['detectable'])} and a newcomer - member of "
         f"{_number(mean['newcomer_vs_member']['detectable'])} had 80% power.",
     ]
