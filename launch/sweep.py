@@ -66,7 +66,13 @@ per seed), inf in a second process:
       --config.data.catalogue=published --config.federated.weighting=uniform
 
 (A private run sends nothing without noise that is not declared public: the published
-catalogue and uniform weights, or config.federated.dp.public; docs/running.md.)
+catalogue and uniform weights, or config.federated.dp.public; docs/running.md.) The plain
+round at inf differs from a private one in more than the noise: it draws windows, not
+users, and weighs targets, not users, and nothing is clipped. --epsilon_inf=noiseless runs
+inf as DP's own mechanism with sigma 0 instead (same sampling, clipping and weighting; the
+finite budgets' program and process), so that the curve's drop from inf is the noise's:
+
+  python launch/sweep.py --epsilon=1,2,4,8,inf --epsilon_inf=noiseless --seeds=0,1,2,3,4 ...
 """
 
 from __future__ import annotations
@@ -103,22 +109,25 @@ AXES = (
 )
 SYNTHETIC_AXES = ("markets", "heterogeneity", "overlap")
 VALUE_AXES = ("alpha", "temperature", "seeds")  # per-run values: points share a process
+# A noiseless epsilon inf (--epsilon_inf=noiseless): DP's mechanism with sigma 0, per run.
+NOISELESS = {"federated.dp.target_epsilon": 0.0, "federated.dp.noise_multiplier": 0.0}
 
 
-def is_value(flag: str, value) -> bool:
+def is_value(flag: str, value, noiseless: bool = False) -> bool:
     """Whether a point's value of `flag` is a per-run value (fecosr_jax.runs.groups.VALUE_FIELDS),
     so that points differing in it share a process. A finite epsilon is (each run's noise
-    multipliers are data); inf turns DP off, another program."""
-    return flag in VALUE_AXES or (flag == "epsilon" and not math.isinf(value))
+    multipliers are data); inf turns DP off, another program, unless `noiseless` (the DP
+    program with sigma 0: a per-run value too)."""
+    return flag in VALUE_AXES or (flag == "epsilon" and (noiseless or not math.isinf(value)))
 
 
-def program_part(point: dict) -> dict:
+def program_part(point: dict, noiseless: bool = False) -> dict:
     """A point's axes that decide its program: all but the per-run values; a finite epsilon
-    counts as DP on ("dp")."""
+    (and a noiseless inf) counts as DP on ("dp")."""
     return {
-        f: "dp" if f == "epsilon" and is_value(f, v) else v
+        f: "dp" if f == "epsilon" and is_value(f, v, noiseless) else v
         for f, v in point.items()
-        if f == "epsilon" or not is_value(f, v)
+        if f == "epsilon" or not is_value(f, v, noiseless)
     }
 
 
@@ -143,6 +152,15 @@ def define_flags():
         "train together in one process, this many at a time (0 = all of them; 1 = one "
         "process per point)",
         lower_bound=0,
+    )
+    flags.DEFINE_enum(
+        "epsilon_inf",
+        "off",
+        ["off", "noiseless"],
+        "what --epsilon=inf runs: off = DP off (the plain round: batches of windows drawn "
+        "uniformly, each target weighing the same); noiseless = DP's mechanism with sigma 0 "
+        "(Poisson sampling of users, each user's gradient clipped to C, over E), so that a "
+        "curve's drop from inf is the noise's alone",
     )
     flags.DEFINE_bool("print_only", False, "print the commands only")
     flags.DEFINE_bool("collect_only", False, "only build the table and plot from DIR/runs")
@@ -178,28 +196,31 @@ def run_name(point: dict) -> str:
     return "_".join(f"{short[f]}{v}" for f, v in point.items()) or "run"
 
 
-def processes(points: list[dict], runs_per_process: int) -> list[list[dict]]:
+def processes(
+    points: list[dict], runs_per_process: int, noiseless: bool = False
+) -> list[list[dict]]:
     """The grid points in processes: points with an equal `program_part` together (in grid
     order), at most `runs_per_process` per process (0 = no limit)."""
     groups: dict[tuple, list[dict]] = {}
     for point in points:
-        groups.setdefault(tuple(program_part(point).items()), []).append(point)
+        groups.setdefault(tuple(program_part(point, noiseless).items()), []).append(point)
     size = runs_per_process or len(points) or 1
     return [g[i : i + size] for g in groups.values() for i in range(0, len(g), size)]
 
 
-def process_name(members: list[dict], part: int) -> str:
+def process_name(members: list[dict], part: int, noiseless: bool = False) -> str:
     """A process's name (its log's): the run's name when alone, else the axes its points
     share, with the index of the process."""
     if len(members) == 1:
         return run_name(members[0])
-    shared = program_part(members[0])
+    shared = program_part(members[0], noiseless)
     return f"{run_name(shared) if shared else 'group'}_p{part}"
 
 
-def axis_overrides(flag: str, value) -> list[str]:
+def axis_overrides(flag: str, value, noiseless: bool = False) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
-    that target ("dp": on, the target a per-run value), or off for inf. A held-out market
+    that target ("dp": on, the target a per-run value), or off for inf (`noiseless`: on, at
+    sigma 0, NOISELESS). A held-out market
     (newcomers) is also the only market that fine-tunes: the comparison reads only its
     results, and it trains as beside the others (config.data.finetune_markets)."""
     field = {f: field for f, field, _, _ in AXES}[flag]
@@ -207,33 +228,36 @@ def axis_overrides(flag: str, value) -> list[str]:
         value = "" if value == "none" else value
         return [f"--config.{field}={value}", f"--config.data.finetune_markets={value}"]
     if flag == "epsilon":
-        if value == "dp" or math.isinf(value):
+        if value == "dp" or (math.isinf(value) and not noiseless):
             return [f"--config.federated.dp.enabled={value == 'dp'}"]
-        return ["--config.federated.dp.enabled=True", f"--config.{field}={value}"]
+        targets = NOISELESS if math.isinf(value) else {field: value}
+        return ["--config.federated.dp.enabled=True"] + [
+            f"--config.{k}={v}" for k, v in targets.items()
+        ]
     return [f"--config.{field}={value}"]
 
 
-def point_config(config, point: dict):
+def point_config(config, point: dict, noiseless: bool = False):
     """The config one grid point runs with: `config` (the file and its --config overrides)
     with the point's axis values, as its --config flags (axis_overrides) set them."""
     out = config.copy_and_resolve_references()
     kinds = {flag: kind for flag, _, _, kind in AXES}
     for flag, value in point.items():
-        for override in axis_overrides(flag, value):
+        for override in axis_overrides(flag, value, noiseless):
             field, _, text = override.removeprefix("--config.").partition("=")
             typed = text == "True" if text in ("True", "False") else kinds[flag](text)
             out.update_from_flattened_dict({field: typed})
     return out
 
 
-def check_points(config, batches: list[list[dict]]) -> None:
+def check_points(config, batches: list[list[dict]], noiseless: bool = False) -> None:
     """Every point's config and the data of each process, checked before the sweep writes
     anything (fecosr_jax.runs.inputs.check_inputs; the points of one process load the
     same data). A bad value or data file raises BadInput naming it."""
     from fecosr_jax.runs import inputs  # imports JAX: only when the sweep runs
 
     for members in batches:
-        configs = [point_config(config, point) for point in members]
+        configs = [point_config(config, point, noiseless) for point in members]
         try:
             inputs.check_inputs(configs)
         except errors.BadInput as e:
@@ -241,14 +265,19 @@ def check_points(config, batches: list[list[dict]]) -> None:
 
 
 def command(
-    config: str, root: pathlib.Path, members: list[dict], overrides: list[str], python="python"
+    config: str,
+    root: pathlib.Path,
+    members: list[dict],
+    overrides: list[str],
+    python="python",
+    noiseless: bool = False,
 ) -> list[str]:
     """experiments.main for the points of one process: a single point in ROOT/runs/<name>;
     several as runs of one group (--run=NAME:FIELD=VALUE,..., each in ROOT/runs/NAME)."""
     fields = {flag: field for flag, field, _, _ in AXES}
     run_field = {**fields, "seeds": "seed"}  # the name of a value in --run
     alone = len(members) == 1
-    shared = members[0] if alone else program_part(members[0])
+    shared = members[0] if alone else program_part(members[0], noiseless)
     workdir = root / "runs" / run_name(members[0]) if alone else root / "runs"
     out = [
         python,
@@ -256,13 +285,20 @@ def command(
         "experiments.main",
         f"--config={config}",
         f"--workdir={workdir}",
-        *(flag for f, v in shared.items() for flag in axis_overrides(f, v)),
+        *(flag for f, v in shared.items() for flag in axis_overrides(f, v, noiseless)),
         *overrides,
     ]
     if not alone:
         for point in members:
-            values = ",".join(f"{run_field[f]}={v}" for f, v in point.items() if is_value(f, v))
-            out.append(f"--run={run_name(point)}:{values}")
+            values = [
+                f"{k}={x}"
+                for f, v in point.items()
+                if is_value(f, v, noiseless)
+                for k, x in (
+                    NOISELESS.items() if f == "epsilon" and math.isinf(v) else [(run_field[f], v)]
+                )
+            ]
+            out.append(f"--run={run_name(point)}:{','.join(values)}")
     return out
 
 
@@ -323,7 +359,12 @@ def run_sweep(argv: list[str]) -> int:
     config, spec = FLAGS.config, FLAGS["config"].config_filename
     given = config_flags.get_override_values(FLAGS["config"])
     overrides = [f"--config.{field}={value}" for field, value in given.items()]
-    clash = [f for f in ("federated.dp.enabled", "federated.dp.target_epsilon") if f in given]
+    noiseless = FLAGS.epsilon_inf == "noiseless"
+    if noiseless and not any(math.isinf(p.get("epsilon", 0)) for p in points):
+        return _error("--epsilon_inf=noiseless: --epsilon has no inf to run without noise")
+    set_here = ["federated.dp.enabled", "federated.dp.target_epsilon"]
+    set_here += ["federated.dp.noise_multiplier"] if noiseless else []
+    clash = [f for f in set_here if f in given]
     if "epsilon" in axes and clash:
         return _error(f"--epsilon sets config.{clash[0]} for each run: drop --config.{clash[0]}")
     synthetic_axes = [a for a in axes if a in SYNTHETIC_AXES]
@@ -334,16 +375,16 @@ def run_sweep(argv: list[str]) -> int:
         )
     root = pathlib.Path(FLAGS.workdir).absolute()
     runs = [(root / "runs" / run_name(p), p) for p in points]
-    batches = processes(points, FLAGS.runs_per_process)
+    batches = processes(points, FLAGS.runs_per_process, noiseless)
     if FLAGS.print_only:
         for members in batches:
-            print(shlex.join(command(spec, root, members, overrides)))
+            print(shlex.join(command(spec, root, members, overrides, noiseless=noiseless)))
         return 0
     if FLAGS.collect_only and not any((d / "results.json").exists() for d, _ in runs):
         return _error(f"--collect_only: no finished run of this grid under {root / 'runs'}")
     if not FLAGS.collect_only:
         try:
-            check_points(config, batches)
+            check_points(config, batches, noiseless)
         except errors.BadInput as e:
             return errors.report(e)
     root.joinpath("runs").mkdir(parents=True, exist_ok=True)
@@ -351,8 +392,8 @@ def run_sweep(argv: list[str]) -> int:
     if not FLAGS.collect_only:
         root.joinpath("logs").mkdir(exist_ok=True)
         for i, members in enumerate(batches, 1):
-            cmd = command(spec, root, members, overrides, python=sys.executable)
-            log_path = root / "logs" / f"{process_name(members, i)}.log"
+            cmd = command(spec, root, members, overrides, sys.executable, noiseless)
+            log_path = root / "logs" / f"{process_name(members, i, noiseless)}.log"
             print(f"[{i}/{len(batches)}] {shlex.join(cmd[1:])}", flush=True)
             for point in members:
                 run_dir = root / "runs" / run_name(point)

@@ -10,6 +10,7 @@ import sys
 import numpy as np
 import pytest
 
+from experiments.configs import test as test_config
 from fecosr_jax import errors
 from fecosr_jax.report import newcomers as newcomers_lib
 from fecosr_jax.report import plots, sweep_results, verdicts
@@ -110,6 +111,39 @@ def test_epsilon_turns_privacy_on_at_its_target_and_inf_turns_it_off():
         sweep.grid({"epsilon": ["1", "0"]})
 
 
+def test_a_noiseless_inf_is_the_private_program_at_sigma_zero():
+    """--epsilon_inf=noiseless: inf keeps DP's mechanism (sampling, clipping, weighting) with
+    sigma 0, so it is a per-run value of the finite budgets' program: one process, the same
+    run names, each inf run with target 0 (no calibration) and noise multiplier 0. (Run by
+    hand on the test config: the noiseless inf run of such a group wrote the same per-user
+    ranks as experiments.main alone with dp.enabled=True and dp.noise_multiplier=0.)"""
+    points = sweep.grid({"epsilon": ["2", "inf"], "seeds": ["0", "1"]})
+    (batch,) = sweep.processes(points, 0, noiseless=True)
+    assert batch == points and sweep.process_name(batch, 1, noiseless=True) == "epsdp_p1"
+    cmd = sweep.command("c.py", pathlib.Path("w"), batch, [], noiseless=True)
+    assert cmd[5:] == [
+        "--config.federated.dp.enabled=True",
+        "--run=eps2.0_seed0:federated.dp.target_epsilon=2.0,seed=0",
+        "--run=eps2.0_seed1:federated.dp.target_epsilon=2.0,seed=1",
+        "--run=epsinf_seed0:federated.dp.target_epsilon=0.0,federated.dp.noise_multiplier=0.0,"
+        "seed=0",
+        "--run=epsinf_seed1:federated.dp.target_epsilon=0.0,federated.dp.noise_multiplier=0.0,"
+        "seed=1",
+    ]
+    alone = sweep.command("c.py", pathlib.Path("w"), [points[2]], [], noiseless=True)
+    assert alone[5:] == [
+        "--config.federated.dp.enabled=True",
+        "--config.federated.dp.target_epsilon=0.0",
+        "--config.federated.dp.noise_multiplier=0.0",
+        "--config.seed=0",
+    ]
+    config = sweep.point_config(test_config.get_config(), points[2], noiseless=True)
+    assert config.federated.dp.enabled and config.federated.dp.noise_multiplier == 0.0
+    assert config.federated.dp.target_epsilon == 0.0 and config.seed == 0
+    # Without the flag inf is the plain round, whatever the finite points are.
+    assert not sweep.point_config(test_config.get_config(), points[2]).federated.dp.enabled
+
+
 def test_an_infinite_epsilon_is_drawn_right_of_the_finite_ones():
     where, ticks = plots.x_positions([8.0, 1.0, math.inf, 2.0, 1.0])
     assert where == {1.0: 1.0, 2.0: 2.0, 8.0: 8.0, math.inf: 16.0}
@@ -142,6 +176,13 @@ def test_a_sweep_command_line_that_cannot_run_is_one_line_and_exit_2(tmp_path):
     assert refused("--epsilon=1,inf", "--config.federated.dp.enabled=True") == (
         "error: --epsilon sets config.federated.dp.enabled for each run: drop "
         "--config.federated.dp.enabled\n"
+    )
+    assert refused("--epsilon=1,2", "--epsilon_inf=noiseless") == (
+        "error: --epsilon_inf=noiseless: --epsilon has no inf to run without noise\n"
+    )
+    noise = "--config.federated.dp.noise_multiplier=1"
+    assert refused("--epsilon=1,inf", "--epsilon_inf=noiseless", noise).startswith(
+        "error: --epsilon sets config.federated.dp.noise_multiplier for each run"
     )
     assert "--collect_only: no finished run" in refused("--markets=1,2", "--collect_only")
     assert "unexpected arguments ['extra']" in refused("--markets=2", "extra")
