@@ -217,6 +217,12 @@ def epsilon_label(epsilon: float) -> str:
     return "∞" if math.isinf(epsilon) else f"{epsilon:g}"
 
 
+def spent_label(epsilon: float | None) -> str:
+    """An epsilon spent as the tables write it: "-" without DP, "∞ (σ = 0)" for DP's mechanism
+    without noise (launch/sweep.py --epsilon_inf=noiseless), else two decimals."""
+    return "-" if epsilon is None else "∞ (σ = 0)" if math.isinf(epsilon) else f"{epsilon:.2f}"
+
+
 def with_local(
     run: tuple[dict, dict], baseline: tuple[dict, dict], methods: tuple[str, ...] = ("local",)
 ) -> tuple[dict, dict]:
@@ -291,7 +297,7 @@ def privacy_curve(
     """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
     `local` with the seed-aware test's marker (markdown.mark); then the market-mean gain
     (mean over seeds, and on how many seeds it is positive) and the epsilon spent (the most of
-    any market; "-" without DP)."""
+    any market; `spent_label`)."""
     points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
     lines = [
@@ -309,7 +315,7 @@ def privacy_curve(
         gains = p["seed_gains"]
         cells.append(f"{signed(p['gain'][0])} ({sum(g > 0 for g in gains)}/{len(gains)})")
     lines.append(row(["market mean (seeds above local)", *cells]))
-    spent = ["-" if p["spent"] is None else f"{p['spent']:.2f}" for p in points.values()]
+    spent = [spent_label(p["spent"]) for p in points.values()]
     lines.append(row(["epsilon spent (most of any market)", *spent]))
     return "\n".join(lines) + "\n"
 
