@@ -220,9 +220,9 @@ def process_name(members: list[dict], part: int, noiseless: bool = False) -> str
 def axis_overrides(flag: str, value, noiseless: bool = False) -> list[str]:
     """The --config flags that give a run one axis value. Epsilon also switches DP: on with
     that target ("dp": on, the target a per-run value), or off for inf (`noiseless`: on, at
-    sigma 0, NOISELESS). A held-out market
-    (newcomers) is also the only market that fine-tunes: the comparison reads only its
-    results, and it trains as beside the others (config.data.finetune_markets)."""
+    sigma 0, NOISELESS). A held-out market (newcomers) is also the only market that
+    fine-tunes: the comparison reads only its results, and it trains as beside the others
+    (config.data.finetune_markets)."""
     field = {f: field for f, field, _, _ in AXES}[flag]
     if flag == "newcomers":  # a held-out market fine-tunes alone: only its results are read
         value = "" if value == "none" else value
