@@ -110,7 +110,9 @@ class Curve:
     the plot's title and its seeds. The ∞ column and the `local` every column is compared
     with: `without_dp` (seed_<s>/ of a run over seeds, the same config without DP: the
     curves made before a sweep ran ∞ with the same recipe), or None for the sweep's own
-    epsinf_seed<s>/ and each run's own `local` (one recipe for every point)."""
+    epsinf_seed<s>/ (one recipe for every point) and each run's own `local`, or with
+    `local_from` ("eps8.0") the `local` of the sweep's <local_from>_seed<s>/ (a sweep whose
+    other budgets trained the method alone: `local` does not depend on DP)."""
 
     sweep: pathlib.Path
     budgets: tuple[float, ...]
@@ -118,15 +120,21 @@ class Curve:
     method: str
     title: str
     seeds: tuple[int, ...] = tuple(PRIVACY_SEEDS)
+    local_from: str | None = None
 
     def local(self) -> list[pathlib.Path] | None:
-        if self.without_dp is None:
-            return None
-        return [self.without_dp / f"seed_{s}" for s in self.seeds]
+        if self.without_dp is not None:
+            return [self.without_dp / f"seed_{s}" for s in self.seeds]
+        if self.local_from is not None:
+            return [self.sweep / f"{self.local_from}_seed{s}" for s in self.seeds]
+        return None
 
     def columns(self) -> dict[float, list[pathlib.Path]]:
         runs = {e: [self.sweep / f"eps{e}_seed{s}" for s in self.seeds] for e in self.budgets}
-        inf = self.local() or [self.sweep / f"epsinf_seed{s}" for s in self.seeds]
+        inf = [
+            self.without_dp / f"seed_{s}" if self.without_dp else self.sweep / f"epsinf_seed{s}"
+            for s in self.seeds
+        ]
         return runs | {math.inf: inf}
 
     def points(self) -> dict:
