@@ -3,6 +3,7 @@
 dp_accounting's plain Poisson subsampled Gaussian."""
 
 import dataclasses
+import math
 
 import jax
 import jax.numpy as jnp
@@ -595,3 +596,45 @@ def test_a_group_over_privacy_budgets_reports_each_runs_own_epsilon(tmp_path):
     local, fecosr = ({n: r["methods"][m] for n, r in results.items()} for m in ("local", "fecosr"))
     assert local["e2"] == local["e8"]
     assert fecosr["e2"] != fecosr["e8"]
+
+
+def test_a_run_at_sigma_zero_writes_strict_json(tmp_path):
+    """DP's mechanism without noise (sigma 0, launch/sweep.py's noiseless inf) has no finite
+    epsilon: results.json, metrics.jsonl, training.json and the export's meta write it as
+    null (privacy.epsilon_json), never the non-standard Infinity that JSON readers outside
+    Python refuse; results.md and the readers take null as inf."""
+    import json
+
+    from experiments.configs import test as test_config
+    from fecosr_jax.report import markdown
+    from fecosr_jax.runs import experiment
+    from fecosr_jax.store import pretrained
+
+    def strict(text: str):
+        def refuse(constant):
+            raise AssertionError(f"not strict JSON: {constant}")
+
+        return json.loads(text, parse_constant=refuse)
+
+    config = test_config.get_config()
+    config.methods, config.num_rounds, config.finetune.max_epochs = "fecosr", 2, 1
+    config.federated.dp.update(
+        enabled=True, noise_multiplier=0.0, expected_batch_size=4, public="catalogues,weights"
+    )
+    config.checkpoint.enabled, config.plots, config.tensorboard = False, False, False
+    experiment.train_and_evaluate(config, str(tmp_path))
+    results = strict((tmp_path / "results.json").read_text())
+    strict((tmp_path / "training.json").read_text())
+    logged = [strict(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    export = strict((tmp_path / "pretrained" / "federated_s2ce" / pretrained.META).read_text())
+    for report in (results["privacy"]["federated_s2ce"], export["privacy"]):
+        assert report and all(e["epsilon"] is None for e in report.values())
+        assert all(e["noise_multiplier"] == 0.0 and e["steps"] > 0 for e in report.values())
+    assert all(e["epsilon"] is None for e in results["privacy_composed"].values())
+    rounds = [x for x in logged if x["stage"] == "pretrain"]
+    assert rounds and all(x["epsilon"] is None for x in rounds)
+    assert all(v is None for x in rounds for v in x["market_epsilon"].values())
+    assert privacy.epsilon_read(None) == math.inf and privacy.epsilon_read(1.5) == 1.5
+    assert markdown.epsilon_text(None) == "inf" and markdown.epsilon_text(1.2345) == "1.23"
+    md = (tmp_path / "results.md").read_text()
+    assert md.count("- `federated_s2ce` m000") == 3 and "epsilon inf at delta" in md

@@ -14,6 +14,7 @@ from experiments.tables import results as results_tables
 from experiments.tables import runs as run_tables
 from experiments.tables.cells import plain, row
 from experiments.tables.results import RAW
+from fecosr_jax.federated import privacy
 from fecosr_jax.report import plots
 from fecosr_jax.store import metrics_log
 from fecosr_jax.store.files import read_json
@@ -91,7 +92,8 @@ def probe_table(name: str) -> str:
         logged = metrics_log.read_lines(folder)
         pretrain = {x["step"]: x for x in logged if x["stage"] == "pretrain"}
         (valid,) = [x["valid_ndcg@10"] for x in logged if x["stage"] == "finetune"]
-        spent = pretrain[max(pretrain)].get("epsilon")
+        last = pretrain[max(pretrain)]
+        spent = privacy.epsilon_read(last["epsilon"]) if "epsilon" in last else None
         spent = "-" if spent is None else "∞" if math.isinf(spent) else f"{spent:.2f}"
         losses = " / ".join(plain(pretrain[r]["loss"], 3) for r in probe.rounds)
         cells = recipe(read_json(folder / "config.json"))

@@ -13,6 +13,7 @@ import pathlib
 import numpy as np
 
 from experiments.tables.cells import row, signed
+from fecosr_jax.federated import privacy
 from fecosr_jax.report import markdown, method_pairs, significance, verdicts
 from fecosr_jax.report import results as results_lib
 from fecosr_jax.runs import paradigms
@@ -265,7 +266,11 @@ def privacy_points(
         per_seed, ranks = pooled(runs)
         results = results_lib.combine_seeds(per_seed, list(seeds), ranks)
         worst = results_lib.worst_privacy([r.get("privacy", {}) for r in per_seed])
-        budgets = [e["epsilon"] for markets in worst.values() for e in markets.values()]
+        budgets = [
+            privacy.epsilon_read(e["epsilon"])
+            for markets in worst.values()
+            for e in markets.values()
+        ]
         own = [r["methods"]["local"]["market_mean"]["ndcg@10"] for r in per_seed]
         gains = [
             r["methods"][method]["market_mean"]["ndcg@10"] - o

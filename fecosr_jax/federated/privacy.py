@@ -122,10 +122,11 @@ class Plan:
         )
 
     def report(self, rounds_trained: Sequence[int]) -> dict[str, dict]:
-        """results.json's "privacy": per market epsilon, delta and the settings behind it."""
+        """results.json's "privacy": per market epsilon (`epsilon_json`), delta and the
+        settings behind it."""
         return {
             name: {
-                "epsilon": self.epsilon(m, int(rounds_trained[m])),
+                "epsilon": epsilon_json(self.epsilon(m, int(rounds_trained[m]))),
                 "delta": float(self.delta[m]),
                 "noise_multiplier": float(self.noise_multiplier[m]),
                 "clip_norm": self.clip_norm,
@@ -146,6 +147,18 @@ class Plan:
         return {"dp_rate": rate, "dp_noise": sigma}
 
 
+def epsilon_json(epsilon: float) -> float | None:
+    """An epsilon as results.json, metrics.jsonl and an export write it: null where no finite
+    bound holds (sigma 0: launch/sweep.py's noiseless inf), so the files stay strict JSON."""
+    return None if math.isinf(epsilon) else epsilon
+
+
+def epsilon_read(value: float | None) -> float:
+    """An epsilon that `epsilon_json` wrote, read back: inf for null (files of runs before
+    2026-12-07 held a non-standard Infinity, which Python's json also reads as inf)."""
+    return math.inf if value is None else float(value)
+
+
 def run_report(
     per_pretraining: dict[str, dict[str, dict]],
     not_private: dict[str, Sequence[str]],
@@ -161,9 +174,9 @@ def run_report(
         `unnoised`): outside the epsilon.
 
     Returns:
-      {market: {"epsilon" (composed_epsilon at the market's delta; None where a release is
-      not private), "delta", "releases", "not_private" (when any), "steps", "accountant",
-      "public" (when any)}}.
+      {market: {"epsilon" (composed_epsilon at the market's delta, `epsilon_json`: null for
+      sigma 0, and where a release is not private, which "not_private" names), "delta",
+      "releases", "not_private" (when any), "steps", "accountant", "public" (when any)}}.
     """
     by_market: dict[str, dict[str, dict]] = {}
     for key, markets in per_pretraining.items():
@@ -179,7 +192,7 @@ def run_report(
         delta = min((e["delta"] for e in entries.values()), default=None)
         epsilon = None if raw else accounting.composed_epsilon(list(entries.values()), delta)
         out[name] = {
-            "epsilon": None if epsilon is None or math.isinf(epsilon) else round(epsilon, 6),
+            "epsilon": None if epsilon is None else epsilon_json(round(epsilon, 6)),
             "delta": delta,
             "releases": sorted(entries),
             **({"not_private": raw} if raw else {}),

@@ -3,9 +3,12 @@ writer of a run's result files (results.json, results.md, plots)."""
 
 from __future__ import annotations
 
+import math
+
 from etils import epath
 
 from fecosr_jax.data import summary
+from fecosr_jax.federated import privacy
 from fecosr_jax.report import significance
 from fecosr_jax.report.verdicts import GAIN_METRIC
 from fecosr_jax.store.files import write_json_atomic, write_text_atomic
@@ -21,13 +24,21 @@ def p_text(p: float | None) -> str:
     return "-" if p is None else "<1e-6" if p < 1e-6 else f"{p:.2g}"
 
 
+def epsilon_text(epsilon: float | None) -> str:
+    """An epsilon of results.json (privacy.epsilon_json) as results.md writes it: "inf" for
+    sigma 0."""
+    epsilon = privacy.epsilon_read(epsilon)
+    return "inf" if math.isinf(epsilon) else f"{epsilon:.3g}"
+
+
 def privacy_markdown(report: dict) -> list[str]:
     """results.md's lines on user-level DP: one per pretraining and market."""
     lines = ["", "User-level differential privacy of what left each market (pretraining):"]
     for kind, markets in report.items():
         for name, e in markets.items():
+            epsilon = epsilon_text(e["epsilon"])
             lines.append(
-                f"- `{kind}` {name}: epsilon {e['epsilon']:.3g} at delta {e['delta']:.2g} "
+                f"- `{kind}` {name}: epsilon {epsilon} at delta {e['delta']:.2g} "
                 f"(sigma {e['noise_multiplier']:.3g}, C {e['clip_norm']:g}, "
                 f"q {e['sampling_rate']:.3g}, {e['steps']} steps)"
             )
@@ -43,11 +54,10 @@ def composed_privacy_markdown(report: dict) -> list[str]:
             raw = ", ".join(f"`{k}`" for k in e["not_private"])
             lines.append(f"- {name}: not private ({raw} pools its raw data)")
         else:
-            epsilon = "inf" if e["epsilon"] is None else f"{e['epsilon']:.3g}"
             public = e.get("public")
             public = f"; declared public, sent without noise: {', '.join(public)}" if public else ""
             lines.append(
-                f"- {name}: epsilon {epsilon} at delta {e['delta']:.2g} "
+                f"- {name}: epsilon {epsilon_text(e['epsilon'])} at delta {e['delta']:.2g} "
                 f"({releases}; {e['steps']} steps{public})"
             )
     return lines

@@ -226,5 +226,5 @@ def worst_privacy(reports: list[dict]) -> dict:
 
 
 def _above(a: float | None, b: float | None) -> bool:
-    """Whether epsilon a is larger than b, None (not private) the largest."""
+    """Whether epsilon a is larger than b, None (sigma 0, privacy.epsilon_json) the largest."""
     return b is not None and (a is None or a > b)

@@ -7,6 +7,7 @@ import pathlib
 import zipfile
 
 from fecosr_jax import errors
+from fecosr_jax.federated import privacy
 from fecosr_jax.report import markdown as markdown_lib
 from fecosr_jax.report import newcomers as newcomers_lib
 from fecosr_jax.report import results as results_lib
@@ -57,7 +58,7 @@ def collect(run_dir: pathlib.Path, point: dict) -> dict:
     row["run_s"] = training["seconds"]
     # With DP on: the largest epsilon any market spent, per private pretraining.
     row["epsilon_spent"] = {
-        k: max(m["epsilon"] for m in markets.values())
+        k: privacy.epsilon_json(max(privacy.epsilon_read(m["epsilon"]) for m in markets.values()))
         for k, markets in results.get("privacy", {}).items()
     }
     return row

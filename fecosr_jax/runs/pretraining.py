@@ -459,8 +459,10 @@ class Pretrainer:
                 show = r % every == 0 or r == p.num_rounds
                 if private and show:
                     epsilon = spent(i, r)
-                    values["epsilon"] = max(epsilon.values())
-                    values["market_epsilon"] = epsilon
+                    values["epsilon"] = privacy.epsilon_json(max(epsilon.values()))
+                    values["market_epsilon"] = {
+                        n: privacy.epsilon_json(e) for n, e in epsilon.items()
+                    }
                 for q, run in members:
                     run.log.log(
                         q.key, "pretrain", r, values, curve="loss", progress=show,
