@@ -145,6 +145,52 @@ def test_privacy_curve_shows_each_budgets_own_tests_and_spent_epsilon(tmp_path):
         run_tables.privacy_points(columns, seeds, "fedavg_id", local=[other, *plain[1:]])
 
 
+def test_a_curves_market_mean_is_tested_over_seeds_with_the_budgets_one_family(tmp_path):
+    # With 5 seeds each budget's market mean gets the test over seeds (paired by seed,
+    # t-test), the budgets adjusted together by Benjamini-Hochberg, worked out here by hand.
+    from scipy import stats
+
+    seeds = range(5)
+    plain = [results_tables.XMREC_SEEDS / f"seed_{s}" for s in seeds]
+    gains = [0.010, 0.012, 0.008, 0.011, 0.009]  # built into the copies' fedavg_id
+    shifted = []
+    for s, folder in zip(seeds, plain, strict=True):
+        copy = tmp_path / f"eps8.0_seed{s}"
+        shutil.copytree(folder, copy)
+        raw = read_json(copy / "results.json")
+        means = raw["methods"]
+        means["fedavg_id"]["market_mean"]["ndcg@10"] = (
+            means["local"]["market_mean"]["ndcg@10"] + gains[s]
+        )
+        (copy / "results.json").write_text(json.dumps(raw))
+        shifted.append(copy)
+    columns = {8.0: shifted, math.inf: plain}
+    points = run_tables.privacy_points(columns, seeds, "fedavg_id")
+    own = [read_json(f / "results.json")["methods"] for f in plain]
+    mean = {m: [x[m]["market_mean"]["ndcg@10"] for x in own] for m in ("local", "fedavg_id")}
+    p = {8.0: stats.ttest_1samp(gains, 0.0).pvalue}
+    p[math.inf] = stats.ttest_rel(mean["fedavg_id"], mean["local"]).pvalue
+    low, high = sorted(p, key=p.get)
+    adjusted = {high: p[high], low: min(p[high], 2 * p[low])}  # BH over the 2 budgets
+    critical = stats.t.ppf(0.975, 4) * statistics.stdev(gains) / math.sqrt(5)
+    test = points[8.0]["mean"]
+    assert test["diff"] == pytest.approx(statistics.fmean(gains), abs=1e-6)
+    assert test["ci"] == pytest.approx([0.01 - critical, 0.01 + critical], abs=1e-6)
+    for e in columns:
+        t = points[e]["mean"]
+        assert t["p_value"] == pytest.approx(p[e], abs=1e-6)  # results.json keeps 6 decimals
+        assert t["p_adjusted"] == pytest.approx(adjusted[e], abs=2e-6)
+        assert t["family"] == run_tables.CURVE_FAMILY and t["seeds"] == 5
+    assert test["verdict"] == "better" and test["robust"]  # every seed's gain is positive
+    text = run_tables.privacy_curve(columns, seeds, "fedavg_id")
+    assert "| market mean (seeds above local) | +0.0100 ▲ (5/5) |" in text
+    interval = f"[{run_tables.signed(test['ci'][0])}, {run_tables.signed(test['ci'][1])}]"
+    assert f"| market mean: 95% interval over seeds (detectable) | {interval} (" in text
+    # Fewer seeds than verdicts.SEED_TEST_MIN: no test over seeds, no marker, no row.
+    three = run_tables.privacy_curve({e: f[:3] for e, f in columns.items()}, range(3), "fedavg_id")
+    assert "95% interval over seeds" not in three and "+0.0100 (3/3)" in three
+
+
 def test_a_curve_of_one_recipe_reads_its_own_inf_column_and_local(tmp_path):
     # A sweep whose ∞ point ran the same recipe (epsinf_seed<s>/) and whose runs each hold
     # their `local`: the ∞ column is the sweep's own, compared with each run's own `local`.

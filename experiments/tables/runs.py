@@ -256,14 +256,17 @@ def privacy_points(
     trained models ("trained_models"), the market-mean gain of each seed and its [mean, std]
     over seeds ("gain"), `local`'s market mean over seeds as [mean, half-width of its 95%
     t-interval] ("local": what the seeds of `local` alone allow; half-width None with one
-    seed), and the epsilon spent (the largest over markets and seeds; None without DP)."""
+    seed), and the epsilon spent (the largest over markets and seeds; None without DP). With
+    verdicts.SEED_TEST_MIN seeds or more, "mean": the market mean's test over seeds
+    (`curve_mean_tests`)."""
     baselines = None if local is None else [read_run(f) for f in local]
-    points = {}
+    points, per_budget = {}, {}
     for epsilon, folders in columns.items():
         runs = [read_run(f) for f in folders]
         if baselines is not None:
             runs = [with_local(r, b) for r, b in zip(runs, baselines, strict=True)]
         per_seed, ranks = pooled(runs)
+        per_budget[epsilon] = per_seed
         results = results_lib.combine_seeds(per_seed, list(seeds), ranks)
         worst = results_lib.worst_privacy([r.get("privacy", {}) for r in per_seed])
         budgets = [
@@ -284,7 +287,40 @@ def privacy_points(
             "local": [float(np.mean(own)), _half_width(own)],  # the plot's band
             "spent": max(budgets) if budgets else None,
         }
+    if len(seeds) >= verdicts.SEED_TEST_MIN:
+        for epsilon, test in curve_mean_tests(per_budget, method).items():
+            points[epsilon]["mean"] = test
     return points
+
+
+CURVE_FAMILY = "the curve's budgets"
+
+
+def curve_mean_tests(per_budget: dict[float, list[dict]], method: str) -> dict[float, dict]:
+    """Per budget, `method`'s market mean against `local`'s over seeds (verdicts.seed_test:
+    paired by seed, t-test over the seeds, its interval and detectable effect), the budgets
+    one family (CURVE_FAMILY, Benjamini-Hochberg), with "robust": whether every verdict stays
+    when any one seed is left out of every budget."""
+
+    def family(keep) -> dict[float, dict]:
+        return significance.correct(
+            {
+                e: verdicts.seed_test([runs[s] for s in keep], method)
+                for e, runs in per_budget.items()
+            }
+        )
+
+    num_seeds = len(next(iter(per_budget.values())))
+    full = family(range(num_seeds))
+    left_out = [family([s for s in range(num_seeds) if s != out]) for out in range(num_seeds)]
+    return {
+        e: {
+            **t,
+            "family": CURVE_FAMILY,
+            "robust": all(lo[e]["verdict"] == t["verdict"] for lo in left_out),
+        }
+        for e, t in full.items()
+    }
 
 
 def _half_width(values) -> float | None:
@@ -302,7 +338,9 @@ def privacy_curve(
     """privacy_points as a table: a column per budget; a cell is the NDCG@10 gain over
     `local` with the seed-aware test's marker (markdown.mark); then the market-mean gain
     (mean over seeds, and on how many seeds it is positive) and the epsilon spent (the most of
-    any market; `spent_label`)."""
+    any market; `spent_label`). With a test over seeds ("mean", verdicts.SEED_TEST_MIN seeds or
+    more) the market mean has its marker and a row of its 95% interval and the smallest
+    effect it detects (what a level point could have missed)."""
     points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
     lines = [
@@ -318,8 +356,16 @@ def privacy_curve(
     cells = []
     for p in points.values():
         gains = p["seed_gains"]
-        cells.append(f"{signed(p['gain'][0])} ({sum(g > 0 for g in gains)}/{len(gains)})")
+        marker = markdown.mark(p["mean"]) if "mean" in p else ""
+        cells.append(f"{signed(p['gain'][0])}{marker} ({sum(g > 0 for g in gains)}/{len(gains)})")
     lines.append(row(["market mean (seeds above local)", *cells]))
+    if all("mean" in p for p in points.values()):
+        cells = [
+            f"[{signed(p['mean']['ci'][0])}, {signed(p['mean']['ci'][1])}] "
+            f"({p['mean']['detectable']:.4f})"
+            for p in points.values()
+        ]
+        lines.append(row(["market mean: 95% interval over seeds (detectable)", *cells]))
     spent = [spent_label(p["spent"]) for p in points.values()]
     lines.append(row(["epsilon spent (most of any market)", *spent]))
     return "\n".join(lines) + "\n"
