@@ -164,11 +164,13 @@ def sweep(summary: list[dict], axes: list[str], path) -> bool:
 
 def privacy(points: dict, method: str, title: str, path) -> None:
     """A privacy-utility curve: per market, `method`'s test NDCG@10 gain over `local` against
-    the privacy budget (experiments.tables.runs.privacy_points: {epsilon: ...}; inf, DP off,
-    sits at the right as "∞"), a filled marker where the pooled per-user test is significant
-    after the correction; the market mean over seeds in black (error bars: its std over seeds),
-    and `local` at 0, as a band: the 95% interval of its own market mean over seeds (the
-    points' "local"; a line with one seed), the spread a gain is read against."""
+    the privacy budget (experiments.tables.runs.privacy_points: {epsilon: ...}; inf, without
+    noise, sits at the right as "∞"), a filled marker where the seed-aware test marks the
+    market (after Benjamini-Hochberg over the markets); the market mean over seeds in black
+    (error bars: the 95% interval of its test over seeds where the points have one, "mean";
+    else its std over seeds), and `local` at 0, as a band: the 95% interval of its own market
+    mean over seeds (the points' "local"; a line with one seed), the spread a gain is read
+    against."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -195,14 +197,23 @@ def privacy(points: dict, method: str, title: str, path) -> None:
             significant = points[e]["markets"][market]["verdict"] != "same"
             ax.plot([x], [y], marker=marker, color=color, markersize=5,
                     markerfacecolor=color if significant else "white")  # fmt: skip
-    mean, std = zip(*(points[e]["gain"] for e in budgets), strict=True)
-    ax.errorbar(xs, mean, yerr=std, color="black", linewidth=2.5, capsize=3,
-                label="market mean (over seeds)")  # fmt: skip
+    mean = [points[e]["gain"][0] for e in budgets]
+    if all("mean" in points[e] for e in budgets):
+        ci = [points[e]["mean"]["ci"] for e in budgets]
+        bars = [
+            [m - low for m, (low, _) in zip(mean, ci, strict=True)],
+            [high - m for m, (_, high) in zip(mean, ci, strict=True)],
+        ]
+        label = "market mean (error bars: its 95% interval over seeds)"
+    else:
+        bars = [points[e]["gain"][1] for e in budgets]
+        label = "market mean (error bars: its std over seeds)"
+    ax.errorbar(xs, mean, yerr=bars, color="black", linewidth=2.5, capsize=3, label=label)
     ax.set_xscale("log", base=2)
     ax.set_xticks(list(ticks) or xs, list(ticks.values()) or [f"{e:g}" for e in budgets])
-    ax.set_xlabel("privacy budget ε of each market (∞: no DP)")
+    ax.set_xlabel("privacy budget ε of each market (∞: without noise)")
     ax.set_ylabel(f"test NDCG@10, {method} − local")
-    ax.set_title(f"{title}\nfilled: significant after Benjamini-Hochberg over markets", fontsize=9)
+    ax.set_title(f"{title}\nfilled: marked by the seed-aware test (BH over markets)", fontsize=9)
     ax.legend(fontsize=7, loc="center left", bbox_to_anchor=(1.0, 0.5))
     fig.tight_layout()
     save_png(fig, path)
