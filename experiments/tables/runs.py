@@ -299,8 +299,8 @@ CURVE_FAMILY = "the curve's budgets"
 def curve_mean_tests(per_budget: dict[float, list[dict]], method: str) -> dict[float, dict]:
     """Per budget, `method`'s market mean against `local`'s over seeds (verdicts.seed_test:
     paired by seed, t-test over the seeds, its interval and detectable effect), the budgets
-    one family (CURVE_FAMILY, Benjamini-Hochberg), with "robust": whether every verdict stays
-    when any one seed is left out of every budget."""
+    one family (CURVE_FAMILY, Benjamini-Hochberg), with "robust" (verdicts.with_robust: each
+    verdict when any one seed is left out of every budget)."""
 
     def family(keep) -> dict[float, dict]:
         return significance.correct(
@@ -311,16 +311,8 @@ def curve_mean_tests(per_budget: dict[float, list[dict]], method: str) -> dict[f
         )
 
     num_seeds = len(next(iter(per_budget.values())))
-    full = family(range(num_seeds))
-    left_out = [family([s for s in range(num_seeds) if s != out]) for out in range(num_seeds)]
-    return {
-        e: {
-            **t,
-            "family": CURVE_FAMILY,
-            "robust": all(lo[e]["verdict"] == t["verdict"] for lo in left_out),
-        }
-        for e, t in full.items()
-    }
+    tested = verdicts.with_robust(family, num_seeds)
+    return {e: {**t, "family": CURVE_FAMILY} for e, t in tested.items()}
 
 
 def _half_width(values) -> float | None:

@@ -177,10 +177,9 @@ def _mean_row(means: dict) -> dict:
     any one seed is left out) and `seeds` (the units: seeds, not users), and "kept" as in a
     market's row: {"member", "newcomer", "newcomer_vs_member", "kept"}."""
     num_seeds = len(means["member"])
-    full = _mean_tests(means, np.arange(num_seeds))
-    left_out = [_mean_tests(means, np.delete(np.arange(num_seeds), s)) for s in range(num_seeds)]
+    tested = verdicts.with_robust(lambda seeds: _mean_tests(means, seeds), num_seeds)
     row: dict = {}
-    for k, t in full.items():
+    for k, t in tested.items():
         row[k] = {
             "test": verdicts.OVER_SEEDS,
             "family": MEAN_FAMILY,
@@ -191,9 +190,7 @@ def _mean_row(means: dict) -> dict:
             "p_adjusted": json_float(t["p_adjusted"]),
             "seeds": num_seeds,
             "verdict": t["verdict"],
-            "robust": all(lo[k]["verdict"] == t["verdict"] for lo in left_out)
-            if num_seeds > 1
-            else None,
+            "robust": t["robust"],
         }
     row["kept"] = _kept(row["member"], row["newcomer"])
     return row

@@ -185,6 +185,23 @@ def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> di
     }
 
 
+def with_robust(family, num_seeds: int) -> dict:
+    """A family of tests over seeds, `family(seed indices) -> {key: test}`, on every seed, each
+    test with "robust": whether its verdict stays when any one seed is left out of the family
+    (None with one seed)."""
+    full = family(np.arange(num_seeds))
+    left_out = [family(np.delete(np.arange(num_seeds), s)) for s in range(num_seeds)]
+    return {
+        k: {
+            **t,
+            "robust": all(lo[k]["verdict"] == t["verdict"] for lo in left_out)
+            if num_seeds > 1
+            else None,
+        }
+        for k, t in full.items()
+    }
+
+
 def over_seeds_tests(per_seed: list[dict], methods, reference: str = "local") -> dict:
     """`seed_test` of each method against `reference`, one family (OVER_SEEDS_FAMILY) adjusted
     with Benjamini-Hochberg, each verdict by its adjusted p: {method: test + "p_adjusted",
