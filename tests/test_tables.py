@@ -191,6 +191,53 @@ def test_a_curves_market_mean_is_tested_over_seeds_with_the_budgets_one_family(t
     assert "95% interval over seeds" not in three and "+0.0100 (3/3)" in three
 
 
+def test_a_curve_of_one_recipe_tests_the_noises_cost_against_its_inf_column(tmp_path):
+    # Budgets whose runs differ from the ∞ run of their seed only in the noise (and the
+    # methods trained beside): each budget's market mean minus ∞'s, paired by seed, t-test
+    # over the 5 seeds, worked out here by hand. Any other change of recipe: no such test.
+    from scipy import stats
+
+    seeds = range(5)
+    costs = [-0.004, -0.006, -0.005, -0.007, -0.003]  # built into the budget's fedavg_id
+    columns = {8.0: [], math.inf: []}
+    for s in seeds:
+        plain = results_tables.XMREC_SEEDS / f"seed_{s}"
+        for epsilon, name in ((8.0, f"eps8.0_seed{s}"), (math.inf, f"epsinf_seed{s}")):
+            copy = tmp_path / name
+            shutil.copytree(plain, copy)
+            config = read_json(copy / "config.json")
+            config["federated"]["dp"] |= {"enabled": True, "noise_multiplier": 0.0}
+            if epsilon == 8.0:
+                config["federated"]["dp"] |= {"noise_multiplier": 1.0, "target_epsilon": 8.0}
+                config["methods"] = "fedavg_id"
+                raw = read_json(copy / "results.json")
+                raw["methods"]["fedavg_id"]["market_mean"]["ndcg@10"] += costs[s]
+                (copy / "results.json").write_text(json.dumps(raw))
+            (copy / "config.json").write_text(json.dumps(config))
+            columns[epsilon].append(copy)
+    assert run_tables.one_recipe(columns)
+    test = run_tables.privacy_points(columns, seeds, "fedavg_id")[8.0]["noise"]
+    critical = stats.t.ppf(0.975, 4) * statistics.stdev(costs) / math.sqrt(5)
+    assert test["diff"] == pytest.approx(statistics.fmean(costs), abs=1e-6)
+    assert test["ci"] == pytest.approx([-0.005 - critical, -0.005 + critical], abs=1e-6)
+    assert test["p_value"] == pytest.approx(stats.ttest_1samp(costs, 0.0).pvalue, abs=1e-6)
+    assert test["p_adjusted"] == test["p_value"]  # one finite budget: its family of one
+    assert test["verdict"] == "worse" and test["robust"] and test["seeds"] == 5
+    assert test["family"] == run_tables.NOISE_FAMILY
+    text = run_tables.privacy_curve(columns, seeds, "fedavg_id")
+    interval = f"[{run_tables.signed(test['ci'][0])}, {run_tables.signed(test['ci'][1])}]"
+    assert f"| noise's cost: market mean minus ∞'s [95% interval] | −0.0050 ▼ {interval} | - |" in (
+        text
+    )
+    # Another recipe at ∞ (here a client learning rate): the drop is not the noise's alone.
+    config = read_json(columns[8.0][3] / "config.json")
+    config["federated"]["client_lr"] = 3.0
+    (columns[8.0][3] / "config.json").write_text(json.dumps(config))
+    assert not run_tables.one_recipe(columns)
+    assert "noise" not in run_tables.privacy_points(columns, seeds, "fedavg_id")[8.0]
+    assert "noise's cost" not in run_tables.privacy_curve(columns, seeds, "fedavg_id")
+
+
 def test_a_curve_of_one_recipe_reads_its_own_inf_column_and_local(tmp_path):
     # A sweep whose ∞ point ran the same recipe (epsinf_seed<s>/) and whose runs each hold
     # their `local`: the ∞ column is the sweep's own, compared with each run's own `local`.

@@ -258,7 +258,8 @@ def privacy_points(
     t-interval] ("local": what the seeds of `local` alone allow; half-width None with one
     seed), and the epsilon spent (the largest over markets and seeds; None without DP). With
     verdicts.SEED_TEST_MIN seeds or more, "mean": the market mean's test over seeds
-    (`curve_mean_tests`)."""
+    (`curve_mean_tests`), and where the ∞ column is the finite budgets' recipe at σ = 0
+    (`one_recipe`), each finite budget's "noise": its cost against ∞ (`noise_cost_tests`)."""
     baselines = None if local is None else [read_run(f) for f in local]
     points, per_budget = {}, {}
     for epsilon, folders in columns.items():
@@ -290,7 +291,16 @@ def privacy_points(
     if len(seeds) >= verdicts.SEED_TEST_MIN:
         for epsilon, test in curve_mean_tests(per_budget, method).items():
             points[epsilon]["mean"] = test
+        if one_recipe(columns):
+            for epsilon, test in noise_cost_tests(per_budget, method).items():
+                points[epsilon]["noise"] = test
     return points
+
+
+# What a curve's finite budgets may differ in from its ∞ run of the same seed for the drop
+# between them to be the noise's: its amount, and which other methods the process trained.
+NOISE_ONLY = {"federated.dp.noise_multiplier", "federated.dp.target_epsilon", "methods"}
+NOISE_FAMILY = "the curve's budgets against ∞"
 
 
 CURVE_FAMILY = "the curve's budgets"
@@ -315,6 +325,40 @@ def curve_mean_tests(per_budget: dict[float, list[dict]], method: str) -> dict[f
     return {e: {**t, "family": CURVE_FAMILY} for e, t in tested.items()}
 
 
+def one_recipe(columns: dict[float, list[pathlib.Path]]) -> bool:
+    """Whether the ∞ column (launch/sweep.py --epsilon_inf=noiseless) is the finite budgets'
+    runs at σ = 0: each of their config.json differs from the ∞ run of its seed in NOISE_ONLY
+    alone (DP off, or another recipe, differs in more)."""
+    if math.inf not in columns:
+        return False
+    return all(
+        set(config_changes(folder, inf)) <= NOISE_ONLY
+        for epsilon, folders in columns.items()
+        if not math.isinf(epsilon)
+        for folder, inf in zip(folders, columns[math.inf], strict=True)
+    )
+
+
+def noise_cost_tests(per_budget: dict[float, list[dict]], method: str) -> dict[float, dict]:
+    """Per finite budget, `method`'s market mean at it against at ∞ over seeds (paired by
+    seed, verdicts.market_means_test): with one recipe (`one_recipe`), the noise's cost. The
+    budgets one family (NOISE_FAMILY, Benjamini-Hochberg), each with "robust"
+    (verdicts.with_robust)."""
+    means = {e: verdicts.market_means(runs, method) for e, runs in per_budget.items()}
+    inf = np.asarray(means.pop(math.inf))
+
+    def family(keep) -> dict[float, dict]:
+        return significance.correct(
+            {
+                e: verdicts.market_means_test(np.asarray(m)[keep], inf[keep])
+                for e, m in means.items()
+            }
+        )
+
+    tested = verdicts.with_robust(family, len(inf))
+    return {e: {**t, "family": NOISE_FAMILY} for e, t in tested.items()}
+
+
 def _half_width(values) -> float | None:
     """The half-width of the 95% t-interval of the mean of `values` (None for one value)."""
     interval = significance.mean_interval(values)
@@ -332,7 +376,8 @@ def privacy_curve(
     (mean over seeds, and on how many seeds it is positive) and the epsilon spent (the most of
     any market; `spent_label`). With a test over seeds ("mean", verdicts.SEED_TEST_MIN seeds or
     more) the market mean has its marker and a row of its 95% interval and the smallest
-    effect it detects (what a level point could have missed)."""
+    effect it detects (what a level point could have missed); with one recipe, a row of each
+    budget's market mean minus ∞'s (the noise's cost, `noise_cost_tests`) and its marker."""
     points = privacy_points(columns, seeds, method, local)
     first = next(iter(points.values()))["markets"]
     lines = [
@@ -358,6 +403,14 @@ def privacy_curve(
             for p in points.values()
         ]
         lines.append(row(["market mean: 95% interval over seeds (detectable)", *cells]))
+    if any("noise" in p for p in points.values()):
+        cells = [
+            f"{signed(t['diff'])}{markdown.mark(t)} [{signed(t['ci'][0])}, {signed(t['ci'][1])}]"
+            if (t := p.get("noise"))
+            else "-"
+            for p in points.values()
+        ]
+        lines.append(row(["noise's cost: market mean minus ∞'s [95% interval]", *cells]))
     spent = [spent_label(p["spent"]) for p in points.values()]
     lines.append(row(["epsilon spent (most of any market)", *spent]))
     return "\n".join(lines) + "\n"

@@ -167,11 +167,20 @@ def seed_test(per_seed: list[dict], method: str, reference: str = "local") -> di
       {"metric": "market_mean <GAIN_METRIC>", "test": OVER_SEEDS, "diff": mean over seeds of
       the difference, "ci", "detectable", "p_value", "seeds": n, "verdict"}.
     """
-    a, b = (
-        [np.nan if (v := r["methods"][m]["market_mean"][GAIN_METRIC]) is None else v
-         for r in per_seed]
-        for m in (method, reference)
-    )  # fmt: skip
+    return market_means_test(*(market_means(per_seed, m) for m in (method, reference)))
+
+
+def market_means(per_seed: list[dict], method: str) -> list[float]:
+    """`method`'s market mean of GAIN_METRIC in each seed's results (NaN where it has none)."""
+    return [
+        np.nan if (v := r["methods"][method]["market_mean"][GAIN_METRIC]) is None else v
+        for r in per_seed
+    ]
+
+
+def market_means_test(a: list[float], b: list[float]) -> dict:
+    """The test over seeds of market means `a` against `b`, one value per seed, paired by
+    index (`seed_test`'s, which returns it)."""
     t = significance.seed_aware_test(np.asarray(a)[None, :], np.asarray(b)[None, :])
     return {
         "metric": f"market_mean {GAIN_METRIC}",
