@@ -205,6 +205,12 @@ def test_the_results_say_what_the_one_recipe_ml100k_curve_shows():
         assert point["mean"]["verdict"] == "same" and sum(g > 0 for g in point["seed_gains"]) == 1
         assert all(t["verdict"] == "same" for t in point["markets"].values()), epsilon
     assert f"{points[8.0]['mean']['diff']:+.4f}" == "-0.0011"
+    two = points[2.0]
+    assert f"{two['noise']['diff']:+.4f}" == "-0.0198" and two["noise"]["verdict"] == "worse"
+    assert two["mean"]["verdict"] == "worse" and two["mean"]["robust"] is False
+    assert all(g < 0 for g in two["seed_gains"])
+    worse = [m for m, t in two["markets"].items() if t["verdict"] == "worse"]
+    assert worse == ["9"] and two["markets"]["9"]["robust"] is False
     for epsilon, folders in columns.items():
         for run in folders:
             pretrain = [x for x in metrics_log.read_lines(run) if x["stage"] == "pretrain"]

@@ -169,10 +169,10 @@ CURVES = {
     ),
     # One recipe for every point: ∞ is DP's mechanism at σ = 0 (launch/sweep.py
     # --epsilon_inf=noiseless), `local` is ε = 8's process's (the other budgets train `fecosr`
-    # alone). ε = 1 and 2 join `budgets` as their raw rows land.
+    # alone). ε = 1 joins `budgets` as their raw rows land.
     "privacy_ml100k_one": Curve(
         RAW / "privacy_ml100k_one",
-        (4.0, 8.0),
+        (2.0, 4.0, 8.0),
         None,
         "fecosr",
         "ml-100k regions, one recipe at every ε (client SGD lr 3, E = 16, K = 1); ∞: σ = 0",
