@@ -309,20 +309,27 @@ CURVE_FAMILY = "the curve's budgets"
 def curve_mean_tests(per_budget: dict[float, list[dict]], method: str) -> dict[float, dict]:
     """Per budget, `method`'s market mean against `local`'s over seeds (verdicts.seed_test:
     paired by seed, t-test over the seeds, its interval and detectable effect), the budgets
-    one family (CURVE_FAMILY, Benjamini-Hochberg), with "robust" (verdicts.with_robust: each
-    verdict when any one seed is left out of every budget)."""
+    one family (CURVE_FAMILY, `_budgets_family`)."""
+    pairs = {
+        e: (verdicts.market_means(runs, method), verdicts.market_means(runs, "local"))
+        for e, runs in per_budget.items()
+    }
+    return _budgets_family(pairs, CURVE_FAMILY)
+
+
+def _budgets_family(pairs: dict[float, tuple[list, list]], name: str) -> dict[float, dict]:
+    """Per budget, market means a against b over seeds (verdicts.market_means_test), the
+    budgets one family `name` (Benjamini-Hochberg), each with "robust" (verdicts.with_robust:
+    its verdict when any one seed is left out of every budget)."""
+    pairs = {e: (np.asarray(a), np.asarray(b)) for e, (a, b) in pairs.items()}
 
     def family(keep) -> dict[float, dict]:
         return significance.correct(
-            {
-                e: verdicts.seed_test([runs[s] for s in keep], method)
-                for e, runs in per_budget.items()
-            }
+            {e: verdicts.market_means_test(a[keep], b[keep]) for e, (a, b) in pairs.items()}
         )
 
-    num_seeds = len(next(iter(per_budget.values())))
-    tested = verdicts.with_robust(family, num_seeds)
-    return {e: {**t, "family": CURVE_FAMILY} for e, t in tested.items()}
+    num_seeds = len(next(iter(pairs.values()))[0])
+    return {e: {**t, "family": name} for e, t in verdicts.with_robust(family, num_seeds).items()}
 
 
 def one_recipe(columns: dict[float, list[pathlib.Path]]) -> bool:
@@ -341,22 +348,11 @@ def one_recipe(columns: dict[float, list[pathlib.Path]]) -> bool:
 
 def noise_cost_tests(per_budget: dict[float, list[dict]], method: str) -> dict[float, dict]:
     """Per finite budget, `method`'s market mean at it against at ∞ over seeds (paired by
-    seed, verdicts.market_means_test): with one recipe (`one_recipe`), the noise's cost. The
-    budgets one family (NOISE_FAMILY, Benjamini-Hochberg), each with "robust"
-    (verdicts.with_robust)."""
+    seed): with one recipe (`one_recipe`), the noise's cost. The finite budgets one family
+    (NOISE_FAMILY, `_budgets_family`)."""
     means = {e: verdicts.market_means(runs, method) for e, runs in per_budget.items()}
-    inf = np.asarray(means.pop(math.inf))
-
-    def family(keep) -> dict[float, dict]:
-        return significance.correct(
-            {
-                e: verdicts.market_means_test(np.asarray(m)[keep], inf[keep])
-                for e, m in means.items()
-            }
-        )
-
-    tested = verdicts.with_robust(family, len(inf))
-    return {e: {**t, "family": NOISE_FAMILY} for e, t in tested.items()}
+    inf = means.pop(math.inf)
+    return _budgets_family({e: (m, inf) for e, m in means.items()}, NOISE_FAMILY)
 
 
 def _half_width(values) -> float | None:
